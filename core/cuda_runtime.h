@@ -1,0 +1,31 @@
+// The few CUDA runtime calls the core needs, behind plain functions so that host-only code
+// compiles without CUDA headers. In a CPU-only build each call (except the device count)
+// throws an error saying the build has no CUDA.
+#pragma once
+
+#include "core/bf16.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace sambay {
+
+bool built_with_cuda();
+// Number of usable CUDA devices: 0 in a CPU-only build or on a machine without a GPU.
+int cuda_device_count();
+// "NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB, cc 9.0" for the current device.
+std::string cuda_device_description();
+void cuda_set_device(int device);
+
+void* cuda_malloc(size_t bytes, const std::string& what);
+void cuda_free(void* ptr);
+void cuda_memset_zero(void* ptr, size_t bytes);
+void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
+void cuda_synchronize();
+
+// fp32 -> bf16 with round-to-nearest-even, on the GPU (pointers are device memory).
+void convert_to_bf16_cuda(const float* in, bf16* out, int64_t n);
+
+}  // namespace sambay
