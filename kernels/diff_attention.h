@@ -1,0 +1,52 @@
+// Differential attention (model.md): query heads 2i, 2i+1 form differential head i; key/value
+// heads 2j, 2j+1 form pair j = i * G / H; the value is concat(v_2j, v_2j+1) of size 2h.
+//   lambda = exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init
+//   o_i = softmax(q1 k1^T * scale + mask) v - lambda * softmax(q2 k2^T * scale + mask) v
+//   o_i = RMSNorm_{2h}(o_i) * norm_weight * (1 - lambda_init), split back into query slots 2i, 2i+1
+// Shapes: q [B, L, H, h], k, v [B, L, G, h], out [B, L, H, h]; lq1, lk1, lq2, lk2 [h];
+// norm_weight [2h]. H and G even. window and doc as in attention.h.
+#pragma once
+
+#include "kernels/attention.h"
+
+#include <cstdint>
+
+namespace sambay {
+
+struct DiffAttentionShape {
+  int64_t B, L, H, G, h;
+  int64_t window;  // 0: full causal
+};
+
+// What forward keeps for backward, in buffers the caller allocates with the sizes below.
+struct DiffAttentionSaved {
+  double* lambda;  // [1]: the layer's lambda (kept in double whatever T is)
+  void* a1;        // [B, L, H/2, 2h] first softmax map times v (T)
+  void* a2;        // [B, L, H/2, 2h] second softmax map times v (T)
+  void* lse1;      // [B, H/2, L] (T)
+  void* lse2;      // [B, H/2, L] (T)
+  void* rstd;      // [B, L, H/2] the head norm's 1/rms (T)
+};
+
+// Element counts of each saved buffer, in order a1, a2, lse1, lse2, rstd.
+struct DiffAttentionSavedSizes {
+  int64_t a1, a2, lse1, lse2, rstd;
+};
+DiffAttentionSavedSizes diff_attention_saved_sizes(const DiffAttentionShape& s);
+
+template <typename T>
+void diff_attention_forward(const T* q, const T* k, const T* v, const int32_t* doc, const T* lq1,
+                            const T* lk1, const T* lq2, const T* lk2, T lambda_init,
+                            const T* norm_weight, T* out, const DiffAttentionSaved& saved,
+                            const DiffAttentionShape& s, T scale, T eps);
+
+// Gradients are added into the given buffers; a null gradient pointer skips it.
+template <typename T>
+void diff_attention_backward(const T* dout, const T* q, const T* k, const T* v,
+                             const int32_t* doc, const T* lq1, const T* lk1, const T* lq2,
+                             const T* lk2, T lambda_init, const T* norm_weight,
+                             const DiffAttentionSaved& saved, T* dq, T* dk, T* dv, T* dlq1,
+                             T* dlk1, T* dlq2, T* dlk2, T* dnorm_weight,
+                             const DiffAttentionShape& s, T scale);
+
+}  // namespace sambay
