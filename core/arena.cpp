@@ -24,6 +24,14 @@ Arena::Arena(Device device_, size_t capacity_bytes, std::string name_)
   }
 }
 
+Arena Arena::measuring(std::string name) {
+  Arena a;
+  a.name = std::move(name);
+  a.measure_only = true;
+  a.capacity = SIZE_MAX;
+  return a;
+}
+
 Arena::~Arena() {
   if (!base) return;
   if (device == Device::cpu)
@@ -41,16 +49,17 @@ Arena& Arena::operator=(Arena&& o) noexcept {
   std::swap(capacity, o.capacity);
   std::swap(used, o.used);
   std::swap(high_water, o.high_water);
+  std::swap(measure_only, o.measure_only);
   return *this;
 }
 
 Tensor Arena::alloc(DType dtype, std::initializer_list<int64_t> shape) {
   Tensor t = tensor_view(nullptr, dtype, device, shape);
   size_t bytes = align_up(t.nbytes());
-  SAMBAY_CHECK(used + bytes <= capacity,
+  SAMBAY_CHECK(measure_only || used + bytes <= capacity,
                "arena '{}' ({} device) is out of memory: {} needs {} bytes, {} of {} in use",
                name, device_name(device), t.describe(), bytes, used, capacity);
-  t.data = base + used;
+  t.data = measure_only ? nullptr : base + used;
   used += bytes;
   if (used > high_water) high_water = used;
   return t;

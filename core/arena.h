@@ -18,7 +18,11 @@ struct Arena {
   size_t used = 0;
   size_t high_water = 0;
 
+  bool measure_only = false;  // hands out null tensors and only counts bytes (planning)
+
   Arena() = default;
+  // An arena that allocates nothing and records how much the same allocations would need.
+  static Arena measuring(std::string name);
   Arena(Device device, size_t capacity_bytes, std::string name);
   ~Arena();
   Arena(const Arena&) = delete;

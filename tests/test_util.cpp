@@ -44,9 +44,20 @@ double dot(const std::vector<double>& a, const std::vector<double>& b) {
 void expect_gradients_match(const std::function<double()>& loss,
                             const std::vector<GradInput>& inputs, double tolerance,
                             int samples_per_input, double step) {
+  std::vector<GradSpan> spans;
   for (const GradInput& in : inputs) {
     ASSERT_EQ(in.value->size(), in.grad->size()) << in.name << ": value and gradient sizes differ";
-    const int64_t n = static_cast<int64_t>(in.value->size());
+    spans.push_back({in.name, in.value->data(), in.grad->data(),
+                     static_cast<int64_t>(in.value->size())});
+  }
+  expect_gradients_match(loss, spans, tolerance, samples_per_input, step);
+}
+
+void expect_gradients_match(const std::function<double()>& loss,
+                            const std::vector<GradSpan>& inputs, double tolerance,
+                            int samples_per_input, double step) {
+  for (const GradSpan& in : inputs) {
+    const int64_t n = in.n;
     std::vector<int64_t> picks(n);
     std::iota(picks.begin(), picks.end(), 0);
     if (n > samples_per_input) {
@@ -61,7 +72,7 @@ void expect_gradients_match(const std::function<double()>& loss,
     int64_t worst_at = -1;
     double worst_num = 0, worst_ana = 0;
     for (int64_t idx : picks) {
-      double& x = (*in.value)[idx];
+      double& x = in.value[idx];
       const double saved = x;
       const double h = step * std::max(1.0, std::abs(saved));
       x = saved + h;
@@ -70,7 +81,7 @@ void expect_gradients_match(const std::function<double()>& loss,
       const double down = loss();
       x = saved;
       const double numeric = (up - down) / (2 * h);
-      const double analytic = (*in.grad)[idx];
+      const double analytic = in.grad[idx];
       const double d = numeric - analytic;
       err2 += d * d;
       ref2 += numeric * numeric;

@@ -32,12 +32,24 @@ struct GradInput {
   const std::vector<double>* grad;
 };
 
+// The same for a parameter that lives inside a larger buffer (e.g. the model's flat
+// parameter vector): n values at `value`, analytic gradient at `grad`.
+struct GradSpan {
+  std::string name;
+  double* value;
+  const double* grad;
+  int64_t n;
+};
+
 // Central finite differences of `loss` (a function of the current values of every input) at up
 // to `samples_per_input` elements of each input, against the analytic gradients. Fails the test
 // with the input's name, the relative error and the worst element when the normwise relative
 // error exceeds `tolerance`. Elements are chosen reproducibly; all of them if there are few.
 void expect_gradients_match(const std::function<double()>& loss,
                             const std::vector<GradInput>& inputs, double tolerance = 1e-6,
+                            int samples_per_input = 48, double step = 1e-5);
+void expect_gradients_match(const std::function<double()>& loss,
+                            const std::vector<GradSpan>& inputs, double tolerance = 1e-6,
                             int samples_per_input = 48, double step = 1e-5);
 
 // sum_i a[i] * b[i]: the scalar loss that makes `probe` the output gradient.

@@ -1,0 +1,563 @@
+#include "core/model.h"
+
+#include "core/check.h"
+#include "kernels/activations.h"
+#include "kernels/attention.h"
+#include "kernels/causal_conv1d.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/gmu.h"
+#include "kernels/layernorm.h"
+#include "kernels/linear.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/selective_scan.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace sambay {
+
+namespace {
+
+// Vocabulary rows per GEMM in the loss: the [n, chunk] logits block is the loss's only buffer.
+constexpr int64_t kLossVocabChunk = 4096;
+
+double lambda_init_for_layer(int layer) { return 0.8 - 0.6 * std::exp(-0.3 * layer); }
+
+template <typename T>
+void zero_n(T* p, int64_t n) {
+  std::memset(p, 0, sizeof(T) * static_cast<size_t>(n));
+}
+
+// Hands out typed buffers from the arena (or only counts them when it measures).
+template <typename T>
+struct Allocator {
+  Arena& arena;
+  T* take(int64_t count) { return static_cast<T*>(arena.alloc(dtype_of<T>(), {count}).data); }
+  double* take_f64(int64_t count) {
+    return static_cast<double*>(arena.alloc(DType::f64, {count}).data);
+  }
+};
+
+struct Dims {
+  int64_t n, B, L, d, E, N, R, K, H, G, h, Hh, Gh, F;
+};
+
+Dims dims_of(const ModelConfig& c, int64_t B, int64_t L) {
+  return {B * L,       B,           L,           c.d_model,  c.d_inner,
+          c.d_state,   c.dt_rank,   c.d_conv,    c.n_heads,  c.n_kv_heads,
+          c.head_dim,  c.n_heads * c.head_dim,   c.n_kv_heads * c.head_dim, c.d_ff};
+}
+
+// The internals of one layer of this kind (everything but x_in).
+template <typename T>
+void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, Allocator<T>& al,
+                        LayerActivations<T>& a) {
+  a.ln1_mean = al.take(m.n), a.ln1_rstd = al.take(m.n), a.a = al.take(m.n * m.d);
+  a.x_mid = al.take(m.n * m.d);
+  a.ln2_mean = al.take(m.n), a.ln2_rstd = al.take(m.n), a.a2 = al.take(m.n * m.d);
+  a.h = al.take(m.n * 2 * m.F), a.s = al.take(m.n * m.F);
+  switch (kind) {
+    case LayerKind::mamba:
+      a.xin = al.take(m.n * m.E), a.z = al.take(m.n * m.E), a.xc = al.take(m.n * m.E);
+      a.xs = al.take(m.n * m.E), a.dl = al.take(m.n * m.R), a.bc = al.take(m.n * m.N);
+      a.cc = al.take(m.n * m.N), a.dt = al.take(m.n * m.E), a.y = al.take(m.n * m.E);
+      a.sout = al.take(m.n * m.E);
+      break;
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention:
+      a.q = al.take(m.n * m.Hh), a.o = al.take(m.n * m.Hh);
+      if (kind != LayerKind::cross_attention) a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
+      if (c.differential) {
+        DiffAttentionSavedSizes sz =
+            diff_attention_saved_sizes({m.B, m.L, m.H, m.G, m.h, c.window});
+        a.diff.lambda = al.take_f64(1);
+        a.diff.a1 = al.take(sz.a1), a.diff.a2 = al.take(sz.a2);
+        a.diff.lse1 = al.take(sz.lse1), a.diff.lse2 = al.take(sz.lse2);
+        a.diff.rstd = al.take(sz.rstd);
+      } else {
+        a.lse = al.take(m.B * m.H * m.L);
+      }
+      break;
+    case LayerKind::gmu:
+      a.g = al.take(m.n * m.E), a.gm = al.take(m.n * m.E);
+      if (c.normalized_gmu) a.gmu_rstd = al.take(m.n);
+      break;
+  }
+}
+
+template <typename T>
+void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
+                          Arena& arena, Activations<T>& acts) {
+  const Dims m = dims_of(c, B, L);
+  Allocator<T> al{arena};
+  const int n_layers = static_cast<int>(c.layers.size());
+  acts.layers.assign(n_layers, LayerActivations<T>{});
+  // In recompute mode one set of internals per layer kind serves every layer of that kind.
+  std::vector<LayerActivations<T>> shared(5);
+  std::vector<bool> have_shared(5, false);
+  for (int i = 0; i < n_layers; ++i) {
+    LayerActivations<T>& a = acts.layers[i];
+    a.x_in = al.take(m.n * m.d);
+    const int kind = static_cast<int>(c.layers[i]);
+    if (!recompute) {
+      allocate_internals(c, c.layers[i], m, al, a);
+    } else {
+      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, al, shared[kind]);
+      have_shared[kind] = true;
+      const T* x_in = a.x_in;
+      a = shared[kind];
+      a.x_in = const_cast<T*>(x_in);
+    }
+    // What other layers read must outlive the layer: the kv layer's k, v and the memory.
+    if (recompute && i == c.kv_source_layer)
+      a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
+    if (recompute && i == c.memory_layer) a.y = al.take(m.n * m.E);
+  }
+  acts.mixer_out = al.take(m.n * m.d), acts.mlp_out = al.take(m.n * m.d);
+  acts.final_x = al.take(m.n * m.d), acts.final_out = al.take(m.n * m.d);
+  acts.final_mean = al.take(m.n), acts.final_rstd = al.take(m.n);
+  acts.ce_lse = al.take(m.n);
+
+  BackwardScratch<T>& g = acts.grad;
+  g.dres = al.take(m.n * m.d), g.dbranch = al.take(m.n * m.d), g.da = al.take(m.n * m.d);
+  g.dh = al.take(m.n * 2 * m.F), g.ds = al.take(m.n * m.F);
+  bool any_mamba = false, any_attention = false, any_gmu = false;
+  for (LayerKind k : c.layers) {
+    any_mamba |= k == LayerKind::mamba;
+    any_gmu |= k == LayerKind::gmu;
+    any_attention |= k != LayerKind::mamba && k != LayerKind::gmu;
+  }
+  if (any_mamba) {
+    g.dxin = al.take(m.n * m.E), g.dz = al.take(m.n * m.E), g.dxc = al.take(m.n * m.E);
+    g.dxs = al.take(m.n * m.E), g.ddl = al.take(m.n * m.R), g.dbc = al.take(m.n * m.N);
+    g.dcc = al.take(m.n * m.N), g.ddt = al.take(m.n * m.E), g.dsout = al.take(m.n * m.E);
+  }
+  if (any_attention) {
+    g.dq = al.take(m.n * m.Hh), g.do_ = al.take(m.n * m.Hh);
+    g.dk = al.take(m.n * m.Gh), g.dv = al.take(m.n * m.Gh);
+    if (c.rope) g.dq_rot = al.take(m.n * m.Hh), g.dk_rot = al.take(m.n * m.Gh);
+  }
+  if (c.kv_source_layer >= 0) g.dk_shared = al.take(m.n * m.Gh), g.dv_shared = al.take(m.n * m.Gh);
+  if (any_gmu) {
+    g.dg = al.take(m.n * m.E), g.dgm = al.take(m.n * m.E);
+    g.dmemory = al.take(m.n * m.E);
+  }
+}
+
+// The model's norm (LayerNorm or RMSNorm) over rows of width d.
+template <typename T>
+void norm_forward(const ModelConfig& c, const T* x, const T* w, const T* b, T* y, T* mean, T* rstd,
+                  int64_t rows) {
+  if (c.norm == NormKind::layernorm)
+    layernorm_forward(x, w, b, y, mean, rstd, rows, c.d_model, static_cast<T>(c.norm_eps));
+  else
+    rmsnorm_forward(x, w, y, rstd, rows, c.d_model, static_cast<T>(c.norm_eps));
+}
+
+template <typename T>
+void norm_backward(const ModelConfig& c, const T* dy, const T* x, const T* w, const T* mean,
+                   const T* rstd, T* dx, T* dw, T* db, int64_t rows) {
+  if (c.norm == NormKind::layernorm)
+    layernorm_backward(dy, x, w, mean, rstd, dx, dw, db, rows, c.d_model);
+  else
+    rmsnorm_backward(dy, x, w, rstd, dx, dw, rows, c.d_model);
+}
+
+// Pointer to a parameter (or its gradient) by offset; null for absent (-1) parameters.
+template <typename T>
+T* at(T* base, int64_t offset) {
+  return offset < 0 ? nullptr : base + offset;
+}
+
+template <typename T>
+struct LayerContext {
+  const ModelConfig& c;
+  const Dims& m;
+  int layer;
+  const T* params;
+  const LayerOffsets& o;
+  const int32_t* doc;
+  const Activations<T>& acts;
+};
+
+template <typename T>
+AttentionShape attention_shape(const LayerContext<T>& x, int64_t window) {
+  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, x.m.h, window};
+}
+
+template <typename T>
+DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window) {
+  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window};
+}
+
+int64_t window_of(const ModelConfig& c, LayerKind kind) {
+  return kind == LayerKind::sliding_window ? c.window : 0;
+}
+
+// Mixer forward: reads a.a (the normed input), writes the internals and `out` [n, d].
+template <typename T>
+void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
+  const ModelConfig& c = x.c;
+  const Dims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const LayerKind kind = c.layers[x.layer];
+  switch (kind) {
+    case LayerKind::mamba: {
+      const T* w_in = P + o.in_proj_w;
+      linear_forward(a.a, w_in, (const T*)nullptr, a.xin, m.n, m.d, m.E);
+      linear_forward(a.a, w_in + m.E * m.d, (const T*)nullptr, a.z, m.n, m.d, m.E);
+      causal_conv1d_forward(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xc, m.B, m.L, m.E, m.K);
+      silu_forward(a.xc, a.xs, m.n * m.E);
+      const T* w_x = P + o.x_proj_w;  // rows: delta (R), B (N), C (N)
+      linear_forward(a.xs, w_x, (const T*)nullptr, a.dl, m.n, m.E, m.R);
+      linear_forward(a.xs, w_x + m.R * m.E, (const T*)nullptr, a.bc, m.n, m.E, m.N);
+      linear_forward(a.xs, w_x + (m.R + m.N) * m.E, (const T*)nullptr, a.cc, m.n, m.E, m.N);
+      linear_forward(a.dl, P + o.dt_proj_w, (const T*)nullptr, a.dt, m.n, m.R, m.E);
+      selective_scan_forward(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc, P + o.d_skip,
+                             a.z, x.doc, a.y, a.sout, SelectiveScanShape{m.B, m.L, m.E, m.N});
+      linear_forward(a.sout, P + o.out_proj_w, (const T*)nullptr, out, m.n, m.E, m.d);
+      break;
+    }
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = kind == LayerKind::cross_attention;
+      const T* w = P + o.qkv_w;
+      const T* b = at(P, o.qkv_b);
+      linear_forward(a.a, w, b, a.q, m.n, m.d, m.Hh);
+      const T* k = a.k;
+      const T* v = a.v;
+      if (cross) {
+        k = x.acts.layers[c.kv_source_layer].k;
+        v = x.acts.layers[c.kv_source_layer].v;
+      } else {
+        linear_forward(a.a, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh);
+        linear_forward(a.a, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d, m.Gh);
+        if (c.rope) {
+          rope_forward(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta);
+          rope_forward(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta);
+        }
+      }
+      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const int64_t window = window_of(c, kind);
+      if (c.differential) {
+        diff_attention_forward(a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+                               P + o.lambda_q2, P + o.lambda_k2,
+                               static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
+                               a.o, a.diff, diff_shape(x, window), scale,
+                               static_cast<T>(c.norm_eps));
+      } else {
+        attention_forward(a.q, k, v, x.doc, a.o, a.lse, attention_shape(x, window), scale);
+      }
+      linear_forward(a.o, P + o.o_w, at(P, o.o_b), out, m.n, m.Hh, m.d);
+      break;
+    }
+    case LayerKind::gmu: {
+      const T* memory = x.acts.layers[c.memory_layer].y;
+      linear_forward(a.a, P + o.gmu_in_w, (const T*)nullptr, a.g, m.n, m.d, m.E);
+      gmu_forward(memory, a.g, at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
+                  static_cast<T>(c.norm_eps));
+      linear_forward(a.gm, P + o.gmu_out_w, (const T*)nullptr, out, m.n, m.E, m.d);
+      break;
+    }
+  }
+}
+
+// Mixer backward: dout [n, d] is the gradient of the mixer's output; adds into g.da (the
+// gradient of the normed input) and into the parameter gradients G.
+template <typename T>
+void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const T* dout, T* G,
+                    BackwardScratch<T>& g) {
+  const ModelConfig& c = x.c;
+  const Dims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const LayerKind kind = c.layers[x.layer];
+  switch (kind) {
+    case LayerKind::mamba: {
+      for (T* buf : {g.dxin, g.dz, g.dxc, g.dxs, g.ddt, g.dsout}) zero_n(buf, m.n * m.E);
+      zero_n(g.ddl, m.n * m.R), zero_n(g.dbc, m.n * m.N), zero_n(g.dcc, m.n * m.N);
+      linear_backward(dout, a.sout, P + o.out_proj_w, g.dsout, G + o.out_proj_w, (T*)nullptr,
+                      m.n, m.E, m.d);
+      const T* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
+      selective_scan_backward(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc,
+                              a.cc, P + o.d_skip, a.z, x.doc, g.dxs, g.ddt, G + o.dt_proj_b,
+                              G + o.a_log, g.dbc, g.dcc, G + o.d_skip, g.dz,
+                              SelectiveScanShape{m.B, m.L, m.E, m.N});
+      linear_backward(g.ddt, a.dl, P + o.dt_proj_w, g.ddl, G + o.dt_proj_w, (T*)nullptr, m.n, m.R,
+                      m.E);
+      const T* w_x = P + o.x_proj_w;
+      T* gw_x = G + o.x_proj_w;
+      linear_backward(g.ddl, a.xs, w_x, g.dxs, gw_x, (T*)nullptr, m.n, m.E, m.R);
+      linear_backward(g.dbc, a.xs, w_x + m.R * m.E, g.dxs, gw_x + m.R * m.E, (T*)nullptr, m.n, m.E,
+                      m.N);
+      linear_backward(g.dcc, a.xs, w_x + (m.R + m.N) * m.E, g.dxs, gw_x + (m.R + m.N) * m.E,
+                      (T*)nullptr, m.n, m.E, m.N);
+      silu_backward(g.dxs, a.xc, g.dxc, m.n * m.E);
+      causal_conv1d_backward(g.dxc, a.xin, P + o.conv_w, x.doc, g.dxin, G + o.conv_w,
+                             G + o.conv_b, m.B, m.L, m.E, m.K);
+      const T* w_in = P + o.in_proj_w;
+      linear_backward(g.dxin, a.a, w_in, g.da, G + o.in_proj_w, (T*)nullptr, m.n, m.d, m.E);
+      linear_backward(g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
+                      (T*)nullptr, m.n, m.d, m.E);
+      break;
+    }
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = kind == LayerKind::cross_attention;
+      const bool kv_source = x.layer == c.kv_source_layer;
+      zero_n(g.dq, m.n * m.Hh), zero_n(g.do_, m.n * m.Hh);
+      linear_backward(dout, a.o, P + o.o_w, g.do_, G + o.o_w, at(G, o.o_b), m.n, m.Hh, m.d);
+      const T* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
+      const T* v = cross ? x.acts.layers[c.kv_source_layer].v : a.v;
+      // Key/value gradients: cross layers and the kv layer itself add into the shared buffers
+      // (zeroed at the start of backward); other self-attention layers use their own.
+      T* dk = (cross || kv_source) ? g.dk_shared : g.dk;
+      T* dv = (cross || kv_source) ? g.dv_shared : g.dv;
+      if (!cross && !kv_source) zero_n(g.dk, m.n * m.Gh), zero_n(g.dv, m.n * m.Gh);
+      T* dq_attn = g.dq;
+      T* dk_attn = dk;
+      if (c.rope) {  // attention's gradients are w.r.t. the rotated q, k
+        zero_n(g.dq_rot, m.n * m.Hh), zero_n(g.dk_rot, m.n * m.Gh);
+        dq_attn = g.dq_rot, dk_attn = g.dk_rot;
+      }
+      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const int64_t window = window_of(c, kind);
+      if (c.differential) {
+        diff_attention_backward(g.do_, a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+                                P + o.lambda_q2, P + o.lambda_k2,
+                                static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
+                                a.diff, dq_attn, dk_attn, dv, G + o.lambda_q1, G + o.lambda_k1,
+                                G + o.lambda_q2, G + o.lambda_k2, G + o.head_norm_w,
+                                diff_shape(x, window), scale);
+      } else {
+        attention_backward(g.do_, a.q, k, v, x.doc, a.o, a.lse, dq_attn, dk_attn, dv,
+                           attention_shape(x, window), scale);
+      }
+      if (c.rope) {
+        rope_backward(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta);
+        rope_backward(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta);
+      }
+      const T* w = P + o.qkv_w;
+      T* gw = G + o.qkv_w;
+      T* gb = at(G, o.qkv_b);
+      linear_backward(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh);
+      if (!cross) {
+        linear_backward(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb, m.n,
+                        m.d, m.Gh);
+        linear_backward(dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da, gw + (m.Hh + m.Gh) * m.d,
+                        gb ? gb + m.Hh + m.Gh : gb, m.n, m.d, m.Gh);
+      }
+      break;
+    }
+    case LayerKind::gmu: {
+      const T* memory = x.acts.layers[c.memory_layer].y;
+      zero_n(g.dg, m.n * m.E), zero_n(g.dgm, m.n * m.E);
+      linear_backward(dout, a.gm, P + o.gmu_out_w, g.dgm, G + o.gmu_out_w, (T*)nullptr, m.n, m.E,
+                      m.d);
+      gmu_backward(g.dgm, memory, a.g, at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
+                   at(G, o.gmu_norm_w), m.n, m.E);
+      linear_backward(g.dg, a.a, P + o.gmu_in_w, g.da, G + o.gmu_in_w, (T*)nullptr, m.n, m.d, m.E);
+      break;
+    }
+  }
+}
+
+// One layer forward: x_in -> x_out (x_out may be the next layer's x_in or the final x).
+template <typename T>
+void layer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* x_out, T* mixer_out,
+                   T* mlp_out, double residual_scale) {
+  const Dims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const int64_t nd = m.n * m.d;
+  const T rs = static_cast<T>(residual_scale);
+  norm_forward(x.c, a.x_in, P + o.norm1_w, at(P, o.norm1_b), a.a, a.ln1_mean, a.ln1_rstd, m.n);
+  mixer_forward(x, a, mixer_out);
+  for (int64_t i = 0; i < nd; ++i) a.x_mid[i] = a.x_in[i] + rs * mixer_out[i];
+  norm_forward(x.c, a.x_mid, P + o.norm2_w, at(P, o.norm2_b), a.a2, a.ln2_mean, a.ln2_rstd, m.n);
+  linear_forward(a.a2, P + o.fc1_w, (const T*)nullptr, a.h, m.n, m.d, 2 * m.F);
+  swiglu_forward(a.h, a.s, m.n, m.F);
+  linear_forward(a.s, P + o.fc2_w, (const T*)nullptr, mlp_out, m.n, m.F, m.d);
+  for (int64_t i = 0; i < nd; ++i) x_out[i] = a.x_mid[i] + rs * mlp_out[i];
+}
+
+// One layer backward: g.dres holds d(loss)/d(x_out) on entry and d(loss)/d(x_in) on exit.
+template <typename T>
+void layer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, T* G,
+                    BackwardScratch<T>& g, double residual_scale) {
+  const Dims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const int64_t nd = m.n * m.d;
+  const T rs = static_cast<T>(residual_scale);
+  // MLP branch; the identity path leaves dres as it is, the norm's backward adds into it.
+  for (int64_t i = 0; i < nd; ++i) g.dbranch[i] = rs * g.dres[i];
+  zero_n(g.ds, m.n * m.F), zero_n(g.dh, m.n * 2 * m.F), zero_n(g.da, nd);
+  linear_backward(g.dbranch, a.s, P + o.fc2_w, g.ds, G + o.fc2_w, (T*)nullptr, m.n, m.F, m.d);
+  swiglu_backward(g.ds, a.h, g.dh, m.n, m.F);
+  linear_backward(g.dh, a.a2, P + o.fc1_w, g.da, G + o.fc1_w, (T*)nullptr, m.n, m.d, 2 * m.F);
+  norm_backward(x.c, g.da, a.x_mid, P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
+                G + o.norm2_w, at(G, o.norm2_b), m.n);
+  // Mixer branch.
+  for (int64_t i = 0; i < nd; ++i) g.dbranch[i] = rs * g.dres[i];
+  zero_n(g.da, nd);
+  mixer_backward(x, a, g.dbranch, G, g);
+  norm_backward(x.c, g.da, a.x_in, P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres, G + o.norm1_w,
+                at(G, o.norm1_b), m.n);
+}
+
+}  // namespace
+
+template <typename T>
+Model<T> make_model(const ModelConfig& config, uint64_t seed) {
+  validate_model_config(config, "model config '" + config.name + "'");
+  Model<T> model;
+  model.config = config;
+  model.layout = build_param_layout(config);
+  model.params.resize(model.layout.total);
+  model.grads.assign(model.layout.total, T(0));
+  init_params(model.layout, model.params.data(), seed);
+  return model;
+}
+
+template <typename T>
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
+  SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
+  Arena measure = Arena::measuring("activations");
+  Activations<T> dry;
+  allocate_activations(model.config, B, L, recompute, measure, dry);
+  Activations<T> acts;
+  acts.B = B, acts.L = L, acts.recompute = recompute;
+  acts.arena = Arena(Device::cpu, measure.used, "activations");
+  allocate_activations(model.config, B, L, recompute, acts.arena, acts);
+  return acts;
+}
+
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
+                         size_t element_size) {
+  Arena measure = Arena::measuring("activations");
+  if (element_size == sizeof(double)) {
+    Activations<double> dry;
+    allocate_activations(config, B, L, recompute, measure, dry);
+  } else {
+    Activations<float> dry;
+    allocate_activations(config, B, L, recompute, measure, dry);
+  }
+  return static_cast<int64_t>(measure.used);
+}
+
+template <typename T>
+ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const int32_t* tokens,
+                            const int32_t* targets, const int32_t* doc) {
+  const ModelConfig& c = model.config;
+  const Dims m = dims_of(c, acts.B, acts.L);
+  const T* P = model.params.data();
+  const int n_layers = static_cast<int>(c.layers.size());
+  embedding_forward(tokens, P + model.layout.embedding, acts.layers[0].x_in, m.n, c.vocab, m.d);
+  for (int i = 0; i < n_layers; ++i) {
+    LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts};
+    T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
+    layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
+  }
+  norm_forward(c, acts.final_x, P + model.layout.final_norm_w, at(P, model.layout.final_norm_b),
+               acts.final_out, acts.final_mean, acts.final_rstd, m.n);
+  ForwardResult r;
+  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding, targets,
+                                          acts.ce_lse, m.n, m.d, c.vocab,
+                                          static_cast<T>(model.logit_scale),
+                                          std::min<int64_t>(kLossVocabChunk, c.vocab),
+                                          &r.valid_rows);
+  return r;
+}
+
+template <typename T>
+void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens,
+                    const int32_t* targets, const int32_t* doc, T grad_scale) {
+  const ModelConfig& c = model.config;
+  const Dims m = dims_of(c, acts.B, acts.L);
+  const T* P = model.params.data();
+  T* G = model.grads.data();
+  BackwardScratch<T>& g = acts.grad;
+  const int n_layers = static_cast<int>(c.layers.size());
+  const ParamLayout& lay = model.layout;
+
+  if (g.dk_shared) zero_n(g.dk_shared, m.n * m.Gh), zero_n(g.dv_shared, m.n * m.Gh);
+  if (g.dmemory) zero_n(g.dmemory, m.n * m.E);
+
+  // Loss and final norm: dres = d(loss)/d(final_x).
+  zero_n(g.da, m.n * m.d), zero_n(g.dres, m.n * m.d);
+  tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets, acts.ce_lse, g.da,
+                              G + lay.embedding, m.n, m.d, c.vocab,
+                              static_cast<T>(model.logit_scale),
+                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
+  norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
+                g.dres, G + lay.final_norm_w, at(G, lay.final_norm_b), m.n);
+
+  for (int i = n_layers - 1; i >= 0; --i) {
+    LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts};
+    if (acts.recompute) {
+      // Re-run the layer from its saved input. Its output is not needed again and lands in
+      // mlp_out (updated in place), so the next layer's saved input stays intact.
+      layer_forward(x, acts.layers[i], acts.mlp_out, acts.mixer_out, acts.mlp_out,
+                    model.residual_scale);
+    }
+    layer_backward(x, acts.layers[i], G, g, model.residual_scale);
+  }
+  embedding_backward(tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d);
+}
+
+double training_flops_per_token(const ModelConfig& c, int64_t L) {
+  // Matrix products: 2 FLOPs per multiply-add, x3 for forward + two backward products.
+  const double d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
+  const double Hh = double(c.n_heads) * c.head_dim, Gh = double(c.n_kv_heads) * c.head_dim;
+  double matmul = c.vocab * d;  // output head (the embedding gather is not a product)
+  double attention = 0;         // scores and values per token, forward
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    matmul += 3 * d * c.d_ff;
+    switch (c.layers[i]) {
+      case LayerKind::mamba:
+        matmul += d * 2 * E + E * (R + 2 * N) + R * E + E * d;
+        break;
+      case LayerKind::sliding_window:
+      case LayerKind::full_attention:
+      case LayerKind::cross_attention: {
+        const bool cross = c.layers[i] == LayerKind::cross_attention;
+        matmul += d * (cross ? Hh : Hh + 2 * Gh) + Hh * d;
+        // Average keys seen per query under the causal (and window) mask.
+        const double keys = c.layers[i] == LayerKind::sliding_window && c.window < L
+                                ? c.window - (c.window - 1) * c.window / (2.0 * L)
+                                : (L + 1) / 2.0;
+        // q k^T and p v; differential attention runs two maps whose values are twice as wide.
+        const double per_key = c.differential ? 2 * (Hh / 2) * (1 + 2) : Hh * 2;
+        attention += 2 * keys * per_key;
+        break;
+      }
+      case LayerKind::gmu:
+        matmul += 2 * d * E;
+        break;
+    }
+  }
+  return 3 * (2 * matmul + attention);
+}
+
+template Model<float> make_model<float>(const ModelConfig&, uint64_t);
+template Model<double> make_model<double>(const ModelConfig&, uint64_t);
+template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t, bool);
+template Activations<double> plan_activations<double>(const Model<double>&, int64_t, int64_t,
+                                                      bool);
+template ForwardResult model_forward<float>(const Model<float>&, Activations<float>&,
+                                            const int32_t*, const int32_t*, const int32_t*);
+template ForwardResult model_forward<double>(const Model<double>&, Activations<double>&,
+                                             const int32_t*, const int32_t*, const int32_t*);
+template void model_backward<float>(Model<float>&, Activations<float>&, const int32_t*,
+                                    const int32_t*, const int32_t*, float);
+template void model_backward<double>(Model<double>&, Activations<double>&, const int32_t*,
+                                     const int32_t*, const int32_t*, double);
+
+}  // namespace sambay

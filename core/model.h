@@ -1,0 +1,114 @@
+// The SambaY model on the CPU: forward and hand-written backward of the whole network.
+//
+// One micro-batch is tokens [B, L] with next-token targets [B, L] (negative = ignored) and an
+// optional document id per token [B, L] (variable-length training: documents packed in a row
+// neither attend to each other nor share scan or conv state).
+//
+// Activations live in one arena planned for (B, L) before the first step. With recompute on,
+// only each layer's input is kept and backward re-runs the layer's forward before its
+// backward; both modes run the same code on the same inputs, so gradients are bit-identical.
+#pragma once
+
+#include "core/arena.h"
+#include "core/model_config.h"
+#include "core/param_layout.h"
+#include "kernels/diff_attention.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace sambay {
+
+template <typename T>
+struct Model {
+  ModelConfig config;
+  ParamLayout layout;
+  std::vector<T> params;  // layout.total values
+  std::vector<T> grads;   // same layout; backward adds into it
+  double residual_scale = 1;  // each block's output is multiplied by this before the residual add
+  double logit_scale = 1;     // output logits = logit_scale * <h, embedding>
+};
+
+// Validates the config, lays out and initialises the parameters, zeroes the gradients.
+template <typename T>
+Model<T> make_model(const ModelConfig& config, uint64_t seed);
+
+// One layer's stored activations (pointers into the activation arena; null where the layer
+// kind has none). n = B * L rows. In recompute mode the internals of every layer of a kind
+// point at one shared set, refilled when backward re-runs the layer.
+template <typename T>
+struct LayerActivations {
+  T* x_in = nullptr;  // [n, d] the layer's input (always kept)
+  T *ln1_mean = nullptr, *ln1_rstd = nullptr, *a = nullptr;  // [n], [n], [n, d]
+  T* x_mid = nullptr;                                        // [n, d] after the mixer
+  T *ln2_mean = nullptr, *ln2_rstd = nullptr, *a2 = nullptr;
+  T *h = nullptr, *s = nullptr;  // MLP: fc1 output [n, 2F], SwiGLU output [n, F]
+  // Mamba: x, z halves of in_proj [n, E]; conv output, its SiLU [n, E]; delta low-rank [n, R];
+  // B, C [n, N]; dt before bias [n, E]; pre-gate y and gated output [n, E].
+  T *xin = nullptr, *z = nullptr, *xc = nullptr, *xs = nullptr, *dl = nullptr, *bc = nullptr,
+    *cc = nullptr, *dt = nullptr, *y = nullptr, *sout = nullptr;
+  // Attention: q [n, Hh], k, v [n, Gh] (self layers), o [n, Hh], lse [B, H, L] (plain).
+  T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
+  DiffAttentionSaved diff{};
+  // GMU: g = x W_1 [n, E], gated (and normed) [n, E], nGMU rstd [n].
+  T *g = nullptr, *gm = nullptr, *gmu_rstd = nullptr;
+};
+
+// Gradient buffers used while backward walks the layers; reused by every layer.
+template <typename T>
+struct BackwardScratch {
+  T* dres = nullptr;     // [n, d] gradient of the residual stream
+  T* dbranch = nullptr;  // [n, d] residual_scale * dres, the gradient of a block's output
+  T* da = nullptr;       // [n, d] gradient of a norm's output
+  T *dh = nullptr, *ds = nullptr;  // MLP [n, 2F], [n, F]
+  T *dxin = nullptr, *dz = nullptr, *dxc = nullptr, *dxs = nullptr, *ddl = nullptr,
+    *dbc = nullptr, *dcc = nullptr, *ddt = nullptr, *dsout = nullptr;  // Mamba
+  T *dq = nullptr, *dk = nullptr, *dv = nullptr, *do_ = nullptr;       // attention
+  T *dq_rot = nullptr, *dk_rot = nullptr;  // RoPE: gradients before the rotation's transpose
+  T *dg = nullptr, *dgm = nullptr;         // GMU
+  // Shared across layers: cross-attention layers add into the kv layer's key/value gradients,
+  // GMU layers into the memory's gradient; the source layer consumes them later in backward.
+  T *dk_shared = nullptr, *dv_shared = nullptr, *dmemory = nullptr;
+};
+
+// Planned activation memory for micro-batches of [B, L].
+template <typename T>
+struct Activations {
+  int64_t B = 0, L = 0;
+  bool recompute = false;
+  Arena arena;
+  std::vector<LayerActivations<T>> layers;
+  BackwardScratch<T> grad;
+  T *mixer_out = nullptr, *mlp_out = nullptr;  // [n, d] block outputs before the residual add
+  T *final_x = nullptr, *final_mean = nullptr, *final_rstd = nullptr, *final_out = nullptr;
+  T* ce_lse = nullptr;  // [n] the loss's log-sum-exp per row
+};
+
+template <typename T>
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute);
+
+// Bytes the activation arena needs for this config and micro-batch shape (nothing allocated).
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
+                         size_t element_size);
+
+struct ForwardResult {
+  double loss_sum = 0;     // sum over valid targets of -log p(target)
+  int64_t valid_rows = 0;  // number of valid targets
+};
+
+// Runs the model and the loss. tokens, targets: [B, L]; doc: [B, L] or nullptr.
+template <typename T>
+ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const int32_t* tokens,
+                            const int32_t* targets, const int32_t* doc);
+
+// Adds grad_scale * d(loss_sum)/d(params) into model.grads, using what the last
+// model_forward on `acts` stored (call it with the same inputs).
+template <typename T>
+void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens,
+                    const int32_t* targets, const int32_t* doc, T grad_scale);
+
+// Model FLOPs per token for training (forward + backward, matrix products and attention
+// scores/values), the numerator of MFU. Counted exactly from the shapes for sequence length L.
+double training_flops_per_token(const ModelConfig& config, int64_t L);
+
+}  // namespace sambay

@@ -1,0 +1,437 @@
+#include "core/model_config.h"
+
+#include "core/check.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <functional>
+#include <sstream>
+
+namespace sambay {
+
+namespace {
+
+struct KindName {
+  LayerKind kind;
+  const char* name;
+};
+constexpr KindName kKindNames[] = {{LayerKind::mamba, "mamba"},
+                                   {LayerKind::sliding_window, "sliding_window"},
+                                   {LayerKind::full_attention, "full_attention"},
+                                   {LayerKind::cross_attention, "cross_attention"},
+                                   {LayerKind::gmu, "gmu"}};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Phi4-mini-Flash widths for width d (model.md), used by the depth-scaled family too.
+void set_mamba_widths(ModelConfig& c) {
+  c.d_inner = 2 * c.d_model;
+  c.d_state = 16;
+  c.d_conv = 4;
+  c.dt_rank = ceil_div(c.d_model, 16);
+}
+
+ModelConfig phi4_mini_flash() {
+  ModelConfig c;
+  c.name = "phi4-mini-flash";
+  c.d_model = 2560;
+  c.vocab = 200064;
+  c.n_heads = 40;
+  c.n_kv_heads = 20;
+  c.head_dim = 64;
+  c.window = 512;
+  c.differential = true;
+  c.d_ff = 10240;
+  set_mamba_widths(c);
+  c.eod_token = 199999;
+  set_sambay_pattern(c, 32, /*gmu=*/true);
+  return c;
+}
+
+// The scaling-study family: width 128 per layer of depth, head dim 128, H = depth, GQA ratio 2,
+// F = 4d, E = 2d. depth 16 gives the ~1B model (1.0B without the 200K-token embedding).
+ModelConfig scaled_by_depth(const std::string& name, int64_t depth, bool differential) {
+  ModelConfig c;
+  c.name = name;
+  c.d_model = 128 * depth;
+  c.vocab = 200064;
+  c.n_heads = depth;
+  c.n_kv_heads = depth / 2;
+  c.head_dim = 128;
+  c.window = 512;
+  c.differential = differential;
+  c.d_ff = 4 * c.d_model;
+  set_mamba_widths(c);
+  c.eod_token = 199999;
+  set_sambay_pattern(c, depth, /*gmu=*/true);
+  return c;
+}
+
+void make_transformerpp(ModelConfig& c) {
+  c.layers.assign(c.layers.size(), LayerKind::full_attention);
+  c.kv_source_layer = -1;
+  c.memory_layer = -1;
+  c.differential = false;
+  c.attention_bias = false;
+  c.rope = true;
+  c.norm = NormKind::rmsnorm;
+  c.d_inner = c.d_state = c.dt_rank = 0;
+}
+
+// Tiny shapes for whole-model gradient checks: every layer kind appears, sizes are odd where
+// the ops allow, and the window is shorter than test sequences.
+ModelConfig tiny(const std::string& name) {
+  ModelConfig c;
+  c.name = name;
+  c.d_model = 12;
+  c.vocab = 29;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 3;
+  c.window = 3;
+  c.differential = true;
+  c.d_ff = 10;
+  c.d_inner = 14;
+  c.d_state = 3;
+  c.d_conv = 4;
+  c.dt_rank = 2;
+  set_sambay_pattern(c, 8, /*gmu=*/true);
+  return c;
+}
+
+ModelConfig demo() {
+  ModelConfig c;
+  c.name = "demo-sambay-da";
+  c.d_model = 128;
+  c.vocab = 257;  // the byte tokenizer's 256 bytes + end-of-document
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 32;
+  c.window = 64;
+  c.differential = true;
+  c.d_ff = 384;
+  set_mamba_widths(c);
+  c.eod_token = 256;
+  set_sambay_pattern(c, 8, /*gmu=*/true);
+  return c;
+}
+
+}  // namespace
+
+const char* layer_kind_name(LayerKind k) {
+  for (const auto& kn : kKindNames)
+    if (kn.kind == k) return kn.name;
+  return "?";
+}
+
+LayerKind parse_layer_kind(const std::string& s) {
+  for (const auto& kn : kKindNames)
+    if (s == kn.name) return kn.kind;
+  fail("unknown layer kind '{}' (valid: mamba, sliding_window, full_attention, cross_attention, "
+       "gmu)",
+       s);
+}
+
+void set_sambay_pattern(ModelConfig& c, int64_t n, bool gmu) {
+  SAMBAY_CHECK(n >= 4 && n % 4 == 0, "the SambaY pattern needs a multiple of 4 layers, got {}", n);
+  const int64_t half = n / 2;
+  c.layers.clear();
+  for (int64_t i = 0; i < half; ++i)
+    c.layers.push_back(i % 2 == 0 ? LayerKind::mamba : LayerKind::sliding_window);
+  c.layers.push_back(LayerKind::mamba);
+  c.layers.push_back(LayerKind::full_attention);
+  for (int64_t i = half + 2; i < n; ++i)
+    c.layers.push_back(gmu && i % 2 == 0 ? LayerKind::gmu : LayerKind::cross_attention);
+  c.memory_layer = gmu ? static_cast<int>(half) : -1;
+  c.kv_source_layer = static_cast<int>(half + 1);
+}
+
+std::vector<std::string> model_preset_names() {
+  return {"phi4-mini-flash", "sambay-da-1b",   "sambay-1b",     "samba-yoco-1b",
+          "transformerpp-1b", "tiny-sambay-da", "tiny-sambay",   "tiny-samba-yoco",
+          "tiny-transformerpp", "tiny-ngmu",    "demo-sambay-da"};
+}
+
+ModelConfig model_preset(const std::string& name) {
+  if (name == "phi4-mini-flash") return phi4_mini_flash();
+  if (name == "sambay-da-1b") return scaled_by_depth(name, 16, true);
+  if (name == "sambay-1b") return scaled_by_depth(name, 16, false);
+  if (name == "samba-yoco-1b") {
+    ModelConfig c = scaled_by_depth(name, 16, false);
+    set_sambay_pattern(c, 16, /*gmu=*/false);
+    return c;
+  }
+  if (name == "transformerpp-1b") {
+    ModelConfig c = scaled_by_depth(name, 16, false);
+    make_transformerpp(c);
+    return c;
+  }
+  if (name == "tiny-sambay-da") return tiny(name);
+  if (name == "tiny-sambay") {
+    ModelConfig c = tiny(name);
+    c.differential = false;
+    return c;
+  }
+  if (name == "tiny-samba-yoco") {
+    ModelConfig c = tiny(name);
+    c.differential = false;
+    set_sambay_pattern(c, 8, /*gmu=*/false);
+    return c;
+  }
+  if (name == "tiny-transformerpp") {
+    ModelConfig c = tiny(name);
+    c.layers.resize(4);
+    c.head_dim = 4;  // RoPE needs an even head dim
+    make_transformerpp(c);
+    return c;
+  }
+  if (name == "tiny-ngmu") {
+    ModelConfig c = tiny(name);
+    c.normalized_gmu = true;
+    return c;
+  }
+  if (name == "demo-sambay-da") return demo();
+  std::string names;
+  for (const auto& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
+  fail("unknown model preset '{}' (valid: {})", name, names);
+}
+
+void validate_model_config(const ModelConfig& c, const std::string& src) {
+  auto need = [&](bool ok, const char* field, const std::string& why) {
+    if (!ok) fail("{}: model.{}: {}", src, field, why);
+  };
+  need(c.d_model > 0, "d_model", fmt::format("must be positive, got {}", c.d_model));
+  need(c.vocab > 0, "vocab", fmt::format("must be positive, got {}", c.vocab));
+  need(!c.layers.empty(), "layers", "the layer pattern is empty");
+  need(c.d_ff > 0, "d_ff", fmt::format("must be positive, got {}", c.d_ff));
+  need(c.norm_eps > 0, "norm_eps", fmt::format("must be positive, got {}", c.norm_eps));
+  bool any_attention = false, any_mamba = false, any_cross = false, any_gmu = false;
+  for (LayerKind k : c.layers) {
+    any_attention |= k == LayerKind::sliding_window || k == LayerKind::full_attention ||
+                     k == LayerKind::cross_attention;
+    any_mamba |= k == LayerKind::mamba;
+    any_cross |= k == LayerKind::cross_attention;
+    any_gmu |= k == LayerKind::gmu;
+  }
+  if (any_attention) {
+    need(c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0, "n_heads",
+         "attention layers need n_heads, n_kv_heads and head_dim > 0");
+    need(c.n_heads % c.n_kv_heads == 0, "n_kv_heads",
+         fmt::format("n_heads {} is not a multiple of n_kv_heads {}", c.n_heads, c.n_kv_heads));
+    if (c.differential)
+      need(c.n_heads % 2 == 0 && c.n_kv_heads % 2 == 0, "differential",
+           "differential attention pairs heads: n_heads and n_kv_heads must be even");
+    if (c.rope) need(c.head_dim % 2 == 0, "head_dim", "RoPE needs an even head_dim");
+  }
+  for (size_t i = 0; i < c.layers.size(); ++i)
+    if (c.layers[i] == LayerKind::sliding_window)
+      need(c.window > 0, "window", "sliding-window layers need window > 0");
+  if (any_mamba || any_gmu) need(c.d_inner > 0, "d_inner", "Mamba and GMU layers need d_inner > 0");
+  if (any_mamba) {
+    need(c.d_state > 0, "d_state", "Mamba layers need d_state > 0");
+    need(c.d_conv > 0, "d_conv", "Mamba layers need d_conv > 0");
+    need(c.dt_rank > 0, "dt_rank", "Mamba layers need dt_rank > 0");
+  }
+  const int n = static_cast<int>(c.layers.size());
+  if (any_cross) {
+    need(c.kv_source_layer >= 0 && c.kv_source_layer < n, "kv_source_layer",
+         fmt::format("cross-attention layers need a kv source layer in [0, {}), got {}", n,
+                     c.kv_source_layer));
+    LayerKind src = c.layers[c.kv_source_layer];
+    need(src == LayerKind::full_attention || src == LayerKind::sliding_window, "kv_source_layer",
+         fmt::format("layer {} is {}, not an attention layer", c.kv_source_layer,
+                     layer_kind_name(src)));
+  }
+  if (any_gmu) {
+    need(c.memory_layer >= 0 && c.memory_layer < n, "memory_layer",
+         fmt::format("GMU layers need a memory layer in [0, {}), got {}", n, c.memory_layer));
+    need(c.layers[c.memory_layer] == LayerKind::mamba, "memory_layer",
+         fmt::format("layer {} is {}, not mamba", c.memory_layer,
+                     layer_kind_name(c.layers[c.memory_layer])));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (c.layers[i] == LayerKind::cross_attention)
+      need(i > c.kv_source_layer, "layers",
+           fmt::format("cross-attention layer {} comes before its kv source layer {}", i,
+                       c.kv_source_layer));
+    if (c.layers[i] == LayerKind::gmu)
+      need(i > c.memory_layer, "layers",
+           fmt::format("GMU layer {} comes before its memory layer {}", i, c.memory_layer));
+  }
+  need(c.mup_base_width >= 0, "mup_base_width", "must be >= 0 (0 disables muP++)");
+}
+
+int64_t parameter_count(const ModelConfig& c) {
+  const int64_t d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+  const int64_t Hh = c.n_heads * c.head_dim, Gh = c.n_kv_heads * c.head_dim;
+  const int64_t bias = c.attention_bias ? 1 : 0;
+  const int64_t norm = c.norm == NormKind::layernorm ? 2 * d : d;
+  const int64_t diff = c.differential ? 4 * c.head_dim + 2 * c.head_dim : 0;
+  int64_t total = c.vocab * d + norm;  // tied embedding + final norm
+  for (LayerKind k : c.layers) {
+    total += 2 * norm + 3 * d * c.d_ff;  // two norms + SwiGLU MLP (fc1: d -> 2F, fc2: F -> d)
+    switch (k) {
+      case LayerKind::mamba:
+        total += d * 2 * E + E * K + E + E * (R + 2 * N) + R * E + E + E * N + E + E * d;
+        break;
+      case LayerKind::sliding_window:
+      case LayerKind::full_attention:
+        total += d * (Hh + 2 * Gh) + bias * (Hh + 2 * Gh) + Hh * d + bias * d + diff;
+        break;
+      case LayerKind::cross_attention:
+        total += d * Hh + bias * Hh + Hh * d + bias * d + diff;
+        break;
+      case LayerKind::gmu:
+        total += 2 * d * E + (c.normalized_gmu ? E : 0);
+        break;
+    }
+  }
+  return total;
+}
+
+namespace {
+
+// One field of the text form: how to print it and how to parse it.
+struct Field {
+  const char* key;
+  std::function<std::string(const ModelConfig&)> get;
+  std::function<void(ModelConfig&, const std::string&)> set;
+};
+
+int64_t parse_int(const std::string& v) {
+  int64_t x = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || end != v.data() + v.size()) fail("'{}' is not an integer", v);
+  return x;
+}
+
+double parse_double(const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size()) fail("'{}' is not a number", v);
+  return x;
+}
+
+bool parse_bool(const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  fail("'{}' is not a boolean (true/false)", v);
+}
+
+std::string layers_text(const std::vector<LayerKind>& layers) {
+  std::string s;
+  for (LayerKind k : layers) {
+    if (!s.empty()) s += ',';
+    s += layer_kind_name(k);
+  }
+  return s;
+}
+
+std::vector<LayerKind> parse_layers(const std::string& v) {
+  std::vector<LayerKind> out;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    out.push_back(parse_layer_kind(item));
+  }
+  return out;
+}
+
+#define INT_FIELD(name)                                                       \
+  Field {                                                                     \
+    #name, [](const ModelConfig& c) { return std::to_string(c.name); },       \
+        [](ModelConfig& c, const std::string& v) { c.name = parse_int(v); } \
+  }
+#define BOOL_FIELD(name)                                                               \
+  Field {                                                                              \
+    #name, [](const ModelConfig& c) { return std::string(c.name ? "true" : "false"); }, \
+        [](ModelConfig& c, const std::string& v) { c.name = parse_bool(v); }           \
+  }
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> f = {
+      {"name", [](const ModelConfig& c) { return c.name; },
+       [](ModelConfig& c, const std::string& v) { c.name = v; }},
+      INT_FIELD(d_model),
+      INT_FIELD(vocab),
+      {"layers", [](const ModelConfig& c) { return layers_text(c.layers); },
+       [](ModelConfig& c, const std::string& v) { c.layers = parse_layers(v); }},
+      INT_FIELD(n_heads),
+      INT_FIELD(n_kv_heads),
+      INT_FIELD(head_dim),
+      INT_FIELD(window),
+      BOOL_FIELD(differential),
+      BOOL_FIELD(attention_bias),
+      BOOL_FIELD(rope),
+      {"rope_theta", [](const ModelConfig& c) { return fmt::format("{}", c.rope_theta); },
+       [](ModelConfig& c, const std::string& v) { c.rope_theta = parse_double(v); }},
+      INT_FIELD(d_inner),
+      INT_FIELD(d_state),
+      INT_FIELD(d_conv),
+      INT_FIELD(dt_rank),
+      INT_FIELD(d_ff),
+      BOOL_FIELD(normalized_gmu),
+      {"norm",
+       [](const ModelConfig& c) {
+         return std::string(c.norm == NormKind::layernorm ? "layernorm" : "rmsnorm");
+       },
+       [](ModelConfig& c, const std::string& v) {
+         if (v == "layernorm")
+           c.norm = NormKind::layernorm;
+         else if (v == "rmsnorm")
+           c.norm = NormKind::rmsnorm;
+         else
+           fail("'{}' is not a norm (layernorm, rmsnorm)", v);
+       }},
+      {"norm_eps", [](const ModelConfig& c) { return fmt::format("{}", c.norm_eps); },
+       [](ModelConfig& c, const std::string& v) { c.norm_eps = parse_double(v); }},
+      INT_FIELD(kv_source_layer),
+      INT_FIELD(memory_layer),
+      INT_FIELD(mup_base_width),
+      INT_FIELD(eod_token),
+  };
+  return f;
+}
+
+#undef INT_FIELD
+#undef BOOL_FIELD
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> model_config_fields(const ModelConfig& c) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const Field& f : fields()) out.emplace_back(f.key, f.get(c));
+  return out;
+}
+
+void set_model_config_field(ModelConfig& c, const std::string& key, const std::string& value,
+                            const std::string& source) {
+  for (const Field& f : fields()) {
+    if (key != f.key) continue;
+    try {
+      f.set(c, value);
+    } catch (const Error& e) {
+      fail("{}: model.{}: {}", source, key, e.what());
+    }
+    return;
+  }
+  std::string keys;
+  for (const Field& f : fields()) keys += (keys.empty() ? "" : ", ") + std::string(f.key);
+  fail("{}: unknown model field 'model.{}' (valid: {})", source, key, keys);
+}
+
+std::string model_config_to_text(const ModelConfig& c) {
+  std::string s;
+  for (const auto& [k, v] : model_config_fields(c)) s += fmt::format("model.{} = {}\n", k, v);
+  return s;
+}
+
+}  // namespace sambay
