@@ -1,0 +1,167 @@
+#include "launch/train_config.h"
+
+#include "core/check.h"
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <map>
+
+namespace sambay {
+
+namespace po = boost::program_options;
+
+namespace {
+
+po::options_description train_options(TrainConfig& c) {
+  po::options_description run("Run");
+  run.add_options()
+      ("help,h", "print the options and exit")
+      ("config", po::value<std::string>(), "INI file with any of these options (flags override it)")
+      ("out_dir", po::value(&c.out_dir)->default_value(c.out_dir), "run directory: config, metrics, checkpoints, logs")
+      ("device", po::value(&c.device)->default_value(c.device), "auto (the GPU when present), cpu or cuda")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "parameter initialisation seed")
+      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "recompute layer internals in backward (less memory)")
+      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
+      ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
+      ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
+      ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run");
+  po::options_description data("Data");
+  data.add_options()
+      ("data", po::value(&c.data)->composing(), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
+      ("valid_fraction", po::value(&c.valid_fraction)->default_value(c.valid_fraction), "fraction of samples held out for validation")
+      ("data_seed", po::value(&c.data_seed)->default_value(c.data_seed), "sample order seed")
+      ("seq_len", po::value(&c.seq_len)->default_value(c.seq_len), "tokens per sequence")
+      ("micro_batch", po::value(&c.micro_batch)->default_value(c.micro_batch), "sequences per micro-batch")
+      ("grad_accum", po::value(&c.grad_accum)->default_value(c.grad_accum), "micro-batches per optimizer step")
+      ("doc_masking", po::value(&c.doc_masking)->default_value(c.doc_masking), "keep packed documents apart (scan/conv reset, attention mask)");
+  po::options_description optim("Optimizer");
+  optim.add_options()
+      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps")
+      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate")
+      ("min_lr_ratio", po::value(&c.min_lr_ratio)->default_value(c.min_lr_ratio), "final learning rate / peak")
+      ("schedule", po::value(&c.schedule)->default_value(c.schedule), "constant, cosine, linear or wsd")
+      ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warmup steps")
+      ("decay_fraction", po::value(&c.decay_fraction)->default_value(c.decay_fraction), "wsd: fraction of steps that decay")
+      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay (matrices only)")
+      ("beta1", po::value(&c.beta1)->default_value(c.beta1), "AdamW beta1")
+      ("beta2", po::value(&c.beta2)->default_value(c.beta2), "AdamW beta2")
+      ("adam_eps", po::value(&c.adam_eps)->default_value(c.adam_eps), "AdamW epsilon")
+      ("clip", po::value(&c.clip)->default_value(c.clip), "global gradient-norm clip (0 = off)");
+  po::options_description model("Model");
+  model.add_options()("model", po::value(&c.model_preset)->default_value(c.model_preset),
+                      "preset name; model.<field> options override its fields");
+  for (const auto& [key, value] : model_config_fields(ModelConfig{}))
+    model.add_options()(("model." + key).c_str(), po::value<std::string>(),
+                        fmt::format("override the preset's {}", key).c_str());
+  po::options_description all("sambay train options");
+  all.add(run).add(data).add(optim).add(model);
+  return all;
+}
+
+// Applies model.<field> values (from the file or the flags) on top of the preset.
+void apply_model_overrides(const po::variables_map& vm, TrainConfig& c, const std::string& src) {
+  c.model = model_preset(c.model_preset);
+  for (const auto& [key, value] : model_config_fields(c.model)) {
+    auto it = vm.find("model." + key);
+    if (it != vm.end()) set_model_config_field(c.model, key, it->second.as<std::string>(), src);
+  }
+}
+
+}  // namespace
+
+bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
+  po::options_description options = train_options(c);
+  po::variables_map vm;
+  std::string source = "command line";
+  try {
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: sambay train [--config FILE] [--option value ...]\n\n" << options;
+      return false;
+    }
+    if (vm.count("config")) {
+      source = vm["config"].as<std::string>();
+      std::ifstream file(source);
+      if (!file) fail("{}: cannot open the config file", source);
+      po::store(po::parse_config_file(file, options, /*allow_unregistered=*/false), vm);
+      source = "command line or " + source;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail("{}: {} (see sambay train --help)", source, e.what());
+  }
+  apply_model_overrides(vm, c, source);
+  validate_train_config(c);
+  return true;
+}
+
+void validate_train_config(const TrainConfig& c) {
+  auto need = [](bool ok, const char* option, const std::string& why) {
+    if (!ok) fail("option --{}: {}", option, why);
+  };
+  need(!c.data.empty(), "data", "no training data given (--data PATH[:WEIGHT])");
+  need(c.seq_len > 0, "seq_len", fmt::format("must be positive, got {}", c.seq_len));
+  need(c.micro_batch > 0, "micro_batch", fmt::format("must be positive, got {}", c.micro_batch));
+  need(c.grad_accum > 0, "grad_accum", fmt::format("must be positive, got {}", c.grad_accum));
+  need(c.steps > 0, "steps", fmt::format("must be positive, got {}", c.steps));
+  need(c.lr > 0, "lr", fmt::format("must be positive, got {}", c.lr));
+  need(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio",
+       fmt::format("must be in [0, 1], got {}", c.min_lr_ratio));
+  need(c.warmup >= 0, "warmup", fmt::format("must be >= 0, got {}", c.warmup));
+  need(c.decay_fraction > 0 && c.decay_fraction <= 1, "decay_fraction",
+       fmt::format("must be in (0, 1], got {}", c.decay_fraction));
+  need(c.weight_decay >= 0, "weight_decay", fmt::format("must be >= 0, got {}", c.weight_decay));
+  need(c.beta1 >= 0 && c.beta1 < 1, "beta1", fmt::format("must be in [0, 1), got {}", c.beta1));
+  need(c.beta2 >= 0 && c.beta2 < 1, "beta2", fmt::format("must be in [0, 1), got {}", c.beta2));
+  need(c.adam_eps > 0, "adam_eps", fmt::format("must be positive, got {}", c.adam_eps));
+  need(c.clip >= 0, "clip", fmt::format("must be >= 0, got {}", c.clip));
+  need(c.valid_fraction >= 0 && c.valid_fraction < 1, "valid_fraction",
+       fmt::format("must be in [0, 1), got {}", c.valid_fraction));
+  need(c.device == "auto" || c.device == "cpu" || c.device == "cuda", "device",
+       fmt::format("'{}' is not auto, cpu or cuda", c.device));
+  need(c.log_every > 0, "log_every", fmt::format("must be positive, got {}", c.log_every));
+  need(c.eval_every >= 0, "eval_every", fmt::format("must be >= 0, got {}", c.eval_every));
+  need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
+  need(c.threads >= 0, "threads", fmt::format("must be >= 0, got {}", c.threads));
+  need(!c.out_dir.empty(), "out_dir", "must not be empty");
+  validate_model_config(c.model, "model '" + c.model_preset + "'");
+}
+
+std::string train_config_to_text(const TrainConfig& c) {
+  std::string s;
+  auto line = [&](const char* k, const auto& v) { s += fmt::format("{} = {}\n", k, v); };
+  line("out_dir", c.out_dir);
+  line("device", c.device);
+  line("seed", c.seed);
+  line("recompute", c.recompute);
+  line("threads", c.threads);
+  line("log_every", c.log_every);
+  line("eval_every", c.eval_every);
+  line("eval_batches", c.eval_batches);
+  for (const std::string& d : c.data) line("data", d);
+  line("valid_fraction", c.valid_fraction);
+  line("data_seed", c.data_seed);
+  line("seq_len", c.seq_len);
+  line("micro_batch", c.micro_batch);
+  line("grad_accum", c.grad_accum);
+  line("doc_masking", c.doc_masking);
+  line("steps", c.steps);
+  line("lr", c.lr);
+  line("min_lr_ratio", c.min_lr_ratio);
+  line("schedule", c.schedule);
+  line("warmup", c.warmup);
+  line("decay_fraction", c.decay_fraction);
+  line("weight_decay", c.weight_decay);
+  line("beta1", c.beta1);
+  line("beta2", c.beta2);
+  line("adam_eps", c.adam_eps);
+  line("clip", c.clip);
+  line("model", c.model_preset);
+  s += model_config_to_text(c.model);
+  return s;
+}
+
+}  // namespace sambay

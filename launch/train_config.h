@@ -1,0 +1,63 @@
+// Everything `sambay train` is told: read from an INI config file (Boost.Program_options
+// syntax, sections become prefixes: [model] d_model = 128 is model.d_model) and overridden by
+// command-line flags of the same names. The resolved config is printed and saved beside the
+// run's outputs.
+#pragma once
+
+#include "core/model_config.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sambay {
+
+struct TrainConfig {
+  // Model: a preset plus per-field overrides (model.<field>).
+  std::string model_preset = "demo-sambay-da";
+  ModelConfig model;
+
+  // Data: "path" or "path:weight" entries (Megatron .bin/.idx prefix or .tok file).
+  std::vector<std::string> data;
+  double valid_fraction = 0.01;
+  uint64_t data_seed = 1234;
+
+  // Batch: global batch = micro_batch * grad_accum * data-parallel ranks sequences of seq_len.
+  int64_t seq_len = 256;
+  int64_t micro_batch = 4;
+  int64_t grad_accum = 1;
+  int64_t steps = 1000;
+
+  // Optimizer.
+  double lr = 1e-3;
+  double min_lr_ratio = 0.1;
+  std::string schedule = "cosine";  // constant, cosine, linear, wsd
+  int64_t warmup = 100;
+  double decay_fraction = 0.2;  // wsd: the last fraction of steps decays
+  double weight_decay = 0.1;
+  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
+  double clip = 1.0;  // global gradient-norm clip; 0 disables
+
+  // Run.
+  uint64_t seed = 42;  // parameter initialisation
+  std::string out_dir = "runs/default";
+  std::string device = "auto";  // auto (GPU when present), cpu, cuda
+  bool recompute = false;
+  bool doc_masking = true;  // reset scan/conv state and mask attention at document boundaries
+  int64_t log_every = 10;
+  int64_t eval_every = 100;
+  int64_t eval_batches = 8;
+  int threads = 0;  // CPU threads; 0 = all cores
+};
+
+// Parses argv (after "train") and the --config file it names. `--help` prints the options and
+// returns false. Errors name the file (or "command line") and the option.
+bool parse_train_config(int argc, const char* const* argv, TrainConfig& out);
+
+// Checks cross-field rules not expressible per option; errors name the option.
+void validate_train_config(const TrainConfig& c);
+
+// The resolved config in the same INI syntax (loadable with --config).
+std::string train_config_to_text(const TrainConfig& c);
+
+}  // namespace sambay

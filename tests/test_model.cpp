@@ -1,0 +1,286 @@
+// Whole-model tests: parameter counts, the fp64 finite-difference check of every parameter
+// tensor for each architecture, recompute equivalence, and masking properties.
+#include "core/model.h"
+#include "tests/test_util.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace sambay {
+namespace {
+
+TEST(ModelConfig, Phi4MiniFlashParameterCountMatchesModelSpec) {
+  const ModelConfig c = model_preset("phi4-mini-flash");
+  validate_model_config(c, "preset");
+  // model.md: embedding 512.2M, 32 MLPs 2516.6M, 9 Mamba 41.2M each, 9 self-attention 19.7M
+  // each, 7 cross-attention 13.1M each, 7 GMU 26.2M each. Exactly, with norms:
+  //   embedding 200064*2560                         =   512,163,840
+  //   norms 32*2*(2*2560) + final 2*2560            =       332,800
+  //   MLPs 32*(2560*20480 + 10240*2560)             = 2,516,582,400
+  //   Mamba 9*41,241,600 (in 26.2M, conv 25.6K, x 983K, dt 824K, A 81.9K, D 5.1K, out 13.1M)
+  //                                                 =   371,174,400
+  //   self-attention 9*(2560*5120+5120 + 2560*2560+2560 + 4*64+128) = 177,019,776
+  //   cross-attention 7*(2*(2560*2560+2560) + 384)  =    91,788,928
+  //   GMU 7*(2*2560*5120)                           =   183,500,800
+  EXPECT_EQ(parameter_count(c), 3'852'562'944);
+  int mamba = 0, swa = 0, full = 0, cross = 0, gmu = 0;
+  for (LayerKind k : c.layers) {
+    mamba += k == LayerKind::mamba, swa += k == LayerKind::sliding_window;
+    full += k == LayerKind::full_attention, cross += k == LayerKind::cross_attention;
+    gmu += k == LayerKind::gmu;
+  }
+  EXPECT_EQ(mamba, 9);
+  EXPECT_EQ(swa, 8);
+  EXPECT_EQ(full, 1);
+  EXPECT_EQ(cross, 7);
+  EXPECT_EQ(gmu, 7);
+  EXPECT_EQ(c.memory_layer, 16);
+  EXPECT_EQ(c.kv_source_layer, 17);
+  EXPECT_EQ(c.layers[18], LayerKind::gmu);
+  EXPECT_EQ(c.layers[19], LayerKind::cross_attention);
+  EXPECT_EQ(c.layers[1], LayerKind::sliding_window);
+}
+
+TEST(ModelConfig, OneBillionParameterCount) {
+  // sambay-da-1b: d 2048, 16 layers (5 Mamba, 4 SWA, 1 full, 3 cross, 3 GMU), E 4096, N 16,
+  // R 128, H 16, G 8, h 128, F 8192, vocab 200064:
+  //   embedding 409,731,072; norms 16*8192 + 4096 = 135,168; MLPs 16*50,331,648 = 805,306,368
+  //   Mamba 5*(16,777,216 + 16,384+4,096 + 655,360 + 528,384 + 65,536 + 4,096 + 8,388,608)
+  //     = 5*26,439,680 = 132,198,400
+  //   self-attention 5*(2048*4096+4096 + 2048*2048+2048 + 4*128+256) = 5*12,589,824 = 62,949,120
+  //   cross 3*(2*(2048*2048+2048) + 768) = 3*8,393,472 = 25,180,416
+  //   GMU 3*2*2048*4096 = 50,331,648
+  EXPECT_EQ(parameter_count(model_preset("sambay-da-1b")),
+            409'731'072 + 135'168 + 805'306'368 + 132'198'400 + 62'949'120 + 25'180'416 +
+                50'331'648);
+}
+
+TEST(ModelConfig, LayoutMatchesCountForEveryPreset) {
+  for (const std::string& name : model_preset_names()) {
+    const ModelConfig c = model_preset(name);
+    validate_model_config(c, name);
+    const ParamLayout layout = build_param_layout(c);
+    EXPECT_EQ(layout.total, parameter_count(c)) << name;
+    int64_t sum = 0;
+    for (const ParamSpec& p : layout.params) {
+      EXPECT_EQ(p.offset, sum) << p.name;
+      sum += p.numel;
+    }
+    EXPECT_EQ(sum, layout.total) << name;
+  }
+}
+
+TEST(ModelConfig, ValidationNamesTheField) {
+  ModelConfig c = model_preset("tiny-sambay-da");
+  c.n_kv_heads = 3;
+  try {
+    validate_model_config(c, "run.ini");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run.ini: model.n_kv_heads"), std::string::npos)
+        << e.what();
+  }
+  c = model_preset("tiny-sambay-da");
+  c.memory_layer = 1;  // a sliding-window layer
+  EXPECT_THROW(validate_model_config(c, "x"), Error);
+  EXPECT_THROW(set_model_config_field(c, "d_model", "12x", "cli"), Error);
+  EXPECT_THROW(set_model_config_field(c, "no_such_field", "1", "cli"), Error);
+  EXPECT_THROW(set_model_config_field(c, "layers", "mamba,attention", "cli"), Error);
+}
+
+TEST(ModelConfig, TextFieldsRoundTrip) {
+  const ModelConfig a = model_preset("phi4-mini-flash");
+  ModelConfig b;
+  for (const auto& [k, v] : model_config_fields(a)) set_model_config_field(b, k, v, "roundtrip");
+  EXPECT_EQ(model_config_to_text(a), model_config_to_text(b));
+  EXPECT_EQ(parameter_count(a), parameter_count(b));
+}
+
+struct Batch {
+  int64_t B, L;
+  std::vector<int32_t> tokens, targets, doc;
+};
+
+Batch random_batch(const ModelConfig& c, int64_t B, int64_t L, uint64_t seed, bool with_docs) {
+  Batch b{B, L, {}, {}, {}};
+  for (int64_t i = 0; i < B * L; ++i) {
+    b.tokens.push_back(static_cast<int32_t>(philox_below(seed, 1, i, c.vocab)));
+    // Every fifth target ignored, to exercise the mask.
+    b.targets.push_back(i % 5 == 3 ? -1 : static_cast<int32_t>(philox_below(seed, 2, i, c.vocab)));
+    // Documents: row b splits after position 2 + b (so rows differ).
+    b.doc.push_back(with_docs ? static_cast<int32_t>((i % L) > 2 + i / L) : 0);
+  }
+  if (!with_docs) b.doc.clear();
+  return b;
+}
+
+// Random perturbation of every parameter so that no gradient path is hidden behind exact
+// ones and zeros of the initialisation.
+template <typename T>
+void perturb(Model<T>& m, uint64_t seed, double scale) {
+  std::vector<double> noise(m.params.size());
+  fill_normal(noise.data(), static_cast<int64_t>(noise.size()), 0.0, scale, seed, 99);
+  for (size_t i = 0; i < noise.size(); ++i) m.params[i] += static_cast<T>(noise[i]);
+}
+
+struct GradCase {
+  std::string preset;
+  bool docs;
+  bool scaled;  // residual and logit scales other than 1 (muP++ paths)
+};
+
+class ModelGradientTest : public ::testing::TestWithParam<GradCase> {};
+
+TEST_P(ModelGradientTest, EveryParameterMatchesFiniteDifferences) {
+  const GradCase& gc = GetParam();
+  const ModelConfig c = model_preset(gc.preset);
+  Model<double> model = make_model<double>(c, 7);
+  perturb(model, 8, 0.2);
+  if (gc.scaled) model.residual_scale = 0.6, model.logit_scale = 1.7;
+  const int64_t B = 2, L = 7;  // L > window (3): the sliding window is exercised
+  Batch batch = random_batch(c, B, L, 11, gc.docs);
+  const int32_t* doc = gc.docs ? batch.doc.data() : nullptr;
+  Activations<double> acts = plan_activations(model, B, L, /*recompute=*/false);
+
+  ForwardResult r = model_forward(model, acts, batch.tokens.data(), batch.targets.data(), doc);
+  ASSERT_GT(r.valid_rows, 0);
+  const double scale = 1.0 / r.valid_rows;
+  model_backward(model, acts, batch.tokens.data(), batch.targets.data(), doc, scale);
+  const std::vector<double> grads = model.grads;
+
+  auto loss = [&] {
+    return model_forward(model, acts, batch.tokens.data(), batch.targets.data(), doc).loss_sum *
+           scale;
+  };
+  std::vector<testing::GradSpan> spans;
+  for (const ParamSpec& p : model.layout.params)
+    spans.push_back({p.name, model.params.data() + p.offset, grads.data() + p.offset, p.numel});
+  testing::expect_gradients_match(loss, spans, 1e-6, /*samples_per_input=*/6);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Architectures, ModelGradientTest,
+    ::testing::Values(GradCase{"tiny-sambay-da", false, false}, GradCase{"tiny-sambay-da", true, true},
+                      GradCase{"tiny-sambay", false, false}, GradCase{"tiny-sambay", true, false},
+                      GradCase{"tiny-samba-yoco", false, false},
+                      GradCase{"tiny-samba-yoco", true, true},
+                      GradCase{"tiny-transformerpp", false, false},
+                      GradCase{"tiny-transformerpp", true, true},
+                      GradCase{"tiny-ngmu", true, false}),
+    [](const auto& info) {
+      std::string name = info.param.preset + (info.param.docs ? "_docs" : "") +
+                         (info.param.scaled ? "_scaled" : "");
+      for (char& ch : name)
+        if (ch == '-') ch = '_';
+      return name;
+    });
+
+template <typename T>
+void expect_recompute_identical(const std::string& preset) {
+  const ModelConfig c = model_preset(preset);
+  Batch batch = random_batch(c, 2, 9, 5, true);
+  std::vector<T> grads[2];
+  double losses[2];
+  for (int recompute = 0; recompute < 2; ++recompute) {
+    Model<T> model = make_model<T>(c, 3);
+    perturb(model, 4, 0.1);
+    Activations<T> acts = plan_activations(model, 2, 9, recompute == 1);
+    ForwardResult r = model_forward(model, acts, batch.tokens.data(), batch.targets.data(),
+                                    batch.doc.data());
+    model_backward(model, acts, batch.tokens.data(), batch.targets.data(), batch.doc.data(),
+                   T(1) / T(r.valid_rows));
+    grads[recompute] = model.grads;
+    losses[recompute] = r.loss_sum;
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i)
+    ASSERT_EQ(grads[0][i], grads[1][i]) << preset << ": gradient element " << i << " differs";
+}
+
+TEST(Model, RecomputeGivesBitIdenticalGradients) {
+  for (const char* preset : {"tiny-sambay-da", "tiny-samba-yoco", "tiny-transformerpp"}) {
+    expect_recompute_identical<float>(preset);
+    expect_recompute_identical<double>(preset);
+  }
+}
+
+TEST(Model, RecomputeNeedsLessActivationMemory) {
+  const ModelConfig c = model_preset("phi4-mini-flash");
+  const int64_t full = activation_bytes(c, 1, 4096, false, 2);
+  const int64_t recompute = activation_bytes(c, 1, 4096, true, 2);
+  EXPECT_LT(recompute * 3, full) << "recompute " << recompute << " vs full " << full;
+}
+
+double loss_of(Model<double>& model, const Batch& b, const int32_t* doc) {
+  Activations<double> acts = plan_activations(model, b.B, b.L, false);
+  return model_forward(model, acts, b.tokens.data(), b.targets.data(), doc).loss_sum;
+}
+
+TEST(Model, RowsOfABatchAreIndependent) {
+  const ModelConfig c = model_preset("tiny-sambay-da");
+  Model<double> model = make_model<double>(c, 1);
+  perturb(model, 2, 0.2);
+  Batch both = random_batch(c, 2, 8, 3, false);
+  double separate = 0;
+  for (int row = 0; row < 2; ++row) {
+    Batch one{1, 8, {}, {}, {}};
+    one.tokens.assign(both.tokens.begin() + row * 8, both.tokens.begin() + (row + 1) * 8);
+    one.targets.assign(both.targets.begin() + row * 8, both.targets.begin() + (row + 1) * 8);
+    separate += loss_of(model, one, nullptr);
+  }
+  EXPECT_NEAR(loss_of(model, both, nullptr), separate, 1e-12 * std::abs(separate));
+}
+
+TEST(Model, PackedDocumentsDoNotSeeEachOther) {
+  // A row holding documents [A | B] with doc ids gives the losses of A and B run alone.
+  for (const char* preset : {"tiny-sambay-da", "tiny-samba-yoco", "tiny-ngmu"}) {
+    const ModelConfig c = model_preset(preset);
+    Model<double> model = make_model<double>(c, 1);
+    perturb(model, 2, 0.2);
+    const int64_t la = 5, lb = 6;
+    Batch packed = random_batch(c, 1, la + lb, 4, false);
+    packed.doc.assign(la + lb, 0);
+    for (int64_t t = la; t < la + lb; ++t) packed.doc[t] = 1;
+    packed.targets[la - 1] = -1;  // A's last token would predict B's first: not part of A
+    Batch a{1, la, {}, {}, {}}, b{1, lb, {}, {}, {}};
+    a.tokens.assign(packed.tokens.begin(), packed.tokens.begin() + la);
+    a.targets.assign(packed.targets.begin(), packed.targets.begin() + la);
+    b.tokens.assign(packed.tokens.begin() + la, packed.tokens.end());
+    b.targets.assign(packed.targets.begin() + la, packed.targets.end());
+    const double expect = loss_of(model, a, nullptr) + loss_of(model, b, nullptr);
+    EXPECT_NEAR(loss_of(model, packed, packed.doc.data()), expect, 1e-12 * std::abs(expect))
+        << preset;
+  }
+}
+
+TEST(Model, LossAtPositionIgnoresLaterTokens) {
+  const ModelConfig c = model_preset("tiny-sambay-da");
+  Model<double> model = make_model<double>(c, 1);
+  perturb(model, 2, 0.2);
+  Batch b = random_batch(c, 1, 9, 6, false);
+  for (int64_t t = 0; t < 9; ++t)
+    if (t != 4) b.targets[t] = -1;
+  const double before = loss_of(model, b, nullptr);
+  b.tokens[5] = (b.tokens[5] + 1) % c.vocab;
+  b.tokens[8] = (b.tokens[8] + 3) % c.vocab;
+  EXPECT_EQ(loss_of(model, b, nullptr), before);
+  b.tokens[4] = (b.tokens[4] + 1) % c.vocab;  // the position itself does matter
+  EXPECT_NE(loss_of(model, b, nullptr), before);
+}
+
+TEST(Model, Float32ForwardMatchesFloat64) {
+  const ModelConfig c = model_preset("tiny-sambay-da");
+  Model<double> m64 = make_model<double>(c, 1);
+  Model<float> m32 = make_model<float>(c, 1);
+  Batch b = random_batch(c, 2, 8, 9, true);
+  Activations<double> a64 = plan_activations(m64, 2, 8, false);
+  Activations<float> a32 = plan_activations(m32, 2, 8, false);
+  const double l64 = model_forward(m64, a64, b.tokens.data(), b.targets.data(), b.doc.data()).loss_sum;
+  const double l32 = model_forward(m32, a32, b.tokens.data(), b.targets.data(), b.doc.data()).loss_sum;
+  EXPECT_NEAR(l32, l64, 1e-5 * std::abs(l64));
+}
+
+}  // namespace
+}  // namespace sambay
