@@ -2,8 +2,9 @@
 //   x [B, L, C], weight [C, K], bias [C], y [B, L, C]:
 //   y[b, t, c] = bias[c] + sum_{k < K} weight[c, k] * x[b, t - (K - 1) + k, c]
 // Terms before t = 0 are zero. doc [B, L] gives each token's document id, or is nullptr (each
-// row one document); the window never reaches a token of another document, so packed documents
-// do not see each other. The SiLU that follows is a separate op on the CPU.
+// row one document; a document is a maximal run of equal ids); the window never reaches a token
+// of another document, so packed documents do not see each other. The SiLU that follows is a
+// separate op on the CPU.
 // Gradients are added into the given buffers; a null gradient pointer skips it.
 #pragma once
 
