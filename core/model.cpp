@@ -12,6 +12,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/selective_scan.h"
+#include "optim/mup.h"
 
 #include <cmath>
 #include <cstring>
@@ -420,6 +421,13 @@ Model<T> make_model(const ModelConfig& config, uint64_t seed) {
   Model<T> model;
   model.config = config;
   model.layout = build_param_layout(config);
+  // muP++: width-aware init of hidden matrices, residual and logit multipliers.
+  const MupConfig mup = mup_config_for(config);
+  for (ParamSpec& p : model.layout.params)
+    if (p.cls == ParamClass::hidden_matrix && p.init == InitKind::normal)
+      p.init_scale = mup_init_std(p.cls, p.shape[1], mup, p.init_scale);
+  model.residual_scale = mup_residual_scale(mup);
+  model.logit_scale = mup_logit_scale(mup);
   model.params.resize(model.layout.total);
   model.grads.assign(model.layout.total, T(0));
   init_params(model.layout, model.params.data(), seed);

@@ -10,7 +10,8 @@
 namespace sambay {
 
 // Returns the SUM over valid rows of -log softmax(logits[i])[targets[i]] (in double), and the
-// number of valid rows in *valid_rows. Throws naming the row if a target is >= V.
+// number of valid rows in *valid_rows (skipped when null). Throws naming the row if a target is
+// >= V.
 template <typename T>
 double tied_cross_entropy_forward(const T* h, const T* emb, const int32_t* targets, T* lse,
                                   int64_t n, int64_t d, int64_t V, T logit_scale, int64_t chunk,

@@ -125,9 +125,7 @@ int run_training(const TrainConfig& cfg) {
   // Model and optimizer state.
   const ModelConfig& mc = cfg.model;
   Model<float> model = make_model<float>(mc, cfg.seed);
-  const MupConfig mup{mc.mup_base_width > 0, mc.mup_base_width, mc.d_model, mc.n_layers()};
-  model.residual_scale = mup_residual_scale(mup);
-  model.logit_scale = mup_logit_scale(mup);
+  const MupConfig mup = mup_config_for(mc);
   const std::vector<ParamGroup> groups = param_groups(model.layout, mup);
   std::vector<float> adam_m(model.params.size(), 0.0f), adam_v(model.params.size(), 0.0f);
   const int64_t B = cfg.micro_batch, L = cfg.seq_len;
