@@ -41,7 +41,7 @@ struct GradSpan {
   int64_t n;
 };
 
-// Central finite differences of `loss` (a function of the current values of every input) at up
+// Finite differences (five-point stencil) of `loss` (a function of the current values of every input) at up
 // to `samples_per_input` elements of each input, against the analytic gradients. Fails the test
 // with the input's name, the relative error and the worst element when the normwise relative
 // error exceeds `tolerance`. Elements are chosen reproducibly; all of them if there are few.
