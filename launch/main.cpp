@@ -1,0 +1,151 @@
+// The sambay command: train, data tools, and model information.
+#include "core/check.h"
+#include "core/model.h"
+#include "io/data_tools.h"
+#include "io/phonebook.h"
+#include "launch/train_config.h"
+#include "launch/trainer.h"
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <cstring>
+#include <iostream>
+
+namespace po = boost::program_options;
+
+namespace sambay {
+namespace {
+
+constexpr const char* kUsage = R"(usage: sambay <command> [options]
+
+commands:
+  train               train a model (sambay train --help)
+  data tokenize       byte-tokenize text files into a Megatron indexed dataset
+  data stats          describe a dataset (.bin/.idx prefix or .tok file)
+  data phonebook      generate the synthetic phonebook retrieval dataset
+  info                list model presets with parameter counts and FLOPs per token
+)";
+
+int cmd_train(int argc, const char* const* argv) {
+  TrainConfig config;
+  if (!parse_train_config(argc, argv, config)) return 0;
+  return run_training(config);
+}
+
+// Parses `options` plus positional `inputs`; prints help and returns false on --help.
+bool parse(int argc, const char* const* argv, po::options_description& options,
+           po::variables_map& vm, const char* usage, const char* positional = nullptr) {
+  options.add_options()("help,h", "print the options and exit");
+  po::positional_options_description pos;
+  if (positional) pos.add(positional, -1);
+  try {
+    po::store(po::command_line_parser(argc, argv).options(options).positional(pos).run(), vm);
+    if (vm.count("help")) {
+      std::cout << usage << "\n" << options;
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail("command line: {} (see --help)", e.what());
+  }
+  return true;
+}
+
+int cmd_data_tokenize(int argc, const char* const* argv) {
+  std::vector<std::string> inputs;
+  std::string out, split;
+  po::options_description o("sambay data tokenize");
+  o.add_options()("out", po::value(&out)->required(), "output prefix (writes PREFIX.bin and PREFIX.idx)")
+      ("split", po::value(&split)->default_value("paragraphs"), "documents are 'files' or 'paragraphs'")
+      ("input", po::value(&inputs)->required(), "text files (positional)");
+  po::variables_map vm;
+  if (!parse(argc, argv, o, vm, "usage: sambay data tokenize --out PREFIX FILE...", "input"))
+    return 0;
+  if (split != "files" && split != "paragraphs")
+    fail("option --split: '{}' is not 'files' or 'paragraphs'", split);
+  TokenizeReport r = tokenize_text_files(
+      inputs, out, split == "files" ? DocSplit::whole_file : DocSplit::paragraphs);
+  fmt::print("{} -> {}.bin/.idx\n", to_string(r), out);
+  return 0;
+}
+
+int cmd_data_stats(int argc, const char* const* argv) {
+  std::string path;
+  po::options_description o("sambay data stats");
+  o.add_options()("path", po::value(&path)->required(), "dataset (positional)");
+  po::variables_map vm;
+  if (!parse(argc, argv, o, vm, "usage: sambay data stats PATH", "path")) return 0;
+  fmt::print("{}", dataset_stats(path));
+  return 0;
+}
+
+int cmd_data_phonebook(int argc, const char* const* argv) {
+  std::string out;
+  int64_t docs = 0, entries = 0;
+  uint64_t seed = 0;
+  po::options_description o("sambay data phonebook");
+  o.add_options()("out", po::value(&out)->required(), "output prefix")
+      ("documents", po::value(&docs)->default_value(2000), "phonebooks to write")
+      ("entries", po::value(&entries)->default_value(20), "entries per phonebook")
+      ("seed", po::value(&seed)->default_value(1), "generator seed");
+  po::variables_map vm;
+  if (!parse(argc, argv, o, vm, "usage: sambay data phonebook --out PREFIX [options]")) return 0;
+  write_phonebook_dataset(out, docs, entries, seed);
+  fmt::print("{} phonebooks of {} entries -> {}.bin/.idx\n", docs, entries, out);
+  return 0;
+}
+
+int cmd_info(int argc, const char* const* argv) {
+  int64_t seq_len = 0;
+  po::options_description o("sambay info");
+  o.add_options()("seq_len", po::value(&seq_len)->default_value(4096), "sequence length for FLOPs");
+  po::variables_map vm;
+  if (!parse(argc, argv, o, vm, "usage: sambay info [--seq_len L]")) return 0;
+  fmt::print("{:<20} {:>8} {:>6} {:>6} {:>14} {:>16}\n", "preset", "params", "layers", "d",
+             "GFLOP/token", "activations(MiB)");
+  for (const std::string& name : model_preset_names()) {
+    const ModelConfig c = model_preset(name);
+    fmt::print("{:<20} {:>7.3f}B {:>6} {:>6} {:>14.2f} {:>16.0f}\n", name,
+               parameter_count(c) / 1e9, c.n_layers(), c.d_model,
+               training_flops_per_token(c, seq_len) / 1e9,
+               activation_bytes(c, 1, seq_len, false, 2) / 1048576.0);
+  }
+  fmt::print("(training FLOPs per token and bf16 activations for one sequence of {} tokens, "
+             "no recompute)\n",
+             seq_len);
+  return 0;
+}
+
+int dispatch(int argc, const char* const* argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "train") return cmd_train(argc - 1, argv + 1);
+  if (cmd == "info") return cmd_info(argc - 1, argv + 1);
+  if (cmd == "data" && argc >= 3) {
+    const std::string sub = argv[2];
+    if (sub == "tokenize") return cmd_data_tokenize(argc - 2, argv + 2);
+    if (sub == "stats") return cmd_data_stats(argc - 2, argv + 2);
+    if (sub == "phonebook") return cmd_data_phonebook(argc - 2, argv + 2);
+    fail("unknown command 'data {}' (valid: tokenize, stats, phonebook)", sub);
+  }
+  fail("unknown command '{}' (see sambay --help)", cmd);
+}
+
+}  // namespace
+}  // namespace sambay
+
+int main(int argc, char** argv) {
+  try {
+    return sambay::dispatch(argc, argv);
+  } catch (const sambay::Error& e) {
+    fmt::print(stderr, "sambay: error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "sambay: internal error: {}\n", e.what());
+    return 3;
+  }
+}
