@@ -1,0 +1,118 @@
+// sambay_bench: runs the registered kernel benchmarks and prints time, TFLOP/s, GB/s and the
+// fraction of the ceilings measured on this GPU in the same run (a large bf16 GEMM and a large
+// device-to-device copy).
+#include "bench/bench.h"
+#include "core/cuda_check.h"
+#include "core/cuda_runtime.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+
+namespace sambay::bench {
+
+namespace {
+std::map<std::string, BenchFn>& registry() {
+  static std::map<std::string, BenchFn> r;
+  return r;
+}
+
+void fill_random_bf16(void* dst, size_t n) {
+  std::vector<__nv_bfloat16> h(n);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  for (auto& v : h) v = __float2bfloat16(dist(rng));
+  SAMBAY_CUDA_CHECK(cudaMemcpy(dst, h.data(), n * 2, cudaMemcpyHostToDevice));
+}
+}  // namespace
+
+int register_benchmark(const char* name, BenchFn fn) {
+  registry()[name] = fn;
+  return 0;
+}
+
+double Context::time_ms(const std::function<void()>& fn, int warmup, int repeats) const {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t start, stop;
+  SAMBAY_CUDA_CHECK(cudaEventCreate(&start));
+  SAMBAY_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < repeats; ++i) {
+    SAMBAY_CUDA_CHECK(cudaEventRecord(start, stream));
+    fn();
+    SAMBAY_CUDA_CHECK(cudaEventRecord(stop, stream));
+    SAMBAY_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    SAMBAY_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// The ceilings: an 8192^3 bf16 GEMM (cuBLAS, fp32 accumulate) and a 4 GiB copy.
+static void measure_ceilings(Context& ctx, double& tflops, double& gbps) {
+  const int n = 8192;
+  void *a, *b, *c;
+  SAMBAY_CUDA_CHECK(cudaMalloc(&a, size_t(n) * n * 2));
+  SAMBAY_CUDA_CHECK(cudaMalloc(&b, size_t(n) * n * 2));
+  SAMBAY_CUDA_CHECK(cudaMalloc(&c, size_t(n) * n * 2));
+  fill_random_bf16(a, size_t(n) * n);
+  fill_random_bf16(b, size_t(n) * n);
+  cublasHandle_t h;
+  cublasCreate(&h);
+  cublasSetStream(h, ctx.stream);
+  const float one = 1, zero = 0;
+  double ms = ctx.time_ms([&] {
+    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
+                 &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  });
+  tflops = 2.0 * n * n * double(n) / (ms * 1e-3) / 1e12;
+  cublasDestroy(h);
+  cudaFree(a), cudaFree(b), cudaFree(c);
+  const size_t bytes = size_t(2) << 30;
+  void *src, *dst;
+  SAMBAY_CUDA_CHECK(cudaMalloc(&src, bytes));
+  SAMBAY_CUDA_CHECK(cudaMalloc(&dst, bytes));
+  SAMBAY_CUDA_CHECK(cudaMemset(src, 1, bytes));
+  ms = ctx.time_ms([&] { cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx.stream); });
+  gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;  // read + write
+  cudaFree(src), cudaFree(dst);
+}
+
+}  // namespace sambay::bench
+
+int main(int argc, char** argv) {
+  using namespace sambay::bench;
+  const char* filter = argc > 1 ? argv[1] : "";
+  if (sambay::cuda_device_count() == 0) {
+    fmt::print(stderr, "sambay_bench: no CUDA device\n");
+    return 1;
+  }
+  std::vector<Result> results;
+  Context ctx;
+  SAMBAY_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
+  ctx.results = &results;
+  double peak_tflops = 0, peak_gbps = 0;
+  measure_ceilings(ctx, peak_tflops, peak_gbps);
+  fmt::print("device: {}\nceilings measured here: bf16 GEMM 8192^3 {:.0f} TFLOP/s, "
+             "device copy {:.0f} GB/s\n\n",
+             sambay::cuda_device_description(), peak_tflops, peak_gbps);
+  for (auto& [name, fn] : registry())
+    if (std::strstr(name.c_str(), filter)) fn(ctx);
+  fmt::print("{:<48} {:>10} {:>10} {:>8} {:>10} {:>8}\n", "benchmark", "ms", "TFLOP/s", "%peak",
+             "GB/s", "%peak");
+  for (const Result& r : results) {
+    const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
+    fmt::print("{:<48} {:>10.3f} {:>10.1f} {:>7.1f}% {:>10.0f} {:>7.1f}%\n", r.name, r.ms, tf,
+               100 * tf / peak_tflops, gb, 100 * gb / peak_gbps);
+  }
+  return 0;
+}
