@@ -30,7 +30,7 @@ po::options_description train_options(TrainConfig& c) {
       ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run");
   po::options_description data("Data");
   data.add_options()
-      ("data", po::value(&c.data)->composing(), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
+      ("data", po::value(&c.data), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
       ("valid_fraction", po::value(&c.valid_fraction)->default_value(c.valid_fraction), "fraction of samples held out for validation")
       ("data_seed", po::value(&c.data_seed)->default_value(c.data_seed), "sample order seed")
       ("seq_len", po::value(&c.seq_len)->default_value(c.seq_len), "tokens per sequence")
@@ -110,7 +110,8 @@ void validate_train_config(const TrainConfig& c) {
   need(c.lr > 0, "lr", fmt::format("must be positive, got {}", c.lr));
   need(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio",
        fmt::format("must be in [0, 1], got {}", c.min_lr_ratio));
-  need(c.warmup >= 0, "warmup", fmt::format("must be >= 0, got {}", c.warmup));
+  need(c.warmup >= 0 && c.warmup <= c.steps, "warmup",
+       fmt::format("must be in [0, steps = {}], got {}", c.steps, c.warmup));
   need(c.decay_fraction > 0 && c.decay_fraction <= 1, "decay_fraction",
        fmt::format("must be in (0, 1], got {}", c.decay_fraction));
   need(c.weight_decay >= 0, "weight_decay", fmt::format("must be >= 0, got {}", c.weight_decay));

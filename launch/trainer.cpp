@@ -199,7 +199,9 @@ int run_training(const TrainConfig& cfg) {
     const double coef = clip_coefficient(norm, cfg.clip);
     if (coef < 1)
       for (float& g : model.grads) g *= static_cast<float>(coef);
-    const double lr = cfg.lr * lr_multiplier(sched, step);
+    // The schedule is evaluated at the update's 1-based number: the first update gets
+    // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
+    const double lr = cfg.lr * lr_multiplier(sched, step + 1);
     for (const ParamGroup& pg : groups) {
       AdamWHyper h{lr * pg.lr_mult, cfg.beta1, cfg.beta2, cfg.adam_eps,
                    cfg.weight_decay * pg.wd_mult};
