@@ -27,8 +27,16 @@ if(NOT GTest_FOUND)
 endif()
 sambay_require(GTest_FOUND "GoogleTest" "libgtest-dev")
 
-set(BLA_VENDOR OpenBLAS)
-find_package(BLAS)
+# SAMBAY_BLAS_LIBRARY overrides the BLAS library with any CBLAS-providing one (tools/device_build.sh
+# uses the small reference BLAS so that the build it ships to the GPU machine stays small).
+set(SAMBAY_BLAS_LIBRARY "" CACHE FILEPATH "CBLAS library to link instead of OpenBLAS")
+if(SAMBAY_BLAS_LIBRARY)
+  set(BLAS_LIBRARIES ${SAMBAY_BLAS_LIBRARY})
+  set(BLAS_FOUND TRUE)
+else()
+  set(BLA_VENDOR OpenBLAS)
+  find_package(BLAS)
+endif()
 find_path(CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread openblas-openmp)
 if(NOT BLAS_FOUND OR NOT CBLAS_INCLUDE_DIR)
   set(BLAS_FOUND FALSE)
