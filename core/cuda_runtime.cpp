@@ -57,4 +57,31 @@ void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
 }
 void cuda_synchronize() { SAMBAY_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+cudaStream_t cuda_stream_create() {
+  cudaStream_t s = nullptr;
+  SAMBAY_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+void cuda_stream_destroy(cudaStream_t stream) { cudaStreamDestroy(stream); }
+void cuda_stream_synchronize(cudaStream_t stream) {
+  SAMBAY_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+void cuda_memset_zero_async(void* ptr, size_t bytes, cudaStream_t stream) {
+  SAMBAY_CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, stream));
+}
+void cuda_copy_async(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  SAMBAY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+}
+
+size_t cuda_memory_used() {
+  size_t free_b = 0, total_b = 0;
+  SAMBAY_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b - free_b;
+}
+size_t cuda_memory_total() {
+  size_t free_b = 0, total_b = 0;
+  SAMBAY_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b;
+}
+
 }  // namespace sambay

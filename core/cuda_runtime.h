@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/bf16.h"
+#include "core/cuda_stream.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +25,17 @@ void cuda_memset_zero(void* ptr, size_t bytes);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 void cuda_synchronize();
+
+// Stream-ordered versions (stream may be null: the default stream).
+cudaStream_t cuda_stream_create();
+void cuda_stream_destroy(cudaStream_t stream);
+void cuda_stream_synchronize(cudaStream_t stream);
+void cuda_memset_zero_async(void* ptr, size_t bytes, cudaStream_t stream);
+void cuda_copy_async(void* dst, const void* src, size_t bytes, cudaStream_t stream);  // any direction
+
+// Bytes of device memory in use (by every allocation of the process) and in total.
+size_t cuda_memory_used();
+size_t cuda_memory_total();
 
 // fp32 -> bf16 with round-to-nearest-even, on the GPU (pointers are device memory).
 void convert_to_bf16_cuda(const float* in, bf16* out, int64_t n);

@@ -1,0 +1,561 @@
+#include "core/gpu_model.h"
+
+#include "core/check.h"
+#include "core/cuda_runtime.h"
+#include "kernels/activations.h"
+#include "kernels/attention.h"
+#include "kernels/causal_conv1d.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/diff_attention.h"
+#include "kernels/embedding.h"
+#include "kernels/gmu.h"
+#include "kernels/layernorm.h"
+#include "kernels/linear.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/scale.h"
+#include "kernels/selective_scan.h"
+
+#include <cmath>
+
+namespace sambay {
+
+namespace {
+
+constexpr int64_t kLossVocabChunk = 8192;
+
+double lambda_init_for_layer(int layer) { return 0.8 - 0.6 * std::exp(-0.3 * layer); }
+
+struct Dims {
+  int64_t n, B, L, d, E, N, R, K, H, G, h, Hh, Gh, F;
+};
+
+Dims dims_of(const ModelConfig& c, int64_t B, int64_t L) {
+  return {B * L,      B,          L,          c.d_model, c.d_inner,
+          c.d_state,  c.dt_rank,  c.d_conv,   c.n_heads, c.n_kv_heads,
+          c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.d_ff};
+}
+
+// Typed buffers from a device arena (or only counted, when it measures).
+struct Allocator {
+  Arena& arena;
+  bf16* half(int64_t n) { return static_cast<bf16*>(arena.alloc(DType::bf16, {n}).data); }
+  float* f32(int64_t n) { return static_cast<float*>(arena.alloc(DType::f32, {n}).data); }
+  double* f64(int64_t n) { return static_cast<double*>(arena.alloc(DType::f64, {n}).data); }
+  int32_t* i32(int64_t n) { return static_cast<int32_t*>(arena.alloc(DType::i32, {n}).data); }
+};
+
+void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, Allocator& al,
+                        GpuLayerActivations& a) {
+  a.ln1_mean = al.f32(m.n), a.ln1_rstd = al.f32(m.n), a.a = al.half(m.n * m.d);
+  a.x_mid = al.half(m.n * m.d);
+  a.ln2_mean = al.f32(m.n), a.ln2_rstd = al.f32(m.n), a.a2 = al.half(m.n * m.d);
+  a.h = al.half(m.n * 2 * m.F), a.s = al.half(m.n * m.F);
+  switch (kind) {
+    case LayerKind::mamba:
+      a.xin = al.half(m.n * m.E), a.z = al.half(m.n * m.E), a.xs = al.half(m.n * m.E);
+      a.dl = al.half(m.n * m.R), a.bc = al.half(m.n * m.N), a.cc = al.half(m.n * m.N);
+      a.dt = al.half(m.n * m.E), a.y = al.half(m.n * m.E), a.sout = al.half(m.n * m.E);
+      a.scan_checkpoint = al.f32(selective_scan_checkpoint_floats({m.B, m.L, m.E, m.N}));
+      break;
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention:
+      a.q = al.half(m.n * m.Hh), a.o = al.half(m.n * m.Hh);
+      if (kind != LayerKind::cross_attention) a.k = al.half(m.n * m.Gh), a.v = al.half(m.n * m.Gh);
+      if (c.differential) {
+        const DiffAttentionSavedSizes sz =
+            diff_attention_saved_sizes({m.B, m.L, m.H, m.G, m.h, c.window});
+        a.diff.lambda = al.f64(1);
+        a.diff.a1 = al.f32(sz.a1), a.diff.a2 = al.f32(sz.a2);
+        a.diff.lse1 = al.f32(sz.lse1), a.diff.lse2 = al.f32(sz.lse2), a.diff.rstd = al.f32(sz.rstd);
+      } else {
+        a.lse = al.f32(m.B * m.H * m.L);
+      }
+      break;
+    case LayerKind::gmu:
+      a.g = al.half(m.n * m.E), a.gm = al.half(m.n * m.E);
+      if (c.normalized_gmu) a.gmu_rstd = al.f32(m.n);
+      break;
+  }
+}
+
+void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
+                          Arena& arena, GpuActivations& acts) {
+  const Dims m = dims_of(c, B, L);
+  Allocator al{arena};
+  const int n_layers = static_cast<int>(c.layers.size());
+  acts.layers.assign(n_layers, GpuLayerActivations{});
+  std::vector<GpuLayerActivations> shared(5);
+  std::vector<bool> have_shared(5, false);
+  for (int i = 0; i < n_layers; ++i) {
+    GpuLayerActivations& a = acts.layers[i];
+    a.x_in = al.half(m.n * m.d);
+    const int kind = static_cast<int>(c.layers[i]);
+    if (!recompute) {
+      allocate_internals(c, c.layers[i], m, al, a);
+    } else {
+      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, al, shared[kind]);
+      have_shared[kind] = true;
+      bf16* x_in = a.x_in;
+      a = shared[kind];
+      a.x_in = x_in;
+    }
+    if (recompute && i == c.kv_source_layer) a.k = al.half(m.n * m.Gh), a.v = al.half(m.n * m.Gh);
+    if (recompute && i == c.memory_layer) a.y = al.half(m.n * m.E);
+  }
+  acts.mixer_out = al.half(m.n * m.d), acts.mlp_out = al.half(m.n * m.d);
+  acts.final_x = al.half(m.n * m.d), acts.final_out = al.half(m.n * m.d);
+  acts.final_mean = al.f32(m.n), acts.final_rstd = al.f32(m.n), acts.ce_lse = al.f32(m.n);
+  acts.tokens = al.i32(m.n), acts.targets = al.i32(m.n), acts.doc = al.i32(m.n);
+
+  GpuBackwardScratch& g = acts.grad;
+  g.dres = al.half(m.n * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
+  g.dh = al.half(m.n * 2 * m.F), g.ds = al.half(m.n * m.F);
+  bool any_mamba = false, any_attention = false, any_gmu = false;
+  for (LayerKind k : c.layers) {
+    any_mamba |= k == LayerKind::mamba;
+    any_gmu |= k == LayerKind::gmu;
+    any_attention |= k != LayerKind::mamba && k != LayerKind::gmu;
+  }
+  if (any_mamba) {
+    g.dxin = al.half(m.n * m.E), g.dz = al.half(m.n * m.E), g.dxs = al.half(m.n * m.E);
+    g.ddl = al.half(m.n * m.R), g.dbc = al.half(m.n * m.N), g.dcc = al.half(m.n * m.N);
+    g.ddt = al.half(m.n * m.E), g.dsout = al.half(m.n * m.E);
+    g.conv_workspace = al.f32(causal_conv1d_silu_backward_workspace_floats(m.B, m.L, m.E, m.K));
+    g.scan_workspace = al.f32(selective_scan_backward_workspace_floats({m.B, m.L, m.E, m.N}));
+  }
+  if (any_attention) {
+    g.dq = al.half(m.n * m.Hh), g.do_ = al.half(m.n * m.Hh);
+    g.dk = al.half(m.n * m.Gh), g.dv = al.half(m.n * m.Gh);
+    if (c.rope) g.dq_rot = al.half(m.n * m.Hh), g.dk_rot = al.half(m.n * m.Gh);
+  }
+  if (c.kv_source_layer >= 0) g.dk_shared = al.half(m.n * m.Gh), g.dv_shared = al.half(m.n * m.Gh);
+  if (any_gmu) g.dg = al.half(m.n * m.E), g.dgm = al.half(m.n * m.E), g.dmemory = al.half(m.n * m.E);
+}
+
+template <typename T>
+T* at(T* base, int64_t offset) {
+  return offset < 0 ? nullptr : base + offset;
+}
+
+void zero(bf16* p, int64_t n, cudaStream_t s) { cuda_memset_zero_async(p, sizeof(bf16) * n, s); }
+
+// Everything a layer's forward and backward read: sizes, parameters, the batch, the stream.
+struct Ctx {
+  const ModelConfig& c;
+  const Dims& m;
+  int layer;
+  const float* P;       // fp32 master
+  const bf16* W;        // bf16 compute copy
+  const LayerOffsets& o;
+  const int32_t* doc;
+  const GpuActivations& acts;
+  cudaStream_t st;
+};
+
+int64_t window_of(const ModelConfig& c, LayerKind kind) {
+  return kind == LayerKind::sliding_window ? c.window : 0;
+}
+
+void norm_forward(const ModelConfig& c, const bf16* x, const float* w, const float* b, bf16* y,
+                  float* mean, float* rstd, int64_t rows, cudaStream_t st) {
+  const float eps = static_cast<float>(c.norm_eps);
+  if (c.norm == NormKind::layernorm)
+    layernorm_forward_cuda(x, w, b, y, mean, rstd, rows, c.d_model, eps, st);
+  else
+    rmsnorm_forward_cuda(x, w, y, rstd, rows, c.d_model, eps, st);
+}
+
+// x_out = x + scale * delta, y = norm(x_out), in one pass.
+void norm_residual_forward(const ModelConfig& c, const bf16* x, const bf16* delta, float scale,
+                           bf16* x_out, const float* w, const float* b, bf16* y, float* mean,
+                           float* rstd, int64_t rows, cudaStream_t st) {
+  const float eps = static_cast<float>(c.norm_eps);
+  if (c.norm == NormKind::layernorm)
+    layernorm_residual_forward_cuda(x, delta, scale, x_out, w, b, y, mean, rstd, rows, c.d_model,
+                                    eps, st);
+  else
+    rmsnorm_residual_forward_cuda(x, delta, scale, x_out, w, y, rstd, rows, c.d_model, eps, st);
+}
+
+void norm_backward(const ModelConfig& c, const bf16* dy, const bf16* x, const float* w,
+                   const float* mean, const float* rstd, bf16* dx, float* dw, float* db,
+                   int64_t rows, cudaStream_t st) {
+  if (c.norm == NormKind::layernorm)
+    layernorm_backward_cuda(dy, x, w, mean, rstd, dx, dw, db, rows, c.d_model, st);
+  else
+    rmsnorm_backward_cuda(dy, x, w, rstd, dx, dw, rows, c.d_model, st);
+}
+
+void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
+  const ModelConfig& c = x.c;
+  const Dims& m = x.m;
+  const LayerOffsets& o = x.o;
+  const float* P = x.P;
+  const bf16* W = x.W;
+  const LayerKind kind = c.layers[x.layer];
+  switch (kind) {
+    case LayerKind::mamba: {
+      const bf16* w_in = W + o.in_proj_w;
+      linear_forward_cuda(a.a, w_in, nullptr, a.xin, m.n, m.d, m.E, x.st);
+      linear_forward_cuda(a.a, w_in + m.E * m.d, nullptr, a.z, m.n, m.d, m.E, x.st);
+      causal_conv1d_silu_forward_cuda(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xs, m.B, m.L,
+                                      m.E, m.K, x.st);
+      const bf16* w_x = W + o.x_proj_w;
+      linear_forward_cuda(a.xs, w_x, nullptr, a.dl, m.n, m.E, m.R, x.st);
+      linear_forward_cuda(a.xs, w_x + m.R * m.E, nullptr, a.bc, m.n, m.E, m.N, x.st);
+      linear_forward_cuda(a.xs, w_x + (m.R + m.N) * m.E, nullptr, a.cc, m.n, m.E, m.N, x.st);
+      linear_forward_cuda(a.dl, W + o.dt_proj_w, nullptr, a.dt, m.n, m.R, m.E, x.st);
+      selective_scan_forward_cuda(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc,
+                                  P + o.d_skip, a.z, x.doc, a.y, a.sout, a.scan_checkpoint,
+                                  {m.B, m.L, m.E, m.N}, x.st);
+      linear_forward_cuda(a.sout, W + o.out_proj_w, nullptr, out, m.n, m.E, m.d, x.st);
+      break;
+    }
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = kind == LayerKind::cross_attention;
+      const bf16* w = W + o.qkv_w;
+      const float* b = at(P, o.qkv_b);
+      linear_forward_cuda(a.a, w, b, a.q, m.n, m.d, m.Hh, x.st);
+      const bf16* k = a.k;
+      const bf16* v = a.v;
+      if (cross) {
+        k = x.acts.layers[c.kv_source_layer].k;
+        v = x.acts.layers[c.kv_source_layer].v;
+      } else {
+        linear_forward_cuda(a.a, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh, x.st);
+        linear_forward_cuda(a.a, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d,
+                            m.Gh, x.st);
+        if (c.rope) {
+          rope_forward_cuda(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta, x.st);
+          rope_forward_cuda(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta, x.st);
+        }
+      }
+      const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const int64_t window = window_of(c, kind);
+      if (c.differential) {
+        diff_attention_forward_cuda(a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+                                    P + o.lambda_q2, P + o.lambda_k2,
+                                    static_cast<float>(lambda_init_for_layer(x.layer)),
+                                    P + o.head_norm_w, a.o, a.diff,
+                                    {m.B, m.L, m.H, m.G, m.h, window}, scale,
+                                    static_cast<float>(c.norm_eps), x.st);
+      } else {
+        attention_forward_cuda(a.q, k, v, x.doc, a.o, a.lse, {m.B, m.L, m.H, m.G, m.h, m.h, window},
+                               scale, x.st);
+      }
+      linear_forward_cuda(a.o, W + o.o_w, at(P, o.o_b), out, m.n, m.Hh, m.d, x.st);
+      break;
+    }
+    case LayerKind::gmu: {
+      const bf16* memory = x.acts.layers[c.memory_layer].y;
+      linear_forward_cuda(a.a, W + o.gmu_in_w, nullptr, a.g, m.n, m.d, m.E, x.st);
+      gmu_forward_cuda(memory, a.g, at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
+                       static_cast<float>(c.norm_eps), x.st);
+      linear_forward_cuda(a.gm, W + o.gmu_out_w, nullptr, out, m.n, m.E, m.d, x.st);
+      break;
+    }
+  }
+}
+
+void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout, float* G,
+                    GpuBackwardScratch& g) {
+  const ModelConfig& c = x.c;
+  const Dims& m = x.m;
+  const LayerOffsets& o = x.o;
+  const float* P = x.P;
+  const bf16* W = x.W;
+  const cudaStream_t st = x.st;
+  const LayerKind kind = c.layers[x.layer];
+  switch (kind) {
+    case LayerKind::mamba: {
+      for (bf16* buf : {g.dxin, g.dz, g.dxs, g.ddt, g.dsout}) zero(buf, m.n * m.E, st);
+      zero(g.ddl, m.n * m.R, st), zero(g.dbc, m.n * m.N, st), zero(g.dcc, m.n * m.N, st);
+      linear_backward_cuda(dout, a.sout, W + o.out_proj_w, g.dsout, G + o.out_proj_w, nullptr,
+                           m.n, m.E, m.d, st);
+      const bf16* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
+      selective_scan_backward_cuda(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log,
+                                   a.bc, a.cc, P + o.d_skip, a.z, x.doc, a.scan_checkpoint, g.dxs,
+                                   g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
+                                   G + o.d_skip, g.dz, g.scan_workspace, {m.B, m.L, m.E, m.N},
+                                   st);
+      linear_backward_cuda(g.ddt, a.dl, W + o.dt_proj_w, g.ddl, G + o.dt_proj_w, nullptr, m.n,
+                           m.R, m.E, st);
+      const bf16* w_x = W + o.x_proj_w;
+      float* gw_x = G + o.x_proj_w;
+      linear_backward_cuda(g.ddl, a.xs, w_x, g.dxs, gw_x, nullptr, m.n, m.E, m.R, st);
+      linear_backward_cuda(g.dbc, a.xs, w_x + m.R * m.E, g.dxs, gw_x + m.R * m.E, nullptr, m.n,
+                           m.E, m.N, st);
+      linear_backward_cuda(g.dcc, a.xs, w_x + (m.R + m.N) * m.E, g.dxs, gw_x + (m.R + m.N) * m.E,
+                           nullptr, m.n, m.E, m.N, st);
+      causal_conv1d_silu_backward_cuda(g.dxs, a.xin, P + o.conv_w, P + o.conv_b, x.doc, g.dxin,
+                                       G + o.conv_w, G + o.conv_b, g.conv_workspace, m.B, m.L,
+                                       m.E, m.K, st);
+      const bf16* w_in = W + o.in_proj_w;
+      linear_backward_cuda(g.dxin, a.a, w_in, g.da, G + o.in_proj_w, nullptr, m.n, m.d, m.E, st);
+      linear_backward_cuda(g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
+                           nullptr, m.n, m.d, m.E, st);
+      break;
+    }
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = kind == LayerKind::cross_attention;
+      const bool kv_source = x.layer == c.kv_source_layer;
+      zero(g.dq, m.n * m.Hh, st), zero(g.do_, m.n * m.Hh, st);
+      linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, at(G, o.o_b), m.n, m.Hh, m.d,
+                           st);
+      const bf16* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
+      const bf16* v = cross ? x.acts.layers[c.kv_source_layer].v : a.v;
+      bf16* dk = (cross || kv_source) ? g.dk_shared : g.dk;
+      bf16* dv = (cross || kv_source) ? g.dv_shared : g.dv;
+      if (!cross && !kv_source) zero(g.dk, m.n * m.Gh, st), zero(g.dv, m.n * m.Gh, st);
+      bf16* dq_attn = g.dq;
+      bf16* dk_attn = dk;
+      if (c.rope) {
+        zero(g.dq_rot, m.n * m.Hh, st), zero(g.dk_rot, m.n * m.Gh, st);
+        dq_attn = g.dq_rot, dk_attn = g.dk_rot;
+      }
+      const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const int64_t window = window_of(c, kind);
+      if (c.differential) {
+        diff_attention_backward_cuda(g.do_, a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+                                     P + o.lambda_q2, P + o.lambda_k2,
+                                     static_cast<float>(lambda_init_for_layer(x.layer)),
+                                     P + o.head_norm_w, a.diff, dq_attn, dk_attn, dv,
+                                     G + o.lambda_q1, G + o.lambda_k1, G + o.lambda_q2,
+                                     G + o.lambda_k2, G + o.head_norm_w,
+                                     {m.B, m.L, m.H, m.G, m.h, window}, scale, st);
+      } else {
+        attention_backward_cuda(g.do_, a.q, k, v, x.doc, a.o, a.lse, dq_attn, dk_attn, dv,
+                                {m.B, m.L, m.H, m.G, m.h, m.h, window}, scale, st);
+      }
+      if (c.rope) {
+        rope_backward_cuda(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta, st);
+        rope_backward_cuda(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta, st);
+      }
+      const bf16* w = W + o.qkv_w;
+      float* gw = G + o.qkv_w;
+      float* gb = at(G, o.qkv_b);
+      linear_backward_cuda(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh, st);
+      if (!cross) {
+        linear_backward_cuda(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb,
+                             m.n, m.d, m.Gh, st);
+        linear_backward_cuda(dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da, gw + (m.Hh + m.Gh) * m.d,
+                             gb ? gb + m.Hh + m.Gh : gb, m.n, m.d, m.Gh, st);
+      }
+      break;
+    }
+    case LayerKind::gmu: {
+      const bf16* memory = x.acts.layers[c.memory_layer].y;
+      zero(g.dg, m.n * m.E, st), zero(g.dgm, m.n * m.E, st);
+      linear_backward_cuda(dout, a.gm, W + o.gmu_out_w, g.dgm, G + o.gmu_out_w, nullptr, m.n, m.E,
+                           m.d, st);
+      gmu_backward_cuda(g.dgm, memory, a.g, at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
+                        at(G, o.gmu_norm_w), m.n, m.E, st);
+      linear_backward_cuda(g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.n, m.d, m.E,
+                           st);
+      break;
+    }
+  }
+}
+
+// The layer's body after its first norm (done by the caller, fused with the previous residual
+// add): the mixer, the residual add fused with the second norm, and the MLP into mlp_out.
+void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, bf16* mlp_out,
+                        float rs) {
+  const Dims& m = x.m;
+  const LayerOffsets& o = x.o;
+  mixer_forward(x, a, mixer_out);
+  norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, at(x.P, o.norm2_b),
+                        a.a2, a.ln2_mean, a.ln2_rstd, m.n, x.st);
+  linear_forward_cuda(a.a2, x.W + o.fc1_w, nullptr, a.h, m.n, m.d, 2 * m.F, x.st);
+  swiglu_forward_cuda(a.h, a.s, m.n, m.F, x.st);
+  linear_forward_cuda(a.s, x.W + o.fc2_w, nullptr, mlp_out, m.n, m.F, m.d, x.st);
+}
+
+void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBackwardScratch& g,
+                    float rs) {
+  const Dims& m = x.m;
+  const LayerOffsets& o = x.o;
+  const int64_t nd = m.n * m.d;
+  const cudaStream_t st = x.st;
+  scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
+  zero(g.ds, m.n * m.F, st), zero(g.dh, m.n * 2 * m.F, st), zero(g.da, nd, st);
+  linear_backward_cuda(g.dbranch, a.s, x.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.n, m.F, m.d,
+                       st);
+  swiglu_backward_cuda(g.ds, a.h, g.dh, m.n, m.F, st);
+  linear_backward_cuda(g.dh, a.a2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.n, m.d, 2 * m.F,
+                       st);
+  norm_backward(x.c, g.da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
+                G + o.norm2_w, at(G, o.norm2_b), m.n, st);
+  scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
+  zero(g.da, nd, st);
+  mixer_backward(x, a, g.dbranch, G, g);
+  norm_backward(x.c, g.da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
+                G + o.norm1_w, at(G, o.norm1_b), m.n, st);
+}
+
+}  // namespace
+
+template <typename T>
+GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream) {
+  GpuModel m;
+  m.config = cpu.config;
+  m.layout = cpu.layout;
+  m.residual_scale = cpu.residual_scale;
+  m.logit_scale = cpu.logit_scale;
+  m.stream = stream;
+  const int64_t n = cpu.layout.total;
+  m.memory = Arena(Device::cuda, 4 * (4 * n + 64) + 2 * (n + 128), "parameters and optimizer");
+  m.params = m.memory.alloc(DType::f32, {n}).ptr<float>();
+  m.params_bf16 = m.memory.alloc(DType::bf16, {n}).ptr<bf16>();
+  m.grads = m.memory.alloc(DType::f32, {n}).ptr<float>();
+  m.adam_m = m.memory.alloc(DType::f32, {n}).ptr<float>();
+  m.adam_v = m.memory.alloc(DType::f32, {n}).ptr<float>();
+  std::vector<float> host(cpu.params.begin(), cpu.params.end());
+  cuda_copy_to_device(m.params, host.data(), sizeof(float) * n);
+  for (float* p : {m.grads, m.adam_m, m.adam_v}) cuda_memset_zero(p, sizeof(float) * n);
+  refresh_bf16_params(m);
+  return m;
+}
+
+std::vector<float> download_params(const GpuModel& m) {
+  std::vector<float> h(m.layout.total);
+  cuda_stream_synchronize(m.stream);
+  cuda_copy_to_host(h.data(), m.params, sizeof(float) * h.size());
+  return h;
+}
+
+std::vector<float> download_grads(const GpuModel& m) {
+  std::vector<float> h(m.layout.total);
+  cuda_stream_synchronize(m.stream);
+  cuda_copy_to_host(h.data(), m.grads, sizeof(float) * h.size());
+  return h;
+}
+
+void refresh_bf16_params(GpuModel& m) {
+  cuda_stream_synchronize(m.stream);
+  convert_to_bf16_cuda(m.params, m.params_bf16, m.layout.total);
+  cuda_synchronize();
+}
+
+GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L, bool recompute) {
+  SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
+  Arena measure = Arena::measuring("activations");
+  GpuActivations dry;
+  allocate_activations(model.config, B, L, recompute, measure, dry);
+  GpuActivations acts;
+  acts.B = B, acts.L = L, acts.recompute = recompute;
+  acts.memory = Arena(Device::cuda, measure.used, "activations");
+  allocate_activations(model.config, B, L, recompute, acts.memory, acts);
+  return acts;
+}
+
+int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute) {
+  Arena measure = Arena::measuring("activations");
+  GpuActivations dry;
+  allocate_activations(config, B, L, recompute, measure, dry);
+  return static_cast<int64_t>(measure.used);
+}
+
+void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* tokens,
+                  const int32_t* targets, const int32_t* doc) {
+  const int64_t n = acts.B * acts.L;
+  const int64_t V = model.config.vocab;
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V)
+      fail("token {} at position {} of the batch is outside the vocabulary [0, {})", tokens[i], i,
+           V);
+    if (targets[i] >= V)
+      fail("target {} at position {} of the batch is outside the vocabulary [0, {})", targets[i],
+           i, V);
+  }
+  cuda_copy_async(acts.tokens, tokens, sizeof(int32_t) * n, model.stream);
+  cuda_copy_async(acts.targets, targets, sizeof(int32_t) * n, model.stream);
+  if (doc) cuda_copy_async(acts.doc, doc, sizeof(int32_t) * n, model.stream);
+  // The host arrays may be reused by the caller as soon as this returns.
+  cuda_stream_synchronize(model.stream);
+}
+
+ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc) {
+  const ModelConfig& c = model.config;
+  const Dims m = dims_of(c, acts.B, acts.L);
+  const cudaStream_t st = model.stream;
+  const float rs = static_cast<float>(model.residual_scale);
+  const int32_t* doc = use_doc ? acts.doc : nullptr;
+  const ParamLayout& lay = model.layout;
+  const int n_layers = static_cast<int>(c.layers.size());
+  embedding_forward_cuda(acts.tokens, model.params_bf16 + lay.embedding, acts.layers[0].x_in, m.n,
+                         c.vocab, m.d, st);
+  GpuLayerActivations& first = acts.layers[0];
+  norm_forward(c, first.x_in, model.params + lay.layers[0].norm1_w,
+               at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
+               m.n, st);
+  for (int i = 0; i < n_layers; ++i) {
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st};
+    GpuLayerActivations& a = acts.layers[i];
+    layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
+    if (i + 1 < n_layers) {
+      // The residual add of this layer's MLP fused with the next layer's first norm.
+      GpuLayerActivations& next = acts.layers[i + 1];
+      const LayerOffsets& no = lay.layers[i + 1];
+      norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, next.x_in, model.params + no.norm1_w,
+                            at(model.params, no.norm1_b), next.a, next.ln1_mean, next.ln1_rstd,
+                            m.n, st);
+    } else {
+      norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, acts.final_x,
+                            model.params + lay.final_norm_w, at(model.params, lay.final_norm_b),
+                            acts.final_out, acts.final_mean, acts.final_rstd, m.n, st);
+    }
+  }
+  ForwardResult r;
+  r.loss_sum = tied_cross_entropy_forward_cuda(
+      acts.final_out, model.params_bf16 + lay.embedding, acts.targets, acts.ce_lse, m.n, m.d,
+      c.vocab, static_cast<float>(model.logit_scale), std::min<int64_t>(kLossVocabChunk, c.vocab),
+      &r.valid_rows, st);
+  return r;
+}
+
+void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale) {
+  const ModelConfig& c = model.config;
+  const Dims m = dims_of(c, acts.B, acts.L);
+  const cudaStream_t st = model.stream;
+  const float rs = static_cast<float>(model.residual_scale);
+  const int32_t* doc = use_doc ? acts.doc : nullptr;
+  const ParamLayout& lay = model.layout;
+  float* G = model.grads;
+  GpuBackwardScratch& g = acts.grad;
+  const int n_layers = static_cast<int>(c.layers.size());
+
+  if (g.dk_shared) zero(g.dk_shared, m.n * m.Gh, st), zero(g.dv_shared, m.n * m.Gh, st);
+  if (g.dmemory) zero(g.dmemory, m.n * m.E, st);
+  zero(g.da, m.n * m.d, st), zero(g.dres, m.n * m.d, st);
+  tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding, acts.targets,
+                                   acts.ce_lse, g.da, G + lay.embedding, m.n, m.d, c.vocab,
+                                   static_cast<float>(model.logit_scale),
+                                   std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale, st);
+  norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
+                acts.final_rstd, g.dres, G + lay.final_norm_w, at(G, lay.final_norm_b), m.n, st);
+  for (int i = n_layers - 1; i >= 0; --i) {
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st};
+    GpuLayerActivations& a = acts.layers[i];
+    if (acts.recompute) {
+      // Re-run the layer from its saved input with the same kernels as the forward (the first
+      // norm unfused: it computes the same statistics from the same stored input).
+      norm_forward(c, a.x_in, model.params + x.o.norm1_w, at(model.params, x.o.norm1_b), a.a,
+                   a.ln1_mean, a.ln1_rstd, m.n, st);
+      layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
+    }
+    layer_backward(x, a, G, g, rs);
+  }
+  embedding_backward_cuda(acts.tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d, st);
+}
+
+template GpuModel make_gpu_model<float>(const Model<float>&, cudaStream_t);
+template GpuModel make_gpu_model<double>(const Model<double>&, cudaStream_t);
+
+}  // namespace sambay
