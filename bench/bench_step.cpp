@@ -1,0 +1,91 @@
+// Whole training steps on one GPU: forward, backward, gradient norm and the AdamW update of the
+// 1B and 3.8B configs at sequence length 4096 (and 8192), reporting tokens/s, MFU and memory.
+// A config that does not fit reports how much memory it lacks instead of failing.
+#include "bench/bench.h"
+#include "core/cuda_runtime.h"
+#include "core/gpu_model.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/mup.h"
+
+#include <fmt/format.h>
+
+namespace sambay::bench {
+namespace {
+
+constexpr double kH100DenseBf16Tflops = 989.4;  // datasheet, SXM, dense
+
+void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int64_t L,
+                         bool recompute) {
+  const ModelConfig c = model_preset(preset);
+  const std::string name = fmt::format("step {} B{} L{}{}", preset, B, L, recompute ? " rc" : "");
+  const int64_t params = parameter_count(c);
+  const double state_bytes = params * (4.0 * 4 + 2);  // fp32 params, grads, m, v + bf16 copy
+  const double act_bytes = gpu_activation_bytes(c, B, L, recompute);
+  const double free_bytes = cuda_memory_total() - cuda_memory_used();
+  if (state_bytes + act_bytes > free_bytes * 0.97) {
+    fmt::print("{}: does not fit: needs {:.2f} GiB (state {:.2f} + activations {:.2f}), "
+               "{:.2f} GiB free: {:.2f} GiB short\n",
+               name, (state_bytes + act_bytes) / 1073741824.0, state_bytes / 1073741824.0,
+               act_bytes / 1073741824.0, free_bytes / 1073741824.0,
+               (state_bytes + act_bytes - free_bytes * 0.97) / 1073741824.0);
+    return;
+  }
+  Model<float> cpu = make_model<float>(c, 1);
+  cpu.grads = {};  // the CPU copy only seeds the GPU parameters
+  GpuModel gpu = make_gpu_model(cpu, ctx.stream);
+  cpu.params = {};
+  GpuActivations acts = plan_gpu_activations(gpu, B, L, recompute);
+  std::vector<int32_t> tokens(B * L), targets(B * L), doc(B * L, 0);
+  for (int64_t i = 0; i < B * L; ++i) {
+    tokens[i] = static_cast<int32_t>(philox_below(3, 0, i, c.vocab));
+    targets[i] = static_cast<int32_t>(philox_below(3, 1, i, c.vocab));
+  }
+  upload_batch(gpu, acts, tokens.data(), targets.data(), doc.data());
+  std::vector<AdamWGroup> groups;
+  const MupConfig mup = mup_config_for(c);
+  for (const ParamSpec& p : gpu.layout.params)
+    groups.push_back({p.offset, p.numel, static_cast<float>(3e-4 * mup_lr_multiplier(p.cls, mup)),
+                      static_cast<float>(0.1 * mup_weight_decay_multiplier(p.cls, mup))});
+  AdamWGroup* groups_device = static_cast<AdamWGroup*>(
+      cuda_malloc(sizeof(AdamWGroup) * groups.size(), "AdamW groups"));
+  cuda_copy_to_device(groups_device, groups.data(), sizeof(AdamWGroup) * groups.size());
+  int64_t step = 0;
+  auto one_step = [&] {
+    cuda_memset_zero_async(gpu.grads, sizeof(float) * gpu.layout.total, ctx.stream);
+    ForwardResult r = gpu_model_forward(gpu, acts, false);
+    gpu_model_backward(gpu, acts, false, 1.0f / r.valid_rows);
+    const double norm = global_grad_norm_cuda(gpu.grads, gpu.layout.total, ctx.stream);
+    if (norm > 1.0) scale_gradients_cuda(gpu.grads, gpu.layout.total, 1.0f / norm, ctx.stream);
+    adamw_update_cuda(gpu.params, gpu.grads, gpu.adam_m, gpu.adam_v, gpu.params_bf16,
+                      gpu.layout.total, groups_device, static_cast<int>(groups.size()), 0.9, 0.95,
+                      1e-8, ++step, ctx.stream);
+  };
+  const double ms = ctx.time_ms(one_step, 2, 5);
+  const double tokens_per_s = B * L / (ms * 1e-3);
+  const double flops = training_flops_per_token(c, L) * B * L;
+  fmt::print("{}: {:.1f} ms/step, {:.0f} tokens/s, {:.0f} TFLOP/s, MFU {:.1f}% of the {:.0f} "
+             "TFLOP/s datasheet peak; memory {:.2f} GiB (state {:.2f}, activations {:.2f})\n",
+             name, ms, tokens_per_s, flops / (ms * 1e-3) / 1e12,
+             100 * flops / (ms * 1e-3) / (kH100DenseBf16Tflops * 1e12), kH100DenseBf16Tflops,
+             cuda_memory_used() / 1073741824.0, state_bytes / 1073741824.0,
+             act_bytes / 1073741824.0);
+  ctx.report({name, ms, flops, 0});
+  cuda_free(groups_device);
+}
+
+void step_1b(Context& ctx) {
+  bench_training_step(ctx, "sambay-da-1b", 1, 4096, false);
+  bench_training_step(ctx, "sambay-da-1b", 2, 4096, false);
+  bench_training_step(ctx, "sambay-da-1b", 1, 8192, false);
+}
+void step_3_8b(Context& ctx) {
+  bench_training_step(ctx, "phi4-mini-flash", 1, 4096, true);
+  bench_training_step(ctx, "phi4-mini-flash", 1, 8192, true);
+}
+
+SAMBAY_BENCHMARK("step_1b", step_1b);
+SAMBAY_BENCHMARK("step_3.8b", step_3_8b);
+
+}  // namespace
+}  // namespace sambay::bench
