@@ -5,6 +5,7 @@
 #include "io/phonebook.h"
 #include "launch/train_config.h"
 #include "launch/trainer.h"
+#include "parallel/process_grid.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -28,6 +29,7 @@ commands:
 )";
 
 int cmd_train(int argc, const char* const* argv) {
+  const MpiSession mpi;  // every rank of an mpirun / srun job runs this
   TrainConfig config;
   if (!parse_train_config(argc, argv, config)) return 0;
   return run_training(config);
@@ -142,10 +144,9 @@ int main(int argc, char** argv) {
   try {
     return sambay::dispatch(argc, argv);
   } catch (const sambay::Error& e) {
-    fmt::print(stderr, "sambay: error: {}\n", e.what());
-    return 2;
+    // Under MPI this also ends the other ranks, which may be waiting for this one.
+    return sambay::report_fatal_error(fmt::format("error: {}", e.what()), 2);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "sambay: internal error: {}\n", e.what());
-    return 3;
+    return sambay::report_fatal_error(fmt::format("internal error: {}", e.what()), 3);
   }
 }

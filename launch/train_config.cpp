@@ -56,8 +56,13 @@ po::options_description train_options(TrainConfig& c) {
   for (const auto& [key, value] : model_config_fields(ModelConfig{}))
     model.add_options()(("model." + key).c_str(), po::value<std::string>(),
                         fmt::format("override the preset's {}", key).c_str());
+  po::options_description parallel("Parallelism (data-parallel ranks = world size / (tp * cp))");
+  parallel.add_options()
+      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (not implemented yet: 1)")
+      ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (not implemented yet: 1)")
+      ("dp_bucket_mb", po::value(&c.dp_bucket_mb)->default_value(c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
   po::options_description all("sambay train options");
-  all.add(run).add(data).add(optim).add(model);
+  all.add(run).add(data).add(optim).add(parallel).add(model);
   return all;
 }
 
@@ -128,6 +133,9 @@ void validate_train_config(const TrainConfig& c) {
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
   need(c.threads >= 0, "threads", fmt::format("must be >= 0, got {}", c.threads));
   need(!c.out_dir.empty(), "out_dir", "must not be empty");
+  need(c.tp == 1, "tp", fmt::format("tensor parallelism is not implemented yet (got {}); use 1", c.tp));
+  need(c.cp == 1, "cp", fmt::format("context parallelism is not implemented yet (got {}); use 1", c.cp));
+  need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
   validate_model_config(c.model, "model '" + c.model_preset + "'");
 }
 
@@ -142,6 +150,9 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("log_every", c.log_every);
   line("eval_every", c.eval_every);
   line("eval_batches", c.eval_batches);
+  line("tp", c.tp);
+  line("cp", c.cp);
+  line("dp_bucket_mb", c.dp_bucket_mb);
   for (const std::string& d : c.data) line("data", d);
   line("valid_fraction", c.valid_fraction);
   line("data_seed", c.data_seed);

@@ -47,7 +47,12 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
-  int threads = 0;  // CPU threads; 0 = all cores
+  int threads = 0;  // CPU threads; 0 = all cores (shared among the ranks of a node)
+
+  // Parallelism: data-parallel ranks = world size / (tp * cp) (docs/parallelism.md).
+  int tp = 1;  // tensor-parallel ranks (not implemented yet: must be 1)
+  int cp = 1;  // context-parallel ranks (not implemented yet: must be 1)
+  double dp_bucket_mb = 32;  // MiB of fp32 gradients per reduce-scatter bucket
 };
 
 // Parses argv (after "train") and the --config file it names. `--help` prints the options and

@@ -8,15 +8,17 @@
 #include "optim/clip.h"
 #include "optim/mup.h"
 #include "optim/schedule.h"
+#include "parallel/data_parallel.h"
+#include "parallel/process_grid.h"
 
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <span>
 
 namespace sambay {
 
@@ -65,23 +67,10 @@ void fill(const Sampler& sampler, Split split, int64_t first, int64_t B, int64_t
   for (int32_t t : mb.targets) mb.valid += t >= 0;
 }
 
-// Per-parameter optimizer multipliers from muP++ and the no-decay rule for vectors.
-struct ParamGroup {
-  int64_t offset, numel;
-  double lr_mult, wd_mult;
-};
-
-std::vector<ParamGroup> param_groups(const ParamLayout& layout, const MupConfig& mup) {
-  std::vector<ParamGroup> groups;
-  for (const ParamSpec& p : layout.params)
-    groups.push_back({p.offset, p.numel, mup_lr_multiplier(p.cls, mup),
-                      mup_weight_decay_multiplier(p.cls, mup)});
-  return groups;
-}
-
 struct Metrics {
-  std::ofstream file;
+  std::ofstream file;  // open on rank 0 only
   void write(const std::string& json_line) {
+    if (!file.is_open()) return;
     file << json_line << '\n';
     file.flush();
   }
@@ -91,7 +80,13 @@ struct Metrics {
 
 int run_training(const TrainConfig& cfg) {
   const Clock::time_point t_start = Clock::now();
-  if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+  // Ranks (parallel/process_grid.h): data-parallel ranks split each step's global batch and
+  // shard the optimizer state; rank 0 alone prints and writes files.
+  const ProcessGrid grid = make_process_grid(cfg.tp, cfg.cp);
+  const Communicator dp = make_communicator(grid.dp, CommBackend::mpi, "dp");
+  const bool lead = grid.world_rank == 0;
+  omp_set_num_threads(cfg.threads > 0 ? cfg.threads
+                                      : std::max(1, omp_get_max_threads() / grid.local_size));
 
   // Device. The CUDA training path is the CUDA backend issue's; until it exists a GPU run is
   // refused when asked for and reported when found, never silently replaced.
@@ -104,15 +99,15 @@ int run_training(const TrainConfig& cfg) {
     device_line = "cpu (a GPU is present, but this sambay trains on the CPU only so far)";
 
   namespace fs = std::filesystem;
-  fs::create_directories(cfg.out_dir);
-  {
+  Metrics metrics;
+  if (lead) {
+    fs::create_directories(cfg.out_dir);
     std::ofstream resolved(fs::path(cfg.out_dir) / "config.ini");
     resolved << train_config_to_text(cfg);
     if (!resolved) fail("{}: cannot write config.ini", cfg.out_dir);
+    metrics.file.open(fs::path(cfg.out_dir) / "metrics.jsonl", std::ios::app);
+    if (!metrics.file) fail("{}: cannot open metrics.jsonl for writing", cfg.out_dir);
   }
-  Metrics metrics;
-  metrics.file.open(fs::path(cfg.out_dir) / "metrics.jsonl", std::ios::app);
-  if (!metrics.file) fail("{}: cannot open metrics.jsonl for writing", cfg.out_dir);
 
   // Data.
   SamplerConfig sc;
@@ -126,41 +121,50 @@ int run_training(const TrainConfig& cfg) {
   const ModelConfig& mc = cfg.model;
   Model<float> model = make_model<float>(mc, cfg.seed);
   const MupConfig mup = mup_config_for(mc);
-  const std::vector<ParamGroup> groups = param_groups(model.layout, mup);
-  std::vector<float> adam_m(model.params.size(), 0.0f), adam_v(model.params.size(), 0.0f);
+  const int64_t bucket = std::max<int64_t>(1, int64_t(cfg.dp_bucket_mb * 1048576 / 4));
+  ShardedAdamW opt = make_sharded_adamw(dp, model.layout.total, param_groups(model.layout, mup),
+                                        bucket);
   const int64_t B = cfg.micro_batch, L = cfg.seq_len;
   Activations<float> acts = plan_activations(model, B, L, cfg.recompute);
 
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
                        cfg.decay_fraction};
-  const int64_t tokens_per_step = B * L * cfg.grad_accum;
+  const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
+  const int64_t tokens_per_step = global_batch * L;
   const double flops_per_token = training_flops_per_token(mc, L);
-  const double state_bytes = 4.0 * 4 * model.params.size();  // params, grads, m, v (fp32)
+  // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
+  const double state_bytes = 4.0 * (2 * model.params.size() + 3 * opt.layout.shard_size);
   const double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
 
-  fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
-             mc.name, model.layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
-  fmt::print("  data {} train / {} valid samples of {} tokens; {} tokens per step ({} x {} x {})\n",
-             samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
-             L, tokens_per_step, cfg.grad_accum, B, L);
-  fmt::print("  {} steps, lr {:.2e} {} (warmup {}), muP++ {}, memory {:.1f} MiB "
-             "(activations {:.1f} MiB{}), {} threads, run dir {}\n",
-             cfg.steps, cfg.lr, cfg.schedule, cfg.warmup,
-             mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
-             acts.arena.capacity / 1048576.0, cfg.recompute ? ", recompute" : "",
-             omp_get_max_threads(), cfg.out_dir);
+  if (lead) {
+    fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
+               mc.name, model.layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
+    fmt::print("  ranks: {}\n", describe(grid));
+    fmt::print("  data {} train / {} valid samples of {} tokens; {} tokens per step "
+               "({} ranks x {} x {} x {})\n",
+               samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
+               L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
+    fmt::print("  {} steps, lr {:.2e} {} (warmup {}), muP++ {}, memory {:.1f} MiB "
+               "(activations {:.1f} MiB{}), {} threads, run dir {}\n",
+               cfg.steps, cfg.lr, cfg.schedule, cfg.warmup,
+               mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
+               acts.arena.capacity / 1048576.0, cfg.recompute ? ", recompute" : "",
+               omp_get_max_threads(), cfg.out_dir);
+  }
 
   auto validation_loss = [&]() {
     double sum = 0;
     int64_t count = 0;
     MicroBatch mb;
-    for (int64_t i = 0; i < cfg.eval_batches; ++i) {
+    for (int64_t i = grid.coords.dp; i < cfg.eval_batches; i += grid.shape.dp) {
       fill(sampler, Split::valid, i * B, B, L, mb);
       ForwardResult r = model_forward(model, acts, mb.tokens.data(), mb.targets.data(),
                                       cfg.doc_masking ? mb.doc.data() : nullptr);
       sum += r.loss_sum;
       count += r.valid_rows;
     }
+    sum = all_reduce_scalar(dp, sum);
+    count = int64_t(all_reduce_scalar(dp, double(count)));
     return count > 0 ? sum / count : NAN;
   };
 
@@ -168,20 +172,23 @@ int run_training(const TrainConfig& cfg) {
   double first_valid = NAN, last_valid = NAN;
   if (cfg.eval_every > 0) {
     first_valid = last_valid = validation_loss();
-    fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
+    if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
     metrics.write(fmt::format(R"({{"step":0,"valid_loss":{}}})", first_valid));
   }
   const Clock::time_point t_train = Clock::now();
   double step_seconds_avg = 0;
   for (int64_t step = 0; step < cfg.steps; ++step) {
     const Clock::time_point t0 = Clock::now();
-    // The whole step's samples first: the loss is a mean over its valid targets, so every
-    // micro-batch's gradient is scaled by 1 / (valid targets of the step).
+    // The whole step's samples first: the loss is a mean over the valid targets of the global
+    // batch (all ranks), so every micro-batch's gradient is scaled by 1 / (that count).
+    const SampleRange slice =
+        data_parallel_slice(step, global_batch, grid.coords.dp, grid.shape.dp);
     int64_t valid = 0;
     for (int64_t k = 0; k < cfg.grad_accum; ++k) {
-      fill(sampler, Split::train, (step * cfg.grad_accum + k) * B, B, L, micro[k]);
+      fill(sampler, Split::train, slice.first + k * B, B, L, micro[k]);
       valid += micro[k].valid;
     }
+    valid = int64_t(all_reduce_scalar(dp, double(valid)));
     SAMBAY_CHECK(valid > 0, "step {}: no valid targets in the batch", step);
     std::fill(model.grads.begin(), model.grads.end(), 0.0f);
     double loss_sum = 0;
@@ -191,28 +198,23 @@ int run_training(const TrainConfig& cfg) {
       loss_sum += r.loss_sum;
       model_backward(model, acts, mb.tokens.data(), mb.targets.data(), doc, 1.0f / valid);
     }
-    const double loss = loss_sum / valid;
-    const double norm = global_grad_norm({std::span<const float>(model.grads)});
+    const double loss = all_reduce_scalar(dp, loss_sum) / valid;
+    reduce_gradients(opt, model.grads.data());
+    const double norm = sharded_grad_norm(opt);
     if (!std::isfinite(loss) || !std::isfinite(norm))
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
            std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss);
     const double coef = clip_coefficient(norm, cfg.clip);
-    if (coef < 1)
-      for (float& g : model.grads) g *= static_cast<float>(coef);
     // The schedule is evaluated at the update's 1-based number: the first update gets
     // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
     const double lr = cfg.lr * lr_multiplier(sched, step + 1);
-    for (const ParamGroup& pg : groups) {
-      AdamWHyper h{lr * pg.lr_mult, cfg.beta1, cfg.beta2, cfg.adam_eps,
-                   cfg.weight_decay * pg.wd_mult};
-      adamw_update(model.params.data() + pg.offset, model.grads.data() + pg.offset,
-                   adam_m.data() + pg.offset, adam_v.data() + pg.offset, pg.numel, h, step + 1);
-    }
+    sharded_adamw_step(opt, model.params.data(), coef,
+                       {lr, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay}, step + 1);
     const double dt = seconds_since(t0);
     step_seconds_avg = step == 0 ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
     const bool last = step + 1 == cfg.steps;
 
-    if ((step + 1) % cfg.log_every == 0 || last || step == 0) {
+    if (lead && ((step + 1) % cfg.log_every == 0 || last || step == 0)) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | "
@@ -227,16 +229,17 @@ int run_training(const TrainConfig& cfg) {
     }
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last)) {
       last_valid = validation_loss();
-      fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
+      if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
       metrics.write(fmt::format(R"({{"step":{},"valid_loss":{}}})", step + 1, last_valid));
     }
   }
   const double train_s = seconds_since(t_train);
-  fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s); valid loss {:.4f} -> {:.4f}; "
-             "total wall time {}\n",
-             cfg.steps, cfg.steps * tokens_per_step, format_duration(train_s),
-             cfg.steps * tokens_per_step / train_s, first_valid, last_valid,
-             format_duration(seconds_since(t_start)));
+  if (lead)
+    fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s); valid loss {:.4f} -> {:.4f}; "
+               "total wall time {}\n",
+               cfg.steps, cfg.steps * tokens_per_step, format_duration(train_s),
+               cfg.steps * tokens_per_step / train_s, first_valid, last_valid,
+               format_duration(seconds_since(t_start)));
   return 0;
 }
 
