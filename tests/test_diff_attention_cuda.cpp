@@ -180,6 +180,20 @@ struct DeviceDiff {
   }
 };
 
+// The backward is checked against the CPU backward evaluated at the GPU forward's saved state
+// (lambda, a1, a2, lse1, lse2, rstd), which the forward test holds to the CPU forward. Reason:
+// dlambda = -sum <do, a2> nearly cancels (do is orthogonal to o = a1 - lambda a2, and a1, a2 are
+// close), so the bf16-level error of the maps (~1e-3) alone moves dlambda by several percent
+// (measured up to 26% on random inputs) -- conditioning of the function, not of the kernels.
+void adopt_saved_state(HostDiff& host, DeviceDiff& dev) {
+  host.lambda = dev.lambda.download()[0];
+  host.a1 = to_f64(dev.a1.download());
+  host.a2 = to_f64(dev.a2.download());
+  host.lse1 = to_f64(dev.lse1.download());
+  host.lse2 = to_f64(dev.lse2.download());
+  host.rstd = to_f64(dev.rstd.download());
+}
+
 class DiffAttentionCudaTest : public ::testing::TestWithParam<CudaDiffCase> {};
 
 TEST_P(DiffAttentionCudaTest, ForwardMatchesCpu) {
@@ -203,9 +217,10 @@ TEST_P(DiffAttentionCudaTest, BackwardAccumulatesCpuGradients) {
   SAMBAY_REQUIRE_GPU();
   KernelChoice choice(GetParam().simple);
   HostDiff host(GetParam(), 200);
-  const HostDiff::Grads want = host.backward();
   DeviceDiff dev(host);
   dev.forward();
+  adopt_saved_state(host, dev);
+  const HostDiff::Grads want = host.backward();
 
   auto prefill = [](const std::vector<double>& grad, uint64_t seed, bool bf16_values) {
     auto x = testing::random_normal(grad.size(), seed, 0.5 * rms(grad) + 1e-3);
@@ -245,9 +260,10 @@ TEST_P(DiffAttentionCudaTest, NullGradientsAreSkipped) {
   SAMBAY_REQUIRE_GPU();
   KernelChoice choice(GetParam().simple);
   HostDiff host(GetParam(), 300);
-  const HostDiff::Grads want = host.backward();
   DeviceDiff dev(host);
   dev.forward();
+  adopt_saved_state(host, dev);
+  const HostDiff::Grads want = host.backward();
   DeviceBuffer<bf16> dk(static_cast<int64_t>(want.dk.size()));
   DeviceBuffer<float> dlq2(static_cast<int64_t>(want.dlq2.size()));
   dk.zero();
@@ -273,11 +289,12 @@ std::vector<CudaDiffCase> with_both_kernels(const std::vector<CudaDiffCase>& cas
 }
 
 // h = 64 (the 3.8B model: dk 64, dv 128) and h = 128 (dk 128, dv 256) use the tensor-core
-// kernels; h = 32 the simple ones.
+// kernels; h = 32 the simple ones. L = 1 is left out: both maps are then the identity, a1 = a2,
+// and the exact dlambda is O(eps) (the norm's eps), below fp32 rounding of its terms.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DiffAttentionCudaTest,
     ::testing::ValuesIn(with_both_kernels({
-        {1, 1, 2, 2, 64, 0, false, false},     // a single token
+        {1, 3, 2, 2, 64, 0, false, false},     // three tokens, one pair
         {2, 17, 4, 2, 64, 0, true, false},     // GQA 2, docs
         {1, 100, 4, 4, 64, 16, false, false},  // GQA 1, window < L
         {1, 257, 8, 2, 64, 0, true, false},    // H = 4 G
