@@ -972,13 +972,14 @@ void attention_backward_strided_cuda(const bf16* dout, const bf16* q, const bf16
                     aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) &&
                     aligned16(dq) && aligned16(dk) && aligned16(dv);
 
-  // Workspace: D [B, H, L], then (tensor-core path with dq) the fp32 dq buffer [B, L, H, dk].
+  // Workspace: (tensor-core path with dq) the fp32 dq buffer [B, L, H, dk] first, where the
+  // allocation's alignment serves its 8-byte atomics, then D [B, H, L].
   const int64_t rows = s.B * s.H * s.L;
   const int64_t dq_elems = fast && dq ? rows * s.dk : 0;
   void* ws = nullptr;
-  SAMBAY_CUDA_CHECK(cudaMallocAsync(&ws, sizeof(float) * (rows + dq_elems), stream));
-  float* delta = static_cast<float*>(ws);
-  float* dq_acc = dq_elems ? delta + rows : nullptr;
+  SAMBAY_CUDA_CHECK(cudaMallocAsync(&ws, sizeof(float) * (dq_elems + rows), stream));
+  float* dq_acc = dq_elems ? static_cast<float*>(ws) : nullptr;
+  float* delta = static_cast<float*>(ws) + dq_elems;
   if (dq_acc)
     SAMBAY_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * dq_elems, stream));
 
