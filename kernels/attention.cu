@@ -872,13 +872,22 @@ void keep_pool_memory() {
   SAMBAY_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
 }
 
+// Dynamic shared memory above 48 KB must be allowed per kernel; the largest L1/shared split lets
+// two forward CTAs of up to 103 KB share an SM.
+template <typename Kernel>
+void configure_smem(Kernel kernel, size_t bytes) {
+  SAMBAY_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  SAMBAY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         int(cudaSharedmemCarveoutMaxShared)));
+}
+
 template <int DK, int DV, int WARPS, int MT, int BC, int BS, bool F32>
 void launch_fwd(const FwdParams& p, cudaStream_t stream) {
   constexpr int BR = WARPS * 16 * MT;
   constexpr size_t smem = fwd_smem_bytes<DK, DV, WARPS, MT, BC>();
   auto kernel = attention_fwd_kernel<DK, DV, WARPS, MT, BC, BS, F32>;
-  SAMBAY_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  configure_smem(kernel, smem);
   const dim3 grid(p.H, p.B, (p.L + BR - 1) / BR);
   kernel<<<grid, WARPS * 32, smem, stream>>>(p);
   SAMBAY_CUDA_CHECK_LAUNCH();
@@ -899,8 +908,7 @@ void launch_bwd(const BwdParams& p, cudaStream_t stream) {
   constexpr int BC = 16 * KW;
   constexpr size_t smem = bwd_smem_bytes<DK, DV, KW, CW, BR>();
   auto kernel = attention_bwd_kernel<DK, DV, KW, CW, BR>;
-  SAMBAY_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  configure_smem(kernel, smem);
   const dim3 grid(p.H / p.group, p.B, (p.L + BC - 1) / BC);
   kernel<<<grid, KW * CW * 32, smem, stream>>>(p);
   SAMBAY_CUDA_CHECK_LAUNCH();

@@ -45,7 +45,8 @@ void check_attention_shape(const AttentionShape& s);
 // pointers) fall back to simple one-warp-per-row kernels that are correct but slow.
 // Backward: dq, dk, dv are bf16 and ADDED into (computed in fp32, rounded once when written; a
 // null pointer skips that gradient). dq goes through an fp32 buffer taken from the stream-ordered
-// allocator (cudaMallocAsync) for the duration of the call.
+// allocator (cudaMallocAsync) for the duration of the call; the first backward raises the default
+// pool's release threshold so that this memory is not unmapped at every synchronisation.
 void attention_forward_cuda(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                             bf16* out, float* lse, const AttentionShape& s, float scale,
                             cudaStream_t stream);
