@@ -7,9 +7,8 @@
 #include <vector>
 
 namespace sambay {
-namespace {
 
-void check_shape(const AttentionShape& s) {
+void check_attention_shape(const AttentionShape& s) {
   SAMBAY_CHECK(s.B > 0 && s.L > 0, "attention needs B > 0 and L > 0, got B={} L={}", s.B, s.L);
   SAMBAY_CHECK(s.H > 0 && s.G > 0 && s.H % s.G == 0,
                "query heads H={} must be a positive multiple of key/value heads G={}", s.H, s.G);
@@ -17,6 +16,8 @@ void check_shape(const AttentionShape& s) {
                s.dk, s.dv);
   SAMBAY_CHECK(s.window >= 0, "attention window must be 0 (full) or positive, got {}", s.window);
 }
+
+namespace {
 
 // The first key query t may see: the start of its window, or 0 under full causal attention.
 int64_t first_key(int64_t t, int64_t window) {
@@ -42,7 +43,7 @@ T* row(T* base, int64_t b, int64_t t, int64_t head, const AttentionShape& s, int
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, const int32_t* doc, T* out, T* lse,
                        const AttentionShape& s, T scale) {
-  check_shape(s);
+  check_attention_shape(s);
   const int64_t group = s.H / s.G;
   const double sc = static_cast<double>(scale);
 #pragma omp parallel
@@ -92,7 +93,7 @@ template <typename T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const int32_t* doc,
                         const T* out, const T* lse, T* dq, T* dk, T* dv, const AttentionShape& s,
                         T scale) {
-  check_shape(s);
+  check_attention_shape(s);
   if (!dq && !dk && !dv) return;
   const int64_t group = s.H / s.G;
   const double sc = static_cast<double>(scale);

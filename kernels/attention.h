@@ -8,6 +8,9 @@
 // Scores are scale * <q, k>; the L x L matrix is formed one query row at a time.
 #pragma once
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 #include <cstdint>
 
 namespace sambay {
@@ -28,5 +31,32 @@ template <typename T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const int32_t* doc,
                         const T* out, const T* lse, T* dq, T* dk, T* dv, const AttentionShape& s,
                         T scale);
+
+// Throws (naming the value) unless s is a valid shape; the CUDA entry points call it first.
+void check_attention_shape(const AttentionShape& s);
+
+// ---- CUDA (kernels/attention.cu). All pointers are device memory; same layouts and masks as
+// above. q, k, v, out, dout bf16; lse [B, H, L] fp32. FlashAttention-style: tiles of queries and
+// keys with an online softmax, nothing of size L x L in memory, key tiles outside the causal band
+// or the window skipped (so cost grows with L * window). Doc masking is applied per element and
+// does not skip tiles.
+// Tensor-core kernels (mma.sync bf16, fp32 accumulate) cover (dk, dv) in {(64, 64), (64, 128),
+// (128, 128), (128, 256)} with 16-byte aligned pointers; any other head dims (or misaligned
+// pointers) fall back to simple one-warp-per-row kernels that are correct but slow.
+// Backward: dq, dk, dv are bf16 and ADDED into (computed in fp32, rounded once when written; a
+// null pointer skips that gradient). dq goes through an fp32 buffer taken from the stream-ordered
+// allocator (cudaMallocAsync) for the duration of the call; the first backward raises the default
+// pool's release threshold so that this memory is not unmapped at every synchronisation.
+void attention_forward_cuda(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
+                            bf16* out, float* lse, const AttentionShape& s, float scale,
+                            cudaStream_t stream);
+void attention_backward_cuda(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                             const int32_t* doc, const bf16* out, const float* lse, bf16* dq,
+                             bf16* dk, bf16* dv, const AttentionShape& s, float scale,
+                             cudaStream_t stream);
+
+// Forces the simple kernels for every head dim (true) or restores the automatic choice (false).
+// For tests, which check both implementations, and for bisecting a suspected kernel bug.
+void attention_cuda_force_simple_kernels(bool force);
 
 }  // namespace sambay

@@ -7,6 +7,8 @@
 // norm_weight [2h]. H and G even. window and doc as in attention.h.
 #pragma once
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
 #include "kernels/attention.h"
 
 #include <cstdint>
@@ -48,5 +50,30 @@ void diff_attention_backward(const T* dout, const T* q, const T* k, const T* v,
                              const DiffAttentionSaved& saved, T* dq, T* dk, T* dv, T* dlq1,
                              T* dlk1, T* dlq2, T* dlk2, T* dnorm_weight,
                              const DiffAttentionShape& s, T scale);
+
+// ---- CUDA (kernels/diff_attention.cu). All pointers are device memory. q, k, v, out, dout and
+// dq, dk, dv are bf16; lq1, lk1, lq2, lk2, norm_weight and their gradients fp32. Gradients are
+// added into (+=); a null pointer skips one. dq, dk, dv are computed in fp32 and rounded once per
+// map: dv receives two rounded additions (both maps read the same v).
+// Saved buffers (element counts from diff_attention_saved_sizes), all on the device:
+//   lambda one double; a1, a2 fp32 (they are subtracted, so they are kept unrounded);
+//   lse1, lse2, rstd fp32.
+// The two maps are the attention kernels of attention.h run on strided views: query heads 2i
+// (then 2i+1) of q over key heads 2j (then 2j+1) of k, with v read as [B, L, G/2, 2h]; nothing is
+// gathered or copied. Tensor-core kernels for h = 64 and h = 128 (dv = 2h), the simple kernels
+// otherwise. The backward takes a bf16 workspace of 2 B L H h elements (cudaMallocAsync).
+void diff_attention_forward_cuda(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
+                                 const float* lq1, const float* lk1, const float* lq2,
+                                 const float* lk2, float lambda_init, const float* norm_weight,
+                                 bf16* out, const DiffAttentionSaved& saved,
+                                 const DiffAttentionShape& s, float scale, float eps,
+                                 cudaStream_t stream);
+void diff_attention_backward_cuda(const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                                  const int32_t* doc, const float* lq1, const float* lk1,
+                                  const float* lq2, const float* lk2, float lambda_init,
+                                  const float* norm_weight, const DiffAttentionSaved& saved,
+                                  bf16* dq, bf16* dk, bf16* dv, float* dlq1, float* dlk1,
+                                  float* dlq2, float* dlk2, float* dnorm_weight,
+                                  const DiffAttentionShape& s, float scale, cudaStream_t stream);
 
 }  // namespace sambay
