@@ -8,6 +8,7 @@
 #include "kernels/gemm.h"
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 
 #include <map>
 #include <memory>
@@ -58,13 +59,25 @@ struct Plan {
   // False when cuBLASLt has no algorithm for the fp32-bias epilogue with this output; the bias is
   // then added by a small kernel after the GEMM.
   bool bias_in_epilogue;
+  // True when cuBLASLt's heuristic offers no algorithm at all (an unusual shape or alignment):
+  // the GEMM then goes through classic cuBLAS (cublasGemmEx), which accepts every shape.
+  bool use_cublas;
 };
 
 struct DeviceState {
   CublasLtDevice resources;
-  std::mutex mutex;  // guards plans
+  cublasHandle_t cublas = nullptr;  // created when a shape first needs the fallback
+  std::mutex mutex;                 // guards plans and cublas
   std::unordered_map<PlanKey, Plan, PlanKeyHash> plans;
 };
+
+#define SAMBAY_CUBLAS_V2_CHECK(expr)                                                        \
+  do {                                                                                      \
+    const cublasStatus_t sambay_status_ = (expr);                                           \
+    if (sambay_status_ != CUBLAS_STATUS_SUCCESS)                                            \
+      ::sambay::fail_message(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": "  \
+                             #expr " failed: " + cublasGetStatusName(sambay_status_));     \
+  } while (0)
 
 DeviceState& device_state() {
   static std::mutex registry_mutex;
@@ -233,23 +246,40 @@ void gemm_lt(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, con
       return true;
     };
     plan.bias_in_epilogue = false;
+    plan.use_cublas = false;
     if (bias) {
       use_bias_epilogue(true);
       plan.bias_in_epilogue = best_algo(plan.algo);
     }
     if (!plan.bias_in_epilogue) {
       use_bias_epilogue(false);
-      SAMBAY_CUDA_ARG_CHECK(best_algo(plan.algo),
-                            "gemm_bf16_cuda: cuBLASLt has no algorithm for " + shape);
+      plan.use_cublas = !best_algo(plan.algo);
     }
     std::lock_guard<std::mutex> lock(state.mutex);
+    if (plan.use_cublas && !state.cublas) {
+      SAMBAY_CUBLAS_V2_CHECK(cublasCreate(&state.cublas));
+      SAMBAY_CUBLAS_V2_CHECK(cublasSetWorkspace(state.cublas, res.workspace, res.workspace_bytes));
+    }
     state.plans.emplace(key, plan);
   }
-  use_bias_epilogue(bias && plan.bias_in_epilogue);
 
-  SAMBAY_CUBLAS_CHECK(cublasLtMatmul(res.handle, desc.desc, &alpha, b, first.layout, a,
-                                     second.layout, &beta, c, out.layout, c, out.layout,
-                                     &plan.algo, res.workspace, res.workspace_bytes, stream));
+  if (plan.use_cublas) {
+    constexpr int64_t kIntMax = 2147483647;
+    SAMBAY_CUDA_ARG_CHECK(m <= kIntMax && n <= kIntMax && k <= kIntMax && lda <= kIntMax &&
+                              ldb <= kIntMax && ldc <= kIntMax,
+                          "gemm_bf16_cuda: sizes too large for the cuBLAS fallback, " + shape);
+    std::lock_guard<std::mutex> lock(state.mutex);  // the stream is a setting of the handle
+    SAMBAY_CUBLAS_V2_CHECK(cublasSetStream(state.cublas, stream));
+    SAMBAY_CUBLAS_V2_CHECK(cublasGemmEx(
+        state.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
+        int(m), int(k), &alpha, b, CUDA_R_16BF, int(ldb), a, CUDA_R_16BF, int(lda), &beta, c,
+        out_type, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    use_bias_epilogue(bias && plan.bias_in_epilogue);
+    SAMBAY_CUBLAS_CHECK(cublasLtMatmul(res.handle, desc.desc, &alpha, b, first.layout, a,
+                                       second.layout, &beta, c, out.layout, c, out.layout,
+                                       &plan.algo, res.workspace, res.workspace_bytes, stream));
+  }
   if (bias && !plan.bias_in_epilogue) scale_add_bias(c, ldc, m, n, 1.0f, bias, stream);
 }
 

@@ -25,9 +25,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 // The bf16 overload rounds the fp32 result once when it writes C; the fp32 overload writes fp32
 // (beta = 1 there is how weight gradients accumulate). bias is fp32 [n]. With beta = 0, C is not
 // read (it may hold anything, NaN included). Any shape, leading dimension and pointer alignment
-// is accepted (cuBLASLt's algorithm is chosen for the actual alignment); aligned pointers and
-// leading dimensions that are multiples of 8 get the fast kernels. Throws on bad arguments.
-// The chosen algorithm is cached per shape and alignment, so repeated calls cost no search.
+// is accepted (cuBLASLt's algorithm is chosen for the actual alignment; where its heuristic offers
+// none, classic cuBLAS runs the product); aligned pointers and leading dimensions that are
+// multiples of 8 get the fast kernels. Throws on bad arguments. The chosen algorithm is cached per
+// shape and alignment, so repeated calls cost no search.
 void gemm_bf16_cuda(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                     const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float beta, bf16* c,
                     int64_t ldc, const float* bias, cudaStream_t stream);
@@ -39,9 +40,9 @@ void gemm_bf16_cuda(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 // the process's exit releases them, which avoids tearing down CUDA objects during static
 // destruction).
 // Thread safety: creating the per-device state and the algorithm cache are guarded by a mutex, so
-// any thread may call gemm_bf16_cuda. The workspace is shared by every GEMM of the device, so
-// GEMMs must not RUN concurrently on different streams of one device: issue them all to one
-// stream, or order the streams with events.
+// any thread may call gemm_bf16_cuda. The workspace is shared by every GEMM of the device (the
+// cuBLAS fallback's too), so GEMMs must not RUN concurrently on different streams of one device:
+// issue them all to one stream, or order the streams with events.
 struct CublasLtDevice {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
