@@ -9,6 +9,9 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 namespace sambay {
 
 template <typename T>
@@ -18,5 +21,17 @@ void gmu_forward(const T* m, const T* g, const T* norm_weight, T* out, T* rstd, 
 template <typename T>
 void gmu_backward(const T* dout, const T* m, const T* g, const T* norm_weight, const T* rstd,
                   T* dm, T* dg, T* dnorm_weight, int64_t rows, int64_t E);
+
+// ---- CUDA ----
+// m, g, out, dout, dm, dg bf16; norm_weight, dnorm_weight fp32 [E]; rstd fp32 [rows]. The gated
+// value m * silu(g) is formed in fp32 and never rounded (as the CPU reference, which recomputes
+// it). GMU: elementwise. nGMU: one block per row with the row in registers (forward), and a
+// persistent grid with register column sums plus a fixed-order second pass for dnorm_weight
+// (backward; no atomics). E up to 16384 (multiples of 8) or 8192 for the nGMU.
+void gmu_forward_cuda(const bf16* m, const bf16* g, const float* norm_weight, bf16* out,
+                      float* rstd, int64_t rows, int64_t E, float eps, cudaStream_t stream);
+void gmu_backward_cuda(const bf16* dout, const bf16* m, const bf16* g, const float* norm_weight,
+                       const float* rstd, bf16* dm, bf16* dg, float* dnorm_weight, int64_t rows,
+                       int64_t E, cudaStream_t stream);
 
 }  // namespace sambay

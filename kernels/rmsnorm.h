@@ -6,6 +6,9 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 namespace sambay {
 
 template <typename T>
@@ -14,5 +17,22 @@ void rmsnorm_forward(const T* x, const T* weight, T* y, T* rstd, int64_t rows, i
 template <typename T>
 void rmsnorm_backward(const T* dy, const T* x, const T* weight, const T* rstd, T* dx, T* dweight,
                       int64_t rows, int64_t d);
+
+// ---- CUDA ----
+// x, y, dy, dx bf16; weight fp32 [d]; rstd fp32 [rows]; dweight fp32 [d]. Statistics in fp32
+// over the row held in registers. Rows up to d = 16384 (multiples of 8) or 8192 (other widths).
+void rmsnorm_forward_cuda(const bf16* x, const float* weight, bf16* y, float* rstd, int64_t rows,
+                          int64_t d, float eps, cudaStream_t stream);
+
+// dx += (bf16, formed in fp32 and rounded once); dweight += (fp32, per-block partial sums then
+// a fixed-order second pass: no atomics, bitwise reproducible). Null gradient pointers skip.
+void rmsnorm_backward_cuda(const bf16* dy, const bf16* x, const float* weight, const float* rstd,
+                           bf16* dx, float* dweight, int64_t rows, int64_t d, cudaStream_t stream);
+
+// x_out = x + scale * delta (bf16, rounded once), y = RMSNorm(x_out) in one pass; the statistics
+// use the rounded x_out, so rmsnorm_backward_cuda(x = x_out) is its backward. x_out may alias x.
+void rmsnorm_residual_forward_cuda(const bf16* x, const bf16* delta, float scale, bf16* x_out,
+                                   const float* weight, bf16* y, float* rstd, int64_t rows,
+                                   int64_t d, float eps, cudaStream_t stream);
 
 }  // namespace sambay

@@ -6,6 +6,9 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 namespace sambay {
 
 template <typename T>
@@ -15,5 +18,14 @@ void rope_forward(const T* x, T* y, int64_t B, int64_t L, int64_t heads, int64_t
 template <typename T>
 void rope_backward(const T* dy, T* dx, int64_t B, int64_t L, int64_t heads, int64_t hd,
                    double theta);
+
+// ---- CUDA ----
+// bf16 in and out. One block per (batch row, position): the block's cos/sin table is computed in
+// fp64 (as the CPU reference) into shared memory, then every head's pairs are rotated in fp32.
+// y may alias x. Backward adds: dx += R(t)^T dy (rounded once).
+void rope_forward_cuda(const bf16* x, bf16* y, int64_t B, int64_t L, int64_t heads, int64_t hd,
+                       double theta, cudaStream_t stream);
+void rope_backward_cuda(const bf16* dy, bf16* dx, int64_t B, int64_t L, int64_t heads, int64_t hd,
+                        double theta, cudaStream_t stream);
 
 }  // namespace sambay

@@ -10,6 +10,9 @@
 
 #include <cstdint>
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 namespace sambay {
 
 struct AdamWHyper {
@@ -18,5 +21,24 @@ struct AdamWHyper {
 
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
                   const AdamWHyper& h, int64_t step);
+
+// ---- CUDA ----
+// One parameter group of the flat buffer for the multi-tensor update: elements
+// [offset, offset + numel) use learning rate lr and weight decay weight_decay.
+struct AdamWGroup {
+  int64_t offset, numel;
+  float lr, weight_decay;
+};
+
+// The AdamW step above over the whole flat fp32 buffer in ONE launch (pointers are device
+// memory): groups [num_groups] is a device array sorted by offset, non-overlapping, inside [0, n);
+// each block finds the groups of its tile by binary search. Elements in no group are left
+// untouched. When param_bf16 != nullptr the same pass writes the bf16 compute copy of every
+// updated parameter (round to nearest even). Arithmetic in fp32, with the bias corrections
+// (1 - beta^step) and 1 - beta formed in double on the host. Bytes: 30 per parameter (param, grad,
+// m, v read; param, m, v, bf16 copy written).
+void adamw_update_cuda(float* param, const float* grad, float* m, float* v, bf16* param_bf16,
+                       int64_t n, const AdamWGroup* groups, int num_groups, double beta1,
+                       double beta2, double eps, int64_t step, cudaStream_t stream);
 
 }  // namespace sambay

@@ -11,8 +11,11 @@
 // applying NaN (min(1, NaN) would silently be 1) or zeroing the gradients (max_norm / inf).
 #pragma once
 
+#include <cstdint>
 #include <span>
 #include <vector>
+
+#include "core/cuda_stream.h"
 
 namespace sambay {
 
@@ -23,5 +26,14 @@ bool all_finite(double norm);
 
 // max_norm <= 0 disables clipping (coefficient 1). Throws if norm is NaN or infinite.
 double clip_coefficient(double norm, double max_norm);
+
+// ---- CUDA ----
+// global_grad_norm over one flat fp32 device buffer: each thread sums squares in double, blocks
+// reduce to a fixed number of partials, and one block adds the partials in a fixed order (so the
+// result is bitwise reproducible on any GPU). Copies the norm back: SYNCHRONISES the stream.
+double global_grad_norm_cuda(const float* grads, int64_t n, cudaStream_t stream);
+
+// grads[i] *= coefficient (fp32), in place; the caller passes clip_coefficient(norm, max_norm).
+void scale_gradients_cuda(float* grads, int64_t n, float coefficient, cudaStream_t stream);
 
 }  // namespace sambay
