@@ -48,6 +48,11 @@ struct TrainConfig {
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int threads = 0;  // CPU threads; 0 = all cores
+
+  // Checkpoints (out_dir/checkpoints, io/checkpoint.h).
+  int64_t save_every = 0;    // steps between checkpoints; 0: only at the end and on a signal
+  int keep_checkpoints = 3;  // newest complete checkpoints kept (>= 1)
+  std::string resume = "auto";  // auto (newest good one, if any), none, or a checkpoint path
 };
 
 // Parses argv (after "train") and the --config file it names. `--help` prints the options and

@@ -3,7 +3,11 @@
 #include "core/check.h"
 #include "core/cuda_runtime.h"
 #include "core/model.h"
+#include "io/checkpoint.h"
+#include "io/json.h"
 #include "io/sampler.h"
+#include "launch/preemption.h"
+#include "launch/resume.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/mup.h"
@@ -14,6 +18,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <span>
@@ -81,17 +86,32 @@ std::vector<ParamGroup> param_groups(const ParamLayout& layout, const MupConfig&
 
 struct Metrics {
   std::ofstream file;
+  void open(const std::filesystem::path& path) {
+    // A run killed mid-line leaves a partial last line; start on a fresh one.
+    bool partial = false;
+    if (std::ifstream old(path, std::ios::binary | std::ios::ate); old && old.tellg() > 0) {
+      old.seekg(-1, std::ios::end);
+      partial = old.get() != '\n';
+    }
+    file.open(path, std::ios::app);
+    if (!file) fail("{}: cannot open for writing", path.string());
+    if (partial) file << '\n';
+  }
   void write(const std::string& json_line) {
     file << json_line << '\n';
     file.flush();
   }
 };
 
+const char* signal_name(int sig) { return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+
 }  // namespace
 
 int run_training(const TrainConfig& cfg) {
   const Clock::time_point t_start = Clock::now();
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+  const int threads = omp_get_max_threads();
+  install_preemption_handlers();
 
   // Device. The CUDA training path is the CUDA backend issue's; until it exists a GPU run is
   // refused when asked for and reported when found, never silently replaced.
@@ -111,8 +131,7 @@ int run_training(const TrainConfig& cfg) {
     if (!resolved) fail("{}: cannot write config.ini", cfg.out_dir);
   }
   Metrics metrics;
-  metrics.file.open(fs::path(cfg.out_dir) / "metrics.jsonl", std::ios::app);
-  if (!metrics.file) fail("{}: cannot open metrics.jsonl for writing", cfg.out_dir);
+  metrics.open(fs::path(cfg.out_dir) / "metrics.jsonl");
 
   // Data.
   SamplerConfig sc;
@@ -129,6 +148,27 @@ int run_training(const TrainConfig& cfg) {
   const std::vector<ParamGroup> groups = param_groups(model.layout, mup);
   std::vector<float> adam_m(model.params.size(), 0.0f), adam_v(model.params.size(), 0.0f);
   const int64_t B = cfg.micro_batch, L = cfg.seq_len;
+  const int64_t global_batch = B * cfg.grad_accum;
+
+  // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
+  const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
+  const std::string config_text = train_config_to_text(cfg);
+  int64_t start_step = 0, consumed_samples = 0;
+  if (std::optional<LoadedCheckpoint> c = find_resume_checkpoint(cfg, checkpoints_dir)) {
+    model.params = std::move(c->params);
+    adam_m = std::move(c->adam_m);
+    adam_v = std::move(c->adam_v);
+    start_step = c->info.state.step;
+    consumed_samples = c->info.state.consumed_samples;
+    fmt::print("resume: from {} (step {}, {} samples consumed)\n", c->info.dir, start_step,
+               consumed_samples);
+    for (const std::string& d : resume_differences(c->info, cfg, threads))
+      fmt::print("resume: note: changed since the checkpoint, so later steps differ from an "
+                 "uninterrupted run: {}\n",
+                 d);
+    metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
+                              json_quote(c->info.dir)));
+  }
   Activations<float> acts = plan_activations(model, B, L, cfg.recompute);
 
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
@@ -164,22 +204,60 @@ int run_training(const TrainConfig& cfg) {
     return count > 0 ? sum / count : NAN;
   };
 
+  int64_t last_saved = start_step > 0 ? start_step : -1;
+  auto save = [&](int64_t step, double lr) {
+    TrainState st;
+    st.step = step;
+    st.consumed_samples = consumed_samples;
+    st.consumed_tokens = consumed_samples * L;
+    for (const std::string& d : cfg.data) st.data_sources += (st.data_sources.empty() ? "" : ";") + d;
+    st.data_seed = cfg.data_seed;
+    st.seq_len = L;
+    st.global_batch = global_batch;
+    st.valid_fraction = cfg.valid_fraction;
+    st.schedule = cfg.schedule;
+    st.peak_lr = cfg.lr;
+    st.last_lr = lr;
+    st.min_lr_ratio = cfg.min_lr_ratio;
+    st.decay_fraction = cfg.decay_fraction;
+    st.warmup = cfg.warmup;
+    st.total_steps = cfg.steps;
+    st.init_seed = cfg.seed;
+    st.threads = threads;
+    const Clock::time_point t0 = Clock::now();
+    const SaveResult r = save_checkpoint(
+        checkpoints_dir, {mc, config_text, st, model.params, adam_m, adam_v}, cfg.keep_checkpoints);
+    const double s = seconds_since(t0);
+    fmt::print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)\n", step, r.dir,
+               r.bytes / 1e6, s, r.bytes / 1e9 / s);
+    for (const std::string& removed : r.removed) fmt::print("checkpoint: removed {}\n", removed);
+    std::fflush(stdout);
+    metrics.write(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{}}})", step,
+                              json_quote(r.dir), s));
+    last_saved = step;
+  };
+
+  if (start_step >= cfg.steps) {
+    fmt::print("done: the checkpoint is at step {}, --steps is {}; nothing to train\n", start_step,
+               cfg.steps);
+    return 0;
+  }
   std::vector<MicroBatch> micro(cfg.grad_accum);
-  double first_valid = NAN, last_valid = NAN;
-  if (cfg.eval_every > 0) {
+  double first_valid = NAN, last_valid = NAN, lr = 0;
+  if (cfg.eval_every > 0 && start_step == 0) {
     first_valid = last_valid = validation_loss();
     fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
     metrics.write(fmt::format(R"({{"step":0,"valid_loss":{}}})", first_valid));
   }
   const Clock::time_point t_train = Clock::now();
   double step_seconds_avg = 0;
-  for (int64_t step = 0; step < cfg.steps; ++step) {
+  for (int64_t step = start_step; step < cfg.steps; ++step) {
     const Clock::time_point t0 = Clock::now();
     // The whole step's samples first: the loss is a mean over its valid targets, so every
     // micro-batch's gradient is scaled by 1 / (valid targets of the step).
     int64_t valid = 0;
     for (int64_t k = 0; k < cfg.grad_accum; ++k) {
-      fill(sampler, Split::train, (step * cfg.grad_accum + k) * B, B, L, micro[k]);
+      fill(sampler, Split::train, consumed_samples + k * B, B, L, micro[k]);
       valid += micro[k].valid;
     }
     SAMBAY_CHECK(valid > 0, "step {}: no valid targets in the batch", step);
@@ -199,18 +277,19 @@ int run_training(const TrainConfig& cfg) {
     const double coef = clip_coefficient(norm, cfg.clip);
     if (coef < 1)
       for (float& g : model.grads) g *= static_cast<float>(coef);
-    const double lr = cfg.lr * lr_multiplier(sched, step);
+    lr = cfg.lr * lr_multiplier(sched, step);
     for (const ParamGroup& pg : groups) {
       AdamWHyper h{lr * pg.lr_mult, cfg.beta1, cfg.beta2, cfg.adam_eps,
                    cfg.weight_decay * pg.wd_mult};
       adamw_update(model.params.data() + pg.offset, model.grads.data() + pg.offset,
                    adam_m.data() + pg.offset, adam_v.data() + pg.offset, pg.numel, h, step + 1);
     }
+    consumed_samples += global_batch;
     const double dt = seconds_since(t0);
-    step_seconds_avg = step == 0 ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
+    step_seconds_avg = step == start_step ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
     const bool last = step + 1 == cfg.steps;
 
-    if ((step + 1) % cfg.log_every == 0 || last || step == 0) {
+    if ((step + 1) % cfg.log_every == 0 || last || step == start_step) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | "
@@ -228,12 +307,22 @@ int run_training(const TrainConfig& cfg) {
       fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
       metrics.write(fmt::format(R"({{"step":{},"valid_loss":{}}})", step + 1, last_valid));
     }
+    if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
+    if (const int sig = preemption_signal()) {
+      fmt::print("{} received: stopping after step {}\n", signal_name(sig), step + 1);
+      if (last_saved != step + 1) save(step + 1, lr);
+      fmt::print("exiting with code {} (requeue; continue with --resume auto)\n", kExitRequeue);
+      std::fflush(stdout);
+      return kExitRequeue;
+    }
   }
+  if (last_saved != cfg.steps) save(cfg.steps, lr);
   const double train_s = seconds_since(t_train);
+  const int64_t trained = cfg.steps - start_step;
   fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s); valid loss {:.4f} -> {:.4f}; "
              "total wall time {}\n",
-             cfg.steps, cfg.steps * tokens_per_step, format_duration(train_s),
-             cfg.steps * tokens_per_step / train_s, first_valid, last_valid,
+             trained, trained * tokens_per_step, format_duration(train_s),
+             trained * tokens_per_step / train_s, first_valid, last_valid,
              format_duration(seconds_since(t_start)));
   return 0;
 }
