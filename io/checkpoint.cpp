@@ -152,8 +152,20 @@ std::string tensor_group_path(const std::string& param_name) {
   return out;
 }
 
-SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& v,
-                           int keep) {
+namespace {
+
+// File system failures (disk full, permissions) as sambay errors naming the path.
+template <typename Fn>
+auto with_fs_errors(const std::string& where, Fn fn) {
+  try {
+    return fn();
+  } catch (const fs::filesystem_error& e) {
+    fail("{}: {}", where, e.what());
+  }
+}
+
+SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const CheckpointView& v,
+                                     int keep) {
   const ParamLayout layout = build_param_layout(v.model);
   const size_t n = static_cast<size_t>(layout.total);
   SAMBAY_CHECK(v.params.size() == n && v.adam_m.size() == n && v.adam_v.size() == n,
@@ -203,7 +215,17 @@ SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointV
   return result;
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& dir) {
+}  // namespace
+
+SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& v,
+                           int keep) {
+  return with_fs_errors(checkpoints_dir,
+                        [&] { return save_checkpoint_unchecked(checkpoints_dir, v, keep); });
+}
+
+namespace {
+
+CheckpointInfo read_checkpoint_info_unchecked(const std::string& dir) {
   const Manifest manifest = verify_manifest(dir);
   auto listed = [&](const std::string& name) {
     for (const ManifestEntry& e : manifest.files)
@@ -273,6 +295,12 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
   return info;
 }
 
+}  // namespace
+
+CheckpointInfo read_checkpoint_info(const std::string& dir) {
+  return with_fs_errors(dir, [&] { return read_checkpoint_info_unchecked(dir); });
+}
+
 std::vector<std::string> model_config_differences(const ModelConfig& stored,
                                                   const ModelConfig& wanted) {
   std::vector<std::string> out;
@@ -284,12 +312,12 @@ std::vector<std::string> model_config_differences(const ModelConfig& stored,
   return out;
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& dir,
-                                 const std::optional<ModelConfig>& expected) {
-  LoadedCheckpoint out;
-  out.info = read_checkpoint_info(dir);
+CheckpointInfo load_checkpoint_into(const std::string& dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const CheckpointTargets& out) {
+  CheckpointInfo info = read_checkpoint_info(dir);
   if (expected) {
-    const std::vector<std::string> diffs = model_config_differences(out.info.model, *expected);
+    const std::vector<std::string> diffs = model_config_differences(info.model, *expected);
     if (!diffs.empty()) {
       std::string list;
       for (const std::string& d : diffs) list += "\n  " + d;
@@ -298,17 +326,19 @@ LoadedCheckpoint load_checkpoint(const std::string& dir,
           diffs.size() == 1 ? "" : "s", list));
     }
   }
-  const ParamLayout layout = build_param_layout(out.info.model);
+  const ParamLayout layout = build_param_layout(info.model);
+  const std::span<float> buffers[] = {out.params, out.adam_m, out.adam_v};
+  for (const std::span<float>& b : buffers)
+    SAMBAY_CHECK(static_cast<int64_t>(b.size()) == layout.total,
+                 "{}: a buffer of {} values for a layout of {}", dir, b.size(), layout.total);
   std::map<std::string, const GlobalTensor*> by_path;
-  for (const GlobalTensor& t : out.info.tensors) by_path[t.path] = &t;
+  for (const GlobalTensor& t : info.tensors) by_path[t.path] = &t;
   const size_t expected_tensors = std::size(kTensorGroups) * layout.params.size();
   if (by_path.size() != expected_tensors)
     fail("{}: {} tensors, the model's layout has {}", dir, by_path.size(), expected_tensors);
 
-  std::vector<float>* buffers[] = {&out.params, &out.adam_m, &out.adam_v};
   ShardReader reader(dir);
-  for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
-    buffers[g]->assign(layout.total, 0.0f);
+  for (size_t g = 0; g < std::size(kTensorGroups); ++g)
     for (const ParamSpec& p : layout.params) {
       const std::string path = kTensorGroups[g] + tensor_group_path(p.name);
       auto it = by_path.find(path);
@@ -321,9 +351,21 @@ LoadedCheckpoint load_checkpoint(const std::string& dir,
         fail("{}: tensor {} is {}, master weights and moments are f32", dir, path,
              stored_dtype_name(t.dtype));
       reader.read_box(t, {std::vector<int64_t>(p.shape.size(), 0), p.shape},
-                      buffers[g]->data() + p.offset);
+                      buffers[g].data() + p.offset);
     }
-  }
+  return info;
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& dir,
+                                 const std::optional<ModelConfig>& expected) {
+  // The layout comes from the checkpoint (or the expected config, which must match it).
+  const ModelConfig model = expected ? *expected : read_checkpoint_info(dir).model;
+  const int64_t n = build_param_layout(model).total;
+  LoadedCheckpoint out;
+  out.params.resize(n);
+  out.adam_m.resize(n);
+  out.adam_v.resize(n);
+  out.info = load_checkpoint_into(dir, expected, {out.params, out.adam_m, out.adam_v});
   return out;
 }
 
@@ -337,15 +379,15 @@ std::vector<std::vector<uint32_t>> verify_checkpoint_data(const CheckpointInfo& 
   return out;
 }
 
-std::optional<LoadedCheckpoint> load_newest_checkpoint(
+std::optional<CheckpointInfo> load_newest_checkpoint(
     const std::string& checkpoints_dir, const ModelConfig& expected,
-    const std::function<void(const std::string&)>& report) {
+    const std::function<void(const std::string&)>& report, const CheckpointTargets& out) {
   const std::vector<StepDir> dirs = list_checkpoints(checkpoints_dir);
   if (dirs.empty()) return std::nullopt;
   std::string damaged;
   for (const StepDir& d : dirs) {
     try {
-      return load_checkpoint(d.path, expected);
+      return load_checkpoint_into(d.path, expected, out);
     } catch (const CheckpointMismatch&) {
       throw;
     } catch (const Error& e) {

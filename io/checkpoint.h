@@ -110,19 +110,32 @@ CheckpointInfo read_checkpoint_info(const std::string& step_dir);
 std::vector<std::string> model_config_differences(const ModelConfig& stored,
                                                   const ModelConfig& wanted);
 
-// Loads and verifies every tensor. With `expected`, a different model config throws
-// CheckpointMismatch naming every differing field; without, the checkpoint's own config is used.
+// Where a load puts the tensors: the trainer's own buffers (layout.total values each), so that
+// resuming allocates nothing. After a failed load their contents are unspecified.
+struct CheckpointTargets {
+  std::span<float> params, adam_m, adam_v;
+};
+
+// Loads and verifies every tensor into `out`. With `expected`, a different model config throws
+// CheckpointMismatch naming every differing field; without, the checkpoint's own config is used
+// (and `out` must match its layout).
+CheckpointInfo load_checkpoint_into(const std::string& step_dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const CheckpointTargets& out);
+
+// The same into new buffers.
 LoadedCheckpoint load_checkpoint(const std::string& step_dir,
                                  const std::optional<ModelConfig>& expected);
 
 // Verifies every piece of every tensor; returns the per-piece checksums in tensor order.
 std::vector<std::vector<uint32_t>> verify_checkpoint_data(const CheckpointInfo& info);
 
-// Loads the newest checkpoint in checkpoints_dir that loads cleanly. A damaged one is reported
-// through `report` (naming it and why) and the next older one tried; a config mismatch is
-// thrown. Returns nothing when the directory has no checkpoints; throws when all are damaged.
-std::optional<LoadedCheckpoint> load_newest_checkpoint(
+// Loads the newest checkpoint in checkpoints_dir that loads cleanly into `out`. A damaged one
+// is reported through `report` (naming it and why) and the next older one tried; a config
+// mismatch is thrown. Returns nothing (and leaves `out` alone) when the directory has no
+// checkpoints; throws when all are damaged.
+std::optional<CheckpointInfo> load_newest_checkpoint(
     const std::string& checkpoints_dir, const ModelConfig& expected,
-    const std::function<void(const std::string&)>& report);
+    const std::function<void(const std::string&)>& report, const CheckpointTargets& out);
 
 }  // namespace sambay

@@ -16,7 +16,10 @@ namespace sambay {
 
 namespace {
 
-constexpr size_t kReadBlockBytes = 64 << 20;  // rows are streamed in blocks of about this size
+// Pieces are written and read in blocks of whole rows of about this size: small enough that
+// the checksum reads each block from cache right after HDF5 has copied it, large enough that
+// the per-call overhead does not matter.
+constexpr int64_t kBlockBytes = 4 << 20;
 
 size_t element_bytes(StoredDType t) { return t == StoredDType::f32 ? 4 : 2; }
 
@@ -24,6 +27,30 @@ int64_t volume(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   return n;
+}
+
+// Calls fn(file_space, memory_space, first_row, rows) for consecutive blocks of rows (along
+// dimension 0) of a dataset of `shape`, with the file space selecting those rows.
+template <typename Fn>
+void for_each_row_block(hid_t dataset, const std::vector<int64_t>& shape, size_t esize,
+                        const std::string& where, Fn fn) {
+  const int64_t rows = shape[0], row_elems = rows > 0 ? volume(shape) / rows : 0;
+  if (rows == 0 || row_elems == 0) return;
+  const int64_t block_rows = std::max<int64_t>(1, kBlockBytes / (row_elems * esize));
+  h5::Id fspace(h5::check(H5Dget_space(dataset), where, "dataspace"), H5Sclose);
+  std::vector<hsize_t> start(shape.size(), 0), count(shape.begin(), shape.end());
+  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
+    const int64_t n = std::min(block_rows, rows - r0);
+    start[0] = r0;
+    count[0] = n;
+    h5::check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                                  nullptr),
+              where, "select rows");
+    const hsize_t mem_n = n * row_elems;
+    h5::Id mspace(h5::check(H5Screate_simple(1, &mem_n, nullptr), where, "memory space"),
+                  H5Sclose);
+    fn(fspace.get(), mspace.get(), r0, n);
+  }
 }
 
 void check_box_inside(const Box& b, const std::vector<int64_t>& shape, const std::string& what) {
@@ -139,12 +166,17 @@ void ShardFileWriter::write(const std::string& tensor, const std::vector<int64_t
   h5::Id d(h5::check(H5Dcreate2(file_, tensor.c_str(), type, space, lcpl, dcpl, H5P_DEFAULT),
                      where, "create dataset"),
            H5Dclose);
-  const size_t bytes = box.numel() * element_bytes(dtype);
-  if (bytes > 0)
-    h5::check(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where, "write");
+  const size_t esize = element_bytes(dtype);
+  const size_t row_bytes = box.shape[0] > 0 ? box.numel() / box.shape[0] * esize : 0;
+  uint32_t crc = 0;
+  for_each_row_block(d, box.shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
+    const uint8_t* block = static_cast<const uint8_t*>(data) + r0 * row_bytes;
+    crc = crc32c(block, n * row_bytes, crc);
+    h5::check(H5Dwrite(d, type, mspace, fspace, H5P_DEFAULT, block), where, "write");
+  });
   h5::write_attr(d, "global_shape", global_shape, where);
   h5::write_attr(d, "global_offset", box.offset, where);
-  h5::write_attr_u32(d, "crc32c", crc32c(data, bytes), where);
+  h5::write_attr_u32(d, "crc32c", crc, where);
 }
 
 void ShardFileWriter::finish() {
@@ -287,47 +319,33 @@ uint32_t ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece,
     fail("{}: global_offset {} but the index says {}", where, goff, piece.box.offset);
   const uint32_t stored = h5::read_attr_u32(d, "crc32c", where);
 
+  // A piece that is exactly the box asked for (f32) is read straight into the caller's buffer;
+  // otherwise each block goes through a scratch buffer and its overlap with the box is copied.
   const size_t esize = element_bytes(t.dtype);
-  const int64_t rows = shape[0], row_elems = volume(shape) / std::max<int64_t>(rows, 1);
+  const int64_t row_elems = shape[0] > 0 ? volume(shape) / shape[0] : 0;
+  const bool direct = out && t.dtype == StoredDType::f32 && piece.box == want;
+  const int64_t scratch_rows = std::min<int64_t>(
+      shape[0], std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, row_elems * esize)));
+  std::vector<uint8_t> raw(direct ? 0 : scratch_rows * row_elems * esize);
+  std::vector<float> values(out && !direct && t.dtype == StoredDType::bf16 ? raw.size() / 2 : 0);
   uint32_t crc = 0;
-  if (out && t.dtype == StoredDType::f32 && piece.box == want) {
-    // The piece is exactly the box asked for: read straight into the caller's buffer.
-    if (want.numel() > 0) {
-      h5::check(H5Dread(d, expected_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), where, "read");
-      crc = crc32c(out, want.numel() * esize);
+  for_each_row_block(d, shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
+    uint8_t* block = direct ? reinterpret_cast<uint8_t*>(out + r0 * row_elems) : raw.data();
+    h5::check(H5Dread(d, expected_type, mspace, fspace, H5P_DEFAULT, block), where, "read");
+    crc = crc32c(block, n * row_elems * esize, crc);
+    if (!out || direct) return;
+    Box rows = piece.box;
+    rows.offset[0] += r0;
+    rows.shape[0] = n;
+    if (overlap(rows, want) == 0) return;
+    const float* src = reinterpret_cast<const float*>(raw.data());
+    if (t.dtype == StoredDType::bf16) {
+      const uint16_t* bits = reinterpret_cast<const uint16_t*>(raw.data());
+      for (int64_t i = 0; i < n * row_elems; ++i) values[i] = to_float(bf16::from_bits(bits[i]));
+      src = values.data();
     }
-  } else if (rows > 0 && row_elems > 0) {
-    const int64_t block_rows = std::max<int64_t>(1, kReadBlockBytes / (row_elems * esize));
-    std::vector<uint8_t> raw(std::min(rows, block_rows) * row_elems * esize);
-    std::vector<float> values(t.dtype == StoredDType::bf16 && out ? raw.size() / esize : 0);
-    h5::Id fspace(h5::check(H5Dget_space(d), where, "dataspace"), H5Sclose);
-    std::vector<hsize_t> start(shape.size(), 0), count(shape.begin(), shape.end());
-    for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
-      const int64_t n = std::min(block_rows, rows - r0);
-      start[0] = r0;
-      count[0] = n;
-      h5::check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(),
-                                    nullptr),
-                where, "select rows");
-      const hsize_t mem_n = n * row_elems;
-      h5::Id mspace(h5::check(H5Screate_simple(1, &mem_n, nullptr), where, "memory space"),
-                    H5Sclose);
-      h5::check(H5Dread(d, expected_type, mspace, fspace, H5P_DEFAULT, raw.data()), where, "read");
-      crc = crc32c(raw.data(), mem_n * esize, crc);
-      if (!out) continue;
-      Box block = piece.box;
-      block.offset[0] += r0;
-      block.shape[0] = n;
-      if (overlap(block, want) == 0) continue;
-      const float* src = reinterpret_cast<const float*>(raw.data());
-      if (t.dtype == StoredDType::bf16) {
-        const uint16_t* bits = reinterpret_cast<const uint16_t*>(raw.data());
-        for (hsize_t i = 0; i < mem_n; ++i) values[i] = to_float(bf16::from_bits(bits[i]));
-        src = values.data();
-      }
-      copy_overlap(src, block, out, want);
-    }
-  }
+    copy_overlap(src, rows, out, want);
+  });
   if (crc != stored)
     fail("{}: data is corrupt: crc32c {:08x} stored, {:08x} computed", where, stored, crc);
   return crc;

@@ -34,8 +34,9 @@ void print_report(const std::string& message) {
 
 }  // namespace
 
-std::optional<LoadedCheckpoint> find_resume_checkpoint(const TrainConfig& cfg,
-                                                       const std::string& checkpoints_dir) {
+std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
+                                                     const std::string& checkpoints_dir,
+                                                     const CheckpointTargets& out) {
   if (cfg.resume == "none") {
     const std::vector<StepDir> existing = list_checkpoints(checkpoints_dir);
     if (!existing.empty())
@@ -45,14 +46,15 @@ std::optional<LoadedCheckpoint> find_resume_checkpoint(const TrainConfig& cfg,
     return std::nullopt;
   }
   if (cfg.resume == "auto") {
-    std::optional<LoadedCheckpoint> c = load_newest_checkpoint(checkpoints_dir, cfg.model, print_report);
+    std::optional<CheckpointInfo> c =
+        load_newest_checkpoint(checkpoints_dir, cfg.model, print_report, out);
     if (!c) print_report(fmt::format("no checkpoint in {}; starting at step 0", checkpoints_dir));
     return c;
   }
   const CheckpointLocation at = locate_checkpoint(cfg.resume);
-  if (!at.step_dir.empty()) return load_checkpoint(at.step_dir, cfg.model);
-  std::optional<LoadedCheckpoint> c =
-      load_newest_checkpoint(at.checkpoints_dir, cfg.model, print_report);
+  if (!at.step_dir.empty()) return load_checkpoint_into(at.step_dir, cfg.model, out);
+  std::optional<CheckpointInfo> c =
+      load_newest_checkpoint(at.checkpoints_dir, cfg.model, print_report, out);
   if (!c) fail("option --resume {}: no checkpoint in {}", cfg.resume, at.checkpoints_dir);
   return c;
 }

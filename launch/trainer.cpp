@@ -103,7 +103,33 @@ struct Metrics {
   }
 };
 
-const char* signal_name(int sig) { return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+const char* signal_name(int sig) {
+  return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
+
+// What a checkpoint after `step` records besides the tensors.
+TrainState train_state(const TrainConfig& cfg, int64_t step, int64_t consumed_samples, double lr,
+                       int threads) {
+  TrainState st;
+  st.step = step;
+  st.consumed_samples = consumed_samples;
+  st.consumed_tokens = consumed_samples * cfg.seq_len;
+  for (const std::string& d : cfg.data) st.data_sources += (st.data_sources.empty() ? "" : ";") + d;
+  st.data_seed = cfg.data_seed;
+  st.seq_len = cfg.seq_len;
+  st.global_batch = cfg.micro_batch * cfg.grad_accum;
+  st.valid_fraction = cfg.valid_fraction;
+  st.schedule = cfg.schedule;
+  st.peak_lr = cfg.lr;
+  st.last_lr = lr;
+  st.min_lr_ratio = cfg.min_lr_ratio;
+  st.decay_fraction = cfg.decay_fraction;
+  st.warmup = cfg.warmup;
+  st.total_steps = cfg.steps;
+  st.init_seed = cfg.seed;
+  st.threads = threads;
+  return st;
+}
 
 }  // namespace
 
@@ -154,20 +180,18 @@ int run_training(const TrainConfig& cfg) {
   const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
   const std::string config_text = train_config_to_text(cfg);
   int64_t start_step = 0, consumed_samples = 0;
-  if (std::optional<LoadedCheckpoint> c = find_resume_checkpoint(cfg, checkpoints_dir)) {
-    model.params = std::move(c->params);
-    adam_m = std::move(c->adam_m);
-    adam_v = std::move(c->adam_v);
-    start_step = c->info.state.step;
-    consumed_samples = c->info.state.consumed_samples;
-    fmt::print("resume: from {} (step {}, {} samples consumed)\n", c->info.dir, start_step,
+  if (std::optional<CheckpointInfo> c =
+          find_resume_checkpoint(cfg, checkpoints_dir, {model.params, adam_m, adam_v})) {
+    start_step = c->state.step;
+    consumed_samples = c->state.consumed_samples;
+    fmt::print("resume: from {} (step {}, {} samples consumed)\n", c->dir, start_step,
                consumed_samples);
-    for (const std::string& d : resume_differences(c->info, cfg, threads))
+    for (const std::string& d : resume_differences(*c, cfg, threads))
       fmt::print("resume: note: changed since the checkpoint, so later steps differ from an "
                  "uninterrupted run: {}\n",
                  d);
     metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
-                              json_quote(c->info.dir)));
+                              json_quote(c->dir)));
   }
   Activations<float> acts = plan_activations(model, B, L, cfg.recompute);
 
@@ -206,24 +230,7 @@ int run_training(const TrainConfig& cfg) {
 
   int64_t last_saved = start_step > 0 ? start_step : -1;
   auto save = [&](int64_t step, double lr) {
-    TrainState st;
-    st.step = step;
-    st.consumed_samples = consumed_samples;
-    st.consumed_tokens = consumed_samples * L;
-    for (const std::string& d : cfg.data) st.data_sources += (st.data_sources.empty() ? "" : ";") + d;
-    st.data_seed = cfg.data_seed;
-    st.seq_len = L;
-    st.global_batch = global_batch;
-    st.valid_fraction = cfg.valid_fraction;
-    st.schedule = cfg.schedule;
-    st.peak_lr = cfg.lr;
-    st.last_lr = lr;
-    st.min_lr_ratio = cfg.min_lr_ratio;
-    st.decay_fraction = cfg.decay_fraction;
-    st.warmup = cfg.warmup;
-    st.total_steps = cfg.steps;
-    st.init_seed = cfg.seed;
-    st.threads = threads;
+    const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
     const Clock::time_point t0 = Clock::now();
     const SaveResult r = save_checkpoint(
         checkpoints_dir, {mc, config_text, st, model.params, adam_m, adam_v}, cfg.keep_checkpoints);

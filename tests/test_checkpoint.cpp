@@ -155,7 +155,8 @@ TEST(Checkpoint, ADifferentModelConfigIsRefusedNamingEveryField) {
   EXPECT_TRUE(same_bits(load_checkpoint(step_dir, renamed).params, s.params));
   // A mismatch is not damage: no fallback to an older checkpoint hides it.
   s.save(dir.file("ckpt"), 4);
-  EXPECT_THROW(load_newest_checkpoint(dir.file("ckpt"), other, [](const std::string&) {}),
+  std::vector<float> p(s.params.size()), m(p.size()), v(p.size());
+  EXPECT_THROW(load_newest_checkpoint(dir.file("ckpt"), other, [](const std::string&) {}, {p, m, v}),
                CheckpointMismatch);
 }
 
@@ -216,20 +217,25 @@ TEST(Checkpoint, ADamagedNewestCheckpointFallsBackToThePreviousOne) {
   write_bytes(rank, bytes);
 
   std::vector<std::string> reports;
-  const auto c = load_newest_checkpoint(root, s.config, [&](const std::string& m) { reports.push_back(m); });
+  std::vector<float> p(s.params.size()), m(p.size()), v(p.size());
+  const auto c = load_newest_checkpoint(
+      root, s.config, [&](const std::string& r) { reports.push_back(r); }, {p, m, v});
   ASSERT_TRUE(c.has_value());
-  EXPECT_EQ(c->info.step, 3);
-  EXPECT_TRUE(same_bits(c->params, params_at_3));
+  EXPECT_EQ(c->step, 3);
+  EXPECT_TRUE(same_bits(p, params_at_3));
+  EXPECT_TRUE(same_bits(v, s.v));
   ASSERT_EQ(reports.size(), 1u);
   for (const std::string& part : {newest, rank, std::string("crc32c"), std::string("optim/v/")})
     EXPECT_NE(reports[0].find(part), std::string::npos) << reports[0] << "\nmissing: " << part;
 
   // When every checkpoint is damaged, nothing is loaded silently.
   fs::remove(root + "/step_00000003/manifest.txt");
-  expect_error([&] { load_newest_checkpoint(root, s.config, [](const std::string&) {}); },
+  expect_error([&] { load_newest_checkpoint(root, s.config, [](const std::string&) {}, {p, m, v}); },
                {"every checkpoint is damaged", "step_00000003/manifest.txt", "missing", rank});
-  // An empty directory means a fresh start.
-  EXPECT_FALSE(load_newest_checkpoint(dir.file("none"), s.config, [](const std::string&) {}));
+  // An empty directory means a fresh start, and the buffers are left alone.
+  std::fill(p.begin(), p.end(), 5.0f);
+  EXPECT_FALSE(load_newest_checkpoint(dir.file("none"), s.config, [](const std::string&) {}, {p, m, v}));
+  EXPECT_EQ(p[0], 5.0f);
 }
 
 // Loads `step_dir`; returns "" when the load is identical to `want`, else the error message.

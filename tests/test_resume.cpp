@@ -1,8 +1,8 @@
 // The sambay command end to end: a run killed with SIGKILL at a random step (after at least one
 // checkpoint) and resumed with --resume auto logs the same loss, gradient norm and validation
 // loss at every step, to the last bit, as a run that was never interrupted; the same after
-// SIGUSR1 (checkpoint, exit code 75, resume) and when the newest checkpoint is damaged (the
-// resume falls back to the previous one); and the ckpt subcommands.
+// SIGUSR1 or SIGTERM (checkpoint, exit code 75, resume) and when the newest checkpoint is
+// damaged (the resume falls back to the previous one); and the ckpt subcommands.
 #include "core/check.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_dir.h"
@@ -220,7 +220,10 @@ TEST_P(KillAndResume, LaterLossesAreBitIdenticalToAnUninterruptedRun) {
 INSTANTIATE_TEST_SUITE_P(Newest, KillAndResume, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Damaged" : "Intact"; });
 
-TEST_F(ResumeTest, Sigusr1WritesACheckpointExitsWith75AndResumesBitIdentically) {
+class Preempted : public ResumeTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(Preempted, SignalWritesACheckpointExitsWith75AndResumesBitIdentically) {
+  const int sig = GetParam();
   const Log ref = reference();
   const std::string out = dir.file("preempted");
   std::vector<std::string> args = train_args(out);
@@ -233,12 +236,13 @@ TEST_F(ResumeTest, Sigusr1WritesACheckpointExitsWith75AndResumesBitIdentically) 
       if (e.step >= 1) return true;
     return false;
   }));
-  kill(pid, SIGUSR1);
+  kill(pid, sig);
   const int status = wait_for(pid);
   const std::string log = text_of(dir.file("preempted.log"));
   ASSERT_TRUE(WIFEXITED(status)) << log;
   ASSERT_EQ(WEXITSTATUS(status), kExitRequeue) << log;
-  EXPECT_NE(log.find("SIGUSR1 received"), std::string::npos) << log;
+  EXPECT_NE(log.find(sig == SIGUSR1 ? "SIGUSR1 received" : "SIGTERM received"), std::string::npos)
+      << log;
   const std::vector<StepDir> dirs = list_checkpoints(out + "/checkpoints");
   ASSERT_EQ(dirs.size(), 1u);
   ASSERT_LT(dirs[0].step, kSteps) << "the signal came too late to test a resume";
@@ -249,6 +253,9 @@ TEST_F(ResumeTest, Sigusr1WritesACheckpointExitsWith75AndResumesBitIdentically) 
   // The finished run wrote its final checkpoint.
   EXPECT_EQ(list_checkpoints(out + "/checkpoints")[0].step, kSteps);
 }
+
+INSTANTIATE_TEST_SUITE_P(Slurm, Preempted, ::testing::Values(SIGUSR1, SIGTERM),
+                         [](const auto& info) { return info.param == SIGUSR1 ? "Sigusr1" : "Sigterm"; });
 
 TEST_F(ResumeTest, CkptCommandsInspectExportImportAndTrainFromTheImport) {
   const std::string out = dir.file("run");
