@@ -12,6 +12,7 @@
 #include "tests/io_test_util.h"
 
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
