@@ -3,6 +3,8 @@
 #include "core/model.h"
 #include "io/data_tools.h"
 #include "io/phonebook.h"
+#include "sambay_version.h"
+#include "launch/ckpt_commands.h"
 #include "launch/train_config.h"
 #include "launch/trainer.h"
 #include "parallel/process_grid.h"
@@ -26,6 +28,11 @@ commands:
   data stats          describe a dataset (.bin/.idx prefix or .tok file)
   data phonebook      generate the synthetic phonebook retrieval dataset
   info                list model presets with parameter counts and FLOPs per token
+  ckpt                inspect, export (Hugging Face), import checkpoints; I/O bench
+  --version           the version and git commit of this build
+
+exit codes: 0 done, 2 error, 3 internal error, 75 stopped by SIGUSR1/SIGTERM after writing a
+checkpoint (requeue the job; it continues with --resume auto)
 )";
 
 int cmd_train(int argc, const char* const* argv) {
@@ -125,7 +132,12 @@ int dispatch(int argc, const char* const* argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  if (cmd == "--version") {
+    fmt::print("sambay {} (git {})\n", SAMBAY_VERSION, SAMBAY_GIT_COMMIT);
+    return 0;
+  }
   if (cmd == "train") return cmd_train(argc - 1, argv + 1);
+  if (cmd == "ckpt") return cmd_ckpt(argc - 1, argv + 1);
   if (cmd == "info") return cmd_info(argc - 1, argv + 1);
   if (cmd == "data" && argc >= 3) {
     const std::string sub = argv[2];

@@ -27,7 +27,10 @@ po::options_description train_options(TrainConfig& c) {
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
       ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
       ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
-      ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run");
+      ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run")
+      ("save_every", po::value(&c.save_every)->default_value(c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
+      ("keep_checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
+      ("resume", po::value(&c.resume)->default_value(c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory");
   po::options_description data("Data");
   data.add_options()
       ("data", po::value(&c.data), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
@@ -136,6 +139,11 @@ void validate_train_config(const TrainConfig& c) {
   need(c.tp == 1, "tp", fmt::format("tensor parallelism is not implemented yet (got {}); use 1", c.tp));
   need(c.cp == 1, "cp", fmt::format("context parallelism is not implemented yet (got {}); use 1", c.cp));
   need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
+  need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
+  need(c.keep_checkpoints >= 1, "keep_checkpoints",
+       fmt::format("must be >= 1 (the newest checkpoint is always kept), got {}",
+                   c.keep_checkpoints));
+  need(!c.resume.empty(), "resume", "must be auto, none or a checkpoint path");
   validate_model_config(c.model, "model '" + c.model_preset + "'");
 }
 
@@ -153,6 +161,9 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("tp", c.tp);
   line("cp", c.cp);
   line("dp_bucket_mb", c.dp_bucket_mb);
+  line("save_every", c.save_every);
+  line("keep_checkpoints", c.keep_checkpoints);
+  line("resume", c.resume);
   for (const std::string& d : c.data) line("data", d);
   line("valid_fraction", c.valid_fraction);
   line("data_seed", c.data_seed);

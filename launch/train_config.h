@@ -53,6 +53,11 @@ struct TrainConfig {
   int tp = 1;  // tensor-parallel ranks (not implemented yet: must be 1)
   int cp = 1;  // context-parallel ranks (not implemented yet: must be 1)
   double dp_bucket_mb = 32;  // MiB of fp32 gradients per reduce-scatter bucket
+
+  // Checkpoints (out_dir/checkpoints, io/checkpoint.h).
+  int64_t save_every = 0;    // steps between checkpoints; 0: only at the end and on a signal
+  int keep_checkpoints = 3;  // newest complete checkpoints kept (>= 1)
+  std::string resume = "auto";  // auto (newest good one, if any), none, or a checkpoint path
 };
 
 // Parses argv (after "train") and the --config file it names. `--help` prints the options and

@@ -3,7 +3,11 @@
 #include "core/check.h"
 #include "core/cuda_runtime.h"
 #include "core/model.h"
+#include "io/checkpoint.h"
+#include "io/json.h"
 #include "io/sampler.h"
+#include "launch/preemption.h"
+#include "launch/resume.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/mup.h"
@@ -17,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -69,12 +74,51 @@ void fill(const Sampler& sampler, Split split, int64_t first, int64_t B, int64_t
 
 struct Metrics {
   std::ofstream file;  // open on rank 0 only
+  void open(const std::filesystem::path& path) {
+    // A run killed mid-line leaves a partial last line; start on a fresh one.
+    bool partial = false;
+    if (std::ifstream old(path, std::ios::binary | std::ios::ate); old && old.tellg() > 0) {
+      old.seekg(-1, std::ios::end);
+      partial = old.get() != '\n';
+    }
+    file.open(path, std::ios::app);
+    if (!file) fail("{}: cannot open for writing", path.string());
+    if (partial) file << '\n';
+  }
   void write(const std::string& json_line) {
     if (!file.is_open()) return;
     file << json_line << '\n';
     file.flush();
   }
 };
+
+const char* signal_name(int sig) {
+  return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
+
+// What a checkpoint after `step` records besides the tensors.
+TrainState train_state(const TrainConfig& cfg, int64_t step, int64_t consumed_samples, double lr,
+                       int threads) {
+  TrainState st;
+  st.step = step;
+  st.consumed_samples = consumed_samples;
+  st.consumed_tokens = consumed_samples * cfg.seq_len;
+  for (const std::string& d : cfg.data) st.data_sources += (st.data_sources.empty() ? "" : ";") + d;
+  st.data_seed = cfg.data_seed;
+  st.seq_len = cfg.seq_len;
+  st.global_batch = cfg.micro_batch * cfg.grad_accum;
+  st.valid_fraction = cfg.valid_fraction;
+  st.schedule = cfg.schedule;
+  st.peak_lr = cfg.lr;
+  st.last_lr = lr;
+  st.min_lr_ratio = cfg.min_lr_ratio;
+  st.decay_fraction = cfg.decay_fraction;
+  st.warmup = cfg.warmup;
+  st.total_steps = cfg.steps;
+  st.init_seed = cfg.seed;
+  st.threads = threads;
+  return st;
+}
 
 }  // namespace
 
@@ -87,6 +131,8 @@ int run_training(const TrainConfig& cfg) {
   const bool lead = grid.world_rank == 0;
   omp_set_num_threads(cfg.threads > 0 ? cfg.threads
                                       : std::max(1, omp_get_max_threads() / grid.local_size));
+  const int threads = omp_get_max_threads();
+  install_preemption_handlers();
 
   // Device. The CUDA training path is the CUDA backend issue's; until it exists a GPU run is
   // refused when asked for and reported when found, never silently replaced.
@@ -105,8 +151,7 @@ int run_training(const TrainConfig& cfg) {
     std::ofstream resolved(fs::path(cfg.out_dir) / "config.ini");
     resolved << train_config_to_text(cfg);
     if (!resolved) fail("{}: cannot write config.ini", cfg.out_dir);
-    metrics.file.open(fs::path(cfg.out_dir) / "metrics.jsonl", std::ios::app);
-    if (!metrics.file) fail("{}: cannot open metrics.jsonl for writing", cfg.out_dir);
+    metrics.open(fs::path(cfg.out_dir) / "metrics.jsonl");
   }
 
   // Data.
@@ -125,11 +170,35 @@ int run_training(const TrainConfig& cfg) {
   ShardedAdamW opt = make_sharded_adamw(dp, model.layout.total, param_groups(model.layout, mup),
                                         bucket);
   const int64_t B = cfg.micro_batch, L = cfg.seq_len;
+  const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
+
+  // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
+  const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
+  const std::string config_text = train_config_to_text(cfg);
+  int64_t start_step = 0, consumed_samples = 0;
+  // Checkpoints hold whole tensors: the sharded moments are gathered for a save and each rank
+  // takes its pieces back on resume.
+  std::vector<float> m_full(model.params.size()), v_full(model.params.size());
+  if (std::optional<CheckpointInfo> c =
+          find_resume_checkpoint(cfg, checkpoints_dir, {model.params, m_full, v_full})) {
+    scatter_moments(opt, m_full, v_full);
+    start_step = c->state.step;
+    consumed_samples = c->state.consumed_samples;
+    if (lead) {
+      fmt::print("resume: from {} (step {}, {} samples consumed)\n", c->dir, start_step,
+                 consumed_samples);
+      for (const std::string& d : resume_differences(*c, cfg, threads))
+        fmt::print("resume: note: changed since the checkpoint, so later steps differ from an "
+                   "uninterrupted run: {}\n",
+                   d);
+    }
+    metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
+                              json_quote(c->dir)));
+  }
   Activations<float> acts = plan_activations(model, B, L, cfg.recompute);
 
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
                        cfg.decay_fraction};
-  const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
   const int64_t tokens_per_step = global_batch * L;
   const double flops_per_token = training_flops_per_token(mc, L);
   // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
@@ -168,16 +237,40 @@ int run_training(const TrainConfig& cfg) {
     return count > 0 ? sum / count : NAN;
   };
 
+  int64_t last_saved = start_step > 0 ? start_step : -1;
+  auto save = [&](int64_t step, double lr) {
+    gather_moments(opt, m_full, v_full);  // every rank takes part
+    last_saved = step;
+    if (!lead) return;
+    const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
+    const Clock::time_point t0 = Clock::now();
+    const SaveResult r = save_checkpoint(
+        checkpoints_dir, {mc, config_text, st, model.params, m_full, v_full}, cfg.keep_checkpoints);
+    const double s = seconds_since(t0);
+    fmt::print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)\n", step, r.dir,
+               r.bytes / 1e6, s, r.bytes / 1e9 / s);
+    for (const std::string& removed : r.removed) fmt::print("checkpoint: removed {}\n", removed);
+    std::fflush(stdout);
+    metrics.write(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{}}})", step,
+                              json_quote(r.dir), s));
+  };
+
+  if (start_step >= cfg.steps) {
+    if (lead)
+      fmt::print("done: the checkpoint is at step {}, --steps is {}; nothing to train\n", start_step,
+               cfg.steps);
+    return 0;
+  }
   std::vector<MicroBatch> micro(cfg.grad_accum);
-  double first_valid = NAN, last_valid = NAN;
-  if (cfg.eval_every > 0) {
+  double first_valid = NAN, last_valid = NAN, lr = 0;
+  if (cfg.eval_every > 0 && start_step == 0) {
     first_valid = last_valid = validation_loss();
     if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
     metrics.write(fmt::format(R"({{"step":0,"valid_loss":{}}})", first_valid));
   }
   const Clock::time_point t_train = Clock::now();
   double step_seconds_avg = 0;
-  for (int64_t step = 0; step < cfg.steps; ++step) {
+  for (int64_t step = start_step; step < cfg.steps; ++step) {
     const Clock::time_point t0 = Clock::now();
     // The whole step's samples first: the loss is a mean over the valid targets of the global
     // batch (all ranks), so every micro-batch's gradient is scaled by 1 / (that count).
@@ -185,7 +278,8 @@ int run_training(const TrainConfig& cfg) {
         data_parallel_slice(step, global_batch, grid.coords.dp, grid.shape.dp);
     int64_t valid = 0;
     for (int64_t k = 0; k < cfg.grad_accum; ++k) {
-      fill(sampler, Split::train, slice.first + k * B, B, L, micro[k]);
+      fill(sampler, Split::train, consumed_samples + slice.first - step * global_batch + k * B, B,
+           L, micro[k]);
       valid += micro[k].valid;
     }
     valid = int64_t(all_reduce_scalar(dp, double(valid)));
@@ -207,14 +301,15 @@ int run_training(const TrainConfig& cfg) {
     const double coef = clip_coefficient(norm, cfg.clip);
     // The schedule is evaluated at the update's 1-based number: the first update gets
     // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
-    const double lr = cfg.lr * lr_multiplier(sched, step + 1);
+    lr = cfg.lr * lr_multiplier(sched, step + 1);
     sharded_adamw_step(opt, model.params.data(), coef,
                        {lr, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay}, step + 1);
+    consumed_samples += global_batch;
     const double dt = seconds_since(t0);
-    step_seconds_avg = step == 0 ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
+    step_seconds_avg = step == start_step ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
     const bool last = step + 1 == cfg.steps;
 
-    if (lead && ((step + 1) % cfg.log_every == 0 || last || step == 0)) {
+    if (lead && ((step + 1) % cfg.log_every == 0 || last || step == start_step)) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | "
@@ -232,13 +327,26 @@ int run_training(const TrainConfig& cfg) {
       if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
       metrics.write(fmt::format(R"({{"step":{},"valid_loss":{}}})", step + 1, last_valid));
     }
+    if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
+    // Slurm signals every rank, but not at the same instant: the ranks agree (max over the
+    // signal numbers) so that all stop after the same step.
+    if (const int sig = int(all_reduce_scalar(dp, double(preemption_signal()), ReduceOp::max))) {
+      if (lead) fmt::print("{} received: stopping after step {}\n", signal_name(sig), step + 1);
+      if (last_saved != step + 1) save(step + 1, lr);
+      if (lead)
+        fmt::print("exiting with code {} (requeue; continue with --resume auto)\n", kExitRequeue);
+      std::fflush(stdout);
+      return kExitRequeue;
+    }
   }
+  if (last_saved != cfg.steps) save(cfg.steps, lr);
   const double train_s = seconds_since(t_train);
+  const int64_t trained = cfg.steps - start_step;
   if (lead)
     fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s); valid loss {:.4f} -> {:.4f}; "
                "total wall time {}\n",
-               cfg.steps, cfg.steps * tokens_per_step, format_duration(train_s),
-               cfg.steps * tokens_per_step / train_s, first_valid, last_valid,
+               trained, trained * tokens_per_step, format_duration(train_s),
+               trained * tokens_per_step / train_s, first_valid, last_valid,
                format_duration(seconds_since(t_start)));
   return 0;
 }

@@ -1,0 +1,401 @@
+#include "io/checkpoint.h"
+
+#include "core/param_layout.h"
+#include "io/checkpoint_dir.h"
+#include "io/checkpoint_manifest.h"
+#include "io/durable_fs.h"
+#include "sambay_version.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <sstream>
+
+namespace sambay {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kIndexFormat = "sambay-checkpoint";
+constexpr const char* kRankFormat = "sambay-checkpoint-rank";
+constexpr const char* kIndexName = "index.h5";
+constexpr const char* kTensorGroups[] = {"model/", "optim/m/", "optim/v/"};
+
+std::string rank_file_name(int64_t rank) { return fmt::format("rank_{:05}.h5", rank); }
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// The global tensors of a single-rank checkpoint: every tensor whole in rank_00000.h5. A
+// parallel layout would list each rank's box here instead.
+std::vector<GlobalTensor> single_rank_tensors(const ParamLayout& layout) {
+  std::vector<GlobalTensor> out;
+  for (const char* group : kTensorGroups)
+    for (const ParamSpec& p : layout.params) {
+      GlobalTensor t{group + tensor_group_path(p.name), StoredDType::f32, p.shape, {}};
+      t.pieces.push_back({rank_file_name(0), {std::vector<int64_t>(p.shape.size(), 0), p.shape}});
+      out.push_back(std::move(t));
+    }
+  return out;
+}
+
+void write_placement(hid_t obj, const ParallelPlacement& p, const std::string& where) {
+  h5::write_attr(obj, "dp", p.dp, where);
+  h5::write_attr(obj, "tp", p.tp, where);
+  h5::write_attr(obj, "cp", p.cp, where);
+  h5::write_attr(obj, "world_size", p.world_size(), where);
+}
+
+void write_train_state(hid_t g, const TrainState& s, const std::string& where) {
+  h5::write_attr(g, "step", s.step, where);
+  h5::write_attr(g, "consumed_samples", s.consumed_samples, where);
+  h5::write_attr(g, "consumed_tokens", s.consumed_tokens, where);
+  h5::write_attr(g, "data_sources", s.data_sources, where);
+  h5::write_attr_u64(g, "data_seed", s.data_seed, where);
+  h5::write_attr(g, "seq_len", s.seq_len, where);
+  h5::write_attr(g, "global_batch", s.global_batch, where);
+  h5::write_attr(g, "valid_fraction", s.valid_fraction, where);
+  h5::write_attr(g, "schedule", s.schedule, where);
+  h5::write_attr(g, "peak_lr", s.peak_lr, where);
+  h5::write_attr(g, "last_lr", s.last_lr, where);
+  h5::write_attr(g, "min_lr_ratio", s.min_lr_ratio, where);
+  h5::write_attr(g, "decay_fraction", s.decay_fraction, where);
+  h5::write_attr(g, "warmup", s.warmup, where);
+  h5::write_attr(g, "total_steps", s.total_steps, where);
+  h5::write_attr_u64(g, "init_seed", s.init_seed, where);
+  h5::write_attr(g, "threads", s.threads, where);
+}
+
+TrainState read_train_state(hid_t g, const std::string& where) {
+  TrainState s;
+  s.step = h5::read_attr_int(g, "step", where);
+  s.consumed_samples = h5::read_attr_int(g, "consumed_samples", where);
+  s.consumed_tokens = h5::read_attr_int(g, "consumed_tokens", where);
+  s.data_sources = h5::read_attr_string(g, "data_sources", where);
+  s.data_seed = h5::read_attr_u64(g, "data_seed", where);
+  s.seq_len = h5::read_attr_int(g, "seq_len", where);
+  s.global_batch = h5::read_attr_int(g, "global_batch", where);
+  s.valid_fraction = h5::read_attr_double(g, "valid_fraction", where);
+  s.schedule = h5::read_attr_string(g, "schedule", where);
+  s.peak_lr = h5::read_attr_double(g, "peak_lr", where);
+  s.last_lr = h5::read_attr_double(g, "last_lr", where);
+  s.min_lr_ratio = h5::read_attr_double(g, "min_lr_ratio", where);
+  s.decay_fraction = h5::read_attr_double(g, "decay_fraction", where);
+  s.warmup = h5::read_attr_int(g, "warmup", where);
+  s.total_steps = h5::read_attr_int(g, "total_steps", where);
+  s.init_seed = h5::read_attr_u64(g, "init_seed", where);
+  s.threads = h5::read_attr_int(g, "threads", where);
+  return s;
+}
+
+void write_index(const std::string& path, const CheckpointView& v,
+                 const std::vector<GlobalTensor>& tensors, const ParallelPlacement& placement) {
+  h5::Id f = h5::create_file(path);
+  h5::write_attr(f, "format", std::string(kIndexFormat), path);
+  h5::write_attr(f, "format_version", kCheckpointFormatVersion, path);
+  h5::write_attr(f, "sambay_version", std::string(SAMBAY_VERSION), path);
+  h5::write_attr(f, "git_commit", std::string(SAMBAY_GIT_COMMIT), path);
+  h5::write_attr(f, "created", utc_now(), path);
+  h5::write_attr(f, "step", v.state.step, path);
+  h5::write_text(f, "config/model", model_config_to_text(v.model), path);
+  h5::write_text(f, "config/train", v.train_config_text, path);
+  {
+    h5::Id g = h5::create_group(f, "train_state", path);
+    write_train_state(g, v.state, path + ":train_state");
+    h5::Id p = h5::create_group(f, "parallel", path);
+    write_placement(p, placement, path + ":parallel");
+  }
+  write_virtual_tensors(f, tensors, path);
+  h5::close_file(f, path);
+  fsync_path(path);
+}
+
+}  // namespace
+
+ModelConfig parse_model_config_text(const std::string& text, const std::string& where) {
+  ModelConfig c;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    const size_t eq = line.find(" = ");
+    if (line.rfind("model.", 0) != 0 || eq == std::string::npos)
+      fail("{}: model config line '{}' is not 'model.<field> = <value>'", where, line);
+    set_model_config_field(c, line.substr(6, eq - 6), line.substr(eq + 3), where);
+  }
+  validate_model_config(c, where);
+  return c;
+}
+
+std::string tensor_group_path(const std::string& param_name) {
+  std::string out;
+  size_t start = 0;
+  while (start <= param_name.size()) {
+    size_t dot = param_name.find('.', start);
+    if (dot == std::string::npos) dot = param_name.size();
+    const std::string part = param_name.substr(start, dot - start);
+    const bool index = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+    if (!out.empty()) out += index ? '.' : '/';
+    out += part;
+    start = dot + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// File system failures (disk full, permissions) as sambay errors naming the path.
+template <typename Fn>
+auto with_fs_errors(const std::string& where, Fn fn) {
+  try {
+    return fn();
+  } catch (const fs::filesystem_error& e) {
+    fail("{}: {}", where, e.what());
+  }
+}
+
+SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const CheckpointView& v,
+                                     int keep) {
+  const ParamLayout layout = build_param_layout(v.model);
+  const size_t n = static_cast<size_t>(layout.total);
+  SAMBAY_CHECK(v.params.size() == n && v.adam_m.size() == n && v.adam_v.size() == n,
+               "checkpoint buffers hold {}, {}, {} values; the layout has {}", v.params.size(),
+               v.adam_m.size(), v.adam_v.size(), n);
+  SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
+  const ParallelPlacement placement;  // single process
+  const std::string name = step_dir_name(v.state.step);
+  const fs::path root(checkpoints_dir), tmp = root / (name + ".tmp"), final_dir = root / name;
+  fs::create_directories(root);
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+
+  const std::vector<GlobalTensor> tensors = single_rank_tensors(layout);
+  {
+    const std::string rank_path = (tmp / rank_file_name(0)).string();
+    ShardFileWriter w(rank_path);
+    h5::write_attr(w.file(), "format", std::string(kRankFormat), rank_path);
+    h5::write_attr(w.file(), "format_version", kCheckpointFormatVersion, rank_path);
+    h5::write_attr(w.file(), "step", v.state.step, rank_path);
+    h5::write_attr(w.file(), "rank", int64_t{0}, rank_path);
+    write_placement(w.file(), placement, rank_path);
+    const std::span<const float> buffers[] = {v.params, v.adam_m, v.adam_v};
+    size_t i = 0;
+    for (const std::span<const float>& buffer : buffers)
+      for (const ParamSpec& p : layout.params) {
+        const GlobalTensor& t = tensors[i++];
+        w.write_f32(t.path, t.shape, t.pieces[0].box, buffer.data() + p.offset);
+      }
+    w.finish();
+  }
+  write_index((tmp / kIndexName).string(), v, tensors, placement);
+  write_manifest(tmp.string(), v.state.step, {kIndexName, rank_file_name(0)}, {kIndexName});
+  fsync_path(tmp.string());
+
+  SaveResult result;
+  for (const auto& e : fs::directory_iterator(tmp))
+    if (e.is_regular_file()) result.bytes += static_cast<int64_t>(e.file_size());
+  // A directory of the same step can only be a damaged or abandoned one (resuming fell back
+  // past it): the new one replaces it.
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(root.string());
+  write_latest(root.string(), v.state.step);
+  result.dir = final_dir.string();
+  result.removed = prune_checkpoints(root.string(), v.state.step, keep);
+  return result;
+}
+
+}  // namespace
+
+SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& v,
+                           int keep) {
+  return with_fs_errors(checkpoints_dir,
+                        [&] { return save_checkpoint_unchecked(checkpoints_dir, v, keep); });
+}
+
+namespace {
+
+CheckpointInfo read_checkpoint_info_unchecked(const std::string& dir) {
+  const Manifest manifest = verify_manifest(dir);
+  auto listed = [&](const std::string& name) {
+    for (const ManifestEntry& e : manifest.files)
+      if (e.name == name) return true;
+    return false;
+  };
+  const std::string index = (fs::path(dir) / kIndexName).string();
+  if (!listed(kIndexName)) fail("{}: not listed in manifest.txt", index);
+
+  CheckpointInfo info;
+  info.dir = dir;
+  h5::Id f = h5::open_file(index);
+  const std::string format = h5::read_attr_string(f, "format", index);
+  if (format != kIndexFormat) fail("{}: format '{}', expected '{}'", index, format, kIndexFormat);
+  const int64_t version = h5::read_attr_int(f, "format_version", index);
+  if (version != kCheckpointFormatVersion)
+    fail("{}: format version {}; this sambay reads version {}", index, version,
+         kCheckpointFormatVersion);
+  info.step = h5::read_attr_int(f, "step", index);
+  if (info.step != manifest.step)
+    fail("{}: step {} but manifest.txt says {}", index, info.step, manifest.step);
+  info.sambay_version = h5::read_attr_string(f, "sambay_version", index);
+  info.git_commit = h5::read_attr_string(f, "git_commit", index);
+  info.created = h5::read_attr_string(f, "created", index);
+  info.model_config_text = h5::read_text(f, "config/model", index);
+  info.train_config_text = h5::read_text(f, "config/train", index);
+  info.model = parse_model_config_text(info.model_config_text, index + ":config/model");
+  {
+    h5::Id g(h5::check(H5Gopen2(f, "train_state", H5P_DEFAULT), index, "open train_state"),
+             H5Gclose);
+    info.state = read_train_state(g, index + ":train_state");
+    h5::Id p(h5::check(H5Gopen2(f, "parallel", H5P_DEFAULT), index, "open parallel"), H5Gclose);
+    const std::string where = index + ":parallel";
+    info.parallel.dp = h5::read_attr_int(p, "dp", where);
+    info.parallel.tp = h5::read_attr_int(p, "tp", where);
+    info.parallel.cp = h5::read_attr_int(p, "cp", where);
+    if (h5::read_attr_int(p, "world_size", where) != info.parallel.world_size() ||
+        info.parallel.dp < 1 || info.parallel.tp < 1 || info.parallel.cp < 1)
+      fail("{}: inconsistent parallel layout", where);
+  }
+  if (info.state.step != info.step)
+    fail("{}: train_state step {} differs from the checkpoint's step {}", index, info.state.step,
+         info.step);
+  info.tensors = read_virtual_tensors(f, index);
+  h5::close_file(f, index);
+
+  // Every rank file: listed, and written for this step and layout.
+  for (int64_t r = 0; r < info.parallel.world_size(); ++r) {
+    const std::string name = rank_file_name(r);
+    const std::string path = (fs::path(dir) / name).string();
+    if (!listed(name)) fail("{}: not listed in manifest.txt", path);
+    h5::Id rf = h5::open_file(path);
+    if (h5::read_attr_string(rf, "format", path) != kRankFormat)
+      fail("{}: not a sambay checkpoint rank file", path);
+    const int64_t step = h5::read_attr_int(rf, "step", path);
+    const int64_t rank = h5::read_attr_int(rf, "rank", path);
+    const int64_t world = h5::read_attr_int(rf, "world_size", path);
+    if (step != info.step || rank != r || world != info.parallel.world_size())
+      fail("{}: written as rank {} of {} at step {}, expected rank {} of {} at step {}", path,
+           rank, world, step, r, info.parallel.world_size(), info.step);
+    h5::close_file(rf, path);
+  }
+  for (const GlobalTensor& t : info.tensors)
+    for (const ShardPiece& p : t.pieces)
+      if (!listed(p.file)) fail("{}: tensor {} has a piece in {}, which manifest.txt does not list",
+                                index, t.path, p.file);
+  return info;
+}
+
+}  // namespace
+
+CheckpointInfo read_checkpoint_info(const std::string& dir) {
+  return with_fs_errors(dir, [&] { return read_checkpoint_info_unchecked(dir); });
+}
+
+std::vector<std::string> model_config_differences(const ModelConfig& stored,
+                                                  const ModelConfig& wanted) {
+  std::vector<std::string> out;
+  const auto a = model_config_fields(stored), b = model_config_fields(wanted);
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    if (a[i].first != "name" && a[i].second != b[i].second)
+      out.push_back(fmt::format("model.{}: {} in the checkpoint, {} here", a[i].first,
+                                a[i].second, b[i].second));
+  return out;
+}
+
+CheckpointInfo load_checkpoint_into(const std::string& dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const CheckpointTargets& out) {
+  CheckpointInfo info = read_checkpoint_info(dir);
+  if (expected) {
+    const std::vector<std::string> diffs = model_config_differences(info.model, *expected);
+    if (!diffs.empty()) {
+      std::string list;
+      for (const std::string& d : diffs) list += "\n  " + d;
+      throw CheckpointMismatch(fmt::format(
+          "{}: written for a different model ({} field{} differ):{}", dir, diffs.size(),
+          diffs.size() == 1 ? "" : "s", list));
+    }
+  }
+  const ParamLayout layout = build_param_layout(info.model);
+  const std::span<float> buffers[] = {out.params, out.adam_m, out.adam_v};
+  for (const std::span<float>& b : buffers)
+    SAMBAY_CHECK(static_cast<int64_t>(b.size()) == layout.total,
+                 "{}: a buffer of {} values for a layout of {}", dir, b.size(), layout.total);
+  std::map<std::string, const GlobalTensor*> by_path;
+  for (const GlobalTensor& t : info.tensors) by_path[t.path] = &t;
+  const size_t expected_tensors = std::size(kTensorGroups) * layout.params.size();
+  if (by_path.size() != expected_tensors)
+    fail("{}: {} tensors, the model's layout has {}", dir, by_path.size(), expected_tensors);
+
+  ShardReader reader(dir);
+  for (size_t g = 0; g < std::size(kTensorGroups); ++g)
+    for (const ParamSpec& p : layout.params) {
+      const std::string path = kTensorGroups[g] + tensor_group_path(p.name);
+      auto it = by_path.find(path);
+      if (it == by_path.end()) fail("{}: tensor {} is missing", dir, path);
+      const GlobalTensor& t = *it->second;
+      if (t.shape != p.shape)
+        fail("{}: tensor {} has shape {}, the model needs {}", dir, path, fmt::join(t.shape, "x"),
+             fmt::join(p.shape, "x"));
+      if (t.dtype != StoredDType::f32)
+        fail("{}: tensor {} is {}, master weights and moments are f32", dir, path,
+             stored_dtype_name(t.dtype));
+      reader.read_box(t, {std::vector<int64_t>(p.shape.size(), 0), p.shape},
+                      buffers[g].data() + p.offset);
+    }
+  return info;
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& dir,
+                                 const std::optional<ModelConfig>& expected) {
+  // The layout comes from the checkpoint (or the expected config, which must match it).
+  const ModelConfig model = expected ? *expected : read_checkpoint_info(dir).model;
+  const int64_t n = build_param_layout(model).total;
+  LoadedCheckpoint out;
+  out.params.resize(n);
+  out.adam_m.resize(n);
+  out.adam_v.resize(n);
+  out.info = load_checkpoint_into(dir, expected, {out.params, out.adam_m, out.adam_v});
+  return out;
+}
+
+std::vector<std::vector<uint32_t>> verify_checkpoint_data(const CheckpointInfo& info) {
+  ShardReader reader(info.dir);
+  std::vector<std::vector<uint32_t>> out;
+  for (const GlobalTensor& t : info.tensors) {
+    out.emplace_back();
+    for (const ShardPiece& p : t.pieces) out.back().push_back(reader.verify_piece(t, p));
+  }
+  return out;
+}
+
+std::optional<CheckpointInfo> load_newest_checkpoint(
+    const std::string& checkpoints_dir, const ModelConfig& expected,
+    const std::function<void(const std::string&)>& report, const CheckpointTargets& out) {
+  const std::vector<StepDir> dirs = list_checkpoints(checkpoints_dir);
+  if (dirs.empty()) return std::nullopt;
+  std::string damaged;
+  for (const StepDir& d : dirs) {
+    try {
+      return load_checkpoint_into(d.path, expected, out);
+    } catch (const CheckpointMismatch&) {
+      throw;
+    } catch (const Error& e) {
+      report(fmt::format("checkpoint {} is damaged and is skipped: {}", d.path, e.what()));
+      damaged += fmt::format("\n  {}: {}", d.path, e.what());
+    }
+  }
+  fail("{}: every checkpoint is damaged:{}", checkpoints_dir, damaged);
+}
+
+}  // namespace sambay

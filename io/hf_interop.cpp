@@ -1,0 +1,286 @@
+#include "io/hf_interop.h"
+
+#include "core/check.h"
+#include "io/checkpoint.h"
+#include "io/durable_fs.h"
+#include "io/safetensors.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+
+namespace sambay {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The mixer's parameter names that the release spells differently.
+std::string hf_mixer_name(const std::string& ours) {
+  static const std::map<std::string, std::string> renamed = {
+      {"qkv_proj.weight", "Wqkv.weight"},
+      {"qkv_proj.bias", "Wqkv.bias"},
+      {"q_proj.weight", "Wqkv.weight"},
+      {"q_proj.bias", "Wqkv.bias"},
+      {"lambda_q1", "inner_cross_attn.lambda_q1"},
+      {"lambda_k1", "inner_cross_attn.lambda_k1"},
+      {"lambda_q2", "inner_cross_attn.lambda_q2"},
+      {"lambda_k2", "inner_cross_attn.lambda_k2"},
+      {"head_norm.weight", "inner_cross_attn.subln.weight"},
+  };
+  auto it = renamed.find(ours);
+  return it == renamed.end() ? ours : it->second;
+}
+
+bool has_prefix(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+int64_t int_key(const Json& config, const char* key, const std::string& where) {
+  const Json* v = config.find(key);
+  if (!v) fail("{}: key '{}' is missing", where, key);
+  return v->as_int(fmt::format("{}: {}", where, key));
+}
+
+int64_t int_key_or(const Json& config, const char* key, int64_t fallback,
+                   const std::string& where) {
+  const Json* v = config.find(key);
+  if (!v || v->kind == Json::Kind::null || (v->kind == Json::Kind::string && v->text == "auto"))
+    return fallback;
+  return v->as_int(fmt::format("{}: {}", where, key));
+}
+
+// The standard keys, read as the release's code reads them.
+ModelConfig model_config_from_hf_keys(const Json& j, const std::string& where) {
+  if (const Json* t = j.find("model_type"); t && t->kind == Json::Kind::string && t->text != "phi4flash")
+    fail("{}: model_type is '{}', sambay imports 'phi4flash'", where, t->text);
+  ModelConfig c;
+  c.name = "hf-import";
+  c.d_model = int_key(j, "hidden_size", where);
+  c.vocab = int_key(j, "vocab_size", where);
+  c.n_heads = int_key(j, "num_attention_heads", where);
+  c.n_kv_heads = int_key(j, "num_key_value_heads", where);
+  if (c.n_heads <= 0 || c.d_model % c.n_heads != 0)
+    fail("{}: hidden_size {} is not a multiple of num_attention_heads {}", where, c.d_model,
+         c.n_heads);
+  c.head_dim = c.d_model / c.n_heads;
+  c.d_ff = int_key(j, "intermediate_size", where);
+  if (int_key_or(j, "mb_per_layer", 2, where) != 2)
+    fail("{}: mb_per_layer must be 2 (Mamba on every even layer of the SambaY pattern)", where);
+  const Json* window = j.find("sliding_window");
+  if (window && window->kind == Json::Kind::array) {  // as the config class expands it
+    for (const Json& w : window->items)
+      if (w.kind != Json::Kind::null) window = &w;
+  }
+  if (!window || window->kind == Json::Kind::array) fail("{}: key 'sliding_window' is missing", where);
+  c.window = window->as_int(where + ": sliding_window");
+  c.differential = true;
+  c.attention_bias = true;
+  c.d_inner = int_key_or(j, "mamba_expand", 2, where) * c.d_model;
+  c.d_state = int_key_or(j, "mamba_d_state", 16, where);
+  c.d_conv = int_key_or(j, "mamba_d_conv", 4, where);
+  c.dt_rank = int_key_or(j, "mamba_dt_rank", (c.d_model + 15) / 16, where);
+  c.norm = NormKind::layernorm;
+  if (const Json* eps = j.find("layer_norm_eps")) c.norm_eps = eps->as_number(where + ": layer_norm_eps");
+  if (const Json* eos = j.find("eos_token_id"); eos && eos->kind == Json::Kind::number)
+    c.eod_token = static_cast<int32_t>(eos->as_int(where + ": eos_token_id"));
+  set_sambay_pattern(c, int_key(j, "num_hidden_layers", where), /*gmu=*/true);
+  validate_model_config(c, where);
+  return c;
+}
+
+}  // namespace
+
+HfTensorName hf_tensor_for(const ParamSpec& p) {
+  HfTensorName out{"", p.shape};
+  if (p.name == "embedding.weight") {
+    out.name = "model.embed_tokens.weight";
+  } else if (has_prefix(p.name, "final_norm.")) {
+    out.name = "model.final_layernorm." + p.name.substr(11);
+  } else {
+    SAMBAY_CHECK(has_prefix(p.name, "layers."), "parameter '{}' has no Hugging Face name", p.name);
+    const size_t dot = p.name.find('.', 7);
+    const std::string layer = p.name.substr(0, dot), rest = p.name.substr(dot + 1);
+    std::string mapped;
+    if (has_prefix(rest, "norm1."))
+      mapped = "input_layernorm." + rest.substr(6);
+    else if (has_prefix(rest, "norm2."))
+      mapped = "post_attention_layernorm." + rest.substr(6);
+    else if (has_prefix(rest, "mixer."))
+      mapped = "attn." + hf_mixer_name(rest.substr(6));
+    else
+      mapped = rest;  // mlp.fc1.weight, mlp.fc2.weight
+    out.name = "model." + layer + "." + mapped;
+    if (rest == "mixer.conv1d.weight") out.shape = {p.shape[0], 1, p.shape[1]};
+  }
+  return out;
+}
+
+std::vector<std::string> hf_incompatibilities(const ModelConfig& c) {
+  std::vector<std::string> out;
+  ModelConfig pattern = c;
+  set_sambay_pattern(pattern, c.n_layers() >= 4 && c.n_layers() % 4 == 0 ? c.n_layers() : 4, true);
+  if (c.layers != pattern.layers || c.kv_source_layer != pattern.kv_source_layer ||
+      c.memory_layer != pattern.memory_layer)
+    out.push_back("layers: not the SambaY pattern (Mamba/SWA, memory, full attention, GMU/cross)");
+  if (!c.differential) out.push_back("differential: the release uses differential attention");
+  if (!c.attention_bias) out.push_back("attention_bias: the release has attention biases");
+  if (c.rope) out.push_back("rope: the release has no rotary embedding");
+  if (c.norm != NormKind::layernorm) out.push_back("norm: the release uses LayerNorm");
+  if (c.normalized_gmu) out.push_back("normalized_gmu: the release's GMU has no norm");
+  if (c.head_dim * c.n_heads != c.d_model)
+    out.push_back(fmt::format("head_dim: the release uses d_model / n_heads = {}, not {}",
+                              c.n_heads ? c.d_model / c.n_heads : 0, c.head_dim));
+  if (c.d_model <= 0 || c.d_inner % c.d_model != 0)
+    out.push_back(fmt::format("d_inner: {} is not a multiple of d_model {} (mamba_expand)",
+                              c.d_inner, c.d_model));
+  if (c.mup_base_width != 0) out.push_back("mup_base_width: muP++ scaling is not in the release");
+  return out;
+}
+
+std::string hf_config_json(const ModelConfig& c, bool bf16) {
+  const std::string eod = c.eod_token >= 0 ? fmt::format("{}", c.eod_token) : "null";
+  std::string s = "{\n";
+  auto line = [&](const std::string& key, const std::string& value) {
+    s += fmt::format("  {}: {},\n", json_quote(key), value);
+  };
+  line("architectures", "[\"Phi4FlashForCausalLM\"]");
+  line("auto_map",
+       "{\"AutoConfig\": \"configuration_phi4flash.Phi4FlashConfig\", "
+       "\"AutoModelForCausalLM\": \"modeling_phi4flash.Phi4FlashForCausalLM\"}");
+  line("model_type", "\"phi4flash\"");
+  line("hidden_size", fmt::format("{}", c.d_model));
+  line("intermediate_size", fmt::format("{}", c.d_ff));
+  line("num_hidden_layers", fmt::format("{}", c.n_layers()));
+  line("num_attention_heads", fmt::format("{}", c.n_heads));
+  line("num_key_value_heads", fmt::format("{}", c.n_kv_heads));
+  line("sliding_window", fmt::format("{}", c.window));
+  line("mb_per_layer", "2");
+  line("mamba_d_state", fmt::format("{}", c.d_state));
+  line("mamba_d_conv", fmt::format("{}", c.d_conv));
+  line("mamba_expand", fmt::format("{}", c.d_model > 0 ? c.d_inner / c.d_model : 0));
+  line("mamba_dt_rank", fmt::format("{}", c.dt_rank));
+  line("mamba_conv_bias", "true");
+  line("mamba_proj_bias", "false");
+  line("layer_norm_eps", fmt::format("{}", c.norm_eps));
+  line("hidden_act", "\"silu\"");
+  line("vocab_size", fmt::format("{}", c.vocab));
+  line("bos_token_id", eod);
+  line("eos_token_id", eod);
+  line("pad_token_id", eod);
+  line("tie_word_embeddings", "true");
+  line("mlp_bias", "false");
+  line("lm_head_bias", "false");
+  line("attention_dropout", "0.0");
+  line("embd_pdrop", "0.0");
+  line("resid_pdrop", "0.0");
+  line("initializer_range", "0.02");
+  line("max_position_embeddings", "262144");
+  line("use_cache", "true");
+  line("torch_dtype", bf16 ? "\"bfloat16\"" : "\"float32\"");
+  s += fmt::format("  \"sambay_model_config\": {}\n}}\n", json_quote(model_config_to_text(c)));
+  return s;
+}
+
+ModelConfig model_config_from_hf(const Json& j, const std::string& where) {
+  if (j.kind != Json::Kind::object) fail("{}: not a JSON object", where);
+  const Json* ours = j.find("sambay_model_config");
+  if (!ours) return model_config_from_hf_keys(j, where);
+  const ModelConfig c =
+      parse_model_config_text(ours->as_string(where + ": sambay_model_config"), where);
+  // Someone may have edited the standard keys: they must still describe the same model.
+  const std::pair<const char*, int64_t> keys[] = {
+      {"hidden_size", c.d_model},         {"vocab_size", c.vocab},
+      {"num_hidden_layers", c.n_layers()}, {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads}, {"intermediate_size", c.d_ff}};
+  for (const auto& [key, value] : keys)
+    if (int_key(j, key, where) != value)
+      fail("{}: {} is {} but sambay_model_config says {}", where, key, int_key(j, key, where),
+           value);
+  return c;
+}
+
+void export_hf(const ModelConfig& c, std::span<const float> params, const std::string& out_dir,
+               bool bf16, bool force) {
+  const std::vector<std::string> problems = hf_incompatibilities(c);
+  if (!problems.empty() && !force)
+    fail("model '{}' cannot run in the Phi4Flash code of the Hugging Face release:\n  {}\n"
+         "(--force exports anyway; sambay can import such an export, other tools cannot run it)",
+         c.name, fmt::join(problems, "\n  "));
+  const ParamLayout layout = build_param_layout(c);
+  SAMBAY_CHECK(static_cast<int64_t>(params.size()) == layout.total,
+               "{} parameters given, the layout has {}", params.size(), layout.total);
+  std::vector<SafetensorsEntry> entries;
+  for (const ParamSpec& p : layout.params) {
+    HfTensorName hf = hf_tensor_for(p);
+    entries.push_back({hf.name, hf.shape, params.data() + p.offset});
+  }
+  fs::create_directories(out_dir);
+  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), entries, bf16,
+                    {{"format", "pt"}, {"producer", "sambay"}});
+  write_file_durably((fs::path(out_dir) / "config.json").string(), hf_config_json(c, bf16));
+}
+
+HfImport import_hf(const std::string& dir) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  HfImport out;
+  out.model = model_config_from_hf(parse_json(read_text_file(config_path), config_path),
+                                   config_path);
+
+  // The safetensors files: one, or the shards an index lists.
+  std::vector<std::string> files;
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const Json j = parse_json(read_text_file(index.string()), index.string());
+    const Json* map = j.find("weight_map");
+    if (!map || map->kind != Json::Kind::object) fail("{}: no weight_map object", index.string());
+    std::set<std::string> names;
+    for (const auto& [tensor, file] : map->members)
+      names.insert(file.as_string(index.string() + ": weight_map." + tensor));
+    for (const std::string& n : names) files.push_back((fs::path(dir) / n).string());
+  } else {
+    files.push_back((fs::path(dir) / "model.safetensors").string());
+  }
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::map<std::string, std::pair<const SafetensorsFile*, const SafetensorsTensor*>> tensors;
+  for (const std::string& f : files) {
+    opened.push_back(std::make_unique<SafetensorsFile>(open_safetensors(f)));
+    for (const SafetensorsTensor& t : opened.back()->tensors)
+      if (!tensors.emplace(t.name, std::make_pair(opened.back().get(), &t)).second)
+        fail("{}: tensor '{}' is also in another file", f, t.name);
+  }
+
+  const ParamLayout layout = build_param_layout(out.model);
+  out.params.assign(layout.total, 0.0f);
+  for (const ParamSpec& p : layout.params) {
+    const HfTensorName hf = hf_tensor_for(p);
+    auto it = tensors.find(hf.name);
+    if (it == tensors.end()) fail("{}: tensor '{}' (sambay's {}) is missing", dir, hf.name, p.name);
+    const auto [file, t] = it->second;
+    if (t->shape != hf.shape)
+      fail("{}: tensor '{}' has shape [{}], the config needs [{}]", file->path(), hf.name,
+           fmt::join(t->shape, ", "), fmt::join(hf.shape, ", "));
+    file->read_f32(*t, out.params.data() + p.offset);
+    tensors.erase(it);
+  }
+  // The release ties the output head to the embedding; an explicit copy is accepted.
+  if (auto head = tensors.find("lm_head.weight"); head != tensors.end()) {
+    const auto [file, t] = head->second;
+    const ParamSpec& emb = layout.params[find_param(layout, "embedding.weight")];
+    std::vector<float> values(emb.numel);
+    if (t->shape != emb.shape) fail("{}: lm_head.weight has the wrong shape", file->path());
+    file->read_f32(*t, values.data());
+    if (std::memcmp(values.data(), out.params.data() + emb.offset, values.size() * 4) != 0)
+      fail("{}: lm_head.weight differs from the embedding; sambay ties them", file->path());
+    tensors.erase(head);
+  }
+  if (!tensors.empty())
+    fail("{}: tensor '{}' has no place in the model ({} unknown tensors)", dir,
+         tensors.begin()->first, tensors.size());
+  return out;
+}
+
+}  // namespace sambay

@@ -1,0 +1,179 @@
+#include "launch/ckpt_commands.h"
+
+#include "core/check.h"
+#include "core/param_layout.h"
+#include "io/checkpoint.h"
+#include "io/checkpoint_dir.h"
+#include "io/hf_interop.h"
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstring>
+#include <iostream>
+
+namespace sambay {
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: sambay ckpt <command> [options]
+
+commands:
+  inspect PATH                              what a checkpoint holds, every checksum verified
+  export --format hf PATH OUTDIR            model.safetensors + config.json (Phi-4-mini-flash layout)
+  import --format hf DIR --out CKPT         a Hugging Face directory as a step-0 checkpoint in CKPT
+  bench                                     checkpoint write/read speed (sambay ckpt bench --help)
+
+PATH is a step directory, a checkpoints directory (its newest checkpoint) or a run directory.
+)";
+
+bool parse(int argc, const char* const* argv, po::options_description& o,
+           const po::positional_options_description& pos, po::variables_map& vm,
+           const char* usage) {
+  o.add_options()("help,h", "print the options and exit");
+  try {
+    po::store(po::command_line_parser(argc, argv).options(o).positional(pos).run(), vm);
+    if (vm.count("help")) {
+      std::cout << usage << "\n" << o;
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail("command line: {} (see --help)", e.what());
+  }
+  return true;
+}
+
+// The step directory PATH names: itself, or the newest checkpoint of a checkpoints directory.
+std::string step_dir_of(const std::string& path) {
+  const CheckpointLocation at = locate_checkpoint(path);
+  if (!at.step_dir.empty()) return at.step_dir;
+  const std::vector<StepDir> dirs = list_checkpoints(at.checkpoints_dir);
+  if (dirs.empty()) fail("{}: no checkpoints", at.checkpoints_dir);
+  return dirs.front().path;
+}
+
+void need_hf(const std::string& format) {
+  if (format != "hf") fail("option --format: '{}' is not supported (only 'hf')", format);
+}
+
+int cmd_inspect(int argc, const char* const* argv) {
+  std::string path;
+  po::options_description o("sambay ckpt inspect");
+  o.add_options()("path", po::value(&path)->required(), "checkpoint (positional)");
+  po::positional_options_description pos;
+  pos.add("path", 1);
+  po::variables_map vm;
+  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt inspect PATH")) return 0;
+  const CheckpointInfo info = read_checkpoint_info(step_dir_of(path));
+  const std::vector<std::vector<uint32_t>> crcs = verify_checkpoint_data(info);
+  const TrainState& s = info.state;
+  fmt::print("checkpoint {}\n", info.dir);
+  fmt::print("  written by sambay {} (git {}) at {}\n", info.sambay_version, info.git_commit,
+             info.created);
+  fmt::print("  step {}: {} samples, {} tokens consumed\n", info.step, s.consumed_samples,
+             s.consumed_tokens);
+  fmt::print("  data: {} (seed {}, seq_len {}, global batch {}, valid fraction {})\n",
+             s.data_sources, s.data_seed, s.seq_len, s.global_batch, s.valid_fraction);
+  fmt::print("  schedule: {} peak lr {} (last {}), warmup {}, total {} steps, min ratio {}, "
+             "decay fraction {}\n",
+             s.schedule, s.peak_lr, s.last_lr, s.warmup, s.total_steps, s.min_lr_ratio,
+             s.decay_fraction);
+  fmt::print("  init seed {}, {} threads\n", s.init_seed, s.threads);
+  fmt::print("  parallel layout: dp {} x tp {} x cp {} ({} rank files)\n", info.parallel.dp,
+             info.parallel.tp, info.parallel.cp, info.parallel.world_size());
+  fmt::print("  model ({:.3f}M parameters):\n", build_param_layout(info.model).total / 1e6);
+  for (const auto& [key, value] : model_config_fields(info.model))
+    fmt::print("    {} = {}\n", key, value);
+  fmt::print("  train config:\n");
+  for (size_t a = 0, b; a < info.train_config_text.size(); a = b + 1) {
+    b = info.train_config_text.find('\n', a);
+    if (b == std::string::npos) b = info.train_config_text.size();
+    fmt::print("    {}\n", info.train_config_text.substr(a, b - a));
+  }
+  int64_t elements = 0;
+  for (const GlobalTensor& t : info.tensors) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    elements += n;
+  }
+  fmt::print("  tensors: {} ({} elements)\n", info.tensors.size(), elements);
+  for (size_t i = 0; i < info.tensors.size(); ++i) {
+    const GlobalTensor& t = info.tensors[i];
+    std::string pieces;
+    for (size_t p = 0; p < t.pieces.size(); ++p)
+      pieces += fmt::format("{}{} {:08x}", p ? ", " : "", t.pieces[p].file, crcs[i][p]);
+    fmt::print("    {:<48} {:<4} [{}]  crc32c {}\n", t.path, stored_dtype_name(t.dtype),
+               fmt::join(t.shape, ", "), pieces);
+  }
+  fmt::print("verified: every checksum, shape and placement matches\n");
+  return 0;
+}
+
+int cmd_export(int argc, const char* const* argv) {
+  std::string format, path, out, dtype;
+  bool force = false;
+  po::options_description o("sambay ckpt export");
+  o.add_options()("format", po::value(&format)->required(), "output format: hf")
+      ("dtype", po::value(&dtype)->default_value("f32"), "f32 (exact) or bf16 (as released)")
+      ("force", po::bool_switch(&force), "export a model the release's code cannot run")
+      ("path", po::value(&path)->required(), "checkpoint (positional)")
+      ("out", po::value(&out)->required(), "output directory (positional)");
+  po::positional_options_description pos;
+  pos.add("path", 1).add("out", 1);
+  po::variables_map vm;
+  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt export --format hf PATH OUTDIR")) return 0;
+  need_hf(format);
+  if (dtype != "f32" && dtype != "bf16") fail("option --dtype: '{}' is not f32 or bf16", dtype);
+  const LoadedCheckpoint c = load_checkpoint(step_dir_of(path), std::nullopt);
+  export_hf(c.info.model, c.params, out, dtype == "bf16", force);
+  fmt::print("{} (step {}) -> {}/model.safetensors, {}/config.json ({})\n", c.info.dir,
+             c.info.step, out, out, dtype);
+  return 0;
+}
+
+int cmd_import(int argc, const char* const* argv) {
+  std::string format, dir, out;
+  int keep = 3;
+  po::options_description o("sambay ckpt import");
+  o.add_options()("format", po::value(&format)->required(), "input format: hf")
+      ("dir", po::value(&dir)->required(), "directory with config.json and safetensors (positional)")
+      ("out", po::value(&out)->required(), "checkpoints directory to write step_00000000 into")
+      ("keep_checkpoints", po::value(&keep)->default_value(keep), "checkpoints kept in --out");
+  po::positional_options_description pos;
+  pos.add("dir", 1);
+  po::variables_map vm;
+  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt import --format hf DIR --out CKPT"))
+    return 0;
+  need_hf(format);
+  const HfImport hf = import_hf(dir);
+  const std::vector<float> zeros(hf.params.size(), 0.0f);
+  const TrainState state;  // step 0: fresh moments, nothing consumed
+  const std::string note = "# imported from " + dir + "\n";
+  const SaveResult r =
+      save_checkpoint(out, {hf.model, note, state, hf.params, zeros, zeros}, keep);
+  fmt::print("{} -> {} ({:.3f}M parameters, AdamW moments zero, step 0); train from it with "
+             "sambay train --resume {}\n",
+             dir, r.dir, hf.params.size() / 1e6, r.dir);
+  return 0;
+}
+
+}  // namespace
+
+int cmd_ckpt(int argc, const char* const* argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string sub = argv[1];
+  if (sub == "inspect") return cmd_inspect(argc - 1, argv + 1);
+  if (sub == "export") return cmd_export(argc - 1, argv + 1);
+  if (sub == "import") return cmd_import(argc - 1, argv + 1);
+  if (sub == "bench") return cmd_ckpt_bench(argc - 1, argv + 1);
+  fail("unknown command 'ckpt {}' (valid: inspect, export, import, bench)", sub);
+}
+
+}  // namespace sambay

@@ -1,0 +1,82 @@
+#include "launch/resume.h"
+
+#include "core/check.h"
+#include "io/checkpoint_dir.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace sambay {
+
+namespace {
+
+// "key = value" lines as key -> value (repeated keys, like data, joined with ", ").
+std::map<std::string, std::string> option_map(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const size_t eq = line.find(" = ");
+    if (eq == std::string::npos) continue;
+    std::string& v = out[line.substr(0, eq)];
+    v += (v.empty() ? "" : ", ") + line.substr(eq + 3);
+  }
+  return out;
+}
+
+void print_report(const std::string& message) {
+  fmt::print("resume: {}\n", message);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
+                                                     const std::string& checkpoints_dir,
+                                                     const CheckpointTargets& out) {
+  if (cfg.resume == "none") {
+    const std::vector<StepDir> existing = list_checkpoints(checkpoints_dir);
+    if (!existing.empty())
+      fail("option --resume none: {} already holds checkpoints (newest {}); continue them with "
+           "--resume auto or train into another --out_dir",
+           checkpoints_dir, existing.front().path);
+    return std::nullopt;
+  }
+  if (cfg.resume == "auto") {
+    std::optional<CheckpointInfo> c =
+        load_newest_checkpoint(checkpoints_dir, cfg.model, print_report, out);
+    if (!c) print_report(fmt::format("no checkpoint in {}; starting at step 0", checkpoints_dir));
+    return c;
+  }
+  const CheckpointLocation at = locate_checkpoint(cfg.resume);
+  if (!at.step_dir.empty()) return load_checkpoint_into(at.step_dir, cfg.model, out);
+  std::optional<CheckpointInfo> c =
+      load_newest_checkpoint(at.checkpoints_dir, cfg.model, print_report, out);
+  if (!c) fail("option --resume {}: no checkpoint in {}", cfg.resume, at.checkpoints_dir);
+  return c;
+}
+
+std::vector<std::string> resume_differences(const CheckpointInfo& info, const TrainConfig& cfg,
+                                            int threads) {
+  static const std::set<std::string> ignored = {
+      "out_dir", "device", "threads", "log_every", "eval_every", "eval_batches",
+      "save_every", "keep_checkpoints", "resume"};
+  const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
+  std::vector<std::string> out;
+  if (before.empty()) return out;  // an imported checkpoint: no run to compare with
+  for (const auto& [key, value] : now) {
+    if (ignored.count(key)) continue;
+    auto it = before.find(key);
+    const std::string old = it == before.end() ? "(not set)" : it->second;
+    if (old != value) out.push_back(fmt::format("{}: {} -> {}", key, old, value));
+  }
+  if (info.state.threads != 0 && info.state.threads != threads)
+    out.push_back(fmt::format("threads: {} -> {} (CPU sums are split by thread)",
+                              info.state.threads, threads));
+  return out;
+}
+
+}  // namespace sambay

@@ -1,0 +1,246 @@
+// Hugging Face interop: our names and config keys against the public release
+// microsoft/Phi-4-mini-flash-reasoning (its model.safetensors.index.json and config.json), the
+// bit-exact export -> import round trip, and refusals of damaged or foreign files.
+#include "core/bf16.h"
+#include "io/checkpoint.h"
+#include "io/hf_interop.h"
+#include "io/safetensors.h"
+#include "tests/io_test_util.h"
+
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+namespace sambay {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+using testing::expect_error;
+using testing::read_bytes;
+using testing::write_bytes;
+
+// A model the release's code runs: the SambaY pattern with differential attention, head_dim =
+// d / H, E = 2d; small, with every layer kind.
+ModelConfig small_phi4flash() {
+  ModelConfig c = model_preset("phi4-mini-flash");
+  c.name = "tiny-phi4flash";
+  c.d_model = 16;
+  c.vocab = 37;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 4;
+  c.window = 3;
+  c.d_inner = 32;
+  c.d_state = 4;
+  c.dt_rank = 1;
+  c.d_ff = 24;
+  c.eod_token = 36;
+  set_sambay_pattern(c, 8, true);
+  validate_model_config(c, "test");
+  return c;
+}
+
+std::vector<float> random_params(const ModelConfig& c) {
+  const ParamLayout layout = build_param_layout(c);
+  std::vector<float> p(layout.total);
+  init_params(layout, p.data(), 3);
+  return p;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+TEST(HfInterop, Phi4MiniFlashNamesAreTheReleaseNames) {
+  const ModelConfig c = model_preset("phi4-mini-flash");
+  EXPECT_TRUE(hf_incompatibilities(c).empty());
+  const ParamLayout layout = build_param_layout(c);
+  std::map<std::string, std::vector<int64_t>> names;
+  for (const ParamSpec& p : layout.params) {
+    const HfTensorName hf = hf_tensor_for(p);
+    EXPECT_TRUE(names.emplace(hf.name, hf.shape).second) << "duplicate " << hf.name;
+  }
+  // Entries of the release's model.safetensors.index.json (weight_map keys).
+  for (const char* name :
+       {"model.embed_tokens.weight", "model.final_layernorm.bias", "model.final_layernorm.weight",
+        "model.layers.0.attn.A_log", "model.layers.0.attn.D", "model.layers.0.attn.conv1d.bias",
+        "model.layers.0.attn.conv1d.weight", "model.layers.0.attn.dt_proj.bias",
+        "model.layers.0.attn.dt_proj.weight", "model.layers.0.attn.in_proj.weight",
+        "model.layers.0.attn.out_proj.weight", "model.layers.0.attn.x_proj.weight",
+        "model.layers.0.input_layernorm.bias", "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.mlp.fc1.weight", "model.layers.0.mlp.fc2.weight",
+        "model.layers.1.attn.Wqkv.bias", "model.layers.1.attn.Wqkv.weight",
+        "model.layers.1.attn.inner_cross_attn.lambda_k1",
+        "model.layers.1.attn.inner_cross_attn.lambda_q2",
+        "model.layers.1.attn.inner_cross_attn.subln.weight", "model.layers.1.attn.out_proj.bias",
+        "model.layers.16.attn.A_log", "model.layers.17.attn.Wqkv.weight",
+        "model.layers.18.attn.in_proj.weight", "model.layers.18.attn.out_proj.weight",
+        "model.layers.19.attn.Wqkv.bias", "model.layers.19.attn.inner_cross_attn.subln.weight",
+        "model.layers.20.attn.in_proj.weight"})
+    EXPECT_TRUE(names.count(name)) << name;
+  // 9 Mamba layers x 9 + 16 self/cross attention layers x 9 + 7 GMUs x 2, 32 layers x 6 (two
+  // LayerNorms with bias, fc1, fc2), embedding, final LayerNorm: no lm_head (tied).
+  EXPECT_EQ(names.size(), 9u * 9 + 16 * 9 + 7 * 2 + 32 * 6 + 1 + 2);
+  EXPECT_EQ(names.count("lm_head.weight"), 0u);
+  EXPECT_EQ(names["model.layers.0.attn.conv1d.weight"], (std::vector<int64_t>{5120, 1, 4}));
+  EXPECT_EQ(names["model.layers.1.attn.Wqkv.weight"], (std::vector<int64_t>{5120, 2560}));
+  EXPECT_EQ(names["model.layers.19.attn.Wqkv.weight"], (std::vector<int64_t>{2560, 2560}));
+  EXPECT_EQ(names["model.layers.18.attn.in_proj.weight"], (std::vector<int64_t>{5120, 2560}));
+  EXPECT_EQ(names["model.layers.0.mlp.fc1.weight"], (std::vector<int64_t>{20480, 2560}));
+}
+
+TEST(HfInterop, ConfigJsonHasTheReleaseKeysAndValues) {
+  const ModelConfig c = model_preset("phi4-mini-flash");
+  const Json j = parse_json(hf_config_json(c, true), "config.json");
+  // Values of the release's config.json.
+  EXPECT_EQ(j.find("architectures")->items.at(0).as_string("a"), "Phi4FlashForCausalLM");
+  EXPECT_EQ(j.find("model_type")->as_string("m"), "phi4flash");
+  const std::pair<const char*, int64_t> ints[] = {
+      {"hidden_size", 2560},         {"intermediate_size", 10240}, {"num_hidden_layers", 32},
+      {"num_attention_heads", 40},   {"num_key_value_heads", 20},  {"sliding_window", 512},
+      {"mb_per_layer", 2},           {"vocab_size", 200064},       {"bos_token_id", 199999},
+      {"eos_token_id", 199999},      {"pad_token_id", 199999},     {"mamba_d_state", 16},
+      {"mamba_d_conv", 4},           {"mamba_expand", 2},          {"mamba_dt_rank", 160}};
+  for (const auto& [key, value] : ints) EXPECT_EQ(j.find(key)->as_int(key), value) << key;
+  EXPECT_EQ(j.find("layer_norm_eps")->as_number("eps"), 1e-5);
+  EXPECT_TRUE(j.find("tie_word_embeddings")->boolean);
+  EXPECT_EQ(j.find("hidden_act")->as_string("act"), "silu");
+  EXPECT_EQ(j.find("torch_dtype")->as_string("dtype"), "bfloat16");
+
+  // Read as the release's config (without our extra key), it is the same model.
+  Json release = j;
+  std::erase_if(release.members, [](const auto& m) { return m.first == "sambay_model_config"; });
+  const ModelConfig back = model_config_from_hf(release, "config.json");
+  EXPECT_EQ(back.name, "hf-import");
+  EXPECT_TRUE(model_config_differences(back, c).empty());
+}
+
+TEST(HfInterop, ExportThenImportIsBitExact) {
+  ScratchDir dir;
+  const ModelConfig c = small_phi4flash();
+  const std::vector<float> params = random_params(c);
+  export_hf(c, params, dir.file("hf"), false, false);
+  const SafetensorsFile st = open_safetensors(dir.file("hf/model.safetensors"));
+  EXPECT_EQ(st.metadata.at(0), (std::pair<std::string, std::string>{"format", "pt"}));
+  const HfImport back = import_hf(dir.file("hf"));
+  EXPECT_TRUE(same_bits(back.params, params));
+  EXPECT_EQ(model_config_to_text(back.model), model_config_to_text(c));  // name included
+
+  // The release's files carry no sambay_model_config: the config comes from the standard keys.
+  const std::vector<uint8_t> cfg = read_bytes(dir.file("hf/config.json"));
+  std::string text(cfg.begin(), cfg.end());
+  const size_t ours = text.find(",\n  \"sambay_model_config\"");
+  ASSERT_NE(ours, std::string::npos);
+  text = text.substr(0, ours) + "\n}\n";
+  write_bytes(dir.file("hf/config.json"), std::vector<uint8_t>(text.begin(), text.end()));
+  const HfImport plain = import_hf(dir.file("hf"));
+  EXPECT_TRUE(same_bits(plain.params, params));
+  EXPECT_TRUE(model_config_differences(plain.model, c).empty());
+}
+
+TEST(HfInterop, Bf16ExportRoundsToNearestEven) {
+  ScratchDir dir;
+  const ModelConfig c = small_phi4flash();
+  const std::vector<float> params = random_params(c);
+  export_hf(c, params, dir.file("hf"), true, false);
+  const HfImport back = import_hf(dir.file("hf"));
+  for (size_t i = 0; i < params.size(); ++i)
+    ASSERT_EQ(back.params[i], to_float(to_bf16(params[i]))) << i;
+}
+
+TEST(HfInterop, IncompatibleModelsNeedForceAndStillRoundTrip) {
+  ScratchDir dir;
+  const ModelConfig c = model_preset("tiny-sambay-da");  // E = 14 is not a multiple of d = 12
+  const std::vector<float> params = random_params(c);
+  expect_error([&] { export_hf(c, params, dir.file("hf"), false, false); },
+               {"tiny-sambay-da", "d_inner: 14 is not a multiple of d_model 12", "--force"});
+  ModelConfig pp = model_preset("tiny-transformerpp");
+  expect_error([&] { export_hf(pp, random_params(pp), dir.file("pp"), false, false); },
+               {"layers:", "differential:", "attention_bias:", "rope:", "norm:"});
+  export_hf(c, params, dir.file("hf"), false, true);
+  const HfImport back = import_hf(dir.file("hf"));
+  EXPECT_TRUE(same_bits(back.params, params));
+  EXPECT_EQ(model_config_to_text(back.model), model_config_to_text(c));
+}
+
+TEST(HfInterop, ShardedReleaseLayoutAndTiedHeadImport) {
+  ScratchDir dir;
+  const ModelConfig c = small_phi4flash();
+  const std::vector<float> params = random_params(c);
+  export_hf(c, params, dir.file("one"), false, false);
+  const SafetensorsFile whole = open_safetensors(dir.file("one/model.safetensors"));
+  // Two shards and an index, as the release ships, plus an explicit (equal) lm_head.weight.
+  std::vector<std::vector<float>> values;
+  for (const SafetensorsTensor& t : whole.tensors) {
+    values.emplace_back((t.end - t.begin) / 4);
+    whole.read_f32(t, values.back().data());
+  }
+  std::vector<SafetensorsEntry> first, second;
+  std::string map;
+  for (size_t i = 0; i < whole.tensors.size(); ++i) {
+    const SafetensorsTensor& t = whole.tensors[i];
+    const bool in_first = i < whole.tensors.size() / 2;
+    (in_first ? first : second).push_back({t.name, t.shape, values[i].data()});
+    map += fmt::format("{}\"{}\": \"model-0000{}-of-00002.safetensors\"", map.empty() ? "" : ", ",
+                       t.name, in_first ? 1 : 2);
+    if (t.name == "model.embed_tokens.weight") second.push_back({"lm_head.weight", t.shape, values[i].data()});
+  }
+  fs::create_directories(dir.file("two"));
+  fs::copy(dir.file("one/config.json"), dir.file("two/config.json"));
+  write_safetensors(dir.file("two/model-00001-of-00002.safetensors"), first, false, {{"format", "pt"}});
+  write_safetensors(dir.file("two/model-00002-of-00002.safetensors"), second, false, {{"format", "pt"}});
+  const std::string index = "{\"metadata\": {}, \"weight_map\": {" + map + "}}";
+  write_bytes(dir.file("two/model.safetensors.index.json"), std::vector<uint8_t>(index.begin(), index.end()));
+  EXPECT_TRUE(same_bits(import_hf(dir.file("two")).params, params));
+
+  // An untied head is refused.
+  std::vector<float> other = values[0];
+  for (size_t i = 0; i < whole.tensors.size(); ++i)
+    if (whole.tensors[i].name == "model.embed_tokens.weight") other = values[i];
+  other[3] += 1.0f;
+  for (SafetensorsEntry& e : second)
+    if (e.name == "lm_head.weight") e.data = other.data();
+  write_safetensors(dir.file("two/model-00002-of-00002.safetensors"), second, false, {{"format", "pt"}});
+  expect_error([&] { import_hf(dir.file("two")); }, {"lm_head.weight differs from the embedding"});
+}
+
+TEST(HfInterop, DamagedOrForeignFilesAreRefused) {
+  ScratchDir dir;
+  const ModelConfig c = small_phi4flash();
+  const std::vector<float> params = random_params(c);
+  export_hf(c, params, dir.file("hf"), false, false);
+  const std::string st = dir.file("hf/model.safetensors");
+  const std::vector<uint8_t> bytes = read_bytes(st);
+  // A flipped bit in a tensor name leaves a well-formed file with a name the model lacks.
+  const std::string name = "model.layers.3.attn.Wqkv.bias";
+  auto at = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
+  ASSERT_NE(at, bytes.end());
+  std::vector<uint8_t> renamed = bytes;
+  renamed[at - bytes.begin() + 13] ^= 0x02;  // "layers.3" -> "layers.1": a duplicate
+  write_bytes(st, renamed);
+  expect_error([&] { import_hf(dir.file("hf")); }, {"appears twice"});
+  renamed = bytes;
+  renamed[at - bytes.begin() + 20] ^= 0x20;  // "Wqkv" -> "wqkv"
+  write_bytes(st, renamed);
+  expect_error([&] { import_hf(dir.file("hf")); },
+               {"model.layers.3.attn.Wqkv.bias", "is missing"});
+  write_bytes(st, std::vector<uint8_t>(bytes.begin(), bytes.end() - 4));
+  expect_error([&] { import_hf(dir.file("hf")); }, {st, "truncated"});
+  write_bytes(st, bytes);
+
+  // A config for another model shape: every tensor is checked against it.
+  ModelConfig wider = c;
+  wider.d_ff = 28;
+  write_bytes(dir.file("hf/config.json"), [&] {
+    const std::string t = hf_config_json(wider, false);
+    return std::vector<uint8_t>(t.begin(), t.end());
+  }());
+  expect_error([&] { import_hf(dir.file("hf")); }, {"mlp.fc1.weight", "has shape [48, 16]", "[56, 16]"});
+  const std::string foreign = R"({"model_type": "llama", "hidden_size": 16})";
+  write_bytes(dir.file("hf/config.json"), std::vector<uint8_t>(foreign.begin(), foreign.end()));
+  expect_error([&] { import_hf(dir.file("hf")); }, {"config.json", "model_type is 'llama'"});
+}
+
+}  // namespace
+}  // namespace sambay
