@@ -9,6 +9,9 @@
 // The backward recomputes the states; nothing of size [B, L, E, N] is kept.
 #pragma once
 
+#include "core/bf16.h"
+#include "core/cuda_stream.h"
+
 #include <cstdint>
 
 namespace sambay {
@@ -30,5 +33,47 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
                              const T* D, const T* z, const int32_t* doc, T* dx, T* ddt,
                              T* ddt_bias, T* dA_log, T* dBc, T* dCc, T* dD, T* dz,
                              const SelectiveScanShape& s);
+
+// ---- CUDA ----
+// x, dt, z, y, out, Bc, Cc and their gradients bf16; dt_bias, A_log, D and their gradients fp32.
+// N must be 4, 8 or 16 (each thread keeps 4 states in registers, N/4 threads per channel).
+// Same semantics as the CPU op, computed in fp32; activation gradients are added in fp32 and
+// rounded once to bf16, parameter gradients are added in fp32. Results are deterministic.
+//
+// The forward walks the sequence in chunks of kSelectiveScanChunk tokens and saves the state
+// after the last token of every chunk to `checkpoint`, fp32 laid out [B, chunks, E, N] (chunk
+// outer so that a block's writes are contiguous), selective_scan_checkpoint_floats of them. The
+// backward restarts each chunk from the previous chunk's checkpoint, so it needs the checkpoint
+// of a forward on the same inputs; nothing of size [B, L, E, N] is ever stored. Pass a null
+// checkpoint to the forward when no backward follows. y may be null (not written).
+inline constexpr int64_t kSelectiveScanChunk = 32;
+inline int64_t selective_scan_checkpoint_floats(const SelectiveScanShape& s) {
+  return s.B * ((s.L + kSelectiveScanChunk - 1) / kSelectiveScanChunk) * s.E * s.N;
+}
+
+void selective_scan_forward_cuda(const bf16* x, const bf16* dt, const float* dt_bias,
+                                 const float* A_log, const bf16* Bc, const bf16* Cc,
+                                 const float* D, const bf16* z, const int32_t* doc, bf16* y,
+                                 bf16* out, float* checkpoint, const SelectiveScanShape& s,
+                                 cudaStream_t stream);
+
+// The backward sums dBc and dCc over channels in three fixed-order stages (a warp, then the
+// blocks of a thread-block cluster of kSelectiveScanClusterChannels channels through distributed
+// shared memory, then the clusters), and the per-channel parameter gradients over the batch,
+// through `workspace` (fp32, selective_scan_backward_workspace_floats of them, overwritten).
+inline constexpr int64_t kSelectiveScanClusterChannels = 256;
+inline int64_t selective_scan_backward_workspace_floats(const SelectiveScanShape& s) {
+  const int64_t clusters =
+      (s.E + kSelectiveScanClusterChannels - 1) / kSelectiveScanClusterChannels;
+  return s.B * clusters * s.L * 2 * s.N + s.B * s.E * (s.N + 2);
+}
+
+void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const bf16* x,
+                                  const bf16* dt, const float* dt_bias, const float* A_log,
+                                  const bf16* Bc, const bf16* Cc, const float* D, const bf16* z,
+                                  const int32_t* doc, const float* checkpoint, bf16* dx,
+                                  bf16* ddt, float* ddt_bias, float* dA_log, bf16* dBc, bf16* dCc,
+                                  float* dD, bf16* dz, float* workspace,
+                                  const SelectiveScanShape& s, cudaStream_t stream);
 
 }  // namespace sambay
