@@ -4,6 +4,7 @@
 #include "bench/bench.h"
 #include "core/cuda_runtime.h"
 #include "core/gpu_model.h"
+#include "core/philox.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/mup.h"
