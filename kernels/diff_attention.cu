@@ -8,6 +8,7 @@
 #include "kernels/diff_attention.h"
 
 #include "core/cuda_check.h"
+#include "kernels/cuda_errors.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -65,25 +66,24 @@ __global__ void diff_combine_kernel(const float* a1, const float* a2, const doub
 // Backward of the combination and norm, per row (x^ = o rstd, y = c w x^):
 //   g = c w dy, do = rstd (g - x^ mean(g x^)), da1 = do, da2 = -lambda do,
 //   dlambda -= <do, a2>, dw += c dy x^.
-// Warps stride over rows; dw and dlambda are summed per block in shared memory, then added to
-// the outputs with one atomic per column (dw) and per block (dlambda, in double).
+// Warps stride over rows; each lane keeps its columns' dw sums (and dlambda) in registers. The
+// block adds its warps' sums in warp order and writes one partial row [n + 1] (dw, then
+// dlambda) to `partials`; diff_combine_reduce_kernel adds the blocks' rows in block order. No
+// atomics: the gradients are the same bits on every run (recompute relies on it).
+constexpr int kMaxCombineCols = 8;  // columns per lane: n = 2h <= 256
+
 __global__ void diff_combine_backward_kernel(const bf16_t* dout, const float* a1, const float* a2,
                                              const float* rstd, const double* lambda,
                                              const float* w, float out_scale, bf16_t* da1,
-                                             bf16_t* da2, float* dw, double* dlambda,
-                                             int64_t rows, int n) {
-  extern __shared__ float sdw[];  // [n], then the block's dlambda
-  float* sdl = sdw + n;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) sdw[c] = 0.f;
-  if (threadIdx.x == 0) *sdl = 0.f;
-  __syncthreads();
-
+                                             bf16_t* da2, float* partials, int64_t rows, int n) {
+  extern __shared__ float warp_sums[];  // [warps][n + 1]
   const float lam = static_cast<float>(*lambda);
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps_per_block = blockDim.x / 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * warps_per_block;
+  float dw_acc[kMaxCombineCols] = {};
   float dl = 0.f;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-       row < rows; row += warps) {
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps_per_block + warp; row < rows;
+       row += warps) {
     const float rs = rstd[row];
     const float* x1 = a1 + row * n;
     const float* x2 = a2 + row * n;
@@ -94,22 +94,46 @@ __global__ void diff_combine_backward_kernel(const bf16_t* dout, const float* a1
       mean_gx += out_scale * w[c] * __bfloat162float(dy[c]) * xh;
     }
     mean_gx = warp_sum(mean_gx) / n;
-    for (int c = lane; c < n; c += 32) {
+#pragma unroll
+    for (int j = 0; j < kMaxCombineCols; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= n) break;
       const float xh = (x1[c] - lam * x2[c]) * rs;
       const float dyc = __bfloat162float(dy[c]);
       const float d_o = rs * (out_scale * w[c] * dyc - xh * mean_gx);
       da1[row * n + c] = __float2bfloat16_rn(d_o);
       da2[row * n + c] = __float2bfloat16_rn(-lam * d_o);
       dl -= d_o * x2[c];
-      if (dw) atomicAdd(&sdw[c], out_scale * dyc * xh);
+      dw_acc[j] += out_scale * dyc * xh;
     }
   }
+  float* mine = warp_sums + warp * (n + 1);
+#pragma unroll
+  for (int j = 0; j < kMaxCombineCols; ++j)
+    if (lane + 32 * j < n) mine[lane + 32 * j] = dw_acc[j];
   dl = warp_sum(dl);
-  if (lane == 0) atomicAdd(sdl, dl);
+  if (lane == 0) mine[n] = dl;
   __syncthreads();
-  if (dw)
-    for (int c = threadIdx.x; c < n; c += blockDim.x) atomicAdd(&dw[c], sdw[c]);
-  if (threadIdx.x == 0) atomicAdd(dlambda, static_cast<double>(*sdl));
+  for (int c = threadIdx.x; c <= n; c += blockDim.x) {
+    float sum = 0.f;
+    for (int v = 0; v < warps_per_block; ++v) sum += warp_sums[v * (n + 1) + c];
+    partials[static_cast<int64_t>(blockIdx.x) * (n + 1) + c] = sum;
+  }
+}
+
+// Adds the blocks' partial rows in block order: dw (if not null) += columns [0, n), and
+// *dlambda = column n (in double).
+__global__ void diff_combine_reduce_kernel(const float* partials, int blocks, int n, float* dw,
+                                           double* dlambda) {
+  for (int c = threadIdx.x; c <= n; c += blockDim.x) {
+    double sum = 0;
+    for (int b = 0; b < blocks; ++b) sum += partials[static_cast<int64_t>(b) * (n + 1) + c];
+    if (c < n) {
+      if (dw) dw[c] += static_cast<float>(sum);
+    } else {
+      *dlambda = sum;
+    }
+  }
 }
 
 // d lambda / d lq1 = e1 lk1, / d lk1 = e1 lq1, / d lq2 = -e2 lk2, / d lk2 = -e2 lq2 with
@@ -181,25 +205,34 @@ void diff_attention_backward_cuda(const bf16* dout, const bf16* q, const bf16* k
   const int h = static_cast<int>(s.h), n = 2 * h;
   const int64_t rows = sizes.rstd;
 
-  // Workspace: dlambda (one double), then da1 and da2 [rows, 2h] bf16.
-  void* ws = nullptr;
-  const size_t map_bytes = (sizeof(bf16) * static_cast<size_t>(rows) * n + 255) / 256 * 256;
-  SAMBAY_CUDA_CHECK(cudaMallocAsync(&ws, 16 + 2 * map_bytes, stream));
-  double* dlambda = static_cast<double*>(ws);
-  bf16* da1 = reinterpret_cast<bf16*>(static_cast<char*>(ws) + 16);
-  bf16* da2 = reinterpret_cast<bf16*>(static_cast<char*>(ws) + 16 + map_bytes);
-  SAMBAY_CUDA_CHECK(cudaMemsetAsync(dlambda, 0, sizeof(double), stream));
-
+  SAMBAY_CUDA_ARG_CHECK(n <= 32 * kMaxCombineCols,
+                        "differential attention: head dim h must be <= 128");
   int device = 0, sms = 0;
   SAMBAY_CUDA_CHECK(cudaGetDevice(&device));
   SAMBAY_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const unsigned blocks =
-      static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 4 * sms)));
-  diff_combine_backward_kernel<<<blocks, 256, sizeof(float) * (n + 1), stream>>>(
+  const int blocks =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 4 * sms)));
+
+  // Workspace: dlambda (one double), the blocks' partial sums [blocks, n + 1] fp32, then da1
+  // and da2 [rows, 2h] bf16.
+  void* ws = nullptr;
+  const size_t partial_bytes = (sizeof(float) * static_cast<size_t>(blocks) * (n + 1) + 255) / 256 * 256;
+  const size_t map_bytes = (sizeof(bf16) * static_cast<size_t>(rows) * n + 255) / 256 * 256;
+  SAMBAY_CUDA_CHECK(cudaMallocAsync(&ws, 256 + partial_bytes + 2 * map_bytes, stream));
+  double* dlambda = static_cast<double*>(ws);
+  float* partials = reinterpret_cast<float*>(static_cast<char*>(ws) + 256);
+  bf16* da1 = reinterpret_cast<bf16*>(static_cast<char*>(ws) + 256 + partial_bytes);
+  bf16* da2 = reinterpret_cast<bf16*>(static_cast<char*>(ws) + 256 + partial_bytes + map_bytes);
+
+  const int threads = 256;
+  diff_combine_backward_kernel<<<blocks, threads, sizeof(float) * (threads / 32) * (n + 1),
+                                 stream>>>(
       reinterpret_cast<const bf16_t*>(dout), static_cast<const float*>(saved.a1),
       static_cast<const float*>(saved.a2), static_cast<const float*>(saved.rstd), saved.lambda,
       norm_weight, 1.f - lambda_init, reinterpret_cast<bf16_t*>(da1),
-      reinterpret_cast<bf16_t*>(da2), dnorm_weight, dlambda, rows, n);
+      reinterpret_cast<bf16_t*>(da2), partials, rows, n);
+  SAMBAY_CUDA_CHECK_LAUNCH();
+  diff_combine_reduce_kernel<<<1, 256, 0, stream>>>(partials, blocks, n, dnorm_weight, dlambda);
   SAMBAY_CUDA_CHECK_LAUNCH();
   if (lambda_grads) {
     diff_lambda_backward_kernel<<<1, 32, 0, stream>>>(lq1, lk1, lq2, lk2, h, dlambda, dlq1, dlk1,

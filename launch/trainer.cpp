@@ -14,6 +14,9 @@
 #include "optim/schedule.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
+#if SAMBAY_HAVE_CUDA
+#include "launch/gpu_engine.h"
+#endif
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -24,6 +27,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 namespace sambay {
 
@@ -134,15 +138,21 @@ int run_training(const TrainConfig& cfg) {
   const int threads = omp_get_max_threads();
   install_preemption_handlers();
 
-  // Device. The CUDA training path is the CUDA backend issue's; until it exists a GPU run is
-  // refused when asked for and reported when found, never silently replaced.
-  const bool gpu_present = cuda_device_count() > 0;
-  if (cfg.device == "cuda")
-    fail("option --device cuda: the CUDA training path is not built into this sambay yet; use "
-         "--device cpu");
-  std::string device_line = "cpu";
-  if (cfg.device == "auto" && gpu_present)
-    device_line = "cpu (a GPU is present, but this sambay trains on the CPU only so far)";
+  // Device: auto takes the GPU when this build has CUDA and the machine a GPU; asking for cuda
+  // where either is missing is an error, never a silent CPU run.
+  const bool use_gpu = cfg.device == "cuda" || (cfg.device == "auto" && cuda_device_count() > 0);
+  if (use_gpu) {
+    if (!built_with_cuda())
+      fail("option --device cuda: this sambay was built without CUDA (SAMBAY_CUDA=OFF or no "
+           "nvcc at configure time)");
+    if (cuda_device_count() == 0) fail("option --device cuda: no CUDA device is visible");
+    if (grid.world_size > 1)
+      fail("{} ranks with --device cuda: multi-GPU training is not wired into the trainer yet; "
+           "run one rank per job, or --device cpu for data parallelism over MPI",
+           grid.world_size);
+    cuda_set_device(grid.local_rank);
+  }
+  const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
 
   namespace fs = std::filesystem;
   Metrics metrics;
@@ -195,7 +205,34 @@ int run_training(const TrainConfig& cfg) {
     metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
                               json_quote(c->dir)));
   }
-  Activations<float> acts = plan_activations(model, B, L, cfg.recompute);
+  // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
+  // activations live where the model runs.
+  Activations<float> acts;
+#if SAMBAY_HAVE_CUDA
+  std::optional<GpuEngine> gpu;
+  if (use_gpu) {
+    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, L, cfg.recompute,
+                                cfg.doc_masking));
+    if (start_step > 0) gpu_upload_state(*gpu, model.params, m_full, v_full);
+  }
+#else
+  struct NoGpu {};
+  std::optional<NoGpu> gpu;
+#endif
+  if (!gpu) acts = plan_activations(model, B, L, cfg.recompute);
+  // One micro-batch through the model where it lives (backward too when grad_scale > 0).
+  auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale) {
+    const int32_t* doc = cfg.doc_masking ? mb.doc.data() : nullptr;
+#if SAMBAY_HAVE_CUDA
+    if (gpu)
+      return gpu_forward_backward(*gpu, mb.tokens.data(), mb.targets.data(), mb.doc.data(),
+                                  grad_scale > 0, grad_scale);
+#endif
+    ForwardResult r = model_forward(model, acts, mb.tokens.data(), mb.targets.data(), doc);
+    if (grad_scale > 0)
+      model_backward(model, acts, mb.tokens.data(), mb.targets.data(), doc, grad_scale);
+    return r;
+  };
 
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
                        cfg.decay_fraction};
@@ -203,7 +240,10 @@ int run_training(const TrainConfig& cfg) {
   const double flops_per_token = training_flops_per_token(mc, L);
   // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
   const double state_bytes = 4.0 * (2 * model.params.size() + 3 * opt.layout.shard_size);
-  const double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
+  double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
+#if SAMBAY_HAVE_CUDA
+  if (gpu) mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+#endif
 
   if (lead) {
     fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
@@ -227,8 +267,7 @@ int run_training(const TrainConfig& cfg) {
     MicroBatch mb;
     for (int64_t i = grid.coords.dp; i < cfg.eval_batches; i += grid.shape.dp) {
       fill(sampler, Split::valid, i * B, B, L, mb);
-      ForwardResult r = model_forward(model, acts, mb.tokens.data(), mb.targets.data(),
-                                      cfg.doc_masking ? mb.doc.data() : nullptr);
+      ForwardResult r = run_micro_batch(mb, 0.0f);
       sum += r.loss_sum;
       count += r.valid_rows;
     }
@@ -239,7 +278,12 @@ int run_training(const TrainConfig& cfg) {
 
   int64_t last_saved = start_step > 0 ? start_step : -1;
   auto save = [&](int64_t step, double lr) {
-    gather_moments(opt, m_full, v_full);  // every rank takes part
+#if SAMBAY_HAVE_CUDA
+    if (gpu)
+      gpu_download_state(*gpu, model.params, m_full, v_full);
+    else
+#endif
+      gather_moments(opt, m_full, v_full);  // every rank takes part
     last_saved = step;
     if (!lead) return;
     const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
@@ -284,17 +328,21 @@ int run_training(const TrainConfig& cfg) {
     }
     valid = int64_t(all_reduce_scalar(dp, double(valid)));
     SAMBAY_CHECK(valid > 0, "step {}: no valid targets in the batch", step);
-    std::fill(model.grads.begin(), model.grads.end(), 0.0f);
+#if SAMBAY_HAVE_CUDA
+    if (gpu) gpu_zero_grads(*gpu);
+#endif
+    if (!gpu) std::fill(model.grads.begin(), model.grads.end(), 0.0f);
     double loss_sum = 0;
-    for (MicroBatch& mb : micro) {
-      const int32_t* doc = cfg.doc_masking ? mb.doc.data() : nullptr;
-      ForwardResult r = model_forward(model, acts, mb.tokens.data(), mb.targets.data(), doc);
-      loss_sum += r.loss_sum;
-      model_backward(model, acts, mb.tokens.data(), mb.targets.data(), doc, 1.0f / valid);
-    }
+    for (const MicroBatch& mb : micro) loss_sum += run_micro_batch(mb, 1.0f / valid).loss_sum;
     const double loss = all_reduce_scalar(dp, loss_sum) / valid;
-    reduce_gradients(opt, model.grads.data());
-    const double norm = sharded_grad_norm(opt);
+    double norm = 0;
+#if SAMBAY_HAVE_CUDA
+    if (gpu) norm = gpu_grad_norm(*gpu);
+#endif
+    if (!gpu) {
+      reduce_gradients(opt, model.grads.data());
+      norm = sharded_grad_norm(opt);
+    }
     if (!std::isfinite(loss) || !std::isfinite(norm))
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
            std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss);
@@ -302,8 +350,11 @@ int run_training(const TrainConfig& cfg) {
     // The schedule is evaluated at the update's 1-based number: the first update gets
     // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
     lr = cfg.lr * lr_multiplier(sched, step + 1);
-    sharded_adamw_step(opt, model.params.data(), coef,
-                       {lr, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay}, step + 1);
+    const AdamWHyper hyper{lr, cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay};
+#if SAMBAY_HAVE_CUDA
+    if (gpu) gpu_adamw_step(*gpu, coef, hyper, step + 1);
+#endif
+    if (!gpu) sharded_adamw_step(opt, model.params.data(), coef, hyper, step + 1);
     consumed_samples += global_batch;
     const double dt = seconds_since(t0);
     step_seconds_avg = step == start_step ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
