@@ -2,13 +2,14 @@
 """PNG plots of scaling experiments, from the CSV files sambay_sweep writes.
 
 usage: tools/scaling_plots.py --out DIR [--results results.csv] [--fit fit.ini]
-                              [--perf perf.csv [--perf-label TEXT]]
+                              [--perf perf.csv --perf-label TEXT]...
 
   --results  `sambay_sweep collect` output. Runs of a scaling study (kind strong or weak) give
              throughput.png and efficiency.png (one line per layout); runs of a depth sweep give
              loss_vs_compute.png (with --fit: the fitted L(C) = A C^-alpha + E drawn through).
-  --perf     `sambay_sweep perf --out` predictions, drawn as dashed lines in throughput.png and
-             efficiency.png (and alone when there are no measured runs), one per TP degree.
+  --perf     `sambay_sweep perf --out` predictions (repeatable, each with its --perf-label),
+             drawn as dashed lines in throughput.png and efficiency.png (alone when there are
+             no measured runs), one per TP degree.
 Efficiency: measured runs against the smallest run of the same layout; predictions against one
 GPU (with the same replica batch, or with the whole global batch in a strong-scaling prediction).
 Runs Debian's python3 (matplotlib from python3-matplotlib, installed by scripts/setup.sh).
@@ -77,7 +78,7 @@ def predicted_series(rows):
     return {k: sorted(v) for k, v in series.items()}
 
 
-def plot_scaling(measured, predicted, perf_label, out):
+def plot_scaling(measured, predicted, out):
     fig_t, ax_t = plt.subplots(figsize=(7, 4.5))
     fig_e, ax_e = plt.subplots(figsize=(7, 4.5))
     for layout, points in measured.items():
@@ -87,10 +88,11 @@ def plot_scaling(measured, predicted, perf_label, out):
         eff = [(t / g) / (base_t / base_g) for g, t in points]
         ax_t.plot(gpus, tps, "o-", label=f"measured, {layout}")
         ax_e.plot(gpus, eff, "o-", label=f"measured, {layout}")
-    for tp, points in predicted.items():
-        gpus = [p[0] for p in points]
-        ax_t.plot(gpus, [p[1] for p in points], "--", label=f"{perf_label}, TP {tp}")
-        ax_e.plot(gpus, [p[2] for p in points], "--", label=f"{perf_label}, TP {tp}")
+    for label, series in predicted.items():
+        for tp, points in series.items():
+            gpus = [p[0] for p in points]
+            ax_t.plot(gpus, [p[1] for p in points], "--", label=f"{label}, TP {tp}")
+            ax_e.plot(gpus, [p[2] for p in points], "--", label=f"{label}, TP {tp}")
     gpu_axis(ax_t, "Throughput", "tokens/s")
     ax_t.set_yscale("log")
     gpu_axis(ax_e, "Scaling efficiency", "tokens/s per GPU relative to the baseline")
@@ -143,17 +145,18 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--results")
     parser.add_argument("--fit")
-    parser.add_argument("--perf")
-    parser.add_argument("--perf-label", default="predicted")
+    parser.add_argument("--perf", action="append", default=[])
+    parser.add_argument("--perf-label", action="append", default=[])
     args = parser.parse_args()
     if not args.results and not args.perf:
         sys.exit("scaling_plots: nothing to plot: give --results and/or --perf")
     os.makedirs(args.out, exist_ok=True)
     rows = read_csv(args.results) if args.results else []
     measured = measured_series(rows)
-    predicted = predicted_series(read_csv(args.perf)) if args.perf else {}
+    labels = args.perf_label + [f"predicted {i + 1}" for i in range(len(args.perf))]
+    predicted = {labels[i]: predicted_series(read_csv(p)) for i, p in enumerate(args.perf)}
     if measured or predicted:
-        plot_scaling(measured, predicted, args.perf_label, args.out)
+        plot_scaling(measured, predicted, args.out)
     plot_loss_vs_compute(rows, read_fit(args.fit) if args.fit else None, args.out)
 
 

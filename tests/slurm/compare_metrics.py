@@ -8,7 +8,8 @@ token count, or a validation loss), the resumed run must hold a record of the sa
 kind whose values are the same numbers, compared as the exact text the trainer printed (the
 shortest round-trip form of a double, so equal text means equal bits). Timing fields differ
 between runs and are ignored. A resumed run may log a step twice (once before the interruption,
-once after); the last record counts. Exits 1 with the differences listed.
+once after); the last record counts. Records only the resumed run has (a validation right after
+resuming, say) are listed but allowed. Exits 1 with the differences listed.
 """
 import json
 import sys
@@ -48,7 +49,7 @@ def main():
         elif ref[key] != got[key]:
             problems.append(f"step {key[0]} ({key[1]}): {ref[key]} != {got[key]}")
     for key in sorted(set(got) - set(ref)):
-        problems.append(f"step {key[0]} ({key[1]}): only in the resumed run")
+        print(f"note: step {key[0]} ({key[1]}) is only in the resumed run: {got[key]}")
     last = max(k for k in ref if k[1] == "train")
     if problems:
         print("\n".join(problems[:20]))

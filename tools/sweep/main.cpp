@@ -197,12 +197,20 @@ struct Input {
 
 int cmd_perf(int argc, const char* const* argv) {
   std::string inputs_path, out;
+  std::vector<std::string> overrides;
   po::options_description o("sambay_sweep perf");
   o.add_options()("inputs", po::value(&inputs_path)->required(), "INI with [model], [profile], [cluster], [parallel] (positional)")
+      ("set", po::value(&overrides), "section.key=value overriding the file (repeatable), e.g. a measured profile.seconds_per_token")
       ("out", po::value(&out), "write the predictions as CSV here");
   po::variables_map vm;
-  if (!parse(argc, argv, o, vm, "usage: sambay_sweep perf INPUTS.ini [--out FILE]", "inputs")) return 0;
-  const Ini in = read_ini(inputs_path);
+  if (!parse(argc, argv, o, vm, "usage: sambay_sweep perf INPUTS.ini [--set section.key=value] [--out FILE]", "inputs"))
+    return 0;
+  Ini in = read_ini(inputs_path);
+  for (const std::string& kv : overrides) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--set '{}' is not section.key=value", kv);
+    in.entries.push_back({kv.substr(0, eq), kv.substr(eq + 1), 0});
+  }
 
   const ModelConfig mc = model_preset(in.get("model.preset", "phi4-mini-flash"));
   const int64_t L = in.get_int("model.seq_len", 4096);
