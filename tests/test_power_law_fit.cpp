@@ -83,6 +83,36 @@ TEST(PowerLawFit, PurePowerLawGivesZeroIrreducibleLoss) {
   EXPECT_NEAR(f.alpha, 0.2, 1e-7);
 }
 
+TEST(PowerLawFit, KeepsTheIrreducibleLossNonNegativeUnlessFreed) {
+  const std::vector<double> C = log_spaced(1e12, 1e16, 9);
+  std::vector<double> L;
+  for (double c : C) L.push_back(200 * std::pow(c, -0.2) - 0.5);
+  const PowerLawFit bounded = fit_power_law(C, L);
+  EXPECT_EQ(bounded.E, 0);
+  EXPECT_TRUE(bounded.E_at_zero);
+  EXPECT_GT(bounded.rms_residual, 1e-6);  // E = -0.5 is out of reach
+  PowerLawFitOptions free;
+  free.nonnegative_E = false;
+  const PowerLawFit f = fit_power_law(C, L, free);
+  EXPECT_FALSE(f.E_at_zero);
+  EXPECT_NEAR(f.E, -0.5, 1e-6);
+  EXPECT_NEAR(f.alpha, 0.2, 1e-6);
+}
+
+// A loss falling linearly in log C has no saturating law: alpha runs to the end of the range
+// (E to minus infinity), and the fit says so instead of reporting a number as if determined.
+TEST(PowerLawFit, FlagsAnAlphaAtTheEndOfTheSearchedRange) {
+  const std::vector<double> C = log_spaced(1e10, 1e14, 8);
+  std::vector<double> L;
+  for (double c : C) L.push_back(5 - 0.1 * std::log(c));
+  PowerLawFitOptions free;
+  free.nonnegative_E = false;
+  EXPECT_TRUE(fit_power_law(C, L, free).alpha_at_range_edge);
+  std::vector<double> law;
+  for (double c : C) law.push_back(35 * std::pow(c, -0.15) + 1.9);
+  EXPECT_FALSE(fit_power_law(C, law, free).alpha_at_range_edge);
+}
+
 TEST(PowerLawFit, RejectsTooFewOrInvalidPoints) {
   EXPECT_THROW(fit_power_law({1, 2}, {3, 2}), Error);
   EXPECT_THROW(fit_power_law({1, 1, 1, 2}, {3, 3, 3, 2}), Error);  // two distinct C only

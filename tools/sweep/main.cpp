@@ -159,10 +159,12 @@ int cmd_collect(int argc, const char* const* argv) {
 
 int cmd_fit(int argc, const char* const* argv) {
   std::string csv, x_col, y_col, out;
+  bool free_e = false;
   po::options_description o("sambay_sweep fit");
   o.add_options()("results", po::value(&csv)->required(), "CSV from collect (positional)")
       ("x", po::value(&x_col)->default_value("flops"), "compute column")
       ("y", po::value(&y_col)->default_value("final_valid_loss"), "loss column")
+      ("free-E", po::bool_switch(&free_e), "let E go below zero (default: E >= 0)")
       ("out", po::value(&out), "write the fit as INI here (for tools/scaling_plots.py)");
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep fit RESULTS.csv [--y COLUMN]", "results")) return 0;
@@ -175,16 +177,22 @@ int cmd_fit(int argc, const char* const* argv) {
     C.push_back(std::stod(cols[x_col][i]));
     L.push_back(std::stod(cols[y_col][i]));
   }
-  const PowerLawFit f = fit_power_law(C, L);
+  PowerLawFitOptions options;
+  options.nonnegative_E = !free_e;
+  const PowerLawFit f = fit_power_law(C, L, options);
   fmt::print("L(C) = {:.6g} * C^(-{:.6g}) + {:.6g}   ({} finished runs, rms residual {:.3g}, R^2 {:.6f})\n",
              f.A, f.alpha, f.E, f.points, f.rms_residual, f.r_squared);
-  if (f.E < 0) fmt::print("note: E < 0: these runs do not constrain the irreducible loss yet\n");
+  if (f.E_at_zero)
+    fmt::print("note: E = 0 is the bound of the fit (E >= 0): these runs show no irreducible loss yet\n");
+  if (f.alpha_at_range_edge)
+    fmt::print("warning: alpha = {} is an end of the searched range: the data do not determine it\n", f.alpha);
   if (!out.empty()) {
     std::ofstream file(out);
     file << fmt::format("# L(C) = A * C^(-alpha) + E fitted to {} ({} vs {})\nA = {}\nalpha = {}\nE = {}\n"
-                        "points = {}\nrms_residual = {}\nr_squared = {}\nx = {}\ny = {}\n",
+                        "points = {}\nrms_residual = {}\nr_squared = {}\nE_at_zero = {}\nalpha_at_range_edge = {}\n"
+                        "x = {}\ny = {}\n",
                         csv, y_col, x_col, f.A, f.alpha, f.E, f.points, f.rms_residual,
-                        f.r_squared, x_col, y_col);
+                        f.r_squared, f.E_at_zero, f.alpha_at_range_edge, x_col, y_col);
   }
   return 0;
 }

@@ -11,9 +11,10 @@ namespace sambay::sweep {
 namespace {
 
 // Best A' and E for fixed alpha: linear least squares of L on x = c^(-alpha) and a constant
-// (centered sums, which stay accurate when x barely varies). Returns the residual sum.
+// (centered sums, which stay accurate when x barely varies); with E >= 0 required and the free
+// optimum below zero, the line through the origin instead. Returns the residual sum.
 double solve_linear(const std::vector<double>& logc, const std::vector<double>& L, double alpha,
-                    double& a, double& e) {
+                    bool nonnegative_e, double& a, double& e) {
   const size_t n = L.size();
   std::vector<double> x(n);
   double mx = 0, ml = 0;
@@ -30,6 +31,12 @@ double solve_linear(const std::vector<double>& logc, const std::vector<double>& 
   }
   a = sxx > 0 ? sxl / sxx : 0;
   e = ml - a * mx;
+  if (nonnegative_e && e < 0) {
+    double xx = 0, xl = 0;
+    for (size_t i = 0; i < n; ++i) xx += x[i] * x[i], xl += x[i] * L[i];
+    a = xl / xx;
+    e = 0;
+  }
   double ss = 0;
   for (size_t i = 0; i < n; ++i) {
     const double r = L[i] - (a * x[i] + e);
@@ -60,7 +67,7 @@ PowerLawFit fit_power_law(const std::vector<double>& C, const std::vector<double
   for (size_t i = 0; i < C.size(); ++i) logc[i] = std::log(C[i]) - mean_log;
 
   double a = 0, e = 0;
-  auto residual = [&](double alpha) { return solve_linear(logc, L, alpha, a, e); };
+  auto residual = [&](double alpha) { return solve_linear(logc, L, alpha, opt.nonnegative_E, a, e); };
   // Scan alpha log-uniformly, then refine between the best point's neighbours.
   const double l0 = std::log(opt.alpha_min), l1 = std::log(opt.alpha_max);
   const int n = opt.scan_points;
@@ -88,6 +95,8 @@ PowerLawFit fit_power_law(const std::vector<double>& C, const std::vector<double
   // Undo the normalisation: A' c^(-alpha) with c = C / exp(mean_log).
   fit.A = a * std::exp(fit.alpha * mean_log);
   fit.E = e;
+  fit.E_at_zero = opt.nonnegative_E && e == 0;
+  fit.alpha_at_range_edge = best == 0 || best == n - 1;
   fit.points = static_cast<int>(L.size());
   fit.rms_residual = std::sqrt(ss / L.size());
   double ml = 0, tot = 0;
