@@ -35,6 +35,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr double kH100PeakFlops = 989.4e12;  // dense bf16, SXM datasheet: the MFU denominator
+
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -363,10 +365,14 @@ int run_training(const TrainConfig& cfg) {
     if (lead && ((step + 1) % cfg.log_every == 0 || last || step == start_step)) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | "
-                 "{:.1f} GFLOP/s | {:.0f} ms | mem {:.0f} MiB | ETA {}\n",
-                 step + 1, cfg.steps, loss, lr, norm, tok_s, flops_per_token * tok_s / 1e9,
-                 dt * 1e3, mem_mib, format_duration(eta));
+      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU.
+      const double flops_s = flops_per_token * tok_s;
+      const std::string rate = gpu ? fmt::format("MFU {:.1f}%", 100 * flops_s / kH100PeakFlops)
+                                   : fmt::format("{:.1f} GFLOP/s", flops_s / 1e9);
+      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
+                 "{:.0f} ms | mem {:.0f} MiB | ETA {}\n",
+                 step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
+                 format_duration(eta));
       std::fflush(stdout);
       metrics.write(fmt::format(
           R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"step_ms":{},"elapsed_s":{}}})",

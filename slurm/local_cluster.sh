@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster on this machine, for the Slurm tests and for trying the batch scripts.
+#
+#   slurm/local_cluster.sh start    install slurm-wlm + munge if missing, write the config, start
+#                                   munged, slurmctld and slurmd, wait until the node is idle
+#   slurm/local_cluster.sh status   the daemons this script started, and sinfo
+#   slurm/local_cluster.sh stop     scontrol shutdown, then end exactly the pids that start recorded
+#   slurm/local_cluster.sh env      prints `export SLURM_CONF=...` (eval it to use sbatch, srun...)
+#
+# Everything lives in $SAMBAY_SLURM_DIR (default /tmp/sambay-slurm): slurm.conf, the daemons'
+# logs, their state and spool directories, and pids/<daemon>.pid. The system's /etc/slurm is not
+# touched: the clients find the config through SLURM_CONF, which sbatch passes on to the jobs.
+# munged uses the default socket that Slurm's auth/munge plugin expects; a munged that is
+# already running there is used and left alone. Needs root (packages, daemons, job users).
+set -euo pipefail
+
+state=${SAMBAY_SLURM_DIR:-/tmp/sambay-slurm}
+ctld_port=${SAMBAY_SLURMCTLD_PORT:-6817}
+slurmd_port=${SAMBAY_SLURMD_PORT:-6818}
+cpus=${SAMBAY_SLURM_CPUS:-2}
+conf=$state/slurm.conf
+munge_socket=/run/munge/munge.socket.2
+export SLURM_CONF=$conf
+
+die() { echo "local_cluster: $*" >&2; exit 1; }
+log() { echo "local_cluster: $*"; }
+
+# The last lines of a daemon's log, for error messages that say why.
+log_tail() { [ -f "$state/log/$1.log" ] && tail -n 15 "$state/log/$1.log" | sed "s/^/  $1: /" >&2 || true; }
+
+install_packages() {
+  local missing=()
+  for p in slurm-wlm munge; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  [ "$(id -u)" -eq 0 ] || die "Slurm packages missing (${missing[*]}) and not root to install them"
+  log "installing ${missing[*]}"
+  # Debian's policy-rc.d or the missing init system stops the packages' own service starts;
+  # this script starts the daemons itself.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >/dev/null
+}
+
+write_config() {
+  mkdir -p "$state"/{log,pids,ctld,slurmd}
+  # Settings from shared/formats.md: linuxproc process tracking and no task plugin need no
+  # cgroups; config_overrides lets the node claim `cpus` CPUs whatever the machine has; no
+  # accounting database; requeue allowed by default.
+  cat >"$conf" <<EOF
+# Written by slurm/local_cluster.sh: a one-node test cluster.
+ClusterName=sambay-local
+SlurmctldHost=localhost
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120 s); short
+# here so that the requeue tests take seconds, not minutes.
+AuthInfo=cred_expire=10
+StateSaveLocation=$state/ctld
+SlurmdSpoolDir=$state/slurmd
+SlurmctldPidFile=$state/ctld/slurmctld.pid
+SlurmdPidFile=$state/slurmd/slurmd.pid
+SlurmctldLogFile=$state/log/slurmctld.log
+SlurmdLogFile=$state/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SlurmdParameters=config_overrides
+MpiDefault=none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+JobRequeue=1
+ReturnToService=2
+KillWait=10
+# Schedule every 2 s instead of every minute: a requeued job starts as soon as it is eligible.
+SchedulerParameters=sched_interval=2,bf_interval=2
+MailProg=/bin/true
+MinJobAge=600
+NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+  # Only read when a cgroup plugin is loaded (none is here); pinned to v1 so that a site that
+  # switches plugins on a cgroup-v2-only host gets the known-working setting (formats.md).
+  printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n' >"$state/cgroup.conf"
+}
+
+# Pid recorded for a daemon if that process is still alive and is that daemon.
+live_pid() {
+  local f=$state/pids/$1.pid pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
+}
+
+# Starts a daemon in the foreground mode of its own session, so that this script can return
+# while it keeps running, and records the pid of that very process ($! is the daemon itself:
+# setsid and setpriv exec without forking here).
+spawn() {
+  local name=$1
+  shift
+  setsid "$@" </dev/null >>"$state/log/$name.stdout" 2>&1 &
+  echo $! >"$state/pids/$name.pid"
+}
+
+port_in_use() { ss -ltn "( sport = :$1 )" 2>/dev/null | grep -q LISTEN; }
+
+wait_for() {  # seconds, description, command...
+  local seconds=$1 what=$2
+  shift 2
+  for ((i = 0; i < seconds * 4; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.25
+  done
+  echo "local_cluster: timed out after ${seconds}s waiting for $what" >&2
+  return 1
+}
+
+start_munged() {
+  if [ -S "$munge_socket" ] && munge -n </dev/null | unmunge >/dev/null 2>&1; then
+    if live_pid munged >/dev/null; then log "munged already running (ours)"; else
+      log "munged already running (not started here, left alone)"; rm -f "$state/pids/munged.pid"; fi
+    return 0
+  fi
+  id munge >/dev/null 2>&1 || die "user munge does not exist (is the munge package installed?)"
+  install -d -o munge -g munge -m 0755 /run/munge
+  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+  [ -f /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing (reinstall munge)"
+  rm -f "$munge_socket"  # a stale socket from a killed munged would make it refuse to start
+  spawn munged setpriv --reuid=munge --regid=munge --init-groups \
+    /usr/sbin/munged --foreground --log-file=/var/log/munge/munged.log
+  wait_for 10 "munged to answer" bash -c 'munge -n </dev/null | unmunge' || {
+    tail -n 15 /var/log/munge/munged.log >&2 2>/dev/null; cat "$state/log/munged.stdout" >&2
+    die "munged did not start"; }
+}
+
+node_idle() { [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" = idle ]; }
+
+start() {
+  install_packages
+  if live_pid slurmctld >/dev/null || live_pid slurmd >/dev/null; then
+    node_idle && { log "already running"; return 0; }
+    die "a previous start is half up; run '$0 stop' first"
+  fi
+  for p in "$ctld_port" "$slurmd_port"; do
+    port_in_use "$p" && die "port $p is taken (another Slurm?); set SAMBAY_SLURMCTLD_PORT/SAMBAY_SLURMD_PORT"
+  done
+  write_config
+  start_munged
+  # -i: ignore state saved by an earlier run of this cluster (jobs of a previous test).
+  spawn slurmctld /usr/sbin/slurmctld -D -i -f "$conf"
+  wait_for 20 "slurmctld to answer" scontrol ping || { log_tail slurmctld; cat "$state/log/slurmctld.stdout" >&2
+    die "slurmctld did not start (log: $state/log/slurmctld.log)"; }
+  spawn slurmd /usr/sbin/slurmd -D -f "$conf" -N localhost
+  wait_for 30 "the node to become idle" node_idle || { log_tail slurmd; log_tail slurmctld
+    sinfo -N -l >&2 || true; die "the node did not come up idle (logs: $state/log/)"; }
+  log "up: $(sinfo -h -o '%P %D node(s) %c CPUs %t') (SLURM_CONF=$conf)"
+}
+
+stop() {
+  local pids=() name pid
+  for name in slurmd slurmctld munged; do
+    pid=$(live_pid "$name") && pids+=("$pid")
+  done
+  # A clean shutdown first (slurmctld saves state, slurmd exits), then the recorded pids.
+  if live_pid slurmctld >/dev/null; then scontrol shutdown >/dev/null 2>&1 || true; fi
+  for name in slurmd slurmctld munged; do
+    pid=$(live_pid "$name") || { rm -f "$state/pids/$name.pid"; continue; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    if kill -0 "$pid" 2>/dev/null; then log "$name ($pid) ignored TERM, killing"; kill -KILL "$pid" || true; fi
+    rm -f "$state/pids/$name.pid"
+  done
+  log "stopped${pids[*]:+ (pids ${pids[*]})}"
+}
+
+status() {
+  local name pid up=0
+  for name in munged slurmctld slurmd; do
+    if pid=$(live_pid "$name"); then echo "$name: running, pid $pid"; up=1; else echo "$name: not running (from here)"; fi
+  done
+  [ "$up" -eq 1 ] && sinfo -N -o '%N %P %t %c' 2>/dev/null || true
+}
+
+case ${1:-} in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  env) echo "export SLURM_CONF=$conf" ;;
+  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+esac

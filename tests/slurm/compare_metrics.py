@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Checks that a resumed run's metrics.jsonl equals an uninterrupted run's, bit for bit.
+
+usage: compare_metrics.py REFERENCE.jsonl RESUMED.jsonl
+
+For every record of the reference (a training step's loss, learning rate, gradient norm and
+token count, or a validation loss), the resumed run must hold a record of the same step and
+kind whose values are the same numbers, compared as the exact text the trainer printed (the
+shortest round-trip form of a double, so equal text means equal bits). Timing fields differ
+between runs and are ignored. A resumed run may log a step twice (once before the interruption,
+once after); the last record counts. Records only the resumed run has (a validation right after
+resuming, say) are listed but allowed. Exits 1 with the differences listed.
+"""
+import json
+import sys
+
+COMPARED = ("loss", "lr", "grad_norm", "tokens", "valid_loss")
+
+
+def records(path):
+    """{(step, kind): {field: text}} with the raw number text of each compared field."""
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            # Keep the numbers' text: parse_float/parse_int receive it unconverted.
+            try:
+                rec = json.loads(line, parse_float=str, parse_int=str)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{n}: not a JSON record ({e}): {line.strip()[:80]}")
+            if "step" not in rec:
+                sys.exit(f"{path}:{n}: a record without a step: {line.strip()}")
+            kind = "valid" if "valid_loss" in rec else "train"
+            out[(int(rec["step"]), kind)] = {k: rec[k] for k in COMPARED if k in rec}
+    return out
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    ref, got = records(sys.argv[1]), records(sys.argv[2])
+    if not ref:
+        sys.exit(f"{sys.argv[1]} holds no records")
+    problems = []
+    for key in sorted(ref):
+        if key not in got:
+            problems.append(f"step {key[0]} ({key[1]}): missing from the resumed run")
+        elif ref[key] != got[key]:
+            problems.append(f"step {key[0]} ({key[1]}): {ref[key]} != {got[key]}")
+    for key in sorted(set(got) - set(ref)):
+        print(f"note: step {key[0]} ({key[1]}) is only in the resumed run: {got[key]}")
+    last = max(k for k in ref if k[1] == "train")
+    if problems:
+        print("\n".join(problems[:20]))
+        print(f"{len(problems)} differences over {len(ref)} records")
+        sys.exit(1)
+    print(f"{len(ref)} records equal bit for bit; final loss {ref[last]['loss']} at step {last[0]}")
+
+
+if __name__ == "__main__":
+    main()
