@@ -396,14 +396,17 @@ int run_training(const TrainConfig& cfg) {
       return kExitRequeue;
     }
   }
-  if (last_saved != cfg.steps) save(cfg.steps, lr);
+  // Training time excludes the final checkpoint, which is reported on its own line.
   const double train_s = seconds_since(t_train);
+  if (last_saved != cfg.steps) save(cfg.steps, lr);
   const int64_t trained = cfg.steps - start_step;
+  const std::string valid_text =
+      cfg.eval_every > 0 ? fmt::format("; valid loss {:.4f} -> {:.4f}", first_valid, last_valid)
+                         : "";
   if (lead)
-    fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s); valid loss {:.4f} -> {:.4f}; "
-               "total wall time {}\n",
-               trained, trained * tokens_per_step, format_duration(train_s),
-               trained * tokens_per_step / train_s, first_valid, last_valid,
+    fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s){}; total wall time {}\n", trained,
+               trained * tokens_per_step, format_duration(train_s),
+               trained * tokens_per_step / train_s, valid_text,
                format_duration(seconds_since(t_start)));
   return 0;
 }
