@@ -3,6 +3,7 @@
 // the simple kernels forced, so both implementations are held to the reference.
 #include "kernels/attention.h"
 #include "tests/gpu_buffer.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 #include "tests/test_util.h"
 
@@ -43,35 +44,11 @@ std::string name_of(const CudaAttnCase& c) {
 }
 void PrintTo(const CudaAttnCase& c, std::ostream* os) { *os << name_of(c); }
 
-// Contiguous documents of lengths cycling through short and long ones (1 to 90 tokens), shifted
-// per batch row, so that tiles hold several documents and boundaries fall anywhere.
-std::vector<int32_t> make_docs(int64_t B, int64_t L) {
-  const int lengths[] = {1, 5, 40, 13, 90, 2, 64, 33};
-  std::vector<int32_t> doc(B * L);
-  for (int64_t b = 0; b < B; ++b) {
-    int32_t id = 0;
-    int left = lengths[b % 8];
-    for (int64_t t = 0; t < L; ++t) {
-      if (left == 0) {
-        ++id;
-        left = lengths[(id + b) % 8];
-      }
-      doc[b * L + t] = id;
-      --left;
-    }
-  }
-  return doc;
-}
 
-double rms(const std::vector<double>& x) {
-  double s = 0;
-  for (double v : x) s += v * v;
-  return std::sqrt(s / std::max<size_t>(x.size(), 1));
-}
 
 // Existing gradient contents, of the gradient's own size, so that += is checked meaningfully.
 std::vector<double> prefill_like(const std::vector<double>& grad, uint64_t seed) {
-  return round_to_bf16(testing::random_normal(grad.size(), seed, 0.5 * rms(grad) + 1e-3));
+  return round_to_bf16(testing::random_normal(grad.size(), seed, 0.5 * testing::rms(grad) + 1e-3));
 }
 
 std::vector<double> minus(const std::vector<double>& a, const std::vector<double>& b) {
@@ -114,7 +91,7 @@ struct HostAttn {
     k = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.dk, seed + 2));
     v = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.dv, seed + 3));
     dout = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.dv, seed + 4));
-    if (c.doc) doc = make_docs(c.B, c.L);
+    if (c.doc) doc = testing::make_docs(c.B, c.L);
     out.resize(dout.size());
     lse.resize(c.B * c.H * c.L);
     attention_forward(q.data(), k.data(), v.data(), doc_ptr(), out.data(), lse.data(), s, scale);

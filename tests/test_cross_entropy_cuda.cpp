@@ -7,7 +7,7 @@
 #include "core/check.h"
 #include "core/philox.h"
 #include "kernels/cross_entropy.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {

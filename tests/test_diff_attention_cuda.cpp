@@ -2,6 +2,7 @@
 // bf16-rounded inputs (fp32 lambda vectors and norm weight, exactly representable in double).
 #include "kernels/diff_attention.h"
 #include "tests/gpu_buffer.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 #include "tests/test_util.h"
 
@@ -40,30 +41,7 @@ std::string name_of(const CudaDiffCase& c) {
 }
 void PrintTo(const CudaDiffCase& c, std::ostream* os) { *os << name_of(c); }
 
-// Contiguous documents of varied lengths, shifted per batch row (as in test_attention_cuda.cpp).
-std::vector<int32_t> make_docs(int64_t B, int64_t L) {
-  const int lengths[] = {1, 5, 40, 13, 90, 2, 64, 33};
-  std::vector<int32_t> doc(B * L);
-  for (int64_t b = 0; b < B; ++b) {
-    int32_t id = 0;
-    int left = lengths[b % 8];
-    for (int64_t t = 0; t < L; ++t) {
-      if (left == 0) {
-        ++id;
-        left = lengths[(id + b) % 8];
-      }
-      doc[b * L + t] = id;
-      --left;
-    }
-  }
-  return doc;
-}
 
-double rms(const std::vector<double>& x) {
-  double s = 0;
-  for (double v : x) s += v * v;
-  return std::sqrt(s / std::max<size_t>(x.size(), 1));
-}
 
 std::vector<double> minus(const std::vector<double>& a, const std::vector<double>& b) {
   std::vector<double> d(a.size());
@@ -103,7 +81,7 @@ struct HostDiff {
     lk2 = fp32(testing::random_normal(c.h, seed + 7, 0.1));
     norm_weight = fp32(testing::random_uniform(2 * c.h, seed + 8, 0.5, 1.5));
     dout = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.h, seed + 9));
-    if (c.doc) doc = make_docs(c.B, c.L);
+    if (c.doc) doc = testing::make_docs(c.B, c.L);
     lambda_init = static_cast<float>(lambda_init);
     const DiffAttentionSavedSizes n = diff_attention_saved_sizes(s);
     a1.resize(n.a1), a2.resize(n.a2), lse1.resize(n.lse1), lse2.resize(n.lse2);
@@ -223,7 +201,7 @@ TEST_P(DiffAttentionCudaTest, BackwardAccumulatesCpuGradients) {
   const HostDiff::Grads want = host.backward();
 
   auto prefill = [](const std::vector<double>& grad, uint64_t seed, bool bf16_values) {
-    auto x = testing::random_normal(grad.size(), seed, 0.5 * rms(grad) + 1e-3);
+    auto x = testing::random_normal(grad.size(), seed, 0.5 * testing::rms(grad) + 1e-3);
     return bf16_values ? round_to_bf16(x) : HostDiff::fp32(x);
   };
   const auto dq0 = prefill(want.dq, 201, true), dk0 = prefill(want.dk, 202, true),

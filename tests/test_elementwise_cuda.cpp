@@ -10,7 +10,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gmu.h"
 #include "kernels/rope.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {

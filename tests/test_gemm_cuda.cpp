@@ -5,7 +5,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {

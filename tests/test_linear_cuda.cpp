@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 
 #include "kernels/linear.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {

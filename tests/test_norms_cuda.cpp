@@ -4,7 +4,7 @@
 
 #include "kernels/layernorm.h"
 #include "kernels/rmsnorm.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {

@@ -8,7 +8,7 @@
 #include "core/check.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
-#include "tests/cuda_test_helpers.h"
+#include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 
 namespace sambay {
