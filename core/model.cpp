@@ -520,6 +520,29 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
   embedding_backward(tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d);
 }
 
+template <typename T>
+int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int32_t* context,
+                          int64_t len) {
+  SAMBAY_CHECK(acts.B == 1, "greedy decoding plans one row, got B = {}", acts.B);
+  SAMBAY_CHECK(len >= 1 && len <= acts.L, "context of {} tokens for activations planned for {}",
+               len, acts.L);
+  const int32_t pad = context[len - 1];
+  std::vector<int32_t> tokens(context, context + len), targets(acts.L, -1);
+  tokens.resize(acts.L, pad);
+  model_forward(model, acts, tokens.data(), targets.data(), nullptr);
+  const ModelConfig& c = model.config;
+  const T* h = acts.final_out + (len - 1) * c.d_model;
+  const T* emb = model.params.data() + model.layout.embedding;
+  int32_t best = 0;
+  double best_logit = -INFINITY;
+  for (int64_t v = 0; v < c.vocab; ++v) {
+    double logit = 0;
+    for (int64_t j = 0; j < c.d_model; ++j) logit += double(h[j]) * emb[v * c.d_model + j];
+    if (logit > best_logit) best_logit = logit, best = static_cast<int32_t>(v);
+  }
+  return best;  // the logit scale is positive: it does not change the argmax
+}
+
 double training_flops_per_token(const ModelConfig& c, int64_t L) {
   // Matrix products: 2 FLOPs per multiply-add, x3 for forward + two backward products.
   const double d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
@@ -563,6 +586,10 @@ template ForwardResult model_forward<float>(const Model<float>&, Activations<flo
                                             const int32_t*, const int32_t*, const int32_t*);
 template ForwardResult model_forward<double>(const Model<double>&, Activations<double>&,
                                              const int32_t*, const int32_t*, const int32_t*);
+template int32_t greedy_next_token<float>(const Model<float>&, Activations<float>&,
+                                         const int32_t*, int64_t);
+template int32_t greedy_next_token<double>(const Model<double>&, Activations<double>&,
+                                          const int32_t*, int64_t);
 template void model_backward<float>(Model<float>&, Activations<float>&, const int32_t*,
                                     const int32_t*, const int32_t*, float);
 template void model_backward<double>(Model<double>&, Activations<double>&, const int32_t*,

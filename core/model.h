@@ -107,6 +107,13 @@ template <typename T>
 void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens,
                     const int32_t* targets, const int32_t* doc, T grad_scale);
 
+// The most likely next token after context[0, len) (greedy decoding): the forward over the
+// context right-padded to the planned length (acts.B must be 1; the model is causal, so the
+// padding cannot change the last context position), then the tied head's logits there.
+template <typename T>
+int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int32_t* context,
+                          int64_t len);
+
 // Model FLOPs per token for training (forward + backward, matrix products and attention
 // scores/values), the numerator of MFU. Counted exactly from the shapes for sequence length L.
 double training_flops_per_token(const ModelConfig& config, int64_t L);

@@ -1,10 +1,12 @@
 #include "launch/ckpt_commands.h"
 
 #include "core/check.h"
+#include "core/model.h"
 #include "core/param_layout.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_dir.h"
 #include "io/hf_interop.h"
+#include "io/phonebook.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -26,6 +28,7 @@ commands:
   export --format hf PATH OUTDIR            model.safetensors + config.json (Phi-4-mini-flash layout)
   import --format hf DIR --out CKPT         a Hugging Face directory as a step-0 checkpoint in CKPT
   bench                                     checkpoint write/read speed (sambay ckpt bench --help)
+  phonebook PATH                            the phonebook retrieval accuracy of a checkpoint's model
 
 PATH is a step directory, a checkpoints directory (its newest checkpoint) or a run directory.
 )";
@@ -163,6 +166,46 @@ int cmd_import(int argc, const char* const* argv) {
 
 }  // namespace
 
+// Greedy exact-match accuracy on the synthetic phonebook task (io/phonebook.h), on the CPU.
+int cmd_phonebook(int argc, const char* const* argv) {
+  std::string path;
+  int64_t queries = 0, entries = 0;
+  uint64_t seed = 0;
+  po::options_description o("sambay ckpt phonebook");
+  o.add_options()("path", po::value(&path)->required(), "checkpoint (positional)")(
+      "queries", po::value(&queries)->default_value(50), "phonebooks to ask")(
+      "entries", po::value(&entries)->default_value(20), "entries per phonebook")(
+      "seed", po::value(&seed)->default_value(12345),
+      "phonebook stream (differs from the training data's by default)");
+  po::positional_options_description pos;
+  pos.add("path", 1);
+  po::variables_map vm;
+  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt phonebook PATH [options]")) return 0;
+  if (queries <= 0) fail("option --queries: must be positive, got {}", queries);
+  if (entries <= 0 || entries > phonebook_max_entries())
+    fail("option --entries: must be in [1, {}], got {}", phonebook_max_entries(), entries);
+  LoadedCheckpoint ck = load_checkpoint(step_dir_of(path), std::nullopt);
+  Model<float> model = make_model<float>(ck.info.model, 0);
+  if (model.config.vocab < 257)
+    fail("{}: model.vocab is {}; the phonebook task uses the byte tokenizer's 257 tokens",
+         ck.info.dir, model.config.vocab);
+  model.params = std::move(ck.params);
+  // Longest prompt plus its answer: every entry line is at most 40 bytes.
+  const int64_t max_len = 40 * (entries + 2);
+  Activations<float> acts = plan_activations(model, 1, max_len, false);
+  const double accuracy = phonebook_accuracy(
+      [&](const std::vector<int32_t>& context) {
+        if (static_cast<int64_t>(context.size()) > max_len)
+          fail("phonebook prompt of {} tokens exceeds the planned {}", context.size(), max_len);
+        return greedy_next_token(model, acts, context.data(),
+                                 static_cast<int64_t>(context.size()));
+      },
+      queries, entries, seed);
+  fmt::print("phonebook: {} queries of {} entries, exact-match accuracy {:.1f}% ({})\n", queries,
+             entries, 100 * accuracy, ck.info.dir);
+  return 0;
+}
+
 int cmd_ckpt(int argc, const char* const* argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::cout << kUsage;
@@ -173,7 +216,8 @@ int cmd_ckpt(int argc, const char* const* argv) {
   if (sub == "export") return cmd_export(argc - 1, argv + 1);
   if (sub == "import") return cmd_import(argc - 1, argv + 1);
   if (sub == "bench") return cmd_ckpt_bench(argc - 1, argv + 1);
-  fail("unknown command 'ckpt {}' (valid: inspect, export, import, bench)", sub);
+  if (sub == "phonebook") return cmd_phonebook(argc - 1, argv + 1);
+  fail("unknown command 'ckpt {}' (valid: inspect, export, import, bench, phonebook)", sub);
 }
 
 }  // namespace sambay

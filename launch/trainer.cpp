@@ -251,6 +251,10 @@ int run_training(const TrainConfig& cfg) {
     fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
                mc.name, model.layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
     fmt::print("  ranks: {}\n", describe(grid));
+    fmt::print("  resolved config (saved as {}/config.ini):\n", cfg.out_dir);
+    std::string indented;
+    for (char ch : config_text) indented += ch == '\n' ? std::string("\n    ") : std::string(1, ch);
+    fmt::print("    {}\n", indented.substr(0, indented.size() - 4));
     fmt::print("  data {} train / {} valid samples of {} tokens; {} tokens per step "
                "({} ranks x {} x {} x {})\n",
                samples_available(sampler, Split::train), samples_available(sampler, Split::valid),

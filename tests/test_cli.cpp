@@ -105,6 +105,12 @@ TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   ASSERT_EQ(valid.size(), 2u) << r.output;
   EXPECT_NEAR(valid[0], std::log(257.0), 0.3);  // near uniform at initialisation
   EXPECT_LT(valid[1], valid[0] - 1.0) << r.output;
+  // The run's final checkpoint answers the phonebook eval (accuracy is near 0 for this model;
+  // the command's decoding is checked in test_model's greedy test).
+  RunResult eval = run_sambay(fmt::format("ckpt phonebook {} --queries 2 --entries 3",
+                                          (dir / "run").string()));
+  EXPECT_EQ(eval.exit_code, 0) << eval.output;
+  EXPECT_NE(eval.output.find("exact-match accuracy"), std::string::npos) << eval.output;
   fs::remove_all(dir);
 }
 

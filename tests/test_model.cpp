@@ -275,6 +275,29 @@ TEST(Model, LossAtPositionIgnoresLaterTokens) {
   EXPECT_NE(loss_of(model, b, nullptr), before);
 }
 
+TEST(Model, GreedyNextTokenIsTheMostLikelyTarget) {
+  // Independent of the logits code: the most likely next token is the target with the smallest
+  // loss at the last context position.
+  const ModelConfig c = model_preset("tiny-sambay-da");
+  Model<double> model = make_model<double>(c, 3);
+  perturb(model, 4, 0.3);
+  const int64_t len = 6;
+  Batch b = random_batch(c, 1, len, 8, false);
+  Activations<double> padded = plan_activations(model, 1, 11, false);
+  const int32_t greedy = greedy_next_token(model, padded, b.tokens.data(), len);
+  Activations<double> exact = plan_activations(model, 1, len, false);
+  int32_t best = -1;
+  double best_loss = INFINITY;
+  for (int32_t v = 0; v < c.vocab; ++v) {
+    std::vector<int32_t> targets(len, -1);
+    targets[len - 1] = v;
+    const double loss = model_forward(model, exact, b.tokens.data(), targets.data(), nullptr).loss_sum;
+    if (loss < best_loss) best_loss = loss, best = v;
+  }
+  EXPECT_EQ(greedy, best);
+  EXPECT_THROW(greedy_next_token(model, padded, b.tokens.data(), 12), Error);
+}
+
 TEST(Model, Float32ForwardMatchesFloat64) {
   const ModelConfig c = model_preset("tiny-sambay-da");
   Model<double> m64 = make_model<double>(c, 1);
