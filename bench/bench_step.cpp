@@ -78,6 +78,7 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
 void step_1b(Context& ctx) {
   bench_training_step(ctx, "sambay-da-1b", 1, 4096, false);
   bench_training_step(ctx, "sambay-da-1b", 2, 4096, false);
+  bench_training_step(ctx, "sambay-da-1b", 4, 4096, false);
   bench_training_step(ctx, "sambay-da-1b", 1, 8192, false);
 }
 void step_3_8b(Context& ctx) {
