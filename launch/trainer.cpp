@@ -28,6 +28,8 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <string_view>
+#include <vector>
 
 namespace sambay {
 
@@ -36,6 +38,17 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr double kH100PeakFlops = 989.4e12;  // dense bf16, SXM datasheet: the MFU denominator
+
+std::vector<std::string_view> split_lines(std::string_view text) {
+  std::vector<std::string_view> lines;
+  while (!text.empty()) {
+    const size_t end = text.find('\n');
+    lines.push_back(text.substr(0, end));
+    if (end == std::string_view::npos) break;
+    text.remove_prefix(end + 1);
+  }
+  return lines;
+}
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -139,6 +152,7 @@ int run_training(const TrainConfig& cfg) {
                                       : std::max(1, omp_get_max_threads() / grid.local_size));
   const int threads = omp_get_max_threads();
   install_preemption_handlers();
+  const std::string placement = describe_placement(grid);  // collective: every rank calls it
 
   // Device: auto takes the GPU when this build has CUDA and the machine a GPU; asking for cuda
   // where either is missing is an error, never a silent CPU run.
@@ -152,7 +166,7 @@ int run_training(const TrainConfig& cfg) {
       fail("{} ranks with --device cuda: multi-GPU training is not wired into the trainer yet; "
            "run one rank per job, or --device cpu for data parallelism over MPI",
            grid.world_size);
-    cuda_set_device(grid.local_rank);
+    cuda_set_device(grid.gpu);
   }
   const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
 
@@ -251,6 +265,7 @@ int run_training(const TrainConfig& cfg) {
     fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
                mc.name, model.layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
     fmt::print("  ranks: {}\n", describe(grid));
+    for (std::string_view line : split_lines(placement)) fmt::print("  {}\n", line);
     fmt::print("  resolved config (saved as {}/config.ini):\n", cfg.out_dir);
     std::string indented;
     for (char ch : config_text) indented += ch == '\n' ? std::string("\n    ") : std::string(1, ch);

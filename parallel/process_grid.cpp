@@ -5,10 +5,15 @@
 #include "parallel/communicator.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <utility>
+#include <vector>
 
 namespace sambay {
 
@@ -168,6 +173,46 @@ std::string describe(const ProcessGrid& g) {
       "rank {} of {} on its node{}",
       g.world_size, g.shape.dp, g.shape.cp, g.shape.tp, g.world_rank, g.coords.dp, g.coords.cp,
       g.coords.tp, g.local_rank, g.local_size, g.gpu >= 0 ? fmt::format(", GPU {}", g.gpu) : "");
+}
+
+std::string describe_placement(const ProcessGrid& g) {
+  // Each rank contributes "host gpu" in a fixed-size record.
+  constexpr int kRecord = 128;
+  char mine[kRecord] = {};
+  char host[kRecord - 16] = {};
+  gethostname(host, sizeof host - 1);
+  std::snprintf(mine, sizeof mine, "%s %d", host, g.gpu);
+  std::vector<char> all(static_cast<size_t>(kRecord) * g.world_size);
+  check_mpi(MPI_Gather(mine, kRecord, MPI_CHAR, all.data(), kRecord, MPI_CHAR, 0, g.world),
+            "MPI_Gather (placement)");
+  if (g.world_rank != 0) return {};
+  // Nodes in order of their first rank; per node its ranks and GPUs.
+  std::vector<std::string> nodes;
+  std::vector<std::vector<int>> ranks, gpus;
+  for (int r = 0; r < g.world_size; ++r) {
+    char name[kRecord] = {};
+    int gpu = -1;
+    std::sscanf(all.data() + static_cast<size_t>(r) * kRecord, "%127s %d", name, &gpu);
+    auto it = std::find(nodes.begin(), nodes.end(), std::string(name));
+    size_t i = static_cast<size_t>(it - nodes.begin());
+    if (it == nodes.end()) nodes.emplace_back(name), ranks.emplace_back(), gpus.emplace_back();
+    ranks[i].push_back(r);
+    if (gpu >= 0) gpus[i].push_back(gpu);
+  }
+  std::string out;
+  if (const char* job = std::getenv("SLURM_JOB_ID")) {
+    const char* list = std::getenv("SLURM_JOB_NODELIST");
+    out += fmt::format("Slurm job {} on {}\n", job, list ? list : "?");
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const std::vector<int>& rk = ranks[i];
+    const bool contiguous = rk.back() - rk.front() + 1 == static_cast<int>(rk.size());
+    out += fmt::format("{}: {} {}", nodes[i], rk.size() == 1 ? "rank" : "ranks",
+                       contiguous && rk.size() > 1 ? fmt::format("{}-{}", rk.front(), rk.back())
+                                                   : fmt::format("{}", fmt::join(rk, ",")));
+    out += gpus[i].empty() ? ", no GPU\n" : fmt::format(", GPUs {}\n", fmt::join(gpus[i], ","));
+  }
+  return out;
 }
 
 }  // namespace sambay

@@ -84,4 +84,9 @@ ProcessGrid make_process_grid(int tp, int cp);
 // One line for logs: "world 4 = dp 2 x cp 1 x tp 2, 4 ranks on this node".
 std::string describe(const ProcessGrid& grid);
 
+// Where every rank runs, for the start of a job's log (collective; the text is complete on
+// rank 0): one line per node, "node-a: ranks 0-3, GPUs 0,1,2,3", prefixed by the Slurm job id
+// and node list when the job runs under Slurm.
+std::string describe_placement(const ProcessGrid& grid);
+
 }  // namespace sambay
