@@ -4,6 +4,7 @@
 #include "bench/bench.h"
 #include "core/cuda_runtime.h"
 #include "core/gpu_model.h"
+#include "core/gpu_profile.h"
 #include "core/philox.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -53,9 +54,12 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
   cuda_copy_to_device(groups_device, groups.data(), sizeof(AdamWGroup) * groups.size());
   int64_t step = 0;
   auto one_step = [&] {
+    begin_op(gpu.profile, OpFamily::optimizer);
     cuda_memset_zero_async(gpu.grads, sizeof(float) * gpu.layout.total, ctx.stream);
+    end_op(gpu.profile);
     ForwardResult r = gpu_model_forward(gpu, acts, false);
     gpu_model_backward(gpu, acts, false, 1.0f / r.valid_rows);
+    OpScope optimizer(gpu.profile, OpFamily::optimizer);
     const double norm = global_grad_norm_cuda(gpu.grads, gpu.layout.total, ctx.stream);
     if (norm > 1.0) scale_gradients_cuda(gpu.grads, gpu.layout.total, 1.0f / norm, ctx.stream);
     adamw_update_cuda(gpu.params, gpu.grads, gpu.adam_m, gpu.adam_v, gpu.params_bf16,
@@ -63,6 +67,26 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
                       1e-8, ++step, ctx.stream);
   };
   const double ms = ctx.time_ms(one_step, 2, 5);
+  // The time split by op family, from separate profiled steps (events around each family).
+  GpuProfile profile;
+  profile.stream = ctx.stream;
+  gpu.profile = &profile;
+  constexpr int kProfiledSteps = 3;
+  for (int i = 0; i < kProfiledSteps; ++i) {
+    one_step();
+    collect_profile(&profile);
+  }
+  gpu.profile = nullptr;
+  destroy_profile(&profile);
+  double profiled = 0;
+  for (double v : profile.ms) profiled += v / kProfiledSteps;
+  std::string split;
+  for (size_t f = 0; f < profile.ms.size(); ++f) {
+    const double v = profile.ms[f] / kProfiledSteps;
+    if (v > 0)
+      split += fmt::format("    {:<20} {:8.2f} ms {:5.1f}%\n", op_family_name(OpFamily(f)), v,
+                           100 * v / profiled);
+  }
   const double tokens_per_s = B * L / (ms * 1e-3);
   const double flops = training_flops_per_token(c, L) * B * L;
   fmt::print("{}: {:.1f} ms/step, {:.0f} tokens/s, {:.0f} TFLOP/s, MFU {:.1f}% of the {:.0f} "
@@ -71,6 +95,9 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
              100 * flops / (ms * 1e-3) / (kH100DenseBf16Tflops * 1e12), kH100DenseBf16Tflops,
              cuda_memory_used() / 1073741824.0, state_bytes / 1073741824.0,
              act_bytes / 1073741824.0);
+  fmt::print("  time split by op family (sum {:.1f} ms per step; gaps between families are the "
+             "rest):\n{}",
+             profiled, split);
   ctx.report({name, ms, flops, 0});
   cuda_free(groups_device);
 }

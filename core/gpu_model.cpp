@@ -152,6 +152,7 @@ struct Ctx {
   const int32_t* doc;
   const GpuActivations& acts;
   cudaStream_t st;
+  GpuProfile* profile;
 };
 
 int64_t window_of(const ModelConfig& c, LayerKind kind) {
@@ -198,18 +199,27 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
   switch (kind) {
     case LayerKind::mamba: {
       const bf16* w_in = W + o.in_proj_w;
+      begin_op(x.profile, OpFamily::projection);
       linear_forward_cuda(a.a, w_in, nullptr, a.xin, m.n, m.d, m.E, x.st);
       linear_forward_cuda(a.a, w_in + m.E * m.d, nullptr, a.z, m.n, m.d, m.E, x.st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::conv);
       causal_conv1d_silu_forward_cuda(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xs, m.B, m.L,
                                       m.E, m.K, x.st);
+      end_op(x.profile);
       const bf16* w_x = W + o.x_proj_w;
+      begin_op(x.profile, OpFamily::projection);
       linear_forward_cuda(a.xs, w_x, nullptr, a.dl, m.n, m.E, m.R, x.st);
       linear_forward_cuda(a.xs, w_x + m.R * m.E, nullptr, a.bc, m.n, m.E, m.N, x.st);
       linear_forward_cuda(a.xs, w_x + (m.R + m.N) * m.E, nullptr, a.cc, m.n, m.E, m.N, x.st);
       linear_forward_cuda(a.dl, W + o.dt_proj_w, nullptr, a.dt, m.n, m.R, m.E, x.st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::scan);
       selective_scan_forward_cuda(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc,
                                   P + o.d_skip, a.z, x.doc, a.y, a.sout, a.scan_checkpoint,
                                   {m.B, m.L, m.E, m.N}, x.st);
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       linear_forward_cuda(a.sout, W + o.out_proj_w, nullptr, out, m.n, m.E, m.d, x.st);
       break;
     }
@@ -219,6 +229,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       const bool cross = kind == LayerKind::cross_attention;
       const bf16* w = W + o.qkv_w;
       const float* b = at(P, o.qkv_b);
+      begin_op(x.profile, OpFamily::projection);
       linear_forward_cuda(a.a, w, b, a.q, m.n, m.d, m.Hh, x.st);
       const bf16* k = a.k;
       const bf16* v = a.v;
@@ -234,6 +245,8 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
           rope_forward_cuda(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta, x.st);
         }
       }
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::attention);
       const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.h)));
       const int64_t window = window_of(c, kind);
       if (c.differential) {
@@ -247,14 +260,21 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
         attention_forward_cuda(a.q, k, v, x.doc, a.o, a.lse, {m.B, m.L, m.H, m.G, m.h, m.h, window},
                                scale, x.st);
       }
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       linear_forward_cuda(a.o, W + o.o_w, at(P, o.o_b), out, m.n, m.Hh, m.d, x.st);
       break;
     }
     case LayerKind::gmu: {
       const bf16* memory = x.acts.layers[c.memory_layer].y;
+      begin_op(x.profile, OpFamily::projection);
       linear_forward_cuda(a.a, W + o.gmu_in_w, nullptr, a.g, m.n, m.d, m.E, x.st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::gmu);
       gmu_forward_cuda(memory, a.g, at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
                        static_cast<float>(c.norm_eps), x.st);
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       linear_forward_cuda(a.gm, W + o.gmu_out_w, nullptr, out, m.n, m.E, m.d, x.st);
       break;
     }
@@ -272,16 +292,21 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
   const LayerKind kind = c.layers[x.layer];
   switch (kind) {
     case LayerKind::mamba: {
+      begin_op(x.profile, OpFamily::projection);
       for (bf16* buf : {g.dxin, g.dz, g.dxs, g.ddt, g.dsout}) zero(buf, m.n * m.E, st);
       zero(g.ddl, m.n * m.R, st), zero(g.dbc, m.n * m.N, st), zero(g.dcc, m.n * m.N, st);
       linear_backward_cuda(dout, a.sout, W + o.out_proj_w, g.dsout, G + o.out_proj_w, nullptr,
                            m.n, m.E, m.d, st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::scan);
       const bf16* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
       selective_scan_backward_cuda(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log,
                                    a.bc, a.cc, P + o.d_skip, a.z, x.doc, a.scan_checkpoint, g.dxs,
                                    g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
                                    G + o.d_skip, g.dz, g.scan_workspace, {m.B, m.L, m.E, m.N},
                                    st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::projection);
       linear_backward_cuda(g.ddt, a.dl, W + o.dt_proj_w, g.ddl, G + o.dt_proj_w, nullptr, m.n,
                            m.R, m.E, st);
       const bf16* w_x = W + o.x_proj_w;
@@ -291,9 +316,13 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
                            m.E, m.N, st);
       linear_backward_cuda(g.dcc, a.xs, w_x + (m.R + m.N) * m.E, g.dxs, gw_x + (m.R + m.N) * m.E,
                            nullptr, m.n, m.E, m.N, st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::conv);
       causal_conv1d_silu_backward_cuda(g.dxs, a.xin, P + o.conv_w, P + o.conv_b, x.doc, g.dxin,
                                        G + o.conv_w, G + o.conv_b, g.conv_workspace, m.B, m.L,
                                        m.E, m.K, st);
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       const bf16* w_in = W + o.in_proj_w;
       linear_backward_cuda(g.dxin, a.a, w_in, g.da, G + o.in_proj_w, nullptr, m.n, m.d, m.E, st);
       linear_backward_cuda(g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
@@ -305,9 +334,12 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
     case LayerKind::cross_attention: {
       const bool cross = kind == LayerKind::cross_attention;
       const bool kv_source = x.layer == c.kv_source_layer;
+      begin_op(x.profile, OpFamily::projection);
       zero(g.dq, m.n * m.Hh, st), zero(g.do_, m.n * m.Hh, st);
       linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, at(G, o.o_b), m.n, m.Hh, m.d,
                            st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::attention);
       const bf16* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
       const bf16* v = cross ? x.acts.layers[c.kv_source_layer].v : a.v;
       bf16* dk = (cross || kv_source) ? g.dk_shared : g.dk;
@@ -337,6 +369,8 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
         rope_backward_cuda(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta, st);
         rope_backward_cuda(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta, st);
       }
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       const bf16* w = W + o.qkv_w;
       float* gw = G + o.qkv_w;
       float* gb = at(G, o.qkv_b);
@@ -351,11 +385,16 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
     }
     case LayerKind::gmu: {
       const bf16* memory = x.acts.layers[c.memory_layer].y;
+      begin_op(x.profile, OpFamily::projection);
       zero(g.dg, m.n * m.E, st), zero(g.dgm, m.n * m.E, st);
       linear_backward_cuda(dout, a.gm, W + o.gmu_out_w, g.dgm, G + o.gmu_out_w, nullptr, m.n, m.E,
                            m.d, st);
+      end_op(x.profile);
+      begin_op(x.profile, OpFamily::gmu);
       gmu_backward_cuda(g.dgm, memory, a.g, at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
                         at(G, o.gmu_norm_w), m.n, m.E, st);
+      end_op(x.profile);
+      OpScope projection(x.profile, OpFamily::projection);
       linear_backward_cuda(g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.n, m.d, m.E,
                            st);
       break;
@@ -370,8 +409,11 @@ void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, b
   const Dims& m = x.m;
   const LayerOffsets& o = x.o;
   mixer_forward(x, a, mixer_out);
+  begin_op(x.profile, OpFamily::norm);
   norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, at(x.P, o.norm2_b),
                         a.a2, a.ln2_mean, a.ln2_rstd, m.n, x.st);
+  end_op(x.profile);
+  OpScope mlp(x.profile, OpFamily::mlp);
   linear_forward_cuda(a.a2, x.W + o.fc1_w, nullptr, a.h, m.n, m.d, 2 * m.F, x.st);
   swiglu_forward_cuda(a.h, a.s, m.n, m.F, x.st);
   linear_forward_cuda(a.s, x.W + o.fc2_w, nullptr, mlp_out, m.n, m.F, m.d, x.st);
@@ -383,6 +425,7 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
   const cudaStream_t st = x.st;
+  begin_op(x.profile, OpFamily::mlp);
   scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
   zero(g.ds, m.n * m.F, st), zero(g.dh, m.n * 2 * m.F, st), zero(g.da, nd, st);
   linear_backward_cuda(g.dbranch, a.s, x.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.n, m.F, m.d,
@@ -390,11 +433,15 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   swiglu_backward_cuda(g.ds, a.h, g.dh, m.n, m.F, st);
   linear_backward_cuda(g.dh, a.a2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.n, m.d, 2 * m.F,
                        st);
+  end_op(x.profile);
+  begin_op(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
                 G + o.norm2_w, at(G, o.norm2_b), m.n, st);
   scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
   zero(g.da, nd, st);
+  end_op(x.profile);
   mixer_backward(x, a, g.dbranch, G, g);
+  OpScope norm(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
                 G + o.norm1_w, at(G, o.norm1_b), m.n, st);
 }
@@ -489,16 +536,22 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   const int32_t* doc = use_doc ? acts.doc : nullptr;
   const ParamLayout& lay = model.layout;
   const int n_layers = static_cast<int>(c.layers.size());
+  GpuProfile* prof = model.profile;
+  begin_op(prof, OpFamily::embedding);
   embedding_forward_cuda(acts.tokens, model.params_bf16 + lay.embedding, acts.layers[0].x_in, m.n,
                          c.vocab, m.d, st);
+  end_op(prof);
   GpuLayerActivations& first = acts.layers[0];
+  begin_op(prof, OpFamily::norm);
   norm_forward(c, first.x_in, model.params + lay.layers[0].norm1_w,
                at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
                m.n, st);
+  end_op(prof);
   for (int i = 0; i < n_layers; ++i) {
-    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st};
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof};
     GpuLayerActivations& a = acts.layers[i];
     layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
+    OpScope norm(prof, OpFamily::norm);
     if (i + 1 < n_layers) {
       // The residual add of this layer's MLP fused with the next layer's first norm.
       GpuLayerActivations& next = acts.layers[i + 1];
@@ -513,6 +566,7 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
     }
   }
   ForwardResult r;
+  OpScope loss(prof, OpFamily::loss);
   r.loss_sum = tied_cross_entropy_forward_cuda(
       acts.final_out, model.params_bf16 + lay.embedding, acts.targets, acts.ce_lse, m.n, m.d,
       c.vocab, static_cast<float>(model.logit_scale), std::min<int64_t>(kLossVocabChunk, c.vocab),
@@ -533,25 +587,33 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
 
   if (g.dk_shared) zero(g.dk_shared, m.n * m.Gh, st), zero(g.dv_shared, m.n * m.Gh, st);
   if (g.dmemory) zero(g.dmemory, m.n * m.E, st);
+  GpuProfile* prof = model.profile;
+  begin_op(prof, OpFamily::loss);
   zero(g.da, m.n * m.d, st), zero(g.dres, m.n * m.d, st);
   tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding, acts.targets,
                                    acts.ce_lse, g.da, G + lay.embedding, m.n, m.d, c.vocab,
                                    static_cast<float>(model.logit_scale),
                                    std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale, st);
+  end_op(prof);
+  begin_op(prof, OpFamily::norm);
   norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
                 acts.final_rstd, g.dres, G + lay.final_norm_w, at(G, lay.final_norm_b), m.n, st);
+  end_op(prof);
   for (int i = n_layers - 1; i >= 0; --i) {
-    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st};
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof};
     GpuLayerActivations& a = acts.layers[i];
     if (acts.recompute) {
       // Re-run the layer from its saved input with the same kernels as the forward (the first
       // norm unfused: it computes the same statistics from the same stored input).
+      begin_op(prof, OpFamily::norm);
       norm_forward(c, a.x_in, model.params + x.o.norm1_w, at(model.params, x.o.norm1_b), a.a,
                    a.ln1_mean, a.ln1_rstd, m.n, st);
+      end_op(prof);
       layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
     }
     layer_backward(x, a, G, g, rs);
   }
+  OpScope embedding(prof, OpFamily::embedding);
   embedding_backward_cuda(acts.tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d, st);
 }
 

@@ -11,6 +11,7 @@
 #include "core/arena.h"
 #include "core/bf16.h"
 #include "core/cuda_stream.h"
+#include "core/gpu_profile.h"
 #include "core/model.h"
 
 #include <cstdint>
@@ -29,6 +30,7 @@ struct GpuModel {
   float* adam_m = nullptr;
   float* adam_v = nullptr;
   cudaStream_t stream = nullptr;
+  GpuProfile* profile = nullptr;  // when set, forward and backward time their op families
 };
 
 // Allocates the device buffers and copies the parameters of a CPU model (fp32 master) to them;
