@@ -11,5 +11,11 @@ cmake --build "$build" -j "$(nproc)" --target sambay
 mkdir -p runs/demo/data
 "$build/sambay" data tokenize --split paragraphs --out runs/demo/data/licenses \
   /usr/share/common-licenses/*
-rm -f runs/demo/metrics.jsonl
+# A run directory from an earlier demo is kept (renamed), never overwritten: the demo trains
+# from scratch each time.
+if [ -e runs/demo/checkpoints ] || [ -e runs/demo/metrics.jsonl ]; then
+  kept="runs/demo.$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$kept" && mv runs/demo/checkpoints runs/demo/metrics.jsonl runs/demo/config.ini "$kept"/ 2>/dev/null || true
+  echo "demo: the previous demo run was moved to $kept"
+fi
 exec "$build/sambay" train --config configs/demo.ini "$@"
