@@ -1,6 +1,7 @@
 #include "core/gpu_model.h"
 
 #include "core/check.h"
+#include "core/model_graph.h"
 #include "core/cuda_runtime.h"
 #include "kernels/activations.h"
 #include "kernels/attention.h"
@@ -24,18 +25,6 @@ namespace {
 
 constexpr int64_t kLossVocabChunk = 8192;
 
-double lambda_init_for_layer(int layer) { return 0.8 - 0.6 * std::exp(-0.3 * layer); }
-
-struct Dims {
-  int64_t n, B, L, d, E, N, R, K, H, G, h, Hh, Gh, F;
-};
-
-Dims dims_of(const ModelConfig& c, int64_t B, int64_t L) {
-  return {B * L,      B,          L,          c.d_model, c.d_inner,
-          c.d_state,  c.dt_rank,  c.d_conv,   c.n_heads, c.n_kv_heads,
-          c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.d_ff};
-}
-
 // Typed buffers from a device arena (or only counted, when it measures).
 struct Allocator {
   Arena& arena;
@@ -45,7 +34,7 @@ struct Allocator {
   int32_t* i32(int64_t n) { return static_cast<int32_t*>(arena.alloc(DType::i32, {n}).data); }
 };
 
-void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, Allocator& al,
+void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, Allocator& al,
                         GpuLayerActivations& a) {
   a.ln1_mean = al.f32(m.n), a.ln1_rstd = al.f32(m.n), a.a = al.half(m.n * m.d);
   a.x_mid = al.half(m.n * m.d);
@@ -82,7 +71,7 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, All
 
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
                           Arena& arena, GpuActivations& acts) {
-  const Dims m = dims_of(c, B, L);
+  const GraphDims m = graph_dims(c, B, L);
   Allocator al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
   acts.layers.assign(n_layers, GpuLayerActivations{});
@@ -112,31 +101,21 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   GpuBackwardScratch& g = acts.grad;
   g.dres = al.half(m.n * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
   g.dh = al.half(m.n * 2 * m.F), g.ds = al.half(m.n * m.F);
-  bool any_mamba = false, any_attention = false, any_gmu = false;
-  for (LayerKind k : c.layers) {
-    any_mamba |= k == LayerKind::mamba;
-    any_gmu |= k == LayerKind::gmu;
-    any_attention |= k != LayerKind::mamba && k != LayerKind::gmu;
-  }
-  if (any_mamba) {
+  const LayerKindsPresent kinds = layer_kinds_present(c);
+  if (kinds.mamba) {
     g.dxin = al.half(m.n * m.E), g.dz = al.half(m.n * m.E), g.dxs = al.half(m.n * m.E);
     g.ddl = al.half(m.n * m.R), g.dbc = al.half(m.n * m.N), g.dcc = al.half(m.n * m.N);
     g.ddt = al.half(m.n * m.E), g.dsout = al.half(m.n * m.E);
     g.conv_workspace = al.f32(causal_conv1d_silu_backward_workspace_floats(m.B, m.L, m.E, m.K));
     g.scan_workspace = al.f32(selective_scan_backward_workspace_floats({m.B, m.L, m.E, m.N}));
   }
-  if (any_attention) {
+  if (kinds.attention) {
     g.dq = al.half(m.n * m.Hh), g.do_ = al.half(m.n * m.Hh);
     g.dk = al.half(m.n * m.Gh), g.dv = al.half(m.n * m.Gh);
     if (c.rope) g.dq_rot = al.half(m.n * m.Hh), g.dk_rot = al.half(m.n * m.Gh);
   }
   if (c.kv_source_layer >= 0) g.dk_shared = al.half(m.n * m.Gh), g.dv_shared = al.half(m.n * m.Gh);
-  if (any_gmu) g.dg = al.half(m.n * m.E), g.dgm = al.half(m.n * m.E), g.dmemory = al.half(m.n * m.E);
-}
-
-template <typename T>
-T* at(T* base, int64_t offset) {
-  return offset < 0 ? nullptr : base + offset;
+  if (kinds.gmu) g.dg = al.half(m.n * m.E), g.dgm = al.half(m.n * m.E), g.dmemory = al.half(m.n * m.E);
 }
 
 void zero(bf16* p, int64_t n, cudaStream_t s) { cuda_memset_zero_async(p, sizeof(bf16) * n, s); }
@@ -144,7 +123,7 @@ void zero(bf16* p, int64_t n, cudaStream_t s) { cuda_memset_zero_async(p, sizeof
 // Everything a layer's forward and backward read: sizes, parameters, the batch, the stream.
 struct Ctx {
   const ModelConfig& c;
-  const Dims& m;
+  const GraphDims& m;
   int layer;
   const float* P;       // fp32 master
   const bf16* W;        // bf16 compute copy
@@ -154,10 +133,6 @@ struct Ctx {
   cudaStream_t st;
   GpuProfile* profile;
 };
-
-int64_t window_of(const ModelConfig& c, LayerKind kind) {
-  return kind == LayerKind::sliding_window ? c.window : 0;
-}
 
 void norm_forward(const ModelConfig& c, const bf16* x, const float* w, const float* b, bf16* y,
                   float* mean, float* rstd, int64_t rows, cudaStream_t st) {
@@ -191,7 +166,7 @@ void norm_backward(const ModelConfig& c, const bf16* dy, const bf16* x, const fl
 
 void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
   const ModelConfig& c = x.c;
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
   const float* P = x.P;
   const bf16* W = x.W;
@@ -228,7 +203,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
     case LayerKind::cross_attention: {
       const bool cross = kind == LayerKind::cross_attention;
       const bf16* w = W + o.qkv_w;
-      const float* b = at(P, o.qkv_b);
+      const float* b = param_at(P, o.qkv_b);
       begin_op(x.profile, OpFamily::projection);
       linear_forward_cuda(a.a, w, b, a.q, m.n, m.d, m.Hh, x.st);
       const bf16* k = a.k;
@@ -262,7 +237,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       }
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.o, W + o.o_w, at(P, o.o_b), out, m.n, m.Hh, m.d, x.st);
+      linear_forward_cuda(a.o, W + o.o_w, param_at(P, o.o_b), out, m.n, m.Hh, m.d, x.st);
       break;
     }
     case LayerKind::gmu: {
@@ -271,7 +246,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       linear_forward_cuda(a.a, W + o.gmu_in_w, nullptr, a.g, m.n, m.d, m.E, x.st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::gmu);
-      gmu_forward_cuda(memory, a.g, at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
+      gmu_forward_cuda(memory, a.g, param_at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
                        static_cast<float>(c.norm_eps), x.st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
@@ -284,7 +259,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
 void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout, float* G,
                     GpuBackwardScratch& g) {
   const ModelConfig& c = x.c;
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
   const float* P = x.P;
   const bf16* W = x.W;
@@ -336,7 +311,7 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       const bool kv_source = x.layer == c.kv_source_layer;
       begin_op(x.profile, OpFamily::projection);
       zero(g.dq, m.n * m.Hh, st), zero(g.do_, m.n * m.Hh, st);
-      linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, at(G, o.o_b), m.n, m.Hh, m.d,
+      linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, param_at(G, o.o_b), m.n, m.Hh, m.d,
                            st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::attention);
@@ -373,7 +348,7 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       OpScope projection(x.profile, OpFamily::projection);
       const bf16* w = W + o.qkv_w;
       float* gw = G + o.qkv_w;
-      float* gb = at(G, o.qkv_b);
+      float* gb = param_at(G, o.qkv_b);
       linear_backward_cuda(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh, st);
       if (!cross) {
         linear_backward_cuda(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb,
@@ -391,8 +366,8 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
                            m.d, st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::gmu);
-      gmu_backward_cuda(g.dgm, memory, a.g, at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
-                        at(G, o.gmu_norm_w), m.n, m.E, st);
+      gmu_backward_cuda(g.dgm, memory, a.g, param_at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
+                        param_at(G, o.gmu_norm_w), m.n, m.E, st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
       linear_backward_cuda(g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.n, m.d, m.E,
@@ -406,11 +381,11 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
 // add): the mixer, the residual add fused with the second norm, and the MLP into mlp_out.
 void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, bf16* mlp_out,
                         float rs) {
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
   mixer_forward(x, a, mixer_out);
   begin_op(x.profile, OpFamily::norm);
-  norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, at(x.P, o.norm2_b),
+  norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, param_at(x.P, o.norm2_b),
                         a.a2, a.ln2_mean, a.ln2_rstd, m.n, x.st);
   end_op(x.profile);
   OpScope mlp(x.profile, OpFamily::mlp);
@@ -421,7 +396,7 @@ void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, b
 
 void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBackwardScratch& g,
                     float rs) {
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
   const cudaStream_t st = x.st;
@@ -436,14 +411,14 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   end_op(x.profile);
   begin_op(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
-                G + o.norm2_w, at(G, o.norm2_b), m.n, st);
+                G + o.norm2_w, param_at(G, o.norm2_b), m.n, st);
   scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
   zero(g.da, nd, st);
   end_op(x.profile);
   mixer_backward(x, a, g.dbranch, G, g);
   OpScope norm(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
-                G + o.norm1_w, at(G, o.norm1_b), m.n, st);
+                G + o.norm1_w, param_at(G, o.norm1_b), m.n, st);
 }
 
 }  // namespace
@@ -530,7 +505,7 @@ void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* to
 
 ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc) {
   const ModelConfig& c = model.config;
-  const Dims m = dims_of(c, acts.B, acts.L);
+  const GraphDims m = graph_dims(c, acts.B, acts.L);
   const cudaStream_t st = model.stream;
   const float rs = static_cast<float>(model.residual_scale);
   const int32_t* doc = use_doc ? acts.doc : nullptr;
@@ -544,7 +519,7 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   GpuLayerActivations& first = acts.layers[0];
   begin_op(prof, OpFamily::norm);
   norm_forward(c, first.x_in, model.params + lay.layers[0].norm1_w,
-               at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
+               param_at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
                m.n, st);
   end_op(prof);
   for (int i = 0; i < n_layers; ++i) {
@@ -557,11 +532,11 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
       GpuLayerActivations& next = acts.layers[i + 1];
       const LayerOffsets& no = lay.layers[i + 1];
       norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, next.x_in, model.params + no.norm1_w,
-                            at(model.params, no.norm1_b), next.a, next.ln1_mean, next.ln1_rstd,
+                            param_at(model.params, no.norm1_b), next.a, next.ln1_mean, next.ln1_rstd,
                             m.n, st);
     } else {
       norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, acts.final_x,
-                            model.params + lay.final_norm_w, at(model.params, lay.final_norm_b),
+                            model.params + lay.final_norm_w, param_at(model.params, lay.final_norm_b),
                             acts.final_out, acts.final_mean, acts.final_rstd, m.n, st);
     }
   }
@@ -576,7 +551,7 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
 
 void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale) {
   const ModelConfig& c = model.config;
-  const Dims m = dims_of(c, acts.B, acts.L);
+  const GraphDims m = graph_dims(c, acts.B, acts.L);
   const cudaStream_t st = model.stream;
   const float rs = static_cast<float>(model.residual_scale);
   const int32_t* doc = use_doc ? acts.doc : nullptr;
@@ -597,7 +572,7 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   end_op(prof);
   begin_op(prof, OpFamily::norm);
   norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
-                acts.final_rstd, g.dres, G + lay.final_norm_w, at(G, lay.final_norm_b), m.n, st);
+                acts.final_rstd, g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), m.n, st);
   end_op(prof);
   for (int i = n_layers - 1; i >= 0; --i) {
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof};
@@ -606,7 +581,7 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
       // Re-run the layer from its saved input with the same kernels as the forward (the first
       // norm unfused: it computes the same statistics from the same stored input).
       begin_op(prof, OpFamily::norm);
-      norm_forward(c, a.x_in, model.params + x.o.norm1_w, at(model.params, x.o.norm1_b), a.a,
+      norm_forward(c, a.x_in, model.params + x.o.norm1_w, param_at(model.params, x.o.norm1_b), a.a,
                    a.ln1_mean, a.ln1_rstd, m.n, st);
       end_op(prof);
       layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);

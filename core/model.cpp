@@ -1,6 +1,7 @@
 #include "core/model.h"
 
 #include "core/check.h"
+#include "core/model_graph.h"
 #include "kernels/activations.h"
 #include "kernels/attention.h"
 #include "kernels/causal_conv1d.h"
@@ -24,8 +25,6 @@ namespace {
 // Vocabulary rows per GEMM in the loss: the [n, chunk] logits block is the loss's only buffer.
 constexpr int64_t kLossVocabChunk = 4096;
 
-double lambda_init_for_layer(int layer) { return 0.8 - 0.6 * std::exp(-0.3 * layer); }
-
 template <typename T>
 void zero_n(T* p, int64_t n) {
   std::memset(p, 0, sizeof(T) * static_cast<size_t>(n));
@@ -41,19 +40,9 @@ struct Allocator {
   }
 };
 
-struct Dims {
-  int64_t n, B, L, d, E, N, R, K, H, G, h, Hh, Gh, F;
-};
-
-Dims dims_of(const ModelConfig& c, int64_t B, int64_t L) {
-  return {B * L,       B,           L,           c.d_model,  c.d_inner,
-          c.d_state,   c.dt_rank,   c.d_conv,    c.n_heads,  c.n_kv_heads,
-          c.head_dim,  c.n_heads * c.head_dim,   c.n_kv_heads * c.head_dim, c.d_ff};
-}
-
 // The internals of one layer of this kind (everything but x_in).
 template <typename T>
-void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, Allocator<T>& al,
+void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, Allocator<T>& al,
                         LayerActivations<T>& a) {
   a.ln1_mean = al.take(m.n), a.ln1_rstd = al.take(m.n), a.a = al.take(m.n * m.d);
   a.x_mid = al.take(m.n * m.d);
@@ -92,7 +81,7 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const Dims& m, All
 template <typename T>
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
                           Arena& arena, Activations<T>& acts) {
-  const Dims m = dims_of(c, B, L);
+  const GraphDims m = graph_dims(c, B, L);
   Allocator<T> al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
   acts.layers.assign(n_layers, LayerActivations<T>{});
@@ -125,24 +114,19 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   BackwardScratch<T>& g = acts.grad;
   g.dres = al.take(m.n * m.d), g.dbranch = al.take(m.n * m.d), g.da = al.take(m.n * m.d);
   g.dh = al.take(m.n * 2 * m.F), g.ds = al.take(m.n * m.F);
-  bool any_mamba = false, any_attention = false, any_gmu = false;
-  for (LayerKind k : c.layers) {
-    any_mamba |= k == LayerKind::mamba;
-    any_gmu |= k == LayerKind::gmu;
-    any_attention |= k != LayerKind::mamba && k != LayerKind::gmu;
-  }
-  if (any_mamba) {
+  const LayerKindsPresent kinds = layer_kinds_present(c);
+  if (kinds.mamba) {
     g.dxin = al.take(m.n * m.E), g.dz = al.take(m.n * m.E), g.dxc = al.take(m.n * m.E);
     g.dxs = al.take(m.n * m.E), g.ddl = al.take(m.n * m.R), g.dbc = al.take(m.n * m.N);
     g.dcc = al.take(m.n * m.N), g.ddt = al.take(m.n * m.E), g.dsout = al.take(m.n * m.E);
   }
-  if (any_attention) {
+  if (kinds.attention) {
     g.dq = al.take(m.n * m.Hh), g.do_ = al.take(m.n * m.Hh);
     g.dk = al.take(m.n * m.Gh), g.dv = al.take(m.n * m.Gh);
     if (c.rope) g.dq_rot = al.take(m.n * m.Hh), g.dk_rot = al.take(m.n * m.Gh);
   }
   if (c.kv_source_layer >= 0) g.dk_shared = al.take(m.n * m.Gh), g.dv_shared = al.take(m.n * m.Gh);
-  if (any_gmu) {
+  if (kinds.gmu) {
     g.dg = al.take(m.n * m.E), g.dgm = al.take(m.n * m.E);
     g.dmemory = al.take(m.n * m.E);
   }
@@ -167,16 +151,10 @@ void norm_backward(const ModelConfig& c, const T* dy, const T* x, const T* w, co
     rmsnorm_backward(dy, x, w, rstd, dx, dw, rows, c.d_model);
 }
 
-// Pointer to a parameter (or its gradient) by offset; null for absent (-1) parameters.
-template <typename T>
-T* at(T* base, int64_t offset) {
-  return offset < 0 ? nullptr : base + offset;
-}
-
 template <typename T>
 struct LayerContext {
   const ModelConfig& c;
-  const Dims& m;
+  const GraphDims& m;
   int layer;
   const T* params;
   const LayerOffsets& o;
@@ -194,15 +172,11 @@ DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window) {
   return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window};
 }
 
-int64_t window_of(const ModelConfig& c, LayerKind kind) {
-  return kind == LayerKind::sliding_window ? c.window : 0;
-}
-
 // Mixer forward: reads a.a (the normed input), writes the internals and `out` [n, d].
 template <typename T>
 void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
   const ModelConfig& c = x.c;
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
   const LayerKind kind = c.layers[x.layer];
@@ -228,7 +202,7 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
     case LayerKind::cross_attention: {
       const bool cross = kind == LayerKind::cross_attention;
       const T* w = P + o.qkv_w;
-      const T* b = at(P, o.qkv_b);
+      const T* b = param_at(P, o.qkv_b);
       linear_forward(a.a, w, b, a.q, m.n, m.d, m.Hh);
       const T* k = a.k;
       const T* v = a.v;
@@ -254,13 +228,13 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
       } else {
         attention_forward(a.q, k, v, x.doc, a.o, a.lse, attention_shape(x, window), scale);
       }
-      linear_forward(a.o, P + o.o_w, at(P, o.o_b), out, m.n, m.Hh, m.d);
+      linear_forward(a.o, P + o.o_w, param_at(P, o.o_b), out, m.n, m.Hh, m.d);
       break;
     }
     case LayerKind::gmu: {
       const T* memory = x.acts.layers[c.memory_layer].y;
       linear_forward(a.a, P + o.gmu_in_w, (const T*)nullptr, a.g, m.n, m.d, m.E);
-      gmu_forward(memory, a.g, at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
+      gmu_forward(memory, a.g, param_at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
                   static_cast<T>(c.norm_eps));
       linear_forward(a.gm, P + o.gmu_out_w, (const T*)nullptr, out, m.n, m.E, m.d);
       break;
@@ -274,7 +248,7 @@ template <typename T>
 void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const T* dout, T* G,
                     BackwardScratch<T>& g) {
   const ModelConfig& c = x.c;
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
   const LayerKind kind = c.layers[x.layer];
@@ -313,7 +287,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       const bool cross = kind == LayerKind::cross_attention;
       const bool kv_source = x.layer == c.kv_source_layer;
       zero_n(g.dq, m.n * m.Hh), zero_n(g.do_, m.n * m.Hh);
-      linear_backward(dout, a.o, P + o.o_w, g.do_, G + o.o_w, at(G, o.o_b), m.n, m.Hh, m.d);
+      linear_backward(dout, a.o, P + o.o_w, g.do_, G + o.o_w, param_at(G, o.o_b), m.n, m.Hh, m.d);
       const T* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
       const T* v = cross ? x.acts.layers[c.kv_source_layer].v : a.v;
       // Key/value gradients: cross layers and the kv layer itself add into the shared buffers
@@ -346,7 +320,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       }
       const T* w = P + o.qkv_w;
       T* gw = G + o.qkv_w;
-      T* gb = at(G, o.qkv_b);
+      T* gb = param_at(G, o.qkv_b);
       linear_backward(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh);
       if (!cross) {
         linear_backward(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb, m.n,
@@ -361,8 +335,8 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       zero_n(g.dg, m.n * m.E), zero_n(g.dgm, m.n * m.E);
       linear_backward(dout, a.gm, P + o.gmu_out_w, g.dgm, G + o.gmu_out_w, (T*)nullptr, m.n, m.E,
                       m.d);
-      gmu_backward(g.dgm, memory, a.g, at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
-                   at(G, o.gmu_norm_w), m.n, m.E);
+      gmu_backward(g.dgm, memory, a.g, param_at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
+                   param_at(G, o.gmu_norm_w), m.n, m.E);
       linear_backward(g.dg, a.a, P + o.gmu_in_w, g.da, G + o.gmu_in_w, (T*)nullptr, m.n, m.d, m.E);
       break;
     }
@@ -373,15 +347,15 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
 template <typename T>
 void layer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* x_out, T* mixer_out,
                    T* mlp_out, double residual_scale) {
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
   const T rs = static_cast<T>(residual_scale);
-  norm_forward(x.c, a.x_in, P + o.norm1_w, at(P, o.norm1_b), a.a, a.ln1_mean, a.ln1_rstd, m.n);
+  norm_forward(x.c, a.x_in, P + o.norm1_w, param_at(P, o.norm1_b), a.a, a.ln1_mean, a.ln1_rstd, m.n);
   mixer_forward(x, a, mixer_out);
   for (int64_t i = 0; i < nd; ++i) a.x_mid[i] = a.x_in[i] + rs * mixer_out[i];
-  norm_forward(x.c, a.x_mid, P + o.norm2_w, at(P, o.norm2_b), a.a2, a.ln2_mean, a.ln2_rstd, m.n);
+  norm_forward(x.c, a.x_mid, P + o.norm2_w, param_at(P, o.norm2_b), a.a2, a.ln2_mean, a.ln2_rstd, m.n);
   linear_forward(a.a2, P + o.fc1_w, (const T*)nullptr, a.h, m.n, m.d, 2 * m.F);
   swiglu_forward(a.h, a.s, m.n, m.F);
   linear_forward(a.s, P + o.fc2_w, (const T*)nullptr, mlp_out, m.n, m.F, m.d);
@@ -392,7 +366,7 @@ void layer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* x_out, T
 template <typename T>
 void layer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, T* G,
                     BackwardScratch<T>& g, double residual_scale) {
-  const Dims& m = x.m;
+  const GraphDims& m = x.m;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
@@ -404,13 +378,13 @@ void layer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, T* G
   swiglu_backward(g.ds, a.h, g.dh, m.n, m.F);
   linear_backward(g.dh, a.a2, P + o.fc1_w, g.da, G + o.fc1_w, (T*)nullptr, m.n, m.d, 2 * m.F);
   norm_backward(x.c, g.da, a.x_mid, P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
-                G + o.norm2_w, at(G, o.norm2_b), m.n);
+                G + o.norm2_w, param_at(G, o.norm2_b), m.n);
   // Mixer branch.
   for (int64_t i = 0; i < nd; ++i) g.dbranch[i] = rs * g.dres[i];
   zero_n(g.da, nd);
   mixer_backward(x, a, g.dbranch, G, g);
   norm_backward(x.c, g.da, a.x_in, P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres, G + o.norm1_w,
-                at(G, o.norm1_b), m.n);
+                param_at(G, o.norm1_b), m.n);
 }
 
 }  // namespace
@@ -464,7 +438,7 @@ template <typename T>
 ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const int32_t* tokens,
                             const int32_t* targets, const int32_t* doc) {
   const ModelConfig& c = model.config;
-  const Dims m = dims_of(c, acts.B, acts.L);
+  const GraphDims m = graph_dims(c, acts.B, acts.L);
   const T* P = model.params.data();
   const int n_layers = static_cast<int>(c.layers.size());
   embedding_forward(tokens, P + model.layout.embedding, acts.layers[0].x_in, m.n, c.vocab, m.d);
@@ -473,7 +447,7 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
     T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
     layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
   }
-  norm_forward(c, acts.final_x, P + model.layout.final_norm_w, at(P, model.layout.final_norm_b),
+  norm_forward(c, acts.final_x, P + model.layout.final_norm_w, param_at(P, model.layout.final_norm_b),
                acts.final_out, acts.final_mean, acts.final_rstd, m.n);
   ForwardResult r;
   r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding, targets,
@@ -488,7 +462,7 @@ template <typename T>
 void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens,
                     const int32_t* targets, const int32_t* doc, T grad_scale) {
   const ModelConfig& c = model.config;
-  const Dims m = dims_of(c, acts.B, acts.L);
+  const GraphDims m = graph_dims(c, acts.B, acts.L);
   const T* P = model.params.data();
   T* G = model.grads.data();
   BackwardScratch<T>& g = acts.grad;
@@ -505,7 +479,7 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
                               static_cast<T>(model.logit_scale),
                               std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
   norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
-                g.dres, G + lay.final_norm_w, at(G, lay.final_norm_b), m.n);
+                g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), m.n);
 
   for (int i = n_layers - 1; i >= 0; --i) {
     LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts};

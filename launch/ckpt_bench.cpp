@@ -5,6 +5,8 @@
 // --layers 16 --vocab 200064 is the full model (18 GB written).
 #include "launch/ckpt_commands.h"
 
+#include "launch/command_line.h"
+
 #include "core/check.h"
 #include "core/param_layout.h"
 #include "io/checkpoint.h"
@@ -82,7 +84,7 @@ int cmd_ckpt_bench(int argc, const char* const* argv) {
   int repeats = 0;
   bool keep = false;
   po::options_description o("sambay ckpt bench");
-  o.add_options()("help,h", "print the options and exit")
+  o.add_options()
       ("dir", po::value(&dir)->default_value("ckpt_bench"), "scratch directory (removed after)")
       ("model", po::value(&preset)->default_value("sambay-da-1b"), "model preset whose shapes are used")
       ("layers", po::value(&layers)->default_value(4), "layers kept (a multiple of 4)")
@@ -90,16 +92,7 @@ int cmd_ckpt_bench(int argc, const char* const* argv) {
       ("repeats", po::value(&repeats)->default_value(2), "measurements (the fastest is shown)")
       ("keep", po::bool_switch(&keep), "keep the files");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, o), vm);
-    if (vm.count("help")) {
-      std::cout << "usage: sambay ckpt bench [options]\n\n" << o;
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    fail("command line: {} (see --help)", e.what());
-  }
+  if (!parse_command_line(argc, argv, o, {}, vm, "usage: sambay ckpt bench [options]")) return 0;
   if (repeats < 1) fail("option --repeats: must be >= 1, got {}", repeats);
   ModelConfig full = model_preset(preset);
   ModelConfig c = full;

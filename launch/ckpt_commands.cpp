@@ -1,5 +1,7 @@
 #include "launch/ckpt_commands.h"
 
+#include "launch/command_line.h"
+
 #include "core/check.h"
 #include "core/model.h"
 #include "core/param_layout.h"
@@ -33,23 +35,6 @@ commands:
 PATH is a step directory, a checkpoints directory (its newest checkpoint) or a run directory.
 )";
 
-bool parse(int argc, const char* const* argv, po::options_description& o,
-           const po::positional_options_description& pos, po::variables_map& vm,
-           const char* usage) {
-  o.add_options()("help,h", "print the options and exit");
-  try {
-    po::store(po::command_line_parser(argc, argv).options(o).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << usage << "\n" << o;
-      return false;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    fail("command line: {} (see --help)", e.what());
-  }
-  return true;
-}
-
 // The step directory PATH names: itself, or the newest checkpoint of a checkpoints directory.
 std::string step_dir_of(const std::string& path) {
   const CheckpointLocation at = locate_checkpoint(path);
@@ -70,7 +55,7 @@ int cmd_inspect(int argc, const char* const* argv) {
   po::positional_options_description pos;
   pos.add("path", 1);
   po::variables_map vm;
-  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt inspect PATH")) return 0;
+  if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt inspect PATH")) return 0;
   const CheckpointInfo info = read_checkpoint_info(step_dir_of(path));
   const std::vector<std::vector<uint32_t>> crcs = verify_checkpoint_data(info);
   const TrainState& s = info.state;
@@ -128,7 +113,7 @@ int cmd_export(int argc, const char* const* argv) {
   po::positional_options_description pos;
   pos.add("path", 1).add("out", 1);
   po::variables_map vm;
-  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt export --format hf PATH OUTDIR")) return 0;
+  if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt export --format hf PATH OUTDIR")) return 0;
   need_hf(format);
   if (dtype != "f32" && dtype != "bf16") fail("option --dtype: '{}' is not f32 or bf16", dtype);
   const LoadedCheckpoint c = load_checkpoint(step_dir_of(path), std::nullopt);
@@ -149,7 +134,7 @@ int cmd_import(int argc, const char* const* argv) {
   po::positional_options_description pos;
   pos.add("dir", 1);
   po::variables_map vm;
-  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt import --format hf DIR --out CKPT"))
+  if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt import --format hf DIR --out CKPT"))
     return 0;
   need_hf(format);
   const HfImport hf = import_hf(dir);
@@ -180,7 +165,7 @@ int cmd_phonebook(int argc, const char* const* argv) {
   po::positional_options_description pos;
   pos.add("path", 1);
   po::variables_map vm;
-  if (!parse(argc, argv, o, pos, vm, "usage: sambay ckpt phonebook PATH [options]")) return 0;
+  if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt phonebook PATH [options]")) return 0;
   if (queries <= 0) fail("option --queries: must be positive, got {}", queries);
   if (entries <= 0 || entries > phonebook_max_entries())
     fail("option --entries: must be in [1, {}], got {}", phonebook_max_entries(), entries);

@@ -5,6 +5,7 @@
 #include "io/phonebook.h"
 #include "sambay_version.h"
 #include "launch/ckpt_commands.h"
+#include "launch/command_line.h"
 #include "launch/train_config.h"
 #include "launch/trainer.h"
 #include "parallel/process_grid.h"
@@ -42,23 +43,13 @@ int cmd_train(int argc, const char* const* argv) {
   return run_training(config);
 }
 
-// Parses `options` plus positional `inputs`; prints help and returns false on --help.
+// Parses a subcommand's flags; `positional` names the option that takes the positional
+// arguments (all of them), if any. Prints the help and returns false on --help.
 bool parse(int argc, const char* const* argv, po::options_description& options,
            po::variables_map& vm, const char* usage, const char* positional = nullptr) {
-  options.add_options()("help,h", "print the options and exit");
   po::positional_options_description pos;
   if (positional) pos.add(positional, -1);
-  try {
-    po::store(po::command_line_parser(argc, argv).options(options).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << usage << "\n" << options;
-      return false;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    fail("command line: {} (see --help)", e.what());
-  }
-  return true;
+  return parse_command_line(argc, argv, options, pos, vm, usage);
 }
 
 int cmd_data_tokenize(int argc, const char* const* argv) {

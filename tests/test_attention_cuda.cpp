@@ -190,23 +190,12 @@ TEST_P(AttentionCudaTest, NullGradientsAreSkipped) {
   expect_close(bf16_to_f64(dv.download()), want.dv, "dv");
 }
 
-std::vector<CudaAttnCase> with_both_kernels(const std::vector<CudaAttnCase>& cases) {
-  std::vector<CudaAttnCase> all;
-  for (CudaAttnCase c : cases) {
-    c.simple = false;
-    all.push_back(c);
-    c.simple = true;
-    all.push_back(c);
-  }
-  return all;
-}
-
 // Tiles are 128 queries x 64 keys (forward, consumed 32 or 64 at a time) and 64 x 64 (backward),
 // so L = 1, 17, 65, 100, 130, 257, 1000 cover partial tiles, one tile and many. Windows: 1 (every
 // query sees only itself), smaller than a tile, not a multiple of it, equal to L and beyond L.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCudaTest,
-    ::testing::ValuesIn(with_both_kernels({
+    ::testing::ValuesIn(testing::with_both_kernels<CudaAttnCase>({
         {1, 1, 2, 2, 64, 64, 0, false, false},       // a single token
         {2, 17, 4, 2, 64, 64, 0, true, false},       // GQA 2, docs
         {1, 100, 4, 4, 64, 128, 0, false, false},    // GQA 1, dv = 2 dk

@@ -255,23 +255,12 @@ TEST_P(DiffAttentionCudaTest, NullGradientsAreSkipped) {
   EXPECT_LT(relative_error(to_f64(dlq2.download()), want.dlq2), kBf16Tolerance);
 }
 
-std::vector<CudaDiffCase> with_both_kernels(const std::vector<CudaDiffCase>& cases) {
-  std::vector<CudaDiffCase> all;
-  for (CudaDiffCase c : cases) {
-    c.simple = false;
-    all.push_back(c);
-    c.simple = true;
-    all.push_back(c);
-  }
-  return all;
-}
-
 // h = 64 (the 3.8B model: dk 64, dv 128) and h = 128 (dk 128, dv 256) use the tensor-core
 // kernels; h = 32 the simple ones. L = 1 is left out: both maps are then the identity, a1 = a2,
 // and the exact dlambda is O(eps) (the norm's eps), below fp32 rounding of its terms.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DiffAttentionCudaTest,
-    ::testing::ValuesIn(with_both_kernels({
+    ::testing::ValuesIn(testing::with_both_kernels<CudaDiffCase>({
         {1, 3, 2, 2, 64, 0, false, false},     // three tokens, one pair
         {2, 17, 4, 2, 64, 0, true, false},     // GQA 2, docs
         {1, 100, 4, 4, 64, 16, false, false},  // GQA 1, window < L

@@ -5,6 +5,7 @@
 //   fit RESULTS.csv   L(C) = A C^-alpha + E over the finished runs
 //   perf INPUTS.ini   predicted step time and scaling efficiency for 1..N GPUs
 // docs/scaling.md describes the spec and input files.
+#include "launch/command_line.h"
 #include "core/check.h"
 #include "core/model.h"
 #include "core/model_config.h"
@@ -42,20 +43,9 @@ commands:
 
 bool parse(int argc, const char* const* argv, po::options_description& o, po::variables_map& vm,
            const char* usage, const char* positional) {
-  o.add_options()("help,h", "print the options and exit");
   po::positional_options_description pos;
   pos.add(positional, 1);
-  try {
-    po::store(po::command_line_parser(argc, argv).options(o).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << usage << "\n" << o;
-      return false;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    fail("command line: {} (see --help)", e.what());
-  }
-  return true;
+  return parse_command_line(argc, argv, o, pos, vm, usage);
 }
 
 std::string shell_quote(const std::string& s) {
