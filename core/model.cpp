@@ -3,6 +3,7 @@
 #include "core/check.h"
 #include "core/model_graph.h"
 #include "kernels/activations.h"
+#include "kernels/column_sum.h"
 #include "kernels/attention.h"
 #include "kernels/causal_conv1d.h"
 #include "kernels/cross_entropy.h"
@@ -30,6 +31,29 @@ void zero_n(T* p, int64_t n) {
   std::memset(p, 0, sizeof(T) * static_cast<size_t>(n));
 }
 
+// Where this rank stands in its tensor-parallel group for a micro-batch of n rows.
+struct RowSplit {
+  const Communicator* tp = nullptr;  // null: one rank
+  int rank = 0;
+  bool sp = false;      // sequence parallel
+  int64_t nr = 0;       // residual-stream rows this rank keeps (n, or n / tp under SP)
+  int64_t row0 = 0;     // the first of them
+};
+
+RowSplit row_split(const ModelSplit& split, int64_t n) {
+  RowSplit r;
+  r.nr = n;
+  if (!split.tp || split.tp->size == 1) return r;
+  r.tp = split.tp, r.rank = split.tp->rank, r.sp = split.sequence_parallel;
+  if (r.sp) {
+    SAMBAY_CHECK(n % split.tp->size == 0,
+                 "sequence parallelism needs B * L = {} rows divisible by tensor-parallel size {}",
+                 n, split.tp->size);
+    r.nr = n / split.tp->size, r.row0 = r.rank * r.nr;
+  }
+  return r;
+}
+
 // Hands out typed buffers from the arena (or only counts them when it measures).
 template <typename T>
 struct Allocator {
@@ -42,11 +66,11 @@ struct Allocator {
 
 // The internals of one layer of this kind (everything but x_in).
 template <typename T>
-void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, Allocator<T>& al,
-                        LayerActivations<T>& a) {
-  a.ln1_mean = al.take(m.n), a.ln1_rstd = al.take(m.n), a.a = al.take(m.n * m.d);
-  a.x_mid = al.take(m.n * m.d);
-  a.ln2_mean = al.take(m.n), a.ln2_rstd = al.take(m.n), a.a2 = al.take(m.n * m.d);
+void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, int64_t nr,
+                        Allocator<T>& al, LayerActivations<T>& a) {
+  a.ln1_mean = al.take(nr), a.ln1_rstd = al.take(nr), a.a = al.take(nr * m.d);
+  a.x_mid = al.take(nr * m.d);
+  a.ln2_mean = al.take(nr), a.ln2_rstd = al.take(nr), a.a2 = al.take(nr * m.d);
   a.h = al.take(m.n * 2 * m.F), a.s = al.take(m.n * m.F);
   switch (kind) {
     case LayerKind::mamba:
@@ -73,13 +97,14 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m
       break;
     case LayerKind::gmu:
       a.g = al.take(m.n * m.E), a.gm = al.take(m.n * m.E);
-      if (c.normalized_gmu) a.gmu_rstd = al.take(m.n);
+      if (c.normalized_gmu) a.gated = al.take(m.n * m.E), a.gmu_rstd = al.take(m.n);
       break;
   }
 }
 
+// nr: the residual-stream rows this rank keeps (RowSplit).
 template <typename T>
-void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
+void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, bool recompute,
                           Arena& arena, Activations<T>& acts) {
   const GraphDims m = graph_dims(c, B, L);
   Allocator<T> al{arena};
@@ -90,12 +115,12 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   std::vector<bool> have_shared(5, false);
   for (int i = 0; i < n_layers; ++i) {
     LayerActivations<T>& a = acts.layers[i];
-    a.x_in = al.take(m.n * m.d);
+    a.x_in = al.take(nr * m.d);
     const int kind = static_cast<int>(c.layers[i]);
     if (!recompute) {
-      allocate_internals(c, c.layers[i], m, al, a);
+      allocate_internals(c, c.layers[i], m, nr, al, a);
     } else {
-      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, al, shared[kind]);
+      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, nr, al, shared[kind]);
       have_shared[kind] = true;
       const T* x_in = a.x_in;
       a = shared[kind];
@@ -107,12 +132,13 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
     if (recompute && i == c.memory_layer) a.y = al.take(m.n * m.E);
   }
   acts.mixer_out = al.take(m.n * m.d), acts.mlp_out = al.take(m.n * m.d);
-  acts.final_x = al.take(m.n * m.d), acts.final_out = al.take(m.n * m.d);
-  acts.final_mean = al.take(m.n), acts.final_rstd = al.take(m.n);
-  acts.ce_lse = al.take(m.n);
+  if (nr < m.n) acts.region_in = al.take(m.n * m.d);
+  acts.final_x = al.take(nr * m.d), acts.final_out = al.take(nr * m.d);
+  acts.final_mean = al.take(nr), acts.final_rstd = al.take(nr);
+  acts.ce_lse = al.take(nr);
 
   BackwardScratch<T>& g = acts.grad;
-  g.dres = al.take(m.n * m.d), g.dbranch = al.take(m.n * m.d), g.da = al.take(m.n * m.d);
+  g.dres = al.take(nr * m.d), g.dbranch = al.take(m.n * m.d), g.da = al.take(m.n * m.d);
   g.dh = al.take(m.n * 2 * m.F), g.ds = al.take(m.n * m.F);
   const LayerKindsPresent kinds = layer_kinds_present(c);
   if (kinds.mamba) {
@@ -128,6 +154,7 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   if (c.kv_source_layer >= 0) g.dk_shared = al.take(m.n * m.Gh), g.dv_shared = al.take(m.n * m.Gh);
   if (kinds.gmu) {
     g.dg = al.take(m.n * m.E), g.dgm = al.take(m.n * m.E);
+    if (c.normalized_gmu) g.dgated = al.take(m.n * m.E);
     g.dmemory = al.take(m.n * m.E);
   }
 }
@@ -160,7 +187,45 @@ struct LayerContext {
   const LayerOffsets& o;
   const int32_t* doc;
   const Activations<T>& acts;
+  const RowSplit& split;
+  int64_t E_full;  // the inner width over all TP ranks (the nGMU's norm spans it)
 };
+
+// Sums a partial result over the TP group in place (a row-parallel product's output).
+template <typename T>
+void tp_sum(const RowSplit& s, T* data, int64_t count) {
+  if (s.tp) all_reduce(*s.tp, data, count);
+}
+
+// Entry into a tensor-parallel region: the input every TP rank reads whole. Under SP this
+// rank's rows are gathered into `gathered`; otherwise every rank already holds all of them.
+template <typename T>
+const T* region_input(const RowSplit& s, const GraphDims& m, const T* rows, T* gathered) {
+  if (!s.sp) return rows;
+  all_gather(*s.tp, rows, gathered, s.nr * m.d, dtype_of<T>());
+  return gathered;
+}
+
+// Exit from a region: out [n, d] holds this rank's partial sum; returns this rank's rows of the
+// total (reduce-scattered under SP, all-reduced otherwise), in place in out.
+template <typename T>
+T* region_output(const RowSplit& s, const GraphDims& m, T* out) {
+  if (!s.tp) return out;
+  if (!s.sp) {
+    all_reduce(*s.tp, out, m.n * m.d);
+    return out;
+  }
+  T* mine = out + s.row0 * m.d;
+  reduce_scatter(*s.tp, out, mine, s.nr * m.d, dtype_of<T>(), ReduceOp::sum);
+  return mine;
+}
+
+// The nGMU's norm statistics are over the whole inner width: row sums summed over TP ranks.
+template <typename T>
+RowSumReducer inner_width_sum(const RowSplit& s) {
+  if (!s.tp) return RowSumReducer{};
+  return [&s](double* sums, int64_t rows) { all_reduce(*s.tp, sums, rows); };
+}
 
 template <typename T>
 AttentionShape attention_shape(const LayerContext<T>& x, int64_t window) {
@@ -172,9 +237,10 @@ DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window) {
   return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window};
 }
 
-// Mixer forward: reads a.a (the normed input), writes the internals and `out` [n, d].
+// Mixer forward: reads `in` [n, d] (the normed input, whole), writes the internals and `out`
+// [n, d] (this rank's partial sum under TP).
 template <typename T>
-void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
+void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in, T* out) {
   const ModelConfig& c = x.c;
   const GraphDims& m = x.m;
   const T* P = x.params;
@@ -183,14 +249,17 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
   switch (kind) {
     case LayerKind::mamba: {
       const T* w_in = P + o.in_proj_w;
-      linear_forward(a.a, w_in, (const T*)nullptr, a.xin, m.n, m.d, m.E);
-      linear_forward(a.a, w_in + m.E * m.d, (const T*)nullptr, a.z, m.n, m.d, m.E);
+      linear_forward(in, w_in, (const T*)nullptr, a.xin, m.n, m.d, m.E);
+      linear_forward(in, w_in + m.E * m.d, (const T*)nullptr, a.z, m.n, m.d, m.E);
       causal_conv1d_forward(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xc, m.B, m.L, m.E, m.K);
       silu_forward(a.xc, a.xs, m.n * m.E);
       const T* w_x = P + o.x_proj_w;  // rows: delta (R), B (N), C (N)
       linear_forward(a.xs, w_x, (const T*)nullptr, a.dl, m.n, m.E, m.R);
       linear_forward(a.xs, w_x + m.R * m.E, (const T*)nullptr, a.bc, m.n, m.E, m.N);
       linear_forward(a.xs, w_x + (m.R + m.N) * m.E, (const T*)nullptr, a.cc, m.n, m.E, m.N);
+      // x_proj is row-parallel (its input channels are split): its small outputs are summed.
+      tp_sum(x.split, a.dl, m.n * m.R), tp_sum(x.split, a.bc, m.n * m.N);
+      tp_sum(x.split, a.cc, m.n * m.N);
       linear_forward(a.dl, P + o.dt_proj_w, (const T*)nullptr, a.dt, m.n, m.R, m.E);
       selective_scan_forward(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc, P + o.d_skip,
                              a.z, x.doc, a.y, a.sout, SelectiveScanShape{m.B, m.L, m.E, m.N});
@@ -203,15 +272,15 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
       const bool cross = kind == LayerKind::cross_attention;
       const T* w = P + o.qkv_w;
       const T* b = param_at(P, o.qkv_b);
-      linear_forward(a.a, w, b, a.q, m.n, m.d, m.Hh);
+      linear_forward(in, w, b, a.q, m.n, m.d, m.Hh);
       const T* k = a.k;
       const T* v = a.v;
       if (cross) {
         k = x.acts.layers[c.kv_source_layer].k;
         v = x.acts.layers[c.kv_source_layer].v;
       } else {
-        linear_forward(a.a, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh);
-        linear_forward(a.a, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d, m.Gh);
+        linear_forward(in, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh);
+        linear_forward(in, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d, m.Gh);
         if (c.rope) {
           rope_forward(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta);
           rope_forward(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta);
@@ -228,25 +297,33 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* out) {
       } else {
         attention_forward(a.q, k, v, x.doc, a.o, a.lse, attention_shape(x, window), scale);
       }
-      linear_forward(a.o, P + o.o_w, param_at(P, o.o_b), out, m.n, m.Hh, m.d);
+      // The output bias joins the sum over TP ranks once.
+      const T* o_b = x.split.rank == 0 ? param_at(P, o.o_b) : nullptr;
+      linear_forward(a.o, P + o.o_w, o_b, out, m.n, m.Hh, m.d);
       break;
     }
     case LayerKind::gmu: {
       const T* memory = x.acts.layers[c.memory_layer].y;
-      linear_forward(a.a, P + o.gmu_in_w, (const T*)nullptr, a.g, m.n, m.d, m.E);
-      gmu_forward(memory, a.g, param_at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
-                  static_cast<T>(c.norm_eps));
+      linear_forward(in, P + o.gmu_in_w, (const T*)nullptr, a.g, m.n, m.d, m.E);
+      if (c.normalized_gmu) {  // the norm spans every TP rank's channels
+        gmu_forward(memory, a.g, (const T*)nullptr, a.gated, (T*)nullptr, m.n, m.E, T(0));
+        rmsnorm_forward_sharded(a.gated, P + o.gmu_norm_w, a.gm, a.gmu_rstd, m.n, m.E, x.E_full,
+                                static_cast<T>(c.norm_eps), inner_width_sum<T>(x.split));
+      } else {
+        gmu_forward(memory, a.g, (const T*)nullptr, a.gm, (T*)nullptr, m.n, m.E, T(0));
+      }
       linear_forward(a.gm, P + o.gmu_out_w, (const T*)nullptr, out, m.n, m.E, m.d);
       break;
     }
   }
 }
 
-// Mixer backward: dout [n, d] is the gradient of the mixer's output; adds into g.da (the
-// gradient of the normed input) and into the parameter gradients G.
+// Mixer backward: dout [n, d] is the gradient of the mixer's output and `in` its input; adds
+// into g.da (the gradient of the input; this rank's part under TP) and into the parameter
+// gradients G.
 template <typename T>
-void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const T* dout, T* G,
-                    BackwardScratch<T>& g) {
+void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const T* in,
+                    const T* dout, T* G, BackwardScratch<T>& g) {
   const ModelConfig& c = x.c;
   const GraphDims& m = x.m;
   const T* P = x.params;
@@ -265,6 +342,9 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
                               SelectiveScanShape{m.B, m.L, m.E, m.N});
       linear_backward(g.ddt, a.dl, P + o.dt_proj_w, g.ddl, G + o.dt_proj_w, (T*)nullptr, m.n, m.R,
                       m.E);
+      // Each TP rank's channels contribute to the gradients of x_proj's outputs.
+      tp_sum(x.split, g.ddl, m.n * m.R), tp_sum(x.split, g.dbc, m.n * m.N);
+      tp_sum(x.split, g.dcc, m.n * m.N);
       const T* w_x = P + o.x_proj_w;
       T* gw_x = G + o.x_proj_w;
       linear_backward(g.ddl, a.xs, w_x, g.dxs, gw_x, (T*)nullptr, m.n, m.E, m.R);
@@ -276,8 +356,8 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       causal_conv1d_backward(g.dxc, a.xin, P + o.conv_w, x.doc, g.dxin, G + o.conv_w,
                              G + o.conv_b, m.B, m.L, m.E, m.K);
       const T* w_in = P + o.in_proj_w;
-      linear_backward(g.dxin, a.a, w_in, g.da, G + o.in_proj_w, (T*)nullptr, m.n, m.d, m.E);
-      linear_backward(g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
+      linear_backward(g.dxin, in, w_in, g.da, G + o.in_proj_w, (T*)nullptr, m.n, m.d, m.E);
+      linear_backward(g.dz, in, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
                       (T*)nullptr, m.n, m.d, m.E);
       break;
     }
@@ -287,7 +367,15 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       const bool cross = kind == LayerKind::cross_attention;
       const bool kv_source = x.layer == c.kv_source_layer;
       zero_n(g.dq, m.n * m.Hh), zero_n(g.do_, m.n * m.Hh);
-      linear_backward(dout, a.o, P + o.o_w, g.do_, G + o.o_w, param_at(G, o.o_b), m.n, m.Hh, m.d);
+      // The output bias's gradient: from every row, or under SP from this rank's rows (the
+      // whole-tensor gradients of SP ranks are summed in reduce_tensor_parallel_grads).
+      T* g_ob = param_at(G, o.o_b);
+      linear_backward(dout, a.o, P + o.o_w, g.do_, G + o.o_w, x.split.sp ? nullptr : g_ob, m.n,
+                      m.Hh, m.d);
+      if (x.split.sp && g_ob)
+        add_column_sums(g_ob, x.split.nr, m.d, [&](int64_t r, int64_t j) {
+          return static_cast<double>(dout[(x.split.row0 + r) * m.d + j]);
+        });
       const T* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
       const T* v = cross ? x.acts.layers[c.kv_source_layer].v : a.v;
       // Key/value gradients: cross layers and the kv layer itself add into the shared buffers
@@ -321,11 +409,11 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       const T* w = P + o.qkv_w;
       T* gw = G + o.qkv_w;
       T* gb = param_at(G, o.qkv_b);
-      linear_backward(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh);
+      linear_backward(g.dq, in, w, g.da, gw, gb, m.n, m.d, m.Hh);
       if (!cross) {
-        linear_backward(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb, m.n,
+        linear_backward(dk, in, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb, m.n,
                         m.d, m.Gh);
-        linear_backward(dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da, gw + (m.Hh + m.Gh) * m.d,
+        linear_backward(dv, in, w + (m.Hh + m.Gh) * m.d, g.da, gw + (m.Hh + m.Gh) * m.d,
                         gb ? gb + m.Hh + m.Gh : gb, m.n, m.d, m.Gh);
       }
       break;
@@ -335,31 +423,58 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       zero_n(g.dg, m.n * m.E), zero_n(g.dgm, m.n * m.E);
       linear_backward(dout, a.gm, P + o.gmu_out_w, g.dgm, G + o.gmu_out_w, (T*)nullptr, m.n, m.E,
                       m.d);
-      gmu_backward(g.dgm, memory, a.g, param_at(P, o.gmu_norm_w), a.gmu_rstd, g.dmemory, g.dg,
-                   param_at(G, o.gmu_norm_w), m.n, m.E);
-      linear_backward(g.dg, a.a, P + o.gmu_in_w, g.da, G + o.gmu_in_w, (T*)nullptr, m.n, m.d, m.E);
+      const T* dgated = g.dgm;
+      if (c.normalized_gmu) {
+        zero_n(g.dgated, m.n * m.E);
+        rmsnorm_backward_sharded(g.dgm, a.gated, P + o.gmu_norm_w, a.gmu_rstd, g.dgated,
+                                 G + o.gmu_norm_w, m.n, m.E, x.E_full,
+                                 inner_width_sum<T>(x.split));
+        dgated = g.dgated;
+      }
+      gmu_backward(dgated, memory, a.g, (const T*)nullptr, (const T*)nullptr, g.dmemory, g.dg,
+                   (T*)nullptr, m.n, m.E);
+      linear_backward(g.dg, in, P + o.gmu_in_w, g.da, G + o.gmu_in_w, (T*)nullptr, m.n, m.d, m.E);
       break;
     }
   }
 }
 
-// One layer forward: x_in -> x_out (x_out may be the next layer's x_in or the final x).
+// One layer forward: x_in -> x_out (x_out may be the next layer's x_in or the final x). Under
+// sequence parallelism x_in, x_out and the norms cover this rank's rows only.
 template <typename T>
 void layer_forward(const LayerContext<T>& x, LayerActivations<T>& a, T* x_out, T* mixer_out,
                    T* mlp_out, double residual_scale) {
   const GraphDims& m = x.m;
+  const RowSplit& sp = x.split;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
-  const int64_t nd = m.n * m.d;
+  const int64_t nd = sp.nr * m.d;
   const T rs = static_cast<T>(residual_scale);
-  norm_forward(x.c, a.x_in, P + o.norm1_w, param_at(P, o.norm1_b), a.a, a.ln1_mean, a.ln1_rstd, m.n);
-  mixer_forward(x, a, mixer_out);
-  for (int64_t i = 0; i < nd; ++i) a.x_mid[i] = a.x_in[i] + rs * mixer_out[i];
-  norm_forward(x.c, a.x_mid, P + o.norm2_w, param_at(P, o.norm2_b), a.a2, a.ln2_mean, a.ln2_rstd, m.n);
-  linear_forward(a.a2, P + o.fc1_w, (const T*)nullptr, a.h, m.n, m.d, 2 * m.F);
+  T* gathered = x.acts.region_in;
+  norm_forward(x.c, a.x_in, P + o.norm1_w, param_at(P, o.norm1_b), a.a, a.ln1_mean, a.ln1_rstd,
+               sp.nr);
+  mixer_forward(x, a, region_input(sp, m, a.a, gathered), mixer_out);
+  const T* mixed = region_output(sp, m, mixer_out);
+  for (int64_t i = 0; i < nd; ++i) a.x_mid[i] = a.x_in[i] + rs * mixed[i];
+  norm_forward(x.c, a.x_mid, P + o.norm2_w, param_at(P, o.norm2_b), a.a2, a.ln2_mean, a.ln2_rstd,
+               sp.nr);
+  linear_forward(region_input(sp, m, a.a2, gathered), P + o.fc1_w, (const T*)nullptr, a.h, m.n,
+                 m.d, 2 * m.F);
   swiglu_forward(a.h, a.s, m.n, m.F);
   linear_forward(a.s, P + o.fc2_w, (const T*)nullptr, mlp_out, m.n, m.F, m.d);
-  for (int64_t i = 0; i < nd; ++i) x_out[i] = a.x_mid[i] + rs * mlp_out[i];
+  const T* mlp = region_output(sp, m, mlp_out);
+  for (int64_t i = 0; i < nd; ++i) x_out[i] = a.x_mid[i] + rs * mlp[i];
+}
+
+// The gradient of a block's output, [n, d] whole: residual_scale * dres on this rank's rows,
+// gathered over SP ranks (the transpose of the region's reduce-scatter).
+template <typename T>
+const T* block_output_grad(const RowSplit& sp, const GraphDims& m, const T* dres, T rs,
+                           T* dbranch) {
+  T* mine = dbranch + sp.row0 * m.d;
+  for (int64_t i = 0; i < sp.nr * m.d; ++i) mine[i] = rs * dres[i];
+  if (sp.sp) all_gather(*sp.tp, mine, dbranch, sp.nr * m.d, dtype_of<T>());
+  return dbranch;
 }
 
 // One layer backward: g.dres holds d(loss)/d(x_out) on entry and d(loss)/d(x_in) on exit.
@@ -367,24 +482,27 @@ template <typename T>
 void layer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, T* G,
                     BackwardScratch<T>& g, double residual_scale) {
   const GraphDims& m = x.m;
+  const RowSplit& sp = x.split;
   const T* P = x.params;
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
   const T rs = static_cast<T>(residual_scale);
+  T* gathered = x.acts.region_in;
   // MLP branch; the identity path leaves dres as it is, the norm's backward adds into it.
-  for (int64_t i = 0; i < nd; ++i) g.dbranch[i] = rs * g.dres[i];
+  const T* dout = block_output_grad(sp, m, g.dres, rs, g.dbranch);
+  const T* in2 = region_input(sp, m, a.a2, gathered);
   zero_n(g.ds, m.n * m.F), zero_n(g.dh, m.n * 2 * m.F), zero_n(g.da, nd);
-  linear_backward(g.dbranch, a.s, P + o.fc2_w, g.ds, G + o.fc2_w, (T*)nullptr, m.n, m.F, m.d);
+  linear_backward(dout, a.s, P + o.fc2_w, g.ds, G + o.fc2_w, (T*)nullptr, m.n, m.F, m.d);
   swiglu_backward(g.ds, a.h, g.dh, m.n, m.F);
-  linear_backward(g.dh, a.a2, P + o.fc1_w, g.da, G + o.fc1_w, (T*)nullptr, m.n, m.d, 2 * m.F);
-  norm_backward(x.c, g.da, a.x_mid, P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
-                G + o.norm2_w, param_at(G, o.norm2_b), m.n);
+  linear_backward(g.dh, in2, P + o.fc1_w, g.da, G + o.fc1_w, (T*)nullptr, m.n, m.d, 2 * m.F);
+  norm_backward(x.c, region_output(sp, m, g.da), a.x_mid, P + o.norm2_w, a.ln2_mean, a.ln2_rstd,
+                g.dres, G + o.norm2_w, param_at(G, o.norm2_b), sp.nr);
   // Mixer branch.
-  for (int64_t i = 0; i < nd; ++i) g.dbranch[i] = rs * g.dres[i];
+  dout = block_output_grad(sp, m, g.dres, rs, g.dbranch);
   zero_n(g.da, nd);
-  mixer_backward(x, a, g.dbranch, G, g);
-  norm_backward(x.c, g.da, a.x_in, P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres, G + o.norm1_w,
-                param_at(G, o.norm1_b), m.n);
+  mixer_backward(x, a, region_input(sp, m, a.a, gathered), dout, G, g);
+  norm_backward(x.c, region_output(sp, m, g.da), a.x_in, P + o.norm1_w, a.ln1_mean, a.ln1_rstd,
+                g.dres, G + o.norm1_w, param_at(G, o.norm1_b), sp.nr);
 }
 
 }  // namespace
@@ -393,7 +511,7 @@ template <typename T>
 Model<T> make_model(const ModelConfig& config, uint64_t seed) {
   validate_model_config(config, "model config '" + config.name + "'");
   Model<T> model;
-  model.config = config;
+  model.config = model.full_config = config;
   model.layout = build_param_layout(config);
   // muP++: width-aware init of hidden matrices, residual and logit multipliers.
   const MupConfig mup = mup_config_for(config);
@@ -409,15 +527,41 @@ Model<T> make_model(const ModelConfig& config, uint64_t seed) {
 }
 
 template <typename T>
+Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split) {
+  Model<T> model = make_model<T>(config, seed);
+  model.split = split;
+  if (!split.tp || split.tp->size == 1) return model;
+  const int tp = split.tp->size;
+  model.config = tensor_parallel_config(config, tp);
+  ParamLayout shard_layout = build_param_layout(model.config);
+  std::vector<T> shard(shard_layout.total);
+  shard_params(model.layout, shard_layout, model.params.data(), shard.data(), tp, split.tp->rank);
+  model.layout = std::move(shard_layout);
+  model.params = std::move(shard);
+  model.grads.assign(model.layout.total, T(0));
+  return model;
+}
+
+template <typename T>
+void reduce_tensor_parallel_grads(Model<T>& model) {
+  const ModelSplit& split = model.split;
+  if (!split.tp || split.tp->size == 1) return;
+  for (const ParamSpec& p : model.layout.params)
+    if (p.tp_partial_grad || (p.tp_dim < 0 && split.sequence_parallel))
+      all_reduce(*split.tp, model.grads.data() + p.offset, p.numel);
+}
+
+template <typename T>
 Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
+  const int64_t nr = row_split(model.split, B * L).nr;
   Arena measure = Arena::measuring("activations");
   Activations<T> dry;
-  allocate_activations(model.config, B, L, recompute, measure, dry);
+  allocate_activations(model.config, B, L, nr, recompute, measure, dry);
   Activations<T> acts;
   acts.B = B, acts.L = L, acts.recompute = recompute;
   acts.arena = Arena(Device::cpu, measure.used, "activations");
-  allocate_activations(model.config, B, L, recompute, acts.arena, acts);
+  allocate_activations(model.config, B, L, nr, recompute, acts.arena, acts);
   return acts;
 }
 
@@ -426,10 +570,10 @@ int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool r
   Arena measure = Arena::measuring("activations");
   if (element_size == sizeof(double)) {
     Activations<double> dry;
-    allocate_activations(config, B, L, recompute, measure, dry);
+    allocate_activations(config, B, L, B * L, recompute, measure, dry);
   } else {
     Activations<float> dry;
-    allocate_activations(config, B, L, recompute, measure, dry);
+    allocate_activations(config, B, L, B * L, recompute, measure, dry);
   }
   return static_cast<int64_t>(measure.used);
 }
@@ -439,22 +583,30 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
                             const int32_t* targets, const int32_t* doc) {
   const ModelConfig& c = model.config;
   const GraphDims m = graph_dims(c, acts.B, acts.L);
+  const RowSplit sp = row_split(model.split, m.n);
   const T* P = model.params.data();
   const int n_layers = static_cast<int>(c.layers.size());
-  embedding_forward(tokens, P + model.layout.embedding, acts.layers[0].x_in, m.n, c.vocab, m.d);
+  embedding_forward(tokens + sp.row0, P + model.layout.embedding, acts.layers[0].x_in, sp.nr,
+                    c.vocab, m.d);
   for (int i = 0; i < n_layers; ++i) {
-    LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts};
+    LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts, sp,
+                      model.full_config.d_inner};
     T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
     layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
   }
   norm_forward(c, acts.final_x, P + model.layout.final_norm_w, param_at(P, model.layout.final_norm_b),
-               acts.final_out, acts.final_mean, acts.final_rstd, m.n);
+               acts.final_out, acts.final_mean, acts.final_rstd, sp.nr);
   ForwardResult r;
-  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding, targets,
-                                          acts.ce_lse, m.n, m.d, c.vocab,
+  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding,
+                                          targets + sp.row0, acts.ce_lse, sp.nr, m.d, c.vocab,
                                           static_cast<T>(model.logit_scale),
                                           std::min<int64_t>(kLossVocabChunk, c.vocab),
                                           &r.valid_rows);
+  if (sp.sp) {  // each SP rank scored its own rows
+    double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
+    all_reduce(*sp.tp, sums, 2);
+    r.loss_sum = sums[0], r.valid_rows = static_cast<int64_t>(sums[1]);
+  }
   return r;
 }
 
@@ -463,6 +615,7 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
                     const int32_t* targets, const int32_t* doc, T grad_scale) {
   const ModelConfig& c = model.config;
   const GraphDims m = graph_dims(c, acts.B, acts.L);
+  const RowSplit sp = row_split(model.split, m.n);
   const T* P = model.params.data();
   T* G = model.grads.data();
   BackwardScratch<T>& g = acts.grad;
@@ -473,16 +626,16 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
   if (g.dmemory) zero_n(g.dmemory, m.n * m.E);
 
   // Loss and final norm: dres = d(loss)/d(final_x).
-  zero_n(g.da, m.n * m.d), zero_n(g.dres, m.n * m.d);
-  tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets, acts.ce_lse, g.da,
-                              G + lay.embedding, m.n, m.d, c.vocab,
+  zero_n(g.da, sp.nr * m.d), zero_n(g.dres, sp.nr * m.d);
+  tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets + sp.row0, acts.ce_lse,
+                              g.da, G + lay.embedding, sp.nr, m.d, c.vocab,
                               static_cast<T>(model.logit_scale),
                               std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
   norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
-                g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), m.n);
+                g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), sp.nr);
 
   for (int i = n_layers - 1; i >= 0; --i) {
-    LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts};
+    LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner};
     if (acts.recompute) {
       // Re-run the layer from its saved input. Its output is not needed again and lands in
       // mlp_out (updated in place), so the next layer's saved input stays intact.
@@ -491,13 +644,15 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
     }
     layer_backward(x, acts.layers[i], G, g, model.residual_scale);
   }
-  embedding_backward(tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d);
+  embedding_backward(tokens + sp.row0, g.dres, G + lay.embedding, sp.nr, c.vocab, m.d);
 }
 
 template <typename T>
 int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int32_t* context,
                           int64_t len) {
   SAMBAY_CHECK(acts.B == 1, "greedy decoding plans one row, got B = {}", acts.B);
+  SAMBAY_CHECK(!model.split.tp || model.split.tp->size == 1,
+               "greedy decoding runs on one rank holding the whole model");
   SAMBAY_CHECK(len >= 1 && len <= acts.L, "context of {} tokens for activations planned for {}",
                len, acts.L);
   const int32_t pad = context[len - 1];
@@ -553,6 +708,10 @@ double training_flops_per_token(const ModelConfig& c, int64_t L) {
 
 template Model<float> make_model<float>(const ModelConfig&, uint64_t);
 template Model<double> make_model<double>(const ModelConfig&, uint64_t);
+template Model<float> make_model_shard<float>(const ModelConfig&, uint64_t, const ModelSplit&);
+template Model<double> make_model_shard<double>(const ModelConfig&, uint64_t, const ModelSplit&);
+template void reduce_tensor_parallel_grads<float>(Model<float>&);
+template void reduce_tensor_parallel_grads<double>(Model<double>&);
 template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t, bool);
 template Activations<double> plan_activations<double>(const Model<double>&, int64_t, int64_t,
                                                       bool);

@@ -13,34 +13,62 @@
 #include "core/model_config.h"
 #include "core/param_layout.h"
 #include "kernels/diff_attention.h"
+#include "parallel/communicator.h"
 
 #include <cstdint>
 #include <vector>
 
 namespace sambay {
 
+// How one rank's share of the model is cut (parallel/process_grid.h builds the groups).
+// Tensor parallelism splits Mamba and the GMU by inner channels, attention by heads and the MLP
+// by its intermediate width (ParamSpec::tp_dim); each region's output is summed over the TP
+// group. Sequence parallelism (with TP) also splits the residual stream, the norms and the loss
+// by rows: rank r keeps rows [r n / tp, (r + 1) n / tp) of the n = B L rows, gathered on entry
+// to a region and reduce-scattered on exit, so those activations shrink by the TP degree.
+struct ModelSplit {
+  const Communicator* tp = nullptr;  // tensor-parallel group; null: whole tensors
+  bool sequence_parallel = false;
+  const Communicator* cp = nullptr;  // context-parallel group; null: whole sequences
+};
+
 template <typename T>
 struct Model {
-  ModelConfig config;
-  ParamLayout layout;
+  ModelConfig config;       // what this rank runs: the configured model or its TP shard
+  ModelConfig full_config;  // the model as configured
+  ParamLayout layout;       // of config
   std::vector<T> params;  // layout.total values
   std::vector<T> grads;   // same layout; backward adds into it
   double residual_scale = 1;  // each block's output is multiplied by this before the residual add
   double logit_scale = 1;     // output logits = logit_scale * <h, embedding>
+  ModelSplit split;
 };
 
 // Validates the config, lays out and initialises the parameters, zeroes the gradients.
 template <typename T>
 Model<T> make_model(const ModelConfig& config, uint64_t seed);
 
+// This rank's shard of make_model(config, seed) under `split`: the same values, cut as
+// ParamSpec::tp_dim says (so any layout starts from the single-rank model's weights).
+template <typename T>
+Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split);
+
+// Sums over the TP group the gradients of whole tensors that each TP rank computed only in part
+// (its heads' share, and under sequence parallelism its rows' share). Call once per step, after
+// the last micro-batch's backward and before gradients are reduced over data parallelism.
+template <typename T>
+void reduce_tensor_parallel_grads(Model<T>& model);
+
 // One layer's stored activations (pointers into the activation arena; null where the layer
-// kind has none). n = B * L rows. In recompute mode the internals of every layer of a kind
+// kind has none). n = B * L rows; under sequence parallelism the residual-stream tensors (x_in,
+// the norms' statistics and outputs a, a2, x_mid) hold only this rank's nr = n / tp rows, noted
+// [nr, d]. In recompute mode the internals of every layer of a kind
 // point at one shared set, refilled when backward re-runs the layer.
 template <typename T>
 struct LayerActivations {
-  T* x_in = nullptr;  // [n, d] the layer's input (always kept)
-  T *ln1_mean = nullptr, *ln1_rstd = nullptr, *a = nullptr;  // [n], [n], [n, d]
-  T* x_mid = nullptr;                                        // [n, d] after the mixer
+  T* x_in = nullptr;  // [nr, d] the layer's input (always kept)
+  T *ln1_mean = nullptr, *ln1_rstd = nullptr, *a = nullptr;  // [nr], [nr], [nr, d]
+  T* x_mid = nullptr;                                        // [nr, d] after the mixer
   T *ln2_mean = nullptr, *ln2_rstd = nullptr, *a2 = nullptr;
   T *h = nullptr, *s = nullptr;  // MLP: fc1 output [n, 2F], SwiGLU output [n, F]
   // Mamba: x, z halves of in_proj [n, E]; conv output, its SiLU [n, E]; delta low-rank [n, R];
@@ -50,22 +78,23 @@ struct LayerActivations {
   // Attention: q [n, Hh], k, v [n, Gh] (self layers), o [n, Hh], lse [B, H, L] (plain).
   T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
   DiffAttentionSaved diff{};
-  // GMU: g = x W_1 [n, E], gated (and normed) [n, E], nGMU rstd [n].
-  T *g = nullptr, *gm = nullptr, *gmu_rstd = nullptr;
+  // GMU: g = x W_1 [n, E]; gm = m * silu(g) [n, E], for the nGMU normed, with the gated value
+  // before the norm in gated [n, E] and the norm's rstd [n].
+  T *g = nullptr, *gm = nullptr, *gated = nullptr, *gmu_rstd = nullptr;
 };
 
 // Gradient buffers used while backward walks the layers; reused by every layer.
 template <typename T>
 struct BackwardScratch {
-  T* dres = nullptr;     // [n, d] gradient of the residual stream
+  T* dres = nullptr;     // [nr, d] gradient of the residual stream
   T* dbranch = nullptr;  // [n, d] residual_scale * dres, the gradient of a block's output
-  T* da = nullptr;       // [n, d] gradient of a norm's output
+  T* da = nullptr;       // [n, d] gradient of a norm's output (this rank's part under TP)
   T *dh = nullptr, *ds = nullptr;  // MLP [n, 2F], [n, F]
   T *dxin = nullptr, *dz = nullptr, *dxc = nullptr, *dxs = nullptr, *ddl = nullptr,
     *dbc = nullptr, *dcc = nullptr, *ddt = nullptr, *dsout = nullptr;  // Mamba
   T *dq = nullptr, *dk = nullptr, *dv = nullptr, *do_ = nullptr;       // attention
   T *dq_rot = nullptr, *dk_rot = nullptr;  // RoPE: gradients before the rotation's transpose
-  T *dg = nullptr, *dgm = nullptr;         // GMU
+  T *dg = nullptr, *dgm = nullptr, *dgated = nullptr;  // GMU
   // Shared across layers: cross-attention layers add into the kv layer's key/value gradients,
   // GMU layers into the memory's gradient; the source layer consumes them later in backward.
   T *dk_shared = nullptr, *dv_shared = nullptr, *dmemory = nullptr;
@@ -79,7 +108,9 @@ struct Activations {
   Arena arena;
   std::vector<LayerActivations<T>> layers;
   BackwardScratch<T> grad;
-  T *mixer_out = nullptr, *mlp_out = nullptr;  // [n, d] block outputs before the residual add
+  // [n, d] block outputs before the residual add (under TP, this rank's partial sums).
+  T *mixer_out = nullptr, *mlp_out = nullptr;
+  T* region_in = nullptr;  // [n, d] a norm's output gathered over sequence-parallel ranks
   T *final_x = nullptr, *final_mean = nullptr, *final_rstd = nullptr, *final_out = nullptr;
   T* ce_lse = nullptr;  // [n] the loss's log-sum-exp per row
 };

@@ -37,6 +37,15 @@ struct ParamSpec {
   int64_t offset;     // elements from the start of the flat buffer
   int64_t numel;
   int layer;          // -1 for embedding and final norm
+  // Tensor parallelism (Megatron's column/row splits): the dimension cut into equal pieces, one
+  // per TP rank (-1: every rank holds the whole tensor), and for fused tensors the sizes of the
+  // parts along it ([q | k | v], [x | z], [gate | value]): each part is cut, and a rank's piece
+  // is its share of every part, in order.
+  int tp_dim = -1;
+  std::vector<int64_t> tp_parts;
+  // A whole tensor whose gradient each TP rank computes only in part (the share of its heads:
+  // differential attention's lambda vectors and head norm): summed over the TP group.
+  bool tp_partial_grad = false;
 };
 
 // Offsets (in elements) of one layer's parameters; -1 where the layer has none.
@@ -75,5 +84,23 @@ int find_param(const ParamLayout& layout, const std::string& name);
 // or on how a parallel layout shards the tensor.
 template <typename T>
 void init_params(const ParamLayout& layout, T* params, uint64_t seed);
+
+// ---- Tensor parallelism ----
+// The config one of tp ranks runs: d_inner, d_ff, n_heads and n_kv_heads divided by tp (so
+// build_param_layout of it is the layout of a rank's shard). Throws naming the field that tp
+// does not divide (and, with differential attention, the head pairs that would be cut).
+ModelConfig tensor_parallel_config(const ModelConfig& full, int tp);
+
+// Copies rank `rank`'s pieces of full-layout values into shard-layout values (layouts of the
+// same config: full and tensor_parallel_config(full, tp)).
+template <typename T>
+void shard_params(const ParamLayout& full, const ParamLayout& shard, const T* full_values,
+                  T* shard_values, int tp, int rank);
+
+// The inverse for one rank: writes its pieces into full_values (whole tensors held by every
+// rank are written too, so any one rank's copy fills them).
+template <typename T>
+void unshard_params(const ParamLayout& full, const ParamLayout& shard, const T* shard_values,
+                    T* full_values, int tp, int rank);
 
 }  // namespace sambay

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "core/bf16.h"
 #include "core/cuda_stream.h"
@@ -17,6 +18,18 @@ void rmsnorm_forward(const T* x, const T* weight, T* y, T* rstd, int64_t rows, i
 template <typename T>
 void rmsnorm_backward(const T* dy, const T* x, const T* weight, const T* rstd, T* dx, T* dweight,
                       int64_t rows, int64_t d);
+
+// The same norm when each rank holds d of the d_full columns (tensor parallelism: the nGMU's
+// norm over the inner width). sum_over_shards receives per-row partial sums [rows] (of x^2 in
+// forward, of dy * weight * x in backward) and must replace them by their sum over the ranks.
+using RowSumReducer = std::function<void(double* row_sums, int64_t rows)>;
+template <typename T>
+void rmsnorm_forward_sharded(const T* x, const T* weight, T* y, T* rstd, int64_t rows, int64_t d,
+                             int64_t d_full, T eps, const RowSumReducer& sum_over_shards);
+template <typename T>
+void rmsnorm_backward_sharded(const T* dy, const T* x, const T* weight, const T* rstd, T* dx,
+                              T* dweight, int64_t rows, int64_t d, int64_t d_full,
+                              const RowSumReducer& sum_over_shards);
 
 // ---- CUDA ----
 // x, y, dy, dx bf16; weight fp32 [d]; rstd fp32 [rows]; dweight fp32 [d]. Statistics in fp32

@@ -27,7 +27,7 @@ std::map<std::string, std::string> option_map(const std::string& text) {
   return out;
 }
 
-void print_report(const std::string& message) {
+void print_resume_report(const std::string& message) {
   fmt::print("resume: {}\n", message);
   std::fflush(stdout);
 }
@@ -36,7 +36,10 @@ void print_report(const std::string& message) {
 
 std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
                                                      const std::string& checkpoints_dir,
-                                                     const CheckpointTargets& out) {
+                                                     const CheckpointTargets& out, bool report) {
+  const auto print_report = [report](const std::string& message) {
+    if (report) print_resume_report(message);
+  };
   if (cfg.resume == "none") {
     const std::vector<StepDir> existing = list_checkpoints(checkpoints_dir);
     if (!existing.empty())

@@ -13,10 +13,11 @@ namespace sambay {
 // none: nothing (refused when checkpoints_dir already holds checkpoints, since this run's saves
 // would prune or replace them); auto: the newest good checkpoint in checkpoints_dir, falling
 // back past damaged ones (each reported on stdout), or nothing when there is none; a path: that
-// step directory, or the newest good one of that directory.
+// step directory, or the newest good one of that directory. Reports go to stdout when `report`
+// (rank 0 of a job; every rank loads).
 std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
                                                      const std::string& checkpoints_dir,
-                                                     const CheckpointTargets& out);
+                                                     const CheckpointTargets& out, bool report);
 
 // Options that differ between the checkpoint's run and this one and change what training
 // computes (out_dir, logging and checkpoint options are left out), as "name: old -> new";

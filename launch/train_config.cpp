@@ -1,6 +1,7 @@
 #include "launch/train_config.h"
 
 #include "core/check.h"
+#include "core/param_layout.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -61,7 +62,8 @@ po::options_description train_options(TrainConfig& c) {
                         fmt::format("override the preset's {}", key).c_str());
   po::options_description parallel("Parallelism (data-parallel ranks = world size / (tp * cp))");
   parallel.add_options()
-      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (not implemented yet: 1)")
+      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
+      ("sequence_parallel", po::value(&c.sequence_parallel)->default_value(c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
       ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (not implemented yet: 1)")
       ("dp_bucket_mb", po::value(&c.dp_bucket_mb)->default_value(c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
   po::options_description all("sambay train options");
@@ -136,7 +138,17 @@ void validate_train_config(const TrainConfig& c) {
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
   need(c.threads >= 0, "threads", fmt::format("must be >= 0, got {}", c.threads));
   need(!c.out_dir.empty(), "out_dir", "must not be empty");
-  need(c.tp == 1, "tp", fmt::format("tensor parallelism is not implemented yet (got {}); use 1", c.tp));
+  need(c.tp >= 1, "tp", fmt::format("must be >= 1, got {}", c.tp));
+  if (c.tp > 1) {
+    try {
+      tensor_parallel_config(c.model, c.tp);
+    } catch (const Error& e) {
+      need(false, "tp", e.what());
+    }
+  }
+  need(!c.sequence_parallel || c.micro_batch * c.seq_len % c.tp == 0, "sequence_parallel",
+       fmt::format("needs micro_batch * seq_len = {} divisible by tp = {}",
+                   c.micro_batch * c.seq_len, c.tp));
   need(c.cp == 1, "cp", fmt::format("context parallelism is not implemented yet (got {}); use 1", c.cp));
   need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
   need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
@@ -159,6 +171,7 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("eval_every", c.eval_every);
   line("eval_batches", c.eval_batches);
   line("tp", c.tp);
+  line("sequence_parallel", c.sequence_parallel);
   line("cp", c.cp);
   line("dp_bucket_mb", c.dp_bucket_mb);
   line("save_every", c.save_every);

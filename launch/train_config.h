@@ -50,7 +50,8 @@ struct TrainConfig {
   int threads = 0;  // CPU threads; 0 = all cores (shared among the ranks of a node)
 
   // Parallelism: data-parallel ranks = world size / (tp * cp) (docs/parallelism.md).
-  int tp = 1;  // tensor-parallel ranks (not implemented yet: must be 1)
+  int tp = 1;  // tensor-parallel ranks
+  bool sequence_parallel = false;  // with tp > 1: norms and residual stream split by rows too
   int cp = 1;  // context-parallel ranks (not implemented yet: must be 1)
   double dp_bucket_mb = 32;  // MiB of fp32 gradients per reduce-scatter bucket
 

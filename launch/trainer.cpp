@@ -77,18 +77,44 @@ DataSourceSpec parse_data_entry(const std::string& entry) {
   return {entry, 1.0};
 }
 
-// The samples of one micro-batch: tokens, targets, document ids, each [B, L].
+// This rank's part of one micro-batch: tokens, targets, document ids, each [B, L / cp] (the
+// cp_rank-th run of every sample's L positions under context parallelism).
 struct MicroBatch {
   std::vector<int32_t> tokens, targets, doc;
   int64_t valid = 0;  // targets >= 0
 };
 
 void fill(const Sampler& sampler, Split split, int64_t first, int64_t B, int64_t L,
-          MicroBatch& mb) {
-  mb.tokens.resize(B * L), mb.targets.resize(B * L), mb.doc.resize(B * L);
-  fill_samples(sampler, split, first, B, mb.tokens.data(), mb.targets.data(), mb.doc.data());
+          const GridShape& shape, const GridCoords& coords, MicroBatch& mb) {
+  std::vector<int32_t> tokens(B * L), targets(B * L), doc(B * L);
+  fill_samples(sampler, split, first, B, tokens.data(), targets.data(), doc.data());
+  const int64_t Lc = L / shape.cp, c0 = coords.cp * Lc;
+  mb.tokens.clear(), mb.targets.clear(), mb.doc.clear();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = b * L + c0;
+    mb.tokens.insert(mb.tokens.end(), tokens.begin() + row, tokens.begin() + row + Lc);
+    mb.targets.insert(mb.targets.end(), targets.begin() + row, targets.begin() + row + Lc);
+    mb.doc.insert(mb.doc.end(), doc.begin() + row, doc.begin() + row + Lc);
+  }
   mb.valid = 0;
   for (int32_t t : mb.targets) mb.valid += t >= 0;
+}
+
+// Whole tensors from the TP ranks' shards (collective over tp): every rank's shard values are
+// gathered and put in place in full [full layout total].
+void gather_whole_tensors(const Communicator& tp, const ParamLayout& full_layout,
+                          const ParamLayout& shard_layout, const std::vector<float>& shard,
+                          std::vector<float>& full) {
+  full.resize(full_layout.total);
+  if (tp.size == 1) {
+    full = shard;
+    return;
+  }
+  std::vector<float> all(shard.size() * tp.size);
+  all_gather(tp, shard.data(), all.data(), int64_t(shard.size()), DType::f32);
+  for (int r = 0; r < tp.size; ++r)
+    unshard_params(full_layout, shard_layout, all.data() + r * shard.size(), full.data(), tp.size,
+                   r);
 }
 
 struct Metrics {
@@ -146,7 +172,12 @@ int run_training(const TrainConfig& cfg) {
   // Ranks (parallel/process_grid.h): data-parallel ranks split each step's global batch and
   // shard the optimizer state; rank 0 alone prints and writes files.
   const ProcessGrid grid = make_process_grid(cfg.tp, cfg.cp);
-  const Communicator dp = make_communicator(grid.dp, CommBackend::mpi, "dp");
+  // Gradients and the sharded optimizer state span the data- and context-parallel ranks of one
+  // TP rank (they hold the same parameter shard); a step's loss is summed over them too.
+  const Communicator dp_cp = make_communicator(grid.dp_cp, CommBackend::mpi, "dp_cp");
+  const Communicator tp = make_communicator(grid.tp, CommBackend::mpi, "tp");
+  const Communicator cp = make_communicator(grid.cp, CommBackend::mpi, "cp");
+  const Communicator world = make_communicator(grid.world, CommBackend::mpi, "world");
   const bool lead = grid.world_rank == 0;
   omp_set_num_threads(cfg.threads > 0 ? cfg.threads
                                       : std::max(1, omp_get_max_threads() / grid.local_size));
@@ -188,25 +219,35 @@ int run_training(const TrainConfig& cfg) {
   sc.valid_fraction = cfg.valid_fraction;
   const Sampler sampler = open_sampler(sc);
 
-  // Model and optimizer state.
+  // Model (this rank's TP shard) and optimizer state.
   const ModelConfig& mc = cfg.model;
-  Model<float> model = make_model<float>(mc, cfg.seed);
+  ModelSplit split;
+  split.tp = &tp, split.sequence_parallel = cfg.sequence_parallel, split.cp = &cp;
+  Model<float> model = make_model_shard<float>(mc, cfg.seed, split);
+  const ParamLayout full_layout = build_param_layout(mc);
   const MupConfig mup = mup_config_for(mc);
   const int64_t bucket = std::max<int64_t>(1, int64_t(cfg.dp_bucket_mb * 1048576 / 4));
-  ShardedAdamW opt = make_sharded_adamw(dp, model.layout.total, param_groups(model.layout, mup),
-                                        bucket);
-  const int64_t B = cfg.micro_batch, L = cfg.seq_len;
+  ShardedAdamW opt = make_sharded_adamw(dp_cp, model.layout.total,
+                                        param_groups(model.layout, mup), bucket);
+  const int64_t B = cfg.micro_batch, L = cfg.seq_len, Lc = L / grid.shape.cp;
   const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
 
   // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
   const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
   const std::string config_text = train_config_to_text(cfg);
   int64_t start_step = 0, consumed_samples = 0;
-  // Checkpoints hold whole tensors: the sharded moments are gathered for a save and each rank
-  // takes its pieces back on resume.
+  // Checkpoints hold whole tensors: the sharded moments are gathered over the dp_cp ranks and
+  // the TP shards over the tp ranks for a save; on resume each rank takes its pieces back, so a
+  // checkpoint resumes under any layout.
+  std::vector<float> p_whole(full_layout.total), m_whole(full_layout.total),
+      v_whole(full_layout.total);
   std::vector<float> m_full(model.params.size()), v_full(model.params.size());
   if (std::optional<CheckpointInfo> c =
-          find_resume_checkpoint(cfg, checkpoints_dir, {model.params, m_full, v_full})) {
+          find_resume_checkpoint(cfg, checkpoints_dir, {p_whole, m_whole, v_whole}, lead)) {
+    const int tp_rank = tp.rank;
+    shard_params(full_layout, model.layout, p_whole.data(), model.params.data(), tp.size, tp_rank);
+    shard_params(full_layout, model.layout, m_whole.data(), m_full.data(), tp.size, tp_rank);
+    shard_params(full_layout, model.layout, v_whole.data(), v_full.data(), tp.size, tp_rank);
     scatter_moments(opt, m_full, v_full);
     start_step = c->state.step;
     consumed_samples = c->state.consumed_samples;
@@ -235,7 +276,7 @@ int run_training(const TrainConfig& cfg) {
   struct NoGpu {};
   std::optional<NoGpu> gpu;
 #endif
-  if (!gpu) acts = plan_activations(model, B, L, cfg.recompute);
+  if (!gpu) acts = plan_activations(model, B, Lc, cfg.recompute);
   // One micro-batch through the model where it lives (backward too when grad_scale > 0).
   auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale) {
     const int32_t* doc = cfg.doc_masking ? mb.doc.data() : nullptr;
@@ -263,7 +304,7 @@ int run_training(const TrainConfig& cfg) {
 
   if (lead) {
     fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
-               mc.name, model.layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
+               mc.name, full_layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
     fmt::print("  ranks: {}\n", describe(grid));
     for (std::string_view line : split_lines(placement)) fmt::print("  {}\n", line);
     fmt::print("  resolved config (saved as {}/config.ini):\n", cfg.out_dir);
@@ -287,13 +328,13 @@ int run_training(const TrainConfig& cfg) {
     int64_t count = 0;
     MicroBatch mb;
     for (int64_t i = grid.coords.dp; i < cfg.eval_batches; i += grid.shape.dp) {
-      fill(sampler, Split::valid, i * B, B, L, mb);
+      fill(sampler, Split::valid, i * B, B, L, grid.shape, grid.coords, mb);
       ForwardResult r = run_micro_batch(mb, 0.0f);
       sum += r.loss_sum;
       count += r.valid_rows;
     }
-    sum = all_reduce_scalar(dp, sum);
-    count = int64_t(all_reduce_scalar(dp, double(count)));
+    sum = all_reduce_scalar(dp_cp, sum);
+    count = int64_t(all_reduce_scalar(dp_cp, double(count)));
     return count > 0 ? sum / count : NAN;
   };
 
@@ -305,12 +346,15 @@ int run_training(const TrainConfig& cfg) {
     else
 #endif
       gather_moments(opt, m_full, v_full);  // every rank takes part
+    gather_whole_tensors(tp, full_layout, model.layout, model.params, p_whole);
+    gather_whole_tensors(tp, full_layout, model.layout, m_full, m_whole);
+    gather_whole_tensors(tp, full_layout, model.layout, v_full, v_whole);
     last_saved = step;
     if (!lead) return;
     const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
     const Clock::time_point t0 = Clock::now();
     const SaveResult r = save_checkpoint(
-        checkpoints_dir, {mc, config_text, st, model.params, m_full, v_full}, cfg.keep_checkpoints);
+        checkpoints_dir, {mc, config_text, st, p_whole, m_whole, v_whole}, cfg.keep_checkpoints);
     const double s = seconds_since(t0);
     fmt::print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)\n", step, r.dir,
                r.bytes / 1e6, s, r.bytes / 1e9 / s);
@@ -344,10 +388,10 @@ int run_training(const TrainConfig& cfg) {
     int64_t valid = 0;
     for (int64_t k = 0; k < cfg.grad_accum; ++k) {
       fill(sampler, Split::train, consumed_samples + slice.first - step * global_batch + k * B, B,
-           L, micro[k]);
+           L, grid.shape, grid.coords, micro[k]);
       valid += micro[k].valid;
     }
-    valid = int64_t(all_reduce_scalar(dp, double(valid)));
+    valid = int64_t(all_reduce_scalar(dp_cp, double(valid)));
     SAMBAY_CHECK(valid > 0, "step {}: no valid targets in the batch", step);
 #if SAMBAY_HAVE_CUDA
     if (gpu) gpu_zero_grads(*gpu);
@@ -355,14 +399,15 @@ int run_training(const TrainConfig& cfg) {
     if (!gpu) std::fill(model.grads.begin(), model.grads.end(), 0.0f);
     double loss_sum = 0;
     for (const MicroBatch& mb : micro) loss_sum += run_micro_batch(mb, 1.0f / valid).loss_sum;
-    const double loss = all_reduce_scalar(dp, loss_sum) / valid;
+    const double loss = all_reduce_scalar(dp_cp, loss_sum) / valid;
     double norm = 0;
 #if SAMBAY_HAVE_CUDA
     if (gpu) norm = gpu_grad_norm(*gpu);
 #endif
     if (!gpu) {
+      reduce_tensor_parallel_grads(model);
       reduce_gradients(opt, model.grads.data());
-      norm = sharded_grad_norm(opt);
+      norm = sharded_grad_norm(opt, &tp);
     }
     if (!std::isfinite(loss) || !std::isfinite(norm))
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
@@ -406,7 +451,7 @@ int run_training(const TrainConfig& cfg) {
     if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
     // Slurm signals every rank, but not at the same instant: the ranks agree (max over the
     // signal numbers) so that all stop after the same step.
-    if (const int sig = int(all_reduce_scalar(dp, double(preemption_signal()), ReduceOp::max))) {
+    if (const int sig = int(all_reduce_scalar(world, double(preemption_signal()), ReduceOp::max))) {
       if (lead) fmt::print("{} received: stopping after step {}\n", signal_name(sig), step + 1);
       if (last_saved != step + 1) save(step + 1, lr);
       if (lead)

@@ -11,7 +11,7 @@ std::vector<ParamGroup> param_groups(const ParamLayout& layout, const MupConfig&
   std::vector<ParamGroup> groups;
   for (const ParamSpec& p : layout.params)
     groups.push_back({p.offset, p.numel, mup_lr_multiplier(p.cls, mup),
-                      mup_weight_decay_multiplier(p.cls, mup)});
+                      mup_weight_decay_multiplier(p.cls, mup), p.tp_dim < 0});
   return groups;
 }
 
@@ -146,9 +146,16 @@ void reduce_gradients(ShardedAdamW& opt, const float* grads) {
   reduce_scatter_buckets(*opt.comm, opt.layout, grads, opt.grad.data(), opt.staging);
 }
 
-double sharded_grad_norm(const ShardedAdamW& opt) {
-  const double local = shard_sum_of_squares(opt.layout, opt.grad.data());
-  return std::sqrt(all_reduce_scalar(*opt.comm, local, ReduceOp::sum));
+double sharded_grad_norm(const ShardedAdamW& opt, const Communicator* tp) {
+  double local = shard_sum_of_squares(opt.layout, opt.grad.data());
+  if (tp && tp->rank != 0)
+    for (const ShardedAdamW::Segment& s : opt.segments)
+      if (opt.groups[s.group].whole_on_tp_ranks)
+        for (int64_t i = s.shard; i < s.shard + s.n; ++i)
+          local -= double(opt.grad[i]) * double(opt.grad[i]);
+  double sum = all_reduce_scalar(*opt.comm, local, ReduceOp::sum);
+  if (tp) sum = all_reduce_scalar(*tp, sum, ReduceOp::sum);
+  return std::sqrt(sum);
 }
 
 void sharded_adamw_step(ShardedAdamW& opt, float* params, double clip_coef, const AdamWHyper& base,

@@ -36,6 +36,7 @@ namespace sambay {
 struct ParamGroup {
   int64_t offset, numel;  // in the flat buffer
   double lr_mult, wd_mult;
+  bool whole_on_tp_ranks = false;  // every TP rank holds the whole tensor (ParamSpec::tp_dim < 0)
 };
 std::vector<ParamGroup> param_groups(const ParamLayout& layout, const MupConfig& mup);
 
@@ -104,8 +105,10 @@ ShardedAdamW make_sharded_adamw(const Communicator& dp, int64_t total,
 // summed gradient of the owned values. grads itself is unchanged.
 void reduce_gradients(ShardedAdamW& opt, const float* grads);
 
-// The L2 norm of the full summed gradient (identical on every rank).
-double sharded_grad_norm(const ShardedAdamW& opt);
+// The L2 norm of the full summed gradient (identical on every rank). With tensor parallelism
+// (tp non-null) the TP ranks hold different shards: their sums of squares are added, each whole
+// tensor (the same on every TP rank) counted on TP rank 0 only.
+double sharded_grad_norm(const ShardedAdamW& opt, const Communicator* tp = nullptr);
 
 // Multiplies the owned gradients by clip_coef, applies AdamW to the owned parameters (base.lr
 // and base.weight_decay times each group's multipliers), then all-gathers params [total].
