@@ -15,6 +15,7 @@
 #include "kernels/rope.h"
 #include "kernels/selective_scan.h"
 #include "optim/mup.h"
+#include "parallel/context_parallel.h"
 
 #include <cmath>
 #include <cstring>
@@ -102,10 +103,10 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m
   }
 }
 
-// nr: the residual-stream rows this rank keeps (RowSplit).
+// nr: the residual-stream rows this rank keeps (RowSplit); cp: context-parallel ranks.
 template <typename T>
-void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, bool recompute,
-                          Arena& arena, Activations<T>& acts) {
+void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, int cp,
+                          bool recompute, Arena& arena, Activations<T>& acts) {
   const GraphDims m = graph_dims(c, B, L);
   Allocator<T> al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
@@ -130,9 +131,22 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr
     if (recompute && i == c.kv_source_layer)
       a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
     if (recompute && i == c.memory_layer) a.y = al.take(m.n * m.E);
+    if (cp > 1 && c.layers[i] == LayerKind::mamba)  // kept: the backward folds with them
+      a.scan_state_in = al.take(m.B * m.E * m.N), a.scan_decay = al.take(m.B * m.E * m.N);
   }
   acts.mixer_out = al.take(m.n * m.d), acts.mlp_out = al.take(m.n * m.d);
   if (nr < m.n) acts.region_in = al.take(m.n * m.d);
+  const LayerKindsPresent present = layer_kinds_present(c);
+  if (cp > 1 && present.attention) {
+    const int64_t whole = m.B * cp * m.L * m.Gh;
+    acts.k_whole = al.take(whole), acts.v_whole = al.take(whole);
+    acts.dk_whole = al.take(whole), acts.dv_whole = al.take(whole);
+  }
+  if (cp > 1 && present.mamba) {
+    const int64_t ext = m.B * (m.K - 1 + m.L) * m.E;
+    acts.conv_in = al.take(ext), acts.conv_out = al.take(ext), acts.conv_dx = al.take(ext);
+    acts.scan_state = al.take(m.B * m.E * m.N), acts.scan_dstate = al.take(m.B * m.E * m.N);
+  }
   acts.final_x = al.take(nr * m.d), acts.final_out = al.take(nr * m.d);
   acts.final_mean = al.take(nr), acts.final_rstd = al.take(nr);
   acts.ce_lse = al.take(nr);
@@ -140,7 +154,7 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr
   BackwardScratch<T>& g = acts.grad;
   g.dres = al.take(nr * m.d), g.dbranch = al.take(m.n * m.d), g.da = al.take(m.n * m.d);
   g.dh = al.take(m.n * 2 * m.F), g.ds = al.take(m.n * m.F);
-  const LayerKindsPresent kinds = layer_kinds_present(c);
+  const LayerKindsPresent& kinds = present;
   if (kinds.mamba) {
     g.dxin = al.take(m.n * m.E), g.dz = al.take(m.n * m.E), g.dxc = al.take(m.n * m.E);
     g.dxs = al.take(m.n * m.E), g.ddl = al.take(m.n * m.R), g.dbc = al.take(m.n * m.N);
@@ -189,7 +203,150 @@ struct LayerContext {
   const Activations<T>& acts;
   const RowSplit& split;
   int64_t E_full;  // the inner width over all TP ranks (the nGMU's norm spans it)
+  const Communicator* cp;  // context-parallel group; null: this rank holds whole rows
 };
+
+// ---- Context parallelism: this rank holds positions [cp_rank L, (cp_rank + 1) L) of each row.
+
+template <typename T>
+int64_t first_position(const LayerContext<T>& x) {
+  return x.cp ? x.cp->rank * x.m.L : 0;
+}
+
+// The causal conv1d of this rank's chunk xin [B, L, E] into out. Under CP the previous rank's
+// last K - 1 positions are put before the chunk (acts.conv_in, [B, K - 1 + L, E]) and the
+// outputs of the chunk's own positions kept.
+template <typename T>
+void conv_forward(const LayerContext<T>& x, const T* xin, T* out) {
+  const GraphDims& m = x.m;
+  const T* P = x.params;
+  if (!x.cp) {
+    causal_conv1d_forward(xin, P + x.o.conv_w, P + x.o.conv_b, x.doc, out, m.B, m.L, m.E, m.K);
+    return;
+  }
+  const int64_t h = m.K - 1, Le = h + m.L;
+  std::vector<T> halo(m.B * h * m.E);
+  previous_halo(*x.cp, xin, halo.data(), m.B, m.L, m.E, h);
+  for (int64_t b = 0; b < m.B; ++b) {
+    std::copy_n(halo.data() + b * h * m.E, h * m.E, x.acts.conv_in + b * Le * m.E);
+    std::copy_n(xin + b * m.L * m.E, m.L * m.E, x.acts.conv_in + (b * Le + h) * m.E);
+  }
+  const int32_t* doc = x.acts.conv_doc.empty() ? nullptr : x.acts.conv_doc.data();
+  causal_conv1d_forward(x.acts.conv_in, P + x.o.conv_w, P + x.o.conv_b, doc, x.acts.conv_out,
+                        m.B, Le, m.E, m.K);
+  for (int64_t b = 0; b < m.B; ++b)
+    std::copy_n(x.acts.conv_out + (b * Le + h) * m.E, m.L * m.E, out + b * m.L * m.E);
+}
+
+// Its backward: dy [B, L, E] -> dxin (added) and the conv's parameter gradients; under CP the
+// halo's gradient is added into the previous rank's dxin.
+template <typename T>
+void conv_backward(const LayerContext<T>& x, const T* dy, const T* xin, T* dxin, T* G) {
+  const GraphDims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  if (!x.cp) {
+    causal_conv1d_backward(dy, xin, P + o.conv_w, x.doc, dxin, G + o.conv_w, G + o.conv_b, m.B,
+                           m.L, m.E, m.K);
+    return;
+  }
+  const int64_t h = m.K - 1, Le = h + m.L;
+  std::vector<T> halo(m.B * h * m.E);
+  previous_halo(*x.cp, xin, halo.data(), m.B, m.L, m.E, h);
+  T* dy_ext = x.acts.conv_out;  // the halo's outputs are not part of the model: no gradient
+  for (int64_t b = 0; b < m.B; ++b) {
+    std::copy_n(halo.data() + b * h * m.E, h * m.E, x.acts.conv_in + b * Le * m.E);
+    std::copy_n(xin + b * m.L * m.E, m.L * m.E, x.acts.conv_in + (b * Le + h) * m.E);
+    zero_n(dy_ext + b * Le * m.E, h * m.E);
+    std::copy_n(dy + b * m.L * m.E, m.L * m.E, dy_ext + (b * Le + h) * m.E);
+  }
+  zero_n(x.acts.conv_dx, m.B * Le * m.E);
+  const int32_t* doc = x.acts.conv_doc.empty() ? nullptr : x.acts.conv_doc.data();
+  causal_conv1d_backward(dy_ext, x.acts.conv_in, P + o.conv_w, doc, x.acts.conv_dx, G + o.conv_w,
+                         G + o.conv_b, m.B, Le, m.E, m.K);
+  for (int64_t b = 0; b < m.B; ++b) {
+    const T* dx = x.acts.conv_dx + b * Le * m.E;
+    std::copy_n(dx, h * m.E, halo.data() + b * h * m.E);
+    for (int64_t i = 0; i < m.L * m.E; ++i) dxin[b * m.L * m.E + i] += dx[h * m.E + i];
+  }
+  return_halo_grad(*x.cp, halo.data(), dxin, m.B, m.L, m.E, h);
+}
+
+// The selective scan of this rank's chunk. Under CP: scanned from a zero state to get the
+// chunk's final state and decay, the carried state folded over the ranks, then scanned again
+// from it (y and out are those of the second scan).
+template <typename T>
+void scan_forward(const LayerContext<T>& x, LayerActivations<T>& a) {
+  const GraphDims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const SelectiveScanShape shape{m.B, m.L, m.E, m.N};
+  auto scan = [&](const ScanCarry<T>& carry) {
+    selective_scan_forward(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc, P + o.d_skip,
+                           a.z, x.doc, a.y, a.sout, shape, carry);
+  };
+  if (!x.cp) {
+    scan({});
+    return;
+  }
+  ScanCarry<T> local;
+  local.state_out = x.acts.scan_state, local.decay_out = a.scan_decay;
+  scan(local);
+  const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
+  carry_scan_state(*x.cp, x.acts.scan_state, a.scan_decay, doc, a.scan_state_in, m.B, m.L,
+                   m.E * m.N);
+  ScanCarry<T> carried;
+  carried.state_in = a.scan_state_in;
+  scan(carried);
+}
+
+// Its backward. Under CP: a first pass gives the gradient of the chunk's carried state from
+// its own outputs, the ranks fold those into the gradient arriving at each chunk's final
+// state, and the second pass computes every gradient with it.
+template <typename T>
+void scan_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const T* dsout,
+                   const T* dmemory, T* G, BackwardScratch<T>& g) {
+  const GraphDims& m = x.m;
+  const T* P = x.params;
+  const LayerOffsets& o = x.o;
+  const SelectiveScanShape shape{m.B, m.L, m.E, m.N};
+  ScanCarry<T> carry;
+  if (x.cp) {
+    zero_n(x.acts.scan_dstate, m.B * m.E * m.N);
+    ScanCarry<T> local;
+    local.state_in = a.scan_state_in, local.dstate_in = x.acts.scan_dstate;
+    selective_scan_backward(dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc,
+                            P + o.d_skip, a.z, x.doc, (T*)nullptr, (T*)nullptr, (T*)nullptr,
+                            (T*)nullptr, (T*)nullptr, (T*)nullptr, (T*)nullptr, (T*)nullptr,
+                            shape, local);
+    const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
+    carry_scan_grad(*x.cp, x.acts.scan_dstate, a.scan_decay, doc, x.acts.scan_state, m.B, m.L,
+                    m.E * m.N);
+    carry.state_in = a.scan_state_in, carry.dstate_out = x.acts.scan_state;
+  }
+  selective_scan_backward(dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc,
+                          P + o.d_skip, a.z, x.doc, g.dxs, g.ddt, G + o.dt_proj_b, G + o.a_log,
+                          g.dbc, g.dcc, G + o.d_skip, g.dz, shape, carry);
+}
+
+// Keys and values an attention layer reads: this rank's own, or under CP the whole rows
+// gathered (with the shape's queries placed at this rank's positions among them).
+template <typename T>
+struct AttentionInputs {
+  const T *k, *v;
+  const int32_t* doc;
+  int64_t Lk, q_offset;
+};
+
+template <typename T>
+AttentionInputs<T> attention_inputs(const LayerContext<T>& x, const T* k, const T* v) {
+  if (!x.cp) return {k, v, x.doc, 0, 0};
+  const GraphDims& m = x.m;
+  gather_sequence(*x.cp, k, x.acts.k_whole, m.B, m.L, m.Gh);
+  gather_sequence(*x.cp, v, x.acts.v_whole, m.B, m.L, m.Gh);
+  const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
+  return {x.acts.k_whole, x.acts.v_whole, doc, x.cp->size * m.L, first_position(x)};
+}
 
 // Sums a partial result over the TP group in place (a row-parallel product's output).
 template <typename T>
@@ -228,13 +385,15 @@ RowSumReducer inner_width_sum(const RowSplit& s) {
 }
 
 template <typename T>
-AttentionShape attention_shape(const LayerContext<T>& x, int64_t window) {
-  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, x.m.h, window};
+AttentionShape attention_shape(const LayerContext<T>& x, int64_t window,
+                               const AttentionInputs<T>& kv) {
+  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, x.m.h, window, kv.Lk, kv.q_offset};
 }
 
 template <typename T>
-DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window) {
-  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window};
+DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window,
+                              const AttentionInputs<T>& kv) {
+  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window, kv.Lk, kv.q_offset};
 }
 
 // Mixer forward: reads `in` [n, d] (the normed input, whole), writes the internals and `out`
@@ -251,7 +410,7 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
       const T* w_in = P + o.in_proj_w;
       linear_forward(in, w_in, (const T*)nullptr, a.xin, m.n, m.d, m.E);
       linear_forward(in, w_in + m.E * m.d, (const T*)nullptr, a.z, m.n, m.d, m.E);
-      causal_conv1d_forward(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xc, m.B, m.L, m.E, m.K);
+      conv_forward(x, a.xin, a.xc);
       silu_forward(a.xc, a.xs, m.n * m.E);
       const T* w_x = P + o.x_proj_w;  // rows: delta (R), B (N), C (N)
       linear_forward(a.xs, w_x, (const T*)nullptr, a.dl, m.n, m.E, m.R);
@@ -261,8 +420,7 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
       tp_sum(x.split, a.dl, m.n * m.R), tp_sum(x.split, a.bc, m.n * m.N);
       tp_sum(x.split, a.cc, m.n * m.N);
       linear_forward(a.dl, P + o.dt_proj_w, (const T*)nullptr, a.dt, m.n, m.R, m.E);
-      selective_scan_forward(a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc, a.cc, P + o.d_skip,
-                             a.z, x.doc, a.y, a.sout, SelectiveScanShape{m.B, m.L, m.E, m.N});
+      scan_forward(x, a);
       linear_forward(a.sout, P + o.out_proj_w, (const T*)nullptr, out, m.n, m.E, m.d);
       break;
     }
@@ -282,20 +440,22 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
         linear_forward(in, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh);
         linear_forward(in, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d, m.Gh);
         if (c.rope) {
-          rope_forward(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta);
-          rope_forward(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta);
+          rope_forward(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta, first_position(x));
+          rope_forward(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta, first_position(x));
         }
       }
+      const AttentionInputs<T> kv = attention_inputs(x, k, v);
       const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
       const int64_t window = window_of(c, kind);
       if (c.differential) {
-        diff_attention_forward(a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+        diff_attention_forward(a.q, kv.k, kv.v, kv.doc, P + o.lambda_q1, P + o.lambda_k1,
                                P + o.lambda_q2, P + o.lambda_k2,
                                static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
-                               a.o, a.diff, diff_shape(x, window), scale,
+                               a.o, a.diff, diff_shape(x, window, kv), scale,
                                static_cast<T>(c.norm_eps));
       } else {
-        attention_forward(a.q, k, v, x.doc, a.o, a.lse, attention_shape(x, window), scale);
+        attention_forward(a.q, kv.k, kv.v, kv.doc, a.o, a.lse, attention_shape(x, window, kv),
+                          scale);
       }
       // The output bias joins the sum over TP ranks once.
       const T* o_b = x.split.rank == 0 ? param_at(P, o.o_b) : nullptr;
@@ -336,10 +496,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       linear_backward(dout, a.sout, P + o.out_proj_w, g.dsout, G + o.out_proj_w, (T*)nullptr,
                       m.n, m.E, m.d);
       const T* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
-      selective_scan_backward(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log, a.bc,
-                              a.cc, P + o.d_skip, a.z, x.doc, g.dxs, g.ddt, G + o.dt_proj_b,
-                              G + o.a_log, g.dbc, g.dcc, G + o.d_skip, g.dz,
-                              SelectiveScanShape{m.B, m.L, m.E, m.N});
+      scan_backward(x, a, g.dsout, dmemory, G, g);
       linear_backward(g.ddt, a.dl, P + o.dt_proj_w, g.ddl, G + o.dt_proj_w, (T*)nullptr, m.n, m.R,
                       m.E);
       // Each TP rank's channels contribute to the gradients of x_proj's outputs.
@@ -353,8 +510,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
       linear_backward(g.dcc, a.xs, w_x + (m.R + m.N) * m.E, g.dxs, gw_x + (m.R + m.N) * m.E,
                       (T*)nullptr, m.n, m.E, m.N);
       silu_backward(g.dxs, a.xc, g.dxc, m.n * m.E);
-      causal_conv1d_backward(g.dxc, a.xin, P + o.conv_w, x.doc, g.dxin, G + o.conv_w,
-                             G + o.conv_b, m.B, m.L, m.E, m.K);
+      conv_backward(x, g.dxc, a.xin, g.dxin, G);
       const T* w_in = P + o.in_proj_w;
       linear_backward(g.dxin, in, w_in, g.da, G + o.in_proj_w, (T*)nullptr, m.n, m.d, m.E);
       linear_backward(g.dz, in, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
@@ -389,22 +545,35 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
         zero_n(g.dq_rot, m.n * m.Hh), zero_n(g.dk_rot, m.n * m.Gh);
         dq_attn = g.dq_rot, dk_attn = g.dk_rot;
       }
+      const AttentionInputs<T> kv = attention_inputs(x, k, v);
+      // Under CP the key/value gradients of the whole rows (from this rank's queries) are
+      // summed over the ranks into each rank's chunk.
+      T* dk_keys = dk_attn;
+      T* dv_keys = dv;
+      if (x.cp) {
+        dk_keys = x.acts.dk_whole, dv_keys = x.acts.dv_whole;
+        zero_n(dk_keys, m.B * kv.Lk * m.Gh), zero_n(dv_keys, m.B * kv.Lk * m.Gh);
+      }
       const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
       const int64_t window = window_of(c, kind);
       if (c.differential) {
-        diff_attention_backward(g.do_, a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
+        diff_attention_backward(g.do_, a.q, kv.k, kv.v, kv.doc, P + o.lambda_q1, P + o.lambda_k1,
                                 P + o.lambda_q2, P + o.lambda_k2,
                                 static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
-                                a.diff, dq_attn, dk_attn, dv, G + o.lambda_q1, G + o.lambda_k1,
-                                G + o.lambda_q2, G + o.lambda_k2, G + o.head_norm_w,
-                                diff_shape(x, window), scale);
+                                a.diff, dq_attn, dk_keys, dv_keys, G + o.lambda_q1,
+                                G + o.lambda_k1, G + o.lambda_q2, G + o.lambda_k2,
+                                G + o.head_norm_w, diff_shape(x, window, kv), scale);
       } else {
-        attention_backward(g.do_, a.q, k, v, x.doc, a.o, a.lse, dq_attn, dk_attn, dv,
-                           attention_shape(x, window), scale);
+        attention_backward(g.do_, a.q, kv.k, kv.v, kv.doc, a.o, a.lse, dq_attn, dk_keys, dv_keys,
+                           attention_shape(x, window, kv), scale);
+      }
+      if (x.cp) {
+        reduce_scatter_sequence_add(*x.cp, dk_keys, dk_attn, m.B, m.L, m.Gh);
+        reduce_scatter_sequence_add(*x.cp, dv_keys, dv, m.B, m.L, m.Gh);
       }
       if (c.rope) {
-        rope_backward(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta);
-        rope_backward(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta);
+        rope_backward(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta, first_position(x));
+        rope_backward(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta, first_position(x));
       }
       const T* w = P + o.qkv_w;
       T* gw = G + o.qkv_w;
@@ -505,6 +674,27 @@ void layer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, T* G
                 g.dres, G + o.norm1_w, param_at(G, o.norm1_b), sp.nr);
 }
 
+// The CP group when it has more than one rank.
+const Communicator* context_parallel_group(const ModelSplit& split) {
+  return split.cp && split.cp->size > 1 ? split.cp : nullptr;
+}
+
+// Under CP: the document ids of the whole rows, and those of the conv's input (the K - 1
+// positions before this rank's chunk, then the chunk). Before position 0 the conv input is
+// zero, so the ids given there do not matter.
+template <typename T>
+void gather_document_ids(const Communicator& cp, const int32_t* doc, const GraphDims& m,
+                         Activations<T>& acts) {
+  acts.doc_whole.clear(), acts.conv_doc.clear();
+  if (!doc) return;
+  const int64_t Lw = cp.size * m.L, h = m.K - 1, first = cp.rank * m.L;
+  acts.doc_whole.resize(m.B * Lw);
+  gather_sequence(cp, doc, acts.doc_whole.data(), m.B, m.L, 1);
+  for (int64_t b = 0; b < m.B; ++b)
+    for (int64_t j = 0; j < h + m.L; ++j)
+      acts.conv_doc.push_back(acts.doc_whole[b * Lw + std::max<int64_t>(0, first - h + j)]);
+}
+
 }  // namespace
 
 template <typename T>
@@ -555,13 +745,17 @@ template <typename T>
 Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
   const int64_t nr = row_split(model.split, B * L).nr;
+  const int cp = model.split.cp ? model.split.cp->size : 1;
+  SAMBAY_CHECK(cp == 1 || L >= model.config.d_conv - 1,
+               "context parallelism: {} positions per rank, fewer than the conv's halo of {}", L,
+               model.config.d_conv - 1);
   Arena measure = Arena::measuring("activations");
   Activations<T> dry;
-  allocate_activations(model.config, B, L, nr, recompute, measure, dry);
+  allocate_activations(model.config, B, L, nr, cp, recompute, measure, dry);
   Activations<T> acts;
   acts.B = B, acts.L = L, acts.recompute = recompute;
   acts.arena = Arena(Device::cpu, measure.used, "activations");
-  allocate_activations(model.config, B, L, nr, recompute, acts.arena, acts);
+  allocate_activations(model.config, B, L, nr, cp, recompute, acts.arena, acts);
   return acts;
 }
 
@@ -570,10 +764,10 @@ int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool r
   Arena measure = Arena::measuring("activations");
   if (element_size == sizeof(double)) {
     Activations<double> dry;
-    allocate_activations(config, B, L, B * L, recompute, measure, dry);
+    allocate_activations(config, B, L, B * L, 1, recompute, measure, dry);
   } else {
     Activations<float> dry;
-    allocate_activations(config, B, L, B * L, recompute, measure, dry);
+    allocate_activations(config, B, L, B * L, 1, recompute, measure, dry);
   }
   return static_cast<int64_t>(measure.used);
 }
@@ -584,13 +778,15 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
   const ModelConfig& c = model.config;
   const GraphDims m = graph_dims(c, acts.B, acts.L);
   const RowSplit sp = row_split(model.split, m.n);
+  const Communicator* cp = context_parallel_group(model.split);
+  if (cp) gather_document_ids(*cp, doc, m, acts);
   const T* P = model.params.data();
   const int n_layers = static_cast<int>(c.layers.size());
   embedding_forward(tokens + sp.row0, P + model.layout.embedding, acts.layers[0].x_in, sp.nr,
                     c.vocab, m.d);
   for (int i = 0; i < n_layers; ++i) {
     LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts, sp,
-                      model.full_config.d_inner};
+                      model.full_config.d_inner, cp};
     T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
     layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
   }
@@ -635,7 +831,8 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
                 g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), sp.nr);
 
   for (int i = n_layers - 1; i >= 0; --i) {
-    LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner};
+    LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner,
+                      context_parallel_group(model.split)};
     if (acts.recompute) {
       // Re-run the layer from its saved input. Its output is not needed again and lands in
       // mlp_out (updated in place), so the next layer's saved input stays intact.

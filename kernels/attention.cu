@@ -32,6 +32,7 @@
 #include "kernels/attention_strided.h"
 
 #include "core/cuda_check.h"
+#include "kernels/cuda_errors.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -39,6 +40,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 namespace sambay {
@@ -929,11 +931,20 @@ AttentionStrides contiguous_attention_strides(const AttentionShape& s) {
   return {s.H * s.dk, s.dk, s.G * s.dk, s.dk, s.G * s.dv, s.dv, s.H * s.dv, s.dv};
 }
 
+void check_attention_shape_cuda(const AttentionShape& s) {
+  check_attention_shape(s);
+  SAMBAY_CUDA_ARG_CHECK(attention_keys(s) == s.L && s.q_offset == 0,
+                        "attention: query slices (L=" + std::to_string(s.L) +
+                            " queries at q_offset=" + std::to_string(s.q_offset) + " over Lk=" +
+                            std::to_string(attention_keys(s)) +
+                            " keys) are not supported by the CUDA kernels yet");
+}
+
 void attention_forward_strided_cuda(const bf16* q, const bf16* k, const bf16* v,
                                     const int32_t* doc, void* out, bool out_f32, float* lse,
                                     const AttentionShape& s, const AttentionStrides& st,
                                     float scale, cudaStream_t stream) {
-  check_attention_shape(s);
+  check_attention_shape_cuda(s);
   FwdParams p{};
   p.q = reinterpret_cast<const bf16_t*>(q);
   p.k = reinterpret_cast<const bf16_t*>(k);
@@ -973,7 +984,7 @@ void attention_backward_strided_cuda(const bf16* dout, const bf16* q, const bf16
                                      bool out_f32, const float* lse, bf16* dq, bf16* dk, bf16* dv,
                                      const AttentionShape& s, const AttentionStrides& st,
                                      float scale, cudaStream_t stream) {
-  check_attention_shape(s);
+  check_attention_shape_cuda(s);
   if (!dq && !dk && !dv) return;
   keep_pool_memory();
   const bool fast = !g_force_simple && tensor_core_dims(s) && strides_aligned(st) &&

@@ -6,6 +6,12 @@
 //   lse [B, H, L]: each query row's log-sum-exp of scaled scores, saved for backward.
 //   doc [B, L] or nullptr: a query sees only keys of its own document.
 // Scores are scale * <q, k>; the L x L matrix is formed one query row at a time.
+//
+// Context parallelism gives a rank a slice of the queries and all keys before them: with Lk
+// keys and q_offset set, query t stands at position q_offset + t among the keys and sees key j
+// iff j <= q_offset + t (and j > q_offset + t - window under a window) and, with doc, doc[b, j]
+// == doc[b, q_offset + t]. Then k, v (and dk, dv) are [B, Lk, G, d] and doc [B, Lk] (the keys'
+// ids; the queries' are the slice); q, out, dq, dout stay [B, L, H, d] and lse [B, H, L].
 #pragma once
 
 #include "core/bf16.h"
@@ -20,7 +26,12 @@ struct AttentionShape {
   int64_t H, G;    // query heads, key/value heads
   int64_t dk, dv;  // head dims of q/k and of v (differential attention uses dv = 2 dk)
   int64_t window;  // 0: full causal; w > 0: the last w keys including the query's own
+  int64_t Lk = 0;        // keys/values per row; 0 means L
+  int64_t q_offset = 0;  // absolute position of query 0 among the keys; q_offset + L <= Lk
 };
+
+// Keys (and values) per batch row.
+inline int64_t attention_keys(const AttentionShape& s) { return s.Lk ? s.Lk : s.L; }
 
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, const int32_t* doc, T* out, T* lse,
@@ -36,10 +47,11 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 void check_attention_shape(const AttentionShape& s);
 
 // ---- CUDA (kernels/attention.cu). All pointers are device memory; same layouts and masks as
-// above. q, k, v, out, dout bf16; lse [B, H, L] fp32. FlashAttention-style: tiles of queries and
-// keys with an online softmax, nothing of size L x L in memory, key tiles outside the causal band
-// or the window skipped (so cost grows with L * window). Doc masking is applied per element and
-// does not skip tiles.
+// above, without query slices: Lk other than L and q_offset other than 0 are rejected. q, k, v,
+// out, dout bf16; lse [B, H, L] fp32. FlashAttention-style: tiles of queries and keys with an
+// online softmax, nothing of size L x L in memory, key tiles outside the causal band or the
+// window skipped (so cost grows with L * window). Doc masking is applied per element and does
+// not skip tiles.
 // Tensor-core kernels (mma.sync bf16, fp32 accumulate) cover (dk, dv) in {(64, 64), (64, 128),
 // (128, 128), (128, 256)} with 16-byte aligned pointers; any other head dims (or misaligned
 // pointers) fall back to simple one-warp-per-row kernels that are correct but slow.

@@ -13,6 +13,9 @@
 namespace sambay {
 namespace {
 
+// Keys (and values) per batch row.
+int64_t keys(const DiffAttentionShape& s) { return s.Lk ? s.Lk : s.L; }
+
 void check_shape(const DiffAttentionShape& s) {
   SAMBAY_CHECK(s.B > 0 && s.L > 0 && s.h > 0,
                "differential attention needs B, L, h > 0, got B={} L={} h={}", s.B, s.L, s.h);
@@ -22,11 +25,15 @@ void check_shape(const DiffAttentionShape& s) {
   SAMBAY_CHECK(s.H % s.G == 0, "query heads H={} must be a multiple of key/value heads G={}", s.H,
                s.G);
   SAMBAY_CHECK(s.window >= 0, "attention window must be 0 (full) or positive, got {}", s.window);
+  SAMBAY_CHECK(s.Lk >= 0 && s.q_offset >= 0 && s.q_offset + s.L <= keys(s),
+               "differential attention queries [q_offset, q_offset + L) = [{}, {}) must lie "
+               "within the Lk={} keys (Lk 0 means L)",
+               s.q_offset, s.q_offset + s.L, s.Lk);
 }
 
 // Each of the two softmax attentions: H/2 query heads over G/2 key/value heads, value dim 2h.
 AttentionShape pair_shape(const DiffAttentionShape& s) {
-  return {s.B, s.L, s.H / 2, s.G / 2, s.h, 2 * s.h, s.window};
+  return {s.B, s.L, s.H / 2, s.G / 2, s.h, 2 * s.h, s.window, s.Lk, s.q_offset};
 }
 
 // x [rows, 2, h] -> first [rows, h] (heads 2i), second [rows, h] (heads 2i+1).
@@ -77,7 +84,7 @@ void diff_attention_forward(const T* q, const T* k, const T* v, const int32_t* d
   T* a2 = static_cast<T*>(saved.a2);
   T* rstd = static_cast<T*>(saved.rstd);
 
-  const int64_t q_rows = s.B * s.L * (s.H / 2), k_rows = s.B * s.L * (s.G / 2);
+  const int64_t q_rows = s.B * s.L * (s.H / 2), k_rows = s.B * keys(s) * (s.G / 2);
   std::vector<T> q1(q_rows * s.h), q2(q_rows * s.h), k1(k_rows * s.h), k2(k_rows * s.h);
   split_pairs(q, q1.data(), q2.data(), q_rows, s.h);
   split_pairs(k, k1.data(), k2.data(), k_rows, s.h);
@@ -123,7 +130,7 @@ void diff_attention_backward(const T* dout, const T* q, const T* k, const T* v,
   const T* a1 = static_cast<const T*>(saved.a1);
   const T* a2 = static_cast<const T*>(saved.a2);
   const T* rstd = static_cast<const T*>(saved.rstd);
-  const int64_t q_rows = s.B * s.L * (s.H / 2), k_rows = s.B * s.L * (s.G / 2);
+  const int64_t q_rows = s.B * s.L * (s.H / 2), k_rows = s.B * keys(s) * (s.G / 2);
   const int64_t n = 2 * s.h;
   const double c = 1.0 - static_cast<double>(lambda_init);
 

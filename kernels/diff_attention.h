@@ -3,8 +3,9 @@
 //   lambda = exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init
 //   o_i = softmax(q1 k1^T * scale + mask) v - lambda * softmax(q2 k2^T * scale + mask) v
 //   o_i = RMSNorm_{2h}(o_i) * norm_weight * (1 - lambda_init), split back into query slots 2i, 2i+1
-// Shapes: q [B, L, H, h], k, v [B, L, G, h], out [B, L, H, h]; lq1, lk1, lq2, lk2 [h];
-// norm_weight [2h]. H and G even. window and doc as in attention.h.
+// Shapes: q [B, L, H, h], k, v [B, Lk, G, h], out [B, L, H, h]; lq1, lk1, lq2, lk2 [h];
+// norm_weight [2h]. H and G even. window, doc [B, Lk] and the query slice (Lk, q_offset) as in
+// attention.h.
 #pragma once
 
 #include "core/bf16.h"
@@ -17,7 +18,9 @@ namespace sambay {
 
 struct DiffAttentionShape {
   int64_t B, L, H, G, h;
-  int64_t window;  // 0: full causal
+  int64_t window;        // 0: full causal
+  int64_t Lk = 0;        // keys/values per row; 0 means L
+  int64_t q_offset = 0;  // absolute position of query 0 among the keys; q_offset + L <= Lk
 };
 
 // What forward keeps for backward, in buffers the caller allocates with the sizes below.
@@ -51,9 +54,10 @@ void diff_attention_backward(const T* dout, const T* q, const T* k, const T* v,
                              T* dlk1, T* dlq2, T* dlk2, T* dnorm_weight,
                              const DiffAttentionShape& s, T scale);
 
-// ---- CUDA (kernels/diff_attention.cu). All pointers are device memory. q, k, v, out, dout and
-// dq, dk, dv are bf16; lq1, lk1, lq2, lk2, norm_weight and their gradients fp32. Gradients are
-// added into (+=); a null pointer skips one. dq, dk, dv are computed in fp32 and rounded once per
+// ---- CUDA (kernels/diff_attention.cu). All pointers are device memory. No query slices: Lk
+// other than L and q_offset other than 0 are rejected. q, k, v, out, dout and dq, dk, dv are
+// bf16; lq1, lk1, lq2, lk2, norm_weight and their gradients fp32. Gradients are added into
+// (+=); a null pointer skips one. dq, dk, dv are computed in fp32 and rounded once per
 // map: dv receives two rounded additions (both maps read the same v).
 // Saved buffers (element counts from diff_attention_saved_sizes), all on the device:
 //   lambda one double; a1, a2 fp32 (they are subtracted, so they are kept unrounded);

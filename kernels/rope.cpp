@@ -8,22 +8,24 @@
 namespace sambay {
 namespace {
 
-// cos and sin of every (position, pair) angle t * theta^(-2i/hd), [L, hd/2] each, in double:
-// computed once per call instead of once per batch row and head.
+// cos and sin of every (token, pair) angle (offset + t) * theta^(-2i/hd), [L, hd/2] each, in
+// double: computed once per call instead of once per batch row and head.
 struct RotationTable {
   std::vector<double> cos, sin;
 };
 
-RotationTable rotation_table(int64_t L, int64_t hd, double theta) {
+RotationTable rotation_table(int64_t L, int64_t hd, double theta, int64_t offset) {
   SAMBAY_CHECK(hd % 2 == 0, "rope: head dim {} must be even", hd);
   SAMBAY_CHECK(theta > 0, "rope: theta {} must be positive", theta);
+  SAMBAY_CHECK(offset >= 0, "rope: position offset {} must not be negative", offset);
   const int64_t half = hd / 2;
   RotationTable table{std::vector<double>(L * half), std::vector<double>(L * half)};
   for (int64_t i = 0; i < half; ++i) {
     const double frequency = std::pow(theta, -2.0 * i / hd);
     for (int64_t t = 0; t < L; ++t) {
-      table.cos[t * half + i] = std::cos(t * frequency);
-      table.sin[t * half + i] = std::sin(t * frequency);
+      const double position = static_cast<double>(offset + t);
+      table.cos[t * half + i] = std::cos(position * frequency);
+      table.sin[t * half + i] = std::sin(position * frequency);
     }
   }
   return table;
@@ -34,8 +36,8 @@ RotationTable rotation_table(int64_t L, int64_t hd, double theta) {
 // completely before it is written, so y may alias x.
 template <typename T>
 void rotate(const T* x, T* y, int64_t B, int64_t L, int64_t heads, int64_t hd, double theta,
-            double sign, bool accumulate) {
-  const RotationTable table = rotation_table(L, hd, theta);
+            int64_t offset, double sign, bool accumulate) {
+  const RotationTable table = rotation_table(L, hd, theta, offset);
   const int64_t half = hd / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < B * L; ++row) {
@@ -60,22 +62,24 @@ void rotate(const T* x, T* y, int64_t B, int64_t L, int64_t heads, int64_t hd, d
 }  // namespace
 
 template <typename T>
-void rope_forward(const T* x, T* y, int64_t B, int64_t L, int64_t heads, int64_t hd, double theta) {
-  rotate(x, y, B, L, heads, hd, theta, +1.0, /*accumulate=*/false);
+void rope_forward(const T* x, T* y, int64_t B, int64_t L, int64_t heads, int64_t hd, double theta,
+                  int64_t position_offset) {
+  rotate(x, y, B, L, heads, hd, theta, position_offset, +1.0, /*accumulate=*/false);
 }
 
 template <typename T>
 void rope_backward(const T* dy, T* dx, int64_t B, int64_t L, int64_t heads, int64_t hd,
-                   double theta) {
-  rotate(dy, dx, B, L, heads, hd, theta, -1.0, /*accumulate=*/true);
+                   double theta, int64_t position_offset) {
+  rotate(dy, dx, B, L, heads, hd, theta, position_offset, -1.0, /*accumulate=*/true);
 }
 
-template void rope_forward<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t, double);
+template void rope_forward<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t, double,
+                                  int64_t);
 template void rope_forward<double>(const double*, double*, int64_t, int64_t, int64_t, int64_t,
-                                   double);
+                                   double, int64_t);
 template void rope_backward<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                                   double);
+                                   double, int64_t);
 template void rope_backward<double>(const double*, double*, int64_t, int64_t, int64_t, int64_t,
-                                    double);
+                                    double, int64_t);
 
 }  // namespace sambay

@@ -60,7 +60,7 @@ T readout(const T* state, const T* Ct, T D, T x, int64_t N) {
 template <typename T>
 void selective_scan_forward(const T* x, const T* dt, const T* dt_bias, const T* A_log, const T* Bc,
                             const T* Cc, const T* D, const T* z, const int32_t* doc, T* y, T* out,
-                            const SelectiveScanShape& s) {
+                            const SelectiveScanShape& s, const ScanCarry<T>& carry) {
   check_shape(s);
   const int64_t B = s.B, L = s.L, E = s.E, N = s.N;
 #pragma omp parallel
@@ -70,31 +70,45 @@ void selective_scan_forward(const T* x, const T* dt, const T* dt_bias, const T* 
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t e = 0; e < E; ++e) {
         for (int64_t n = 0; n < N; ++n) A[n] = -std::exp(A_log[e * N + n]);
+        const int64_t c = (b * E + e) * N;  // the channel's row of the [B, E, N] carried states
+        const T* state_in = carry.state_in ? carry.state_in + c : nullptr;
+        // prod_t exp(delta_t A) = exp(A sum_t delta_t): one exponential per state at the end.
+        double delta_sum = 0;
+        bool reset = false;
         for (int64_t t = 0; t < L; ++t) {
           const int64_t i = (b * L + t) * E + e;
-          const bool fresh = t == 0 || starts_document(doc, b, t, L);
+          const bool doc_start = starts_document(doc, b, t, L);
+          const T* prev = doc_start ? nullptr : t > 0 ? state.data() : state_in;
           const T delta = softplus(dt[i] + dt_bias[e]);
           const T* Bt = Bc + (b * L + t) * N;
           const T* Ct = Cc + (b * L + t) * N;
-          advance_state(state.data(), fresh ? nullptr : state.data(), delta, A.data(), x[i], Bt, N);
+          advance_state(state.data(), prev, delta, A.data(), x[i], Bt, N);
           y[i] = readout(state.data(), Ct, D[e], x[i], N);
           out[i] = y[i] * z[i] * sigmoid(z[i]);
+          delta_sum += delta;
+          reset = reset || doc_start;
         }
+        if (carry.state_out) std::copy(state.begin(), state.end(), carry.state_out + c);
+        if (carry.decay_out)
+          for (int64_t n = 0; n < N; ++n)
+            carry.decay_out[c + n] = reset ? T(0) : T(std::exp(delta_sum * A[n]));
       }
     }
   }
 }
 
 // Backward, one channel (b, e) at a time: recompute its states s_0..s_{L-1} into an L x N buffer,
-// then walk t backwards carrying g = dLoss/ds_t. Threads split the channels by e (looping b
-// inside), so the per-channel parameters dt_bias, A_log and D are each summed by one thread.
+// then walk t backwards carrying g = dLoss/ds_t, from dstate_out down to dLoss/dstate_in.
+// Threads split the channels by e (looping b inside), so the per-channel parameters dt_bias,
+// A_log and D are each summed by one thread.
 // dBc and dCc sum over all E channels; each thread adds into its own [B, L, N] partial buffer,
 // and the partials are added up in thread order at the end.
 template <typename T>
 void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const T* dt,
                              const T* dt_bias, const T* A_log, const T* Bc, const T* Cc, const T* D,
                              const T* z, const int32_t* doc, T* dx, T* ddt, T* ddt_bias, T* dA_log,
-                             T* dBc, T* dCc, T* dD, T* dz, const SelectiveScanShape& s) {
+                             T* dBc, T* dCc, T* dD, T* dz, const SelectiveScanShape& s,
+                             const ScanCarry<T>& carry) {
   check_shape(s);
   const int64_t B = s.B, L = s.L, E = s.E, N = s.N;
   const int64_t bln = B * L * N;
@@ -118,22 +132,31 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
       double dD_sum = 0, ddt_bias_sum = 0;
 
       for (int64_t b = 0; b < B; ++b) {
+        const int64_t c = (b * E + e) * N;  // the channel's row of the [B, E, N] carried states
+        const T* state_in = carry.state_in ? carry.state_in + c : nullptr;
+        // The state before token t as the forward had it (null: zero).
+        auto previous = [&](int64_t t, bool doc_start) -> const T* {
+          if (doc_start) return nullptr;
+          return t > 0 ? &states[(t - 1) * N] : state_in;
+        };
         // Recompute the states of channel (b, e).
         for (int64_t t = 0; t < L; ++t) {
           const int64_t i = (b * L + t) * E + e;
-          const bool fresh = t == 0 || starts_document(doc, b, t, L);
           deltas[t] = softplus(dt[i] + dt_bias[e]);
-          advance_state(&states[t * N], fresh ? nullptr : &states[(t - 1) * N], deltas[t], A.data(),
-                        x[i], Bc + (b * L + t) * N, N);
+          advance_state(&states[t * N], previous(t, starts_document(doc, b, t, L)), deltas[t],
+                        A.data(), x[i], Bc + (b * L + t) * N, N);
         }
 
-        std::fill(g.begin(), g.end(), T(0));
+        if (carry.dstate_out)
+          std::copy_n(carry.dstate_out + c, N, g.begin());
+        else
+          std::fill(g.begin(), g.end(), T(0));
         for (int64_t t = L - 1; t >= 0; --t) {
           const int64_t i = (b * L + t) * E + e;
           const int64_t bt = (b * L + t) * N;
           const T* st = &states[t * N];
-          const T* prev =
-              (t == 0 || starts_document(doc, b, t, L)) ? nullptr : &states[(t - 1) * N];
+          const bool doc_start = starts_document(doc, b, t, L);
+          const T* prev = previous(t, doc_start);
           const T delta = deltas[t], xv = x[i], zv = z[i];
           const T sig = sigmoid(zv);
 
@@ -161,7 +184,9 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
               g[n] = gn * decay;
             } else {
               ddelta += double(gn) * xv * Bn;
-              g[n] = T(0);  // s_{t-1} does not reach s_t across a document start
+              // s_{t-1} does not reach s_t across a document start. At token 0 without state_in,
+              // s_{-1} is a zero state_in that does reach s_0: its gradient is wanted all the same.
+              g[n] = doc_start ? T(0) : gn * std::exp(delta * A[n]);
             }
           }
           if (dx) dx[i] += dxv;
@@ -169,6 +194,8 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
           if (ddt) ddt[i] += T(ddt_i);
           ddt_bias_sum += ddt_i;
         }
+        if (carry.dstate_in)  // g is now dLoss/ds_{-1}
+          for (int64_t n = 0; n < N; ++n) carry.dstate_in[c + n] += g[n];
       }
 
       if (dD) dD[e] += T(dD_sum);
@@ -197,21 +224,22 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
 template void selective_scan_forward<float>(const float*, const float*, const float*, const float*,
                                             const float*, const float*, const float*, const float*,
                                             const int32_t*, float*, float*,
-                                            const SelectiveScanShape&);
+                                            const SelectiveScanShape&, const ScanCarry<float>&);
 template void selective_scan_forward<double>(const double*, const double*, const double*,
                                              const double*, const double*, const double*,
                                              const double*, const double*, const int32_t*, double*,
-                                             double*, const SelectiveScanShape&);
+                                             double*, const SelectiveScanShape&,
+                                             const ScanCarry<double>&);
 template void selective_scan_backward<float>(const float*, const float*, const float*, const float*,
                                              const float*, const float*, const float*, const float*,
                                              const float*, const float*, const int32_t*, float*,
                                              float*, float*, float*, float*, float*, float*, float*,
-                                             const SelectiveScanShape&);
+                                             const SelectiveScanShape&, const ScanCarry<float>&);
 template void selective_scan_backward<double>(const double*, const double*, const double*,
                                               const double*, const double*, const double*,
                                               const double*, const double*, const double*,
                                               const double*, const int32_t*, double*, double*,
                                               double*, double*, double*, double*, double*, double*,
-                                              const SelectiveScanShape&);
+                                              const SelectiveScanShape&, const ScanCarry<double>&);
 
 }  // namespace sambay

@@ -7,6 +7,13 @@
 // y is the pre-gate output (SambaY's layer 16 hands it to the GMUs as the memory M).
 // doc [B, L] or nullptr: the state resets to zero where the document id changes.
 // The backward recomputes the states; nothing of size [B, L, E, N] is kept.
+//
+// Context parallelism splits the sequence into chunks on different ranks; a ScanCarry links a
+// chunk to its neighbours. s_t is linear in the state before the chunk, so
+//   state_out = state_out(from a zero start) + decay_out * state_in   (elementwise, per [b, e, n])
+// and the ranks can scan their chunks from zero at once, fold the carried states across ranks,
+// and rerun with the true state_in. Likewise dstate_in = dstate_in(with zero dstate_out) +
+// decay_out * dstate_out for the backward.
 #pragma once
 
 #include "core/bf16.h"
@@ -20,21 +27,42 @@ struct SelectiveScanShape {
   int64_t B, L, E, N;
 };
 
+// State carried across a split of the sequence (context parallelism). All [B, E, N], T, or null.
+template <typename T>
+struct ScanCarry {
+  const T* state_in = nullptr;    // forward: the state before token 0 (null: zero). The caller
+                                  // zeroes rows whose token 0 starts a new document.
+  T* state_out = nullptr;         // forward: written with the state after the last token
+  T* decay_out = nullptr;         // forward: written with the factor by which state_in reaches
+                                  // state_out: prod_t exp(delta_t * A), and 0 for a row in which
+                                  // the state resets (document change at some t >= 1)
+  const T* dstate_out = nullptr;  // backward: gradient arriving at state_out (null: zero)
+  T* dstate_in = nullptr;         // backward: gradient of state_in, ADDED into
+};
+
+// With carry.state_in, s_{-1} = state_in: token 0 continues it (a document change between
+// tokens t - 1 and t >= 1 still resets the state; token 0 never resets here).
 template <typename T>
 void selective_scan_forward(const T* x, const T* dt, const T* dt_bias, const T* A_log,
                             const T* Bc, const T* Cc, const T* D, const T* z, const int32_t* doc,
-                            T* y, T* out, const SelectiveScanShape& s);
+                            T* y, T* out, const SelectiveScanShape& s,
+                            const ScanCarry<T>& carry = {});
 
 // dout: gradient of out. dy_extra: gradient that reaches y from elsewhere (the GMUs reading the
 // memory), or nullptr. Gradients are added into the given buffers; null pointers are skipped.
+// carry: state_in as given to the forward; dstate_out and dstate_in as described above. The
+// gradients include what flows through state_in (its decay into the states depends on dt,
+// dt_bias and A_log). Every gradient pointer but carry.dstate_in may be null: a rank that folds
+// the carried gradients across ranks first needs dstate_in alone.
 template <typename T>
 void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const T* dt,
                              const T* dt_bias, const T* A_log, const T* Bc, const T* Cc,
                              const T* D, const T* z, const int32_t* doc, T* dx, T* ddt,
                              T* ddt_bias, T* dA_log, T* dBc, T* dCc, T* dD, T* dz,
-                             const SelectiveScanShape& s);
+                             const SelectiveScanShape& s, const ScanCarry<T>& carry = {});
 
 // ---- CUDA ----
+// No carried state (ScanCarry) yet: every row starts from zero.
 // x, dt, z, y, out, Bc, Cc and their gradients bf16; dt_bias, A_log, D and their gradients fp32.
 // N must be 4, 8 or 16 (each thread keeps 4 states in registers, N/4 threads per channel).
 // Same semantics as the CPU op, computed in fp32; activation gradients are added in fp32 and

@@ -64,7 +64,7 @@ po::options_description train_options(TrainConfig& c) {
   parallel.add_options()
       ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
       ("sequence_parallel", po::value(&c.sequence_parallel)->default_value(c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
-      ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (not implemented yet: 1)")
+      ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (each holds seq_len / cp positions of every sample)")
       ("dp_bucket_mb", po::value(&c.dp_bucket_mb)->default_value(c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
   po::options_description all("sambay train options");
   all.add(run).add(data).add(optim).add(parallel).add(model);
@@ -146,10 +146,16 @@ void validate_train_config(const TrainConfig& c) {
       need(false, "tp", e.what());
     }
   }
-  need(!c.sequence_parallel || c.micro_batch * c.seq_len % c.tp == 0, "sequence_parallel",
-       fmt::format("needs micro_batch * seq_len = {} divisible by tp = {}",
-                   c.micro_batch * c.seq_len, c.tp));
-  need(c.cp == 1, "cp", fmt::format("context parallelism is not implemented yet (got {}); use 1", c.cp));
+  need(!c.sequence_parallel || c.micro_batch * (c.seq_len / c.cp) % c.tp == 0,
+       "sequence_parallel",
+       fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",
+                   c.micro_batch * (c.seq_len / c.cp), c.tp));
+  need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
+  need(c.seq_len % c.cp == 0, "cp",
+       fmt::format("seq_len = {} is not divisible by cp = {}", c.seq_len, c.cp));
+  need(c.cp == 1 || c.seq_len / c.cp >= c.model.d_conv - 1, "cp",
+       fmt::format("{} positions per rank (seq_len / cp) are fewer than the conv's halo of {}",
+                   c.seq_len / c.cp, c.model.d_conv - 1));
   need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
   need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
   need(c.keep_checkpoints >= 1, "keep_checkpoints",

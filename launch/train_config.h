@@ -52,7 +52,7 @@ struct TrainConfig {
   // Parallelism: data-parallel ranks = world size / (tp * cp) (docs/parallelism.md).
   int tp = 1;  // tensor-parallel ranks
   bool sequence_parallel = false;  // with tp > 1: norms and residual stream split by rows too
-  int cp = 1;  // context-parallel ranks (not implemented yet: must be 1)
+  int cp = 1;  // context-parallel ranks: each holds seq_len / cp positions of every sample
   double dp_bucket_mb = 32;  // MiB of fp32 gradients per reduce-scatter bucket
 
   // Checkpoints (out_dir/checkpoints, io/checkpoint.h).

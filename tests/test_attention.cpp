@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <string>
@@ -40,20 +41,24 @@ std::vector<int32_t> make_docs(int64_t B, int64_t L) {
 }
 
 // Everything one attention call reads and writes, in double, from reproducible random data.
+// Lk and q_offset as in AttentionShape: the c.L queries may be a slice of more keys.
 struct AttnData {
   AttentionShape s;
   double scale;
   std::vector<double> q, k, v, out, lse, probe;
   std::vector<int32_t> doc;
 
-  AttnData(const AttnCase& c, uint64_t seed) : s(shape_of(c)), scale(1.0 / std::sqrt(c.dk)) {
+  AttnData(const AttnCase& c, uint64_t seed, int64_t Lk = 0, int64_t q_offset = 0)
+      : s(shape_of(c)), scale(1.0 / std::sqrt(c.dk)) {
+    s.Lk = Lk, s.q_offset = q_offset;
+    const int64_t keys = attention_keys(s);
     q = testing::random_normal(c.B * c.L * c.H * c.dk, seed + 1);
-    k = testing::random_normal(c.B * c.L * c.G * c.dk, seed + 2);
-    v = testing::random_normal(c.B * c.L * c.G * c.dv, seed + 3);
+    k = testing::random_normal(c.B * keys * c.G * c.dk, seed + 2);
+    v = testing::random_normal(c.B * keys * c.G * c.dv, seed + 3);
     probe = testing::random_normal(c.B * c.L * c.H * c.dv, seed + 4);
     out.resize(probe.size());
     lse.resize(c.B * c.H * c.L);
-    if (c.doc) doc = make_docs(c.B, c.L);
+    if (c.doc) doc = make_docs(c.B, keys);
   }
   const int32_t* doc_ptr() const { return doc.empty() ? nullptr : doc.data(); }
   void forward() {
@@ -310,6 +315,88 @@ TEST_P(AttentionTest, BackwardAccumulatesIntoGradients) {
   EXPECT_EQ(dv_only, g.dv);
 }
 
+// Positions [t0, t1) of every batch row of a [B, L, width] tensor, and the inverse.
+std::vector<double> take(const std::vector<double>& x, int64_t B, int64_t L, int64_t width,
+                         int64_t t0, int64_t t1) {
+  std::vector<double> part(B * (t1 - t0) * width);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(x.begin() + (b * L + t0) * width, x.begin() + (b * L + t1) * width,
+              part.begin() + b * (t1 - t0) * width);
+  return part;
+}
+void put(const std::vector<double>& part, std::vector<double>& x, int64_t B, int64_t L,
+         int64_t width, int64_t t0, int64_t t1) {
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(part.begin() + b * (t1 - t0) * width, part.begin() + (b + 1) * (t1 - t0) * width,
+              x.begin() + (b * L + t0) * width);
+}
+
+// Context parallelism: the queries cut into 2 or 4 slices, each run against all the keys (Lk =
+// L, q_offset = the slice's start), give the whole sequence's out, lse and dq exactly, and its
+// dk, dv once summed over the slices (the sum's order differs). Keys after a slice's last query
+// are present and must be ignored.
+TEST_P(AttentionTest, QuerySlicesMatchWholeSequence) {
+  for (bool doc : {false, true}) {
+    AttnCase c = GetParam();
+    c.doc = doc;
+    AttnData a(c, 100);
+    a.forward();
+    const auto g = a.backward();
+    const AttentionShape& s = a.s;
+    for (int64_t slices : {2, 4}) {
+      if (slices > s.L) continue;
+      std::vector<double> out(a.out.size()), lse(a.lse.size()), dq(a.q.size()), dk(a.k.size()),
+          dv(a.v.size());
+      for (int64_t r = 0; r < slices; ++r) {
+        const int64_t t0 = r * s.L / slices, t1 = (r + 1) * s.L / slices, len = t1 - t0;
+        AttentionShape part = s;
+        part.L = len, part.Lk = s.L, part.q_offset = t0;
+        const auto q = take(a.q, s.B, s.L, s.H * s.dk, t0, t1);
+        const auto probe = take(a.probe, s.B, s.L, s.H * s.dv, t0, t1);
+        std::vector<double> out_part(probe.size()), lse_part(s.B * s.H * len), dq_part(q.size());
+        attention_forward(q.data(), a.k.data(), a.v.data(), a.doc_ptr(), out_part.data(),
+                          lse_part.data(), part, a.scale);
+        attention_backward(probe.data(), q.data(), a.k.data(), a.v.data(), a.doc_ptr(),
+                           out_part.data(), lse_part.data(), dq_part.data(), dk.data(), dv.data(),
+                           part, a.scale);
+        put(out_part, out, s.B, s.L, s.H * s.dv, t0, t1);
+        put(dq_part, dq, s.B, s.L, s.H * s.dk, t0, t1);
+        put(lse_part, lse, s.B * s.H, s.L, 1, t0, t1);  // lse [B, H, L]: rows of (b, h)
+      }
+      const std::string what = fmt::format("{} slices{}", slices, doc ? " with docs" : "");
+      EXPECT_EQ(out, a.out) << what;
+      EXPECT_EQ(lse, a.lse) << what;
+      EXPECT_EQ(dq, g.dq) << what;
+      EXPECT_LT(testing::relative_error(dk, g.dk), 1e-14) << what;
+      EXPECT_LT(testing::relative_error(dv, g.dv), 1e-14) << what;
+    }
+  }
+}
+
+// Finite differences in the slice mode: the L queries stand at positions 3 .. L + 2 of L + 4
+// keys, so some keys precede the slice (and are cut off by the window or a document or not)
+// and one follows it (no gradient).
+TEST_P(AttentionTest, QuerySliceGradientsMatchFiniteDifferences) {
+  const AttnCase c = GetParam();
+  AttnData a(c, 110, c.L + 4, 3);
+  auto loss = [&] {
+    a.forward();
+    return testing::dot(a.out, a.probe);
+  };
+  loss();
+  auto g = a.backward();
+  std::vector<GradInput> inputs = {{"v", &a.v, &g.dv}};
+  if (a.s.window != 1) {  // w = 1: every softmax is constantly 1 (see GradientsMatch...)
+    inputs.push_back({"q", &a.q, &g.dq});
+    inputs.push_back({"k", &a.k, &g.dk});
+  }
+  testing::expect_gradients_match(loss, inputs);
+  // The key after the last query gets nothing.
+  const int64_t Lk = a.s.Lk, row = a.s.G * a.s.dv;
+  for (int64_t b = 0; b < a.s.B; ++b)
+    for (int64_t i = 0; i < row; ++i) EXPECT_EQ(g.dv[(b * Lk + Lk - 1) * row + i], 0.0);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionTest,
     ::testing::Values(AttnCase{1, 1, 1, 1, 2, 3, 0, false}, AttnCase{2, 5, 2, 2, 3, 2, 0, true},
@@ -348,6 +435,11 @@ TEST(Attention, RejectsBadShapes) {
   EXPECT_THROW(run({1, 2, 2, 2, 2, 2, -1}), Error);  // negative window
   EXPECT_THROW(run({1, 2, 2, 0, 2, 2, 0}), Error);   // no kv heads
   EXPECT_THROW(run({1, 2, 2, 2, 0, 2, 0}), Error);   // empty head dim
+  EXPECT_THROW(run({1, 2, 2, 2, 2, 2, 0, 3, 2}), Error);   // queries [2, 4) past 3 keys
+  EXPECT_THROW(run({1, 2, 2, 2, 2, 2, 0, 0, 1}), Error);   // Lk 0 means L: [1, 3) past 2 keys
+  EXPECT_THROW(run({1, 2, 2, 2, 2, 2, 0, 4, -1}), Error);  // negative offset
+  EXPECT_THROW(run({1, 2, 2, 2, 2, 2, 0, -1, 0}), Error);  // negative key count
+  EXPECT_NO_THROW(run({1, 2, 2, 2, 2, 2, 0, 4, 2}));       // queries [2, 4) of 4 keys
 }
 
 }  // namespace

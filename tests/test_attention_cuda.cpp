@@ -246,5 +246,27 @@ TEST(AttentionCuda, RejectsBadShapes) {
                Error);
 }
 
+// Query slices (context parallelism) exist on the CPU only so far: the CUDA entry points refuse
+// them before touching any memory.
+TEST(AttentionCuda, RejectsQuerySlices) {
+  SAMBAY_REQUIRE_GPU();
+  const AttentionShape slices[] = {{1, 4, 2, 2, 64, 64, 0, 8, 4},   // queries [4, 8) of 8 keys
+                                   {1, 4, 2, 2, 64, 64, 0, 8, 0},   // more keys than queries
+                                   {1, 4, 2, 2, 64, 64, 0, 0, 0}};  // the plain shape
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_THROW(attention_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                        slices[i], 1.f, nullptr),
+                 Error);
+    EXPECT_THROW(attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                         nullptr, nullptr, nullptr, nullptr, slices[i], 1.f,
+                                         nullptr),
+                 Error);
+  }
+  // No gradient wanted: the plain shape returns at once, so only the slices above threw.
+  EXPECT_NO_THROW(attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                          nullptr, nullptr, nullptr, nullptr, slices[2], 1.f,
+                                          nullptr));
+}
+
 }  // namespace
 }  // namespace sambay

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <string>
@@ -51,7 +52,8 @@ struct SavedBuffers {
 
 constexpr double kEps = 1e-5;
 
-// Inputs and parameters of one differential attention layer, in double.
+// Inputs and parameters of one differential attention layer, in double. Lk and q_offset as in
+// DiffAttentionShape: the c.L queries may be a slice of more keys.
 struct DiffData {
   DiffAttentionShape s;
   double scale, lambda_init;
@@ -59,14 +61,15 @@ struct DiffData {
   std::vector<int32_t> doc;
   SavedBuffers<double> saved;
 
-  DiffData(const DiffCase& c, uint64_t seed)
-      : s{c.B, c.L, c.H, c.G, c.h, c.window},
+  DiffData(const DiffCase& c, uint64_t seed, int64_t Lk = 0, int64_t q_offset = 0)
+      : s{c.B, c.L, c.H, c.G, c.h, c.window, Lk, q_offset},
         scale(1.0 / std::sqrt(c.h)),
         lambda_init(0.8 - 0.6 * std::exp(-0.3 * 3)),  // the model's value at layer 3
         saved(s) {
+    const int64_t keys = Lk ? Lk : c.L;
     q = testing::random_normal(c.B * c.L * c.H * c.h, seed + 1);
-    k = testing::random_normal(c.B * c.L * c.G * c.h, seed + 2);
-    v = testing::random_normal(c.B * c.L * c.G * c.h, seed + 3);
+    k = testing::random_normal(c.B * keys * c.G * c.h, seed + 2);
+    v = testing::random_normal(c.B * keys * c.G * c.h, seed + 3);
     lq1 = testing::random_normal(c.h, seed + 4, 0.3);
     lk1 = testing::random_normal(c.h, seed + 5, 0.3);
     lq2 = testing::random_normal(c.h, seed + 6, 0.3);
@@ -74,7 +77,7 @@ struct DiffData {
     norm_weight = testing::random_uniform(2 * c.h, seed + 8, 0.5, 1.5);
     probe = testing::random_normal(c.B * c.L * c.H * c.h, seed + 9);
     out.resize(probe.size());
-    if (c.doc) doc = make_docs(c.B, c.L);
+    if (c.doc) doc = make_docs(c.B, keys);
   }
   const int32_t* doc_ptr() const { return doc.empty() ? nullptr : doc.data(); }
   void forward() {
@@ -235,6 +238,111 @@ TEST_P(DiffAttentionTest, BackwardAccumulatesIntoGradients) {
   EXPECT_EQ(dlq2, g.dlq2);
 }
 
+// Positions [t0, t1) of every batch row of a [B, L, width] tensor, and the inverse.
+std::vector<double> take(const std::vector<double>& x, int64_t B, int64_t L, int64_t width,
+                         int64_t t0, int64_t t1) {
+  std::vector<double> part(B * (t1 - t0) * width);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(x.begin() + (b * L + t0) * width, x.begin() + (b * L + t1) * width,
+              part.begin() + b * (t1 - t0) * width);
+  return part;
+}
+void put(const std::vector<double>& part, std::vector<double>& x, int64_t B, int64_t L,
+         int64_t width, int64_t t0, int64_t t1) {
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(part.begin() + b * (t1 - t0) * width, part.begin() + (b + 1) * (t1 - t0) * width,
+              x.begin() + (b * L + t0) * width);
+}
+
+// Context parallelism: the queries cut into 2 or 4 slices, each run against all the keys (Lk =
+// L, q_offset = the slice's start), give the whole sequence's out exactly and, summed over the
+// slices, its gradients (the sums' order differs).
+TEST_P(DiffAttentionTest, QuerySlicesMatchWholeSequence) {
+  for (bool doc : {false, true}) {
+    DiffCase c = GetParam();
+    c.doc = doc;
+    DiffData d(c, 600);
+    d.forward();
+    const auto g = d.backward();
+    const DiffAttentionShape& s = d.s;
+    const int64_t width = s.H * s.h;  // q, out and probe per position
+    for (int64_t slices : {2, 4}) {
+      if (slices > s.L) continue;
+      std::vector<double> out(d.out.size()), dq(d.q.size());
+      // dq is the slice's own; every other gradient adds up over the slices.
+      DiffData::Grads sum{{},
+                          std::vector<double>(d.k.size()),
+                          std::vector<double>(d.v.size()),
+                          std::vector<double>(s.h),
+                          std::vector<double>(s.h),
+                          std::vector<double>(s.h),
+                          std::vector<double>(s.h),
+                          std::vector<double>(2 * s.h)};
+      for (int64_t r = 0; r < slices; ++r) {
+        const int64_t t0 = r * s.L / slices, t1 = (r + 1) * s.L / slices;
+        DiffCase pc = c;
+        pc.L = t1 - t0;
+        DiffData part(pc, 0, s.L, t0);
+        part.q = take(d.q, s.B, s.L, width, t0, t1);
+        part.probe = take(d.probe, s.B, s.L, width, t0, t1);
+        part.k = d.k, part.v = d.v, part.doc = d.doc;
+        part.lq1 = d.lq1, part.lk1 = d.lk1, part.lq2 = d.lq2, part.lk2 = d.lk2;
+        part.norm_weight = d.norm_weight;
+        part.forward();
+        put(part.out, out, s.B, s.L, width, t0, t1);
+        sum.dq.assign(part.q.size(), 0.0);
+        part.backward(sum);
+        put(sum.dq, dq, s.B, s.L, width, t0, t1);
+      }
+      const std::string what = fmt::format("{} slices{}", slices, doc ? " with docs" : "");
+      EXPECT_EQ(out, d.out) << what;
+      using Pair = std::pair<const std::vector<double>*, const std::vector<double>*>;
+      const std::pair<const char*, Pair> grads[] = {
+          {"q", {&dq, &g.dq}},
+          {"k", {&sum.dk, &g.dk}},
+          {"v", {&sum.dv, &g.dv}},
+          {"lambda_q1", {&sum.dlq1, &g.dlq1}},
+          {"lambda_k1", {&sum.dlk1, &g.dlk1}},
+          {"lambda_q2", {&sum.dlq2, &g.dlq2}},
+          {"lambda_k2", {&sum.dlk2, &g.dlk2}},
+          {"norm_weight", {&sum.dnorm_weight, &g.dnorm_weight}}};
+      // Errors against a norm of at least 1: lambda's gradient can cancel to almost nothing
+      // (a query that sees only its own key has o = (1 - lambda) v, whose norm removes lambda).
+      for (const auto& [name, pair] : grads) {
+        double err = 0, ref = 0;
+        for (size_t i = 0; i < pair.second->size(); ++i) {
+          err += std::pow((*pair.first)[i] - (*pair.second)[i], 2);
+          ref += std::pow((*pair.second)[i], 2);
+        }
+        EXPECT_LT(std::sqrt(err), 1e-13 * std::max(1.0, std::sqrt(ref)))
+            << "gradient of " << name << ", " << what;
+      }
+    }
+  }
+}
+
+// Finite differences in the slice mode: the L queries stand at positions 3 .. L + 2 of L + 4
+// keys, so some keys precede the slice and one follows it.
+TEST_P(DiffAttentionTest, QuerySliceGradientsMatchFiniteDifferences) {
+  const DiffCase c = GetParam();
+  DiffData d(c, 700, c.L + 4, 3);
+  auto loss = [&] {
+    d.forward();
+    return testing::dot(d.out, d.probe);
+  };
+  loss();
+  auto g = d.backward();
+  testing::expect_gradients_match(
+      loss, {{"q", &d.q, &g.dq},
+             {"k", &d.k, &g.dk},
+             {"v", &d.v, &g.dv},
+             {"lambda_q1", &d.lq1, &g.dlq1},
+             {"lambda_k1", &d.lk1, &g.dlk1},
+             {"lambda_q2", &d.lq2, &g.dlq2},
+             {"lambda_k2", &d.lk2, &g.dlk2},
+             {"norm_weight", &d.norm_weight, &g.dnorm_weight}});
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DiffAttentionTest,
     ::testing::Values(DiffCase{1, 2, 2, 2, 2, 0, false},  // smallest: one pair, two tokens
@@ -261,6 +369,10 @@ TEST(DiffAttention, RejectsBadShapes) {
   EXPECT_THROW(diff_attention_saved_sizes({1, 4, 3, 3, 2, 0}), Error);  // odd head counts
   EXPECT_THROW(diff_attention_saved_sizes({1, 4, 4, 6, 2, 0}), Error);  // H not a multiple of G
   EXPECT_THROW(diff_attention_saved_sizes({1, 4, 2, 2, 2, -1}), Error); // negative window
+  EXPECT_THROW(diff_attention_saved_sizes({1, 4, 2, 2, 2, 0, 5, 2}), Error);  // [2, 6) past 5 keys
+  EXPECT_THROW(diff_attention_saved_sizes({1, 4, 2, 2, 2, 0, 0, 1}), Error);  // Lk 0 means L
+  EXPECT_THROW(diff_attention_saved_sizes({1, 4, 2, 2, 2, 0, 6, -1}), Error); // negative offset
+  EXPECT_NO_THROW(diff_attention_saved_sizes({1, 4, 2, 2, 2, 0, 6, 2}));      // [2, 6) of 6 keys
 }
 
 }  // namespace

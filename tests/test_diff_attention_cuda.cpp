@@ -281,5 +281,22 @@ TEST(DiffAttentionCuda, RejectsBadShapes) {
                Error);  // odd head counts
 }
 
+// Query slices (context parallelism) exist on the CPU only so far: the CUDA entry points refuse
+// them before launching anything.
+TEST(DiffAttentionCuda, RejectsQuerySlices) {
+  SAMBAY_REQUIRE_GPU();
+  DiffAttentionSaved saved{};
+  const DiffAttentionShape slice{1, 4, 2, 2, 64, 0, 8, 4};  // queries [4, 8) of 8 keys
+  EXPECT_THROW(diff_attention_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                           nullptr, nullptr, 0.5f, nullptr, nullptr, saved, slice,
+                                           1.f, 1e-5f, nullptr),
+               Error);
+  EXPECT_THROW(diff_attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, nullptr, 0.5f, nullptr, saved,
+                                            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, slice, 1.f, nullptr),
+               Error);
+}
+
 }  // namespace
 }  // namespace sambay

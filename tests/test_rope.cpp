@@ -1,5 +1,6 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -123,6 +124,34 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RopeTest,
                                               c.hd, c.theta);
                          });
 
+// Context parallelism: a rank rotates its slice of the sequence with the slice's start as the
+// position offset, forward and backward, and must get that slice of the whole sequence's result.
+TEST_P(RopeTest, SliceWithOffsetMatchesSliceOfWholeSequence) {
+  const RopeCase c = GetParam();
+  const auto x = testing::random_normal(numel(c), 12);
+  const auto dy = testing::random_normal(numel(c), 13);
+  std::vector<double> y(numel(c)), dx(numel(c));
+  rope_forward(x.data(), y.data(), c.B, c.L, c.heads, c.hd, c.theta);
+  rope_backward(dy.data(), dx.data(), c.B, c.L, c.heads, c.hd, c.theta);
+  const int64_t row = c.heads * c.hd;  // the elements of one position
+  // Tokens [start, start + len) of every batch row, as a [B, len, heads, hd] tensor.
+  auto slice = [&](const std::vector<double>& v, int64_t start, int64_t len) {
+    std::vector<double> part(c.B * len * row);
+    for (int64_t b = 0; b < c.B; ++b)
+      std::copy_n(v.begin() + (b * c.L + start) * row, len * row, part.begin() + b * len * row);
+    return part;
+  };
+  for (int64_t start = 0; start < c.L; start += std::max<int64_t>(1, c.L / 3)) {
+    const int64_t len = std::min<int64_t>(c.L - start, std::max<int64_t>(1, c.L / 3));
+    const auto x_part = slice(x, start, len), dy_part = slice(dy, start, len);
+    std::vector<double> y_part(x_part.size()), dx_part(x_part.size());
+    rope_forward(x_part.data(), y_part.data(), c.B, len, c.heads, c.hd, c.theta, start);
+    rope_backward(dy_part.data(), dx_part.data(), c.B, len, c.heads, c.hd, c.theta, start);
+    EXPECT_EQ(y_part, slice(y, start, len)) << "slice at " << start;
+    EXPECT_EQ(dx_part, slice(dx, start, len)) << "slice at " << start;
+  }
+}
+
 TEST(Rope, BackwardAccumulatesIntoGradients) {
   const int64_t B = 2, L = 4, heads = 3, hd = 6;
   auto dy = testing::random_normal(B * L * heads * hd, 10);
@@ -164,6 +193,11 @@ TEST(Rope, OddHeadDimThrows) {
   std::vector<double> x(3), y(3);
   EXPECT_THROW(rope_forward(x.data(), y.data(), 1, 1, 1, 3, 10000.0), std::exception);
   EXPECT_THROW(rope_backward(x.data(), y.data(), 1, 1, 1, 3, 10000.0), std::exception);
+}
+
+TEST(Rope, NegativePositionOffsetThrows) {
+  std::vector<double> x(4), y(4);
+  EXPECT_THROW(rope_forward(x.data(), y.data(), 1, 1, 1, 4, 10000.0, -1), std::exception);
 }
 
 }  // namespace

@@ -66,21 +66,21 @@ ScanTensors<double> make_inputs(const SelectiveScanShape& s, uint64_t seed) {
 
 template <typename T>
 void forward(const ScanTensors<T>& in, const int32_t* doc, const SelectiveScanShape& s,
-             std::vector<T>& y, std::vector<T>& out) {
+             std::vector<T>& y, std::vector<T>& out, const ScanCarry<T>& carry = {}) {
   y.assign(s.B * s.L * s.E, T(0));
   out.assign(s.B * s.L * s.E, T(0));
   selective_scan_forward(in.x.data(), in.dt.data(), in.dt_bias.data(), in.A_log.data(),
                          in.Bc.data(), in.Cc.data(), in.D.data(), in.z.data(), doc, y.data(),
-                         out.data(), s);
+                         out.data(), s, carry);
 }
 
 template <typename T>
 void add_backward(const T* dout, const T* dy_extra, const ScanTensors<T>& in, const int32_t* doc,
-                  const SelectiveScanShape& s, ScanTensors<T>& g) {
+                  const SelectiveScanShape& s, ScanTensors<T>& g, const ScanCarry<T>& carry = {}) {
   selective_scan_backward(dout, dy_extra, in.x.data(), in.dt.data(), in.dt_bias.data(),
                           in.A_log.data(), in.Bc.data(), in.Cc.data(), in.D.data(), in.z.data(),
                           doc, g.x.data(), g.dt.data(), g.dt_bias.data(), g.A_log.data(),
-                          g.Bc.data(), g.Cc.data(), g.D.data(), g.z.data(), s);
+                          g.Bc.data(), g.Cc.data(), g.D.data(), g.z.data(), s, carry);
 }
 
 // Packed documents: runs of lengths 3, 1, 2, 5, 4, ... (rotated per row). Ids alternate between
@@ -258,6 +258,307 @@ TEST_P(SelectiveScanDocsTest, DocumentsMatchSeparateRuns) {
     EXPECT_LT(testing::relative_error(*pair.first, *pair.second), 1e-13) << "gradient of " << name;
 }
 
+// Loss = <out, probe1> + <y, probe2> + <state_out, w> with a given state_in: the carried state
+// enters as an input and leaves as an output, so the finite differences cover state_in's own
+// gradient, what it adds to the gradients of dt, dt_bias and A_log (its decay), and dstate_out.
+TEST_P(SelectiveScanTest, CarriedStateGradientsMatchFiniteDifferences) {
+  const auto [B, L, E, N, docs] = GetParam();
+  const SelectiveScanShape s{B, L, E, N};
+  auto in = make_inputs(s, 100);
+  auto state_in = testing::random_normal(B * E * N, 101);
+  const auto probe_out = testing::random_normal(B * L * E, 102);
+  const auto probe_y = testing::random_normal(B * L * E, 103);
+  const auto w = testing::random_normal(B * E * N, 104);
+  const auto doc_ids = make_docs(B, L);
+  const int32_t* doc = docs ? doc_ids.data() : nullptr;
+  std::vector<double> y, out, state_out(B * E * N);
+
+  auto loss = [&] {
+    ScanCarry<double> carry;
+    carry.state_in = state_in.data();
+    carry.state_out = state_out.data();
+    forward(in, doc, s, y, out, carry);
+    return testing::dot(out, probe_out) + testing::dot(y, probe_y) + testing::dot(state_out, w);
+  };
+  loss();
+  auto g = zeros_like(in);
+  std::vector<double> dstate_in(B * E * N);
+  ScanCarry<double> carry;
+  carry.state_in = state_in.data();
+  carry.dstate_out = w.data();
+  carry.dstate_in = dstate_in.data();
+  add_backward(probe_out.data(), probe_y.data(), in, doc, s, g, carry);
+
+  // With a state carried in, A_log has a gradient even for one token.
+  testing::expect_gradients_match(
+      loss, {{"x", &in.x, &g.x},
+             {"dt", &in.dt, &g.dt},
+             {"dt_bias", &in.dt_bias, &g.dt_bias},
+             {"A_log", &in.A_log, &g.A_log},
+             {"Bc", &in.Bc, &g.Bc},
+             {"Cc", &in.Cc, &g.Cc},
+             {"D", &in.D, &g.D},
+             {"z", &in.z, &g.z},
+             {"state_in", &state_in, &dstate_in}});
+}
+
+// A rank that folds the carried gradients across ranks first runs the backward for dstate_in
+// alone (every other gradient pointer null), without state_in or dstate_out; the fold then adds
+// decay_out * dstate_out. Both steps must agree with the full backward.
+TEST_P(SelectiveScanTest, StateGradientAloneFoldsToFullBackward) {
+  const auto [B, L, E, N, docs] = GetParam();
+  const SelectiveScanShape s{B, L, E, N};
+  const auto in = make_inputs(s, 110);
+  const auto state_in = testing::random_normal(B * E * N, 111);
+  const auto dout = testing::random_normal(B * L * E, 112);
+  const auto dstate_out = testing::random_normal(B * E * N, 113);
+  const auto doc_ids = make_docs(B, L);
+  const int32_t* doc = docs ? doc_ids.data() : nullptr;
+  auto backward_for_state = [&](const ScanCarry<double>& carry) {
+    selective_scan_backward<double>(dout.data(), nullptr, in.x.data(), in.dt.data(),
+                                    in.dt_bias.data(), in.A_log.data(), in.Bc.data(),
+                                    in.Cc.data(), in.D.data(), in.z.data(), doc, nullptr, nullptr,
+                                    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, s, carry);
+  };
+  ScanCarry<double> carry;
+  carry.state_in = state_in.data();
+  carry.dstate_out = dstate_out.data();
+  std::vector<double> dstate_full(B * E * N), dstate_alone(B * E * N), dstate_local(B * E * N);
+  auto g = zeros_like(in);
+  carry.dstate_in = dstate_full.data();
+  add_backward(dout.data(), static_cast<const double*>(nullptr), in, doc, s, g, carry);
+  carry.dstate_in = dstate_alone.data();
+  backward_for_state(carry);
+  EXPECT_EQ(dstate_alone, dstate_full);
+
+  ScanCarry<double> local;
+  local.dstate_in = dstate_local.data();
+  backward_for_state(local);
+  std::vector<double> y, out, decay(B * E * N), folded(B * E * N);
+  ScanCarry<double> with_decay;
+  with_decay.decay_out = decay.data();
+  forward(in, doc, s, y, out, with_decay);
+  for (int64_t i = 0; i < B * E * N; ++i) folded[i] = dstate_local[i] + decay[i] * dstate_out[i];
+  EXPECT_LT(testing::relative_error(folded, dstate_full), 1e-13);
+}
+
+// Context parallelism: the sequence cut into chunks of tokens, each chunk one call.
+class SelectiveScanChunkTest : public ::testing::TestWithParam<ScanCase> {
+ protected:
+  void SetUp() override {
+    const auto [B, L, E, N, docs] = GetParam();
+    s = {B, L, E, N};
+    doc_ids = make_docs(B, L);
+    doc = docs ? doc_ids.data() : nullptr;
+  }
+
+  // Tokens [t0, t1) of every batch row of a [B, L, width] tensor, and the inverse.
+  template <typename V>
+  std::vector<V> take(const std::vector<V>& v, int64_t width, int64_t t0, int64_t t1) const {
+    std::vector<V> part(s.B * (t1 - t0) * width);
+    for (int64_t b = 0; b < s.B; ++b)
+      std::copy(v.begin() + (b * s.L + t0) * width, v.begin() + (b * s.L + t1) * width,
+                part.begin() + b * (t1 - t0) * width);
+    return part;
+  }
+  void put(const std::vector<double>& part, std::vector<double>& v, int64_t width, int64_t t0,
+           int64_t t1) const {
+    for (int64_t b = 0; b < s.B; ++b)
+      std::copy(part.begin() + b * (t1 - t0) * width, part.begin() + (b + 1) * (t1 - t0) * width,
+                v.begin() + (b * s.L + t0) * width);
+  }
+  // The chunk's per-token tensors; the parameters are whole.
+  ScanTensors<double> chunk(const ScanTensors<double>& in, int64_t t0, int64_t t1) const {
+    const int64_t E = s.E, N = s.N;
+    return {take(in.x, E, t0, t1), take(in.dt, E, t0, t1), in.dt_bias, in.A_log,
+            take(in.Bc, N, t0, t1), take(in.Cc, N, t0, t1), in.D,      take(in.z, E, t0, t1)};
+  }
+  const int32_t* chunk_doc(std::vector<int32_t>& storage, int64_t t0, int64_t t1) const {
+    if (!doc) return nullptr;
+    storage = take(doc_ids, 1, t0, t1);
+    return storage.data();
+  }
+  // The caller's part of a document start at a chunk's token 0: the state carried into such a
+  // row is dropped, and so (the adjoint) is the gradient carried back out of it.
+  void drop_at_document_start(std::vector<double>& carried, int64_t t0) const {
+    if (!doc || t0 == 0) return;
+    const int64_t row = s.E * s.N;
+    for (int64_t b = 0; b < s.B; ++b)
+      if (doc[b * s.L + t0] != doc[b * s.L + t0 - 1])
+        std::fill_n(carried.begin() + b * row, row, 0.0);
+  }
+
+  SelectiveScanShape s{};
+  std::vector<int32_t> doc_ids;
+  const int32_t* doc = nullptr;
+};
+
+// Chunk boundaries: 2 and 3 chunks. With the documents of make_docs, token 3 starts a document in
+// both rows of a two-row batch, token 5 is inside a document in both, token 8 starts one in the
+// second row only.
+std::vector<std::vector<int64_t>> chunk_splits(int64_t L) { return {{0, 3, L}, {0, 5, 8, L}}; }
+
+// Chaining state_out into the next chunk's state_in reproduces the whole sequence exactly.
+TEST_P(SelectiveScanChunkTest, ChainedChunksMatchWholeSequence) {
+  const int64_t B = s.B, L = s.L, E = s.E, N = s.N;
+  const auto in = make_inputs(s, 120);
+  std::vector<double> y, out, state_whole(B * E * N);
+  ScanCarry<double> whole;
+  whole.state_out = state_whole.data();
+  forward(in, doc, s, y, out, whole);
+
+  int64_t starts_at_document = 0, starts_inside = 0;
+  for (const auto& splits : chunk_splits(L)) {
+    std::vector<double> y_chunks(y.size()), out_chunks(out.size()), state(B * E * N);
+    for (size_t r = 0; r + 1 < splits.size(); ++r) {
+      const int64_t t0 = splits[r], t1 = splits[r + 1];
+      if (doc && r > 0)
+        for (int64_t b = 0; b < B; ++b)
+          ++(doc[b * L + t0] != doc[b * L + t0 - 1] ? starts_at_document : starts_inside);
+      std::vector<int32_t> doc_storage;
+      const SelectiveScanShape one{B, t1 - t0, E, N};
+      drop_at_document_start(state, t0);
+      std::vector<double> next(B * E * N), yp, outp;
+      ScanCarry<double> carry;
+      carry.state_in = r > 0 ? state.data() : nullptr;
+      carry.state_out = next.data();
+      forward(chunk(in, t0, t1), chunk_doc(doc_storage, t0, t1), one, yp, outp, carry);
+      put(yp, y_chunks, E, t0, t1);
+      put(outp, out_chunks, E, t0, t1);
+      state = next;
+    }
+    EXPECT_EQ(y_chunks, y) << splits.size() - 1 << " chunks";
+    EXPECT_EQ(out_chunks, out) << splits.size() - 1 << " chunks";
+    EXPECT_EQ(state, state_whole) << splits.size() - 1 << " chunks";
+  }
+  if (doc) {
+    EXPECT_GT(starts_at_document, 0) << "a chunk should start at a document start";
+    EXPECT_GT(starts_inside, 0) << "a chunk should start inside a document";
+  }
+}
+
+// The parallel composition: every chunk scanned from a zero state at once, the carried states
+// folded across chunks, s_in(r) = state_out_local(r-1) + decay_out(r-1) * s_in(r-1), then every
+// chunk rerun from its s_in. decay_out is one exponential of the summed steps, not the product
+// of the per-step factors, so agreement is to rounding.
+TEST_P(SelectiveScanChunkTest, FoldedChunkStatesMatchWholeSequence) {
+  const int64_t B = s.B, L = s.L, E = s.E, N = s.N;
+  const auto in = make_inputs(s, 130);
+  std::vector<double> y, out, state_whole(B * E * N);
+  ScanCarry<double> whole;
+  whole.state_out = state_whole.data();
+  forward(in, doc, s, y, out, whole);
+
+  for (const auto& splits : chunk_splits(L)) {
+    const size_t chunks = splits.size() - 1;
+    std::vector<std::vector<double>> local(chunks, std::vector<double>(B * E * N));
+    std::vector<std::vector<double>> decay = local, state_in = local;
+    std::vector<std::vector<int32_t>> doc_storage(chunks);
+    std::vector<double> yp, outp;
+    for (size_t r = 0; r < chunks; ++r) {
+      ScanCarry<double> carry;
+      carry.state_out = local[r].data();
+      carry.decay_out = decay[r].data();
+      const int64_t t0 = splits[r], t1 = splits[r + 1];
+      forward(chunk(in, t0, t1), chunk_doc(doc_storage[r], t0, t1), {B, t1 - t0, E, N}, yp,
+              outp, carry);
+    }
+    for (size_t r = 1; r < chunks; ++r) {
+      for (int64_t i = 0; i < B * E * N; ++i)
+        state_in[r][i] = local[r - 1][i] + decay[r - 1][i] * state_in[r - 1][i];
+      drop_at_document_start(state_in[r], splits[r]);
+    }
+    std::vector<double> y_chunks(y.size()), out_chunks(out.size()), state_last(B * E * N);
+    for (size_t r = 0; r < chunks; ++r) {
+      ScanCarry<double> carry;
+      carry.state_in = state_in[r].data();
+      carry.state_out = state_last.data();
+      const int64_t t0 = splits[r], t1 = splits[r + 1];
+      forward(chunk(in, t0, t1), chunk_doc(doc_storage[r], t0, t1), {B, t1 - t0, E, N}, yp,
+              outp, carry);
+      put(yp, y_chunks, E, t0, t1);
+      put(outp, out_chunks, E, t0, t1);
+    }
+    EXPECT_LT(testing::relative_error(y_chunks, y), 1e-13) << chunks << " chunks";
+    EXPECT_LT(testing::relative_error(out_chunks, out), 1e-13) << chunks << " chunks";
+    EXPECT_LT(testing::relative_error(state_last, state_whole), 1e-13) << chunks << " chunks";
+  }
+}
+
+// The backward over chunks, last to first, each fed the dstate_in of the chunk after it as its
+// dstate_out, gives the whole sequence's gradients; also with a state carried into the first
+// chunk and a gradient arriving at the last chunk's state_out.
+TEST_P(SelectiveScanChunkTest, ChainedBackwardMatchesWholeBackward) {
+  const int64_t B = s.B, L = s.L, E = s.E, N = s.N;
+  const auto in = make_inputs(s, 140);
+  const auto state_in = testing::random_normal(B * E * N, 141);
+  const auto dstate_out = testing::random_normal(B * E * N, 142);
+  const auto dout = testing::random_normal(B * L * E, 143);
+  const auto dy_extra = testing::random_normal(B * L * E, 144);
+  auto g = zeros_like(in);
+  std::vector<double> dstate_in(B * E * N);
+  ScanCarry<double> whole;
+  whole.state_in = state_in.data();
+  whole.dstate_out = dstate_out.data();
+  whole.dstate_in = dstate_in.data();
+  add_backward(dout.data(), dy_extra.data(), in, doc, s, g, whole);
+
+  for (const auto& splits : chunk_splits(L)) {
+    const size_t chunks = splits.size() - 1;
+    std::vector<std::vector<int32_t>> doc_storage(chunks);
+    // Forward chain: the state each chunk starts from.
+    std::vector<std::vector<double>> carried_in(chunks, state_in);
+    std::vector<double> yp, outp;
+    for (size_t r = 0; r + 1 < chunks; ++r) {
+      ScanCarry<double> carry;
+      carry.state_in = carried_in[r].data();
+      carry.state_out = carried_in[r + 1].data();
+      const int64_t t0 = splits[r], t1 = splits[r + 1];
+      forward(chunk(in, t0, t1), chunk_doc(doc_storage[r], t0, t1), {B, t1 - t0, E, N}, yp,
+              outp, carry);
+      drop_at_document_start(carried_in[r + 1], t1);
+    }
+    // Backward chain.
+    auto g_chunks = zeros_like(in);
+    std::vector<double> carried_grad = dstate_out;
+    for (size_t r = chunks; r-- > 0;) {
+      const int64_t t0 = splits[r], t1 = splits[r + 1];
+      const auto part = chunk(in, t0, t1);
+      auto gp = zeros_like(part);
+      std::vector<double> dstate_part(B * E * N);
+      ScanCarry<double> carry;
+      carry.state_in = carried_in[r].data();
+      carry.dstate_out = carried_grad.data();
+      carry.dstate_in = dstate_part.data();
+      add_backward(take(dout, E, t0, t1).data(), take(dy_extra, E, t0, t1).data(), part,
+                   chunk_doc(doc_storage[r], t0, t1), {B, t1 - t0, E, N}, gp, carry);
+      put(gp.x, g_chunks.x, E, t0, t1);
+      put(gp.dt, g_chunks.dt, E, t0, t1);
+      put(gp.z, g_chunks.z, E, t0, t1);
+      put(gp.Bc, g_chunks.Bc, N, t0, t1);
+      put(gp.Cc, g_chunks.Cc, N, t0, t1);
+      for (int64_t e = 0; e < E; ++e) g_chunks.dt_bias[e] += gp.dt_bias[e];
+      for (int64_t e = 0; e < E; ++e) g_chunks.D[e] += gp.D[e];
+      for (int64_t i = 0; i < E * N; ++i) g_chunks.A_log[i] += gp.A_log[i];
+      drop_at_document_start(dstate_part, t0);
+      carried_grad = dstate_part;
+    }
+    const std::pair<const char*, std::pair<const std::vector<double>*, const std::vector<double>*>>
+        grads[] = {{"x", {&g_chunks.x, &g.x}},
+                   {"dt", {&g_chunks.dt, &g.dt}},
+                   {"dt_bias", {&g_chunks.dt_bias, &g.dt_bias}},
+                   {"A_log", {&g_chunks.A_log, &g.A_log}},
+                   {"Bc", {&g_chunks.Bc, &g.Bc}},
+                   {"Cc", {&g_chunks.Cc, &g.Cc}},
+                   {"D", {&g_chunks.D, &g.D}},
+                   {"z", {&g_chunks.z, &g.z}},
+                   {"state_in", {&carried_grad, &dstate_in}}};
+    for (const auto& [name, pair] : grads)
+      EXPECT_LT(testing::relative_error(*pair.first, *pair.second), 1e-13)
+          << "gradient of " << name << ", " << chunks << " chunks";
+  }
+}
+
 std::string case_name(const ::testing::TestParamInfo<ScanCase>& info) {
   return describe(info.param);
 }
@@ -271,6 +572,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanTest,
                                            kDocCases[2]),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanDocsTest, ::testing::ValuesIn(kDocCases), case_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanChunkTest,
+                         ::testing::Values(ScanCase{2, 12, 3, 4, false},
+                                           ScanCase{2, 12, 3, 4, true},
+                                           ScanCase{3, 17, 5, 2, true},
+                                           ScanCase{1, 9, 2, 16, false}),
+                         case_name);
 
 TEST(SelectiveScan, BackwardAccumulatesIntoGradients) {
   const SelectiveScanShape s{2, 6, 3, 4};

@@ -158,8 +158,12 @@ void expect_main_presets(const Layout& layout) {
 TEST(ModelParallelNp2, DP2) { expect_all_presets({1, 1, false}); }
 TEST(ModelParallelNp2, TP2) { expect_all_presets({2, 1, false}); }
 TEST(ModelParallelNp2, TP2WithSequenceParallel) { expect_all_presets({2, 1, true}); }
+TEST(ModelParallelNp2, CP2) { expect_all_presets({1, 2, false}); }
 TEST(ModelParallelNp4, DP2xTP2) { expect_main_presets({2, 1, false}); }
 TEST(ModelParallelNp4, DP2xTP2WithSequenceParallel) { expect_main_presets({2, 1, true}); }
+TEST(ModelParallelNp4, CP4) { expect_main_presets({1, 4, false}); }
+TEST(ModelParallelNp4, TP2xCP2) { expect_main_presets({2, 2, false}); }
+TEST(ModelParallelNp4, TP2xCP2WithSequenceParallel) { expect_main_presets({2, 2, true}); }
 
 }  // namespace
 }  // namespace sambay

@@ -4,7 +4,7 @@
 #   1 rank (micro_batch 2 x grad_accum 2);
 #   DP2 (micro_batch 2, small buckets so the gradient goes through several padded
 #   reduce-scatters), DP2 with micro_batch 1 x grad_accum 2, DP4 (micro_batch 1);
-#   TP2, TP2 with sequence parallelism, DP2 x TP2 (--tp 2 on 4 ranks).
+#   TP2, TP2 with sequence parallelism, DP2 x TP2 (--tp 2 on 4 ranks), CP2, CP4, TP2 x CP2.
 # fp32 gradients are summed over ranks in another order than one process accumulates them, so
 # losses agree to 1e-5 relative, not bit for bit. Validation losses are compared where the
 # micro-batch (and so the validation set) is the same. Checkpoints hold whole tensors: the
@@ -30,6 +30,9 @@ run 4 np4 --micro_batch 1
 run 2 tp2 --tp 2 --micro_batch 2 --grad_accum 2
 run 2 tp2_sp --tp 2 --sequence_parallel true --micro_batch 2 --grad_accum 2
 run 4 dp2_tp2 --tp 2 --micro_batch 2 --dp_bucket_mb 0.002
+run 2 cp2 --cp 2 --micro_batch 2 --grad_accum 2
+run 4 cp4 --cp 4 --micro_batch 2 --grad_accum 2
+run 4 tp2_cp2 --tp 2 --cp 2 --sequence_parallel true --micro_batch 2 --grad_accum 2
 # Resharding: step 5 of one layout resumed under another, steps 6-10 compared.
 run 1 from_dp2_tp2 --micro_batch 2 --grad_accum 2 --resume dp2_tp2/checkpoints/step_00000005
 run 4 from_np1 --tp 2 --micro_batch 2 --resume np1/checkpoints/step_00000005
@@ -46,10 +49,11 @@ compare() {  # compare KEY RUN [REF]: RUN's KEY values against REF's (np1), to 1
   [ "$(values "$1" "$ref"/metrics.jsonl | wc -l)" = "$(values "$1" "$2"/metrics.jsonl | wc -l)" ] ||
     { echo "$2: number of $1 values differs from $ref"; exit 1; }
 }
-for r in np2 np2_accum np4 tp2 tp2_sp dp2_tp2; do compare loss $r; done
+for r in np2 np2_accum np4 tp2 tp2_sp dp2_tp2 cp2 cp4 tp2_cp2; do compare loss $r; done
 compare valid_loss np2
 compare valid_loss tp2
 compare valid_loss tp2_sp
+compare valid_loss cp2
 # The resumed runs log steps 6-10 only: compared against the last 5 losses of the layout that
 # ran them uninterrupted.
 mkdir -p last5_np1 last5_dp2_tp2
@@ -70,4 +74,4 @@ if "$mpiexec" -n 2 --oversubscribe --allow-run-as-root "$sambay" train --data pb
 fi
 grep -q "rank [01] of 2: error: option --tp: .*n_kv_heads = 2 is not divisible" bad_tp.log ||
   { echo "--tp 2: unexpected output:"; cat bad_tp.log; exit 1; }
-echo "train_parallel_equivalence: DP2, DP4, TP2, TP2+SP, DP2xTP2 and resharded resumes match one rank to 1e-5"
+echo "train_parallel_equivalence: DP2, DP4, TP2, TP2+SP, DP2xTP2, CP2, CP4, TP2xCP2+SP and resharded resumes match one rank to 1e-5"
