@@ -9,6 +9,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/diff_attention.h"
 #include "kernels/embedding.h"
+#include "kernels/gemm.h"
 #include "kernels/gmu.h"
 #include "kernels/layernorm.h"
 #include "kernels/linear.h"
@@ -17,6 +18,7 @@
 #include "kernels/scale.h"
 #include "kernels/selective_scan.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace sambay {
@@ -69,7 +71,8 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m
   }
 }
 
-void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute,
+// tp: a TP group of several ranks runs the model (its fp32 partial-sum buffer is planned).
+void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute, bool tp,
                           Arena& arena, GpuActivations& acts) {
   const GraphDims m = graph_dims(c, B, L);
   Allocator al{arena};
@@ -97,6 +100,7 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   acts.final_x = al.half(m.n * m.d), acts.final_out = al.half(m.n * m.d);
   acts.final_mean = al.f32(m.n), acts.final_rstd = al.f32(m.n), acts.ce_lse = al.f32(m.n);
   acts.tokens = al.i32(m.n), acts.targets = al.i32(m.n), acts.doc = al.i32(m.n);
+  if (tp) acts.tp_partial = al.f32(m.n * std::max(m.d, m.R + 2 * m.N));
 
   GpuBackwardScratch& g = acts.grad;
   g.dres = al.half(m.n * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
@@ -120,6 +124,56 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
 
 void zero(bf16* p, int64_t n, cudaStream_t s) { cuda_memset_zero_async(p, sizeof(bf16) * n, s); }
 
+// ---- Tensor parallelism ----
+
+// The TP group when it has more than one rank; null otherwise (the single-rank path).
+const Communicator* tensor_parallel_group(const ModelSplit& s) {
+  return s.tp && s.tp->size > 1 ? s.tp : nullptr;
+}
+
+// What the GPU model runs of a split: TP alone (refused before any GPU work).
+void check_gpu_split(const ModelConfig& c, const ModelSplit& s) {
+  if (s.cp && s.cp->size > 1)
+    fail("model '{}': context parallelism (cp = {}) is CPU-only for now; the GPU model runs "
+         "tensor and data parallelism only",
+         c.name, s.cp->size);
+  const Communicator* tp = tensor_parallel_group(s);
+  if (!tp) return;
+  if (s.sequence_parallel)
+    fail("model '{}': sequence parallelism is CPU-only for now; the GPU model runs tensor "
+         "parallelism (tp = {}) without it",
+         c.name, tp->size);
+  if (c.normalized_gmu && layer_kinds_present(c).gmu)
+    fail("model '{}': the nGMU under tensor parallelism (tp = {}) is CPU-only for now: its norm "
+         "spans every TP rank's channels",
+         c.name, tp->size);
+  if (tp->backend == CommBackend::mpi)
+    fail("model '{}': tensor parallelism on the GPU needs a communicator on device buffers "
+         "(mpi_host_staged or nccl), but group '{}' has backend {}",
+         c.name, tp->name, backend_name(tp->backend));
+}
+
+// Sums count values of buf (device memory written on st) over the TP group, in place. st is
+// synchronised first: the MPI backends stage through the host with copies outside st, and NCCL
+// runs on its own stream; on return the sum is in place (NCCL is waited for). No-op without a
+// TP group.
+void tp_sum(const Communicator* tp, void* buf, int64_t count, DType type, cudaStream_t st) {
+  if (!tp) return;
+  cuda_stream_synchronize(st);
+  all_reduce(*tp, buf, buf, count, type, ReduceOp::sum);
+  wait(*tp);
+}
+
+// Sums fp32 partials over the TP group and writes the total, rounded once to bf16, to out (the
+// rounding the single-rank GEMM does when it writes its bf16 output). The conversion runs on the
+// legacy default stream, synchronised before st's later work.
+void tp_sum_to_bf16(const Communicator* tp, float* partial, bf16* out, int64_t count,
+                    cudaStream_t st) {
+  tp_sum(tp, partial, count, DType::f32, st);
+  convert_to_bf16_cuda(partial, out, count);
+  cuda_stream_synchronize(nullptr);
+}
+
 // Everything a layer's forward and backward read: sizes, parameters, the batch, the stream.
 struct Ctx {
   const ModelConfig& c;
@@ -132,7 +186,45 @@ struct Ctx {
   const GpuActivations& acts;
   cudaStream_t st;
   GpuProfile* profile;
+  const Communicator* tp;  // tensor_parallel_group: null for one rank
+  int tp_rank;
 };
+
+// Under TP the row-parallel sums are reduced in fp32 and rounded to bf16 once, after the sum,
+// where the single-rank GEMM rounds its fp32 accumulation once: TP and one rank then differ by
+// the order of fp32 additions. The partials are made by the same GEMMs with fp32 output, in
+// acts.tp_partial.
+
+// y[n, out] = x W^T (+ bias): into y (bf16) on one rank; under TP this rank's fp32 partial into
+// `partial` instead (the region exit or x_proj sums it).
+void row_parallel_forward(const Ctx& x, const bf16* in, const bf16* w, const float* bias, bf16* y,
+                          float* partial, int64_t k, int64_t out) {
+  if (!x.tp)
+    linear_forward_cuda(in, w, bias, y, x.m.n, k, out, x.st);
+  else
+    gemm_bf16_cuda(false, true, x.m.n, out, k, 1.0f, in, k, w, k, 0.0f, partial, out, bias, x.st);
+}
+
+// linear_backward_cuda of one of a region's column-parallel products, its input gradient added
+// into g.da (bf16) on one rank; under TP the input gradient goes to the fp32 partial in
+// acts.tp_partial instead (written by the region's first product, added by the others), which
+// the region's entry sums.
+void region_linear_backward(const Ctx& x, const bf16* dy, const bf16* in, const bf16* w, bf16* da,
+                            float* dw, float* db, int64_t k, int64_t out, bool first) {
+  if (!x.tp) {
+    linear_backward_cuda(dy, in, w, da, dw, db, x.m.n, k, out, x.st);
+    return;
+  }
+  gemm_bf16_cuda(false, false, x.m.n, k, out, 1.0f, dy, out, w, k, first ? 0.0f : 1.0f,
+                 x.acts.tp_partial, k, nullptr, x.st);
+  linear_backward_cuda(dy, in, w, nullptr, dw, db, x.m.n, k, out, x.st);
+}
+
+// A region's exit (its [n, d] output) or entry (its input's gradient): under TP the fp32 partial
+// sums in acts.tp_partial, summed over the group and rounded into out.
+void region_sum(const Ctx& x, bf16* out) {
+  if (x.tp) tp_sum_to_bf16(x.tp, x.acts.tp_partial, out, x.m.n * x.m.d, x.st);
+}
 
 void norm_forward(const ModelConfig& c, const bf16* x, const float* w, const float* b, bf16* y,
                   float* mean, float* rstd, int64_t rows, cudaStream_t st) {
@@ -184,9 +276,22 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       end_op(x.profile);
       const bf16* w_x = W + o.x_proj_w;
       begin_op(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.xs, w_x, nullptr, a.dl, m.n, m.E, m.R, x.st);
-      linear_forward_cuda(a.xs, w_x + m.R * m.E, nullptr, a.bc, m.n, m.E, m.N, x.st);
-      linear_forward_cuda(a.xs, w_x + (m.R + m.N) * m.E, nullptr, a.cc, m.n, m.E, m.N, x.st);
+      // x_proj is row-parallel (its input channels are split): under TP its three outputs are
+      // fp32 partials, side by side, summed in one collective.
+      float* px = x.acts.tp_partial;
+      row_parallel_forward(x, a.xs, w_x, nullptr, a.dl, px, m.E, m.R);
+      row_parallel_forward(x, a.xs, w_x + m.R * m.E, nullptr, a.bc, px + m.n * m.R, m.E, m.N);
+      row_parallel_forward(x, a.xs, w_x + (m.R + m.N) * m.E, nullptr, a.cc,
+                           px + m.n * (m.R + m.N), m.E, m.N);
+      if (x.tp) {
+        end_op(x.profile);
+        tp_sum(x.tp, px, m.n * (m.R + 2 * m.N), DType::f32, x.st);
+        convert_to_bf16_cuda(px, a.dl, m.n * m.R);
+        convert_to_bf16_cuda(px + m.n * m.R, a.bc, m.n * m.N);
+        convert_to_bf16_cuda(px + m.n * (m.R + m.N), a.cc, m.n * m.N);
+        cuda_stream_synchronize(nullptr);  // the conversions ran on the legacy default stream
+        begin_op(x.profile, OpFamily::projection);
+      }
       linear_forward_cuda(a.dl, W + o.dt_proj_w, nullptr, a.dt, m.n, m.R, m.E, x.st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::scan);
@@ -195,7 +300,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
                                   {m.B, m.L, m.E, m.N}, x.st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.sout, W + o.out_proj_w, nullptr, out, m.n, m.E, m.d, x.st);
+      row_parallel_forward(x, a.sout, W + o.out_proj_w, nullptr, out, x.acts.tp_partial, m.E, m.d);
       break;
     }
     case LayerKind::sliding_window:
@@ -237,7 +342,9 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       }
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.o, W + o.o_w, param_at(P, o.o_b), out, m.n, m.Hh, m.d, x.st);
+      // The output bias joins the sum over TP ranks once (rank 0 is 0 without TP).
+      const float* o_b = x.tp_rank == 0 ? param_at(P, o.o_b) : nullptr;
+      row_parallel_forward(x, a.o, W + o.o_w, o_b, out, x.acts.tp_partial, m.Hh, m.d);
       break;
     }
     case LayerKind::gmu: {
@@ -250,7 +357,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
                        static_cast<float>(c.norm_eps), x.st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.gm, W + o.gmu_out_w, nullptr, out, m.n, m.E, m.d, x.st);
+      row_parallel_forward(x, a.gm, W + o.gmu_out_w, nullptr, out, x.acts.tp_partial, m.E, m.d);
       break;
     }
   }
@@ -282,8 +389,24 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
                                    st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::projection);
-      linear_backward_cuda(g.ddt, a.dl, W + o.dt_proj_w, g.ddl, G + o.dt_proj_w, nullptr, m.n,
-                           m.R, m.E, st);
+      if (!x.tp) {
+        linear_backward_cuda(g.ddt, a.dl, W + o.dt_proj_w, g.ddl, G + o.dt_proj_w, nullptr, m.n,
+                             m.R, m.E, st);
+      } else {
+        // Each TP rank's channels contribute to the gradients of x_proj's outputs: delta's (a
+        // product, its fp32 partial summed) and B's and C's (the scan writes them in bf16: summed
+        // as stored).
+        float* pd = x.acts.tp_partial;
+        gemm_bf16_cuda(false, false, m.n, m.R, m.E, 1.0f, g.ddt, m.E, W + o.dt_proj_w, m.R, 0.0f,
+                       pd, m.R, nullptr, st);
+        linear_backward_cuda(g.ddt, a.dl, W + o.dt_proj_w, nullptr, G + o.dt_proj_w, nullptr,
+                             m.n, m.R, m.E, st);
+        end_op(x.profile);
+        tp_sum_to_bf16(x.tp, pd, g.ddl, m.n * m.R, st);
+        tp_sum(x.tp, g.dbc, m.n * m.N, DType::bf16, st);
+        tp_sum(x.tp, g.dcc, m.n * m.N, DType::bf16, st);
+        begin_op(x.profile, OpFamily::projection);
+      }
       const bf16* w_x = W + o.x_proj_w;
       float* gw_x = G + o.x_proj_w;
       linear_backward_cuda(g.ddl, a.xs, w_x, g.dxs, gw_x, nullptr, m.n, m.E, m.R, st);
@@ -299,9 +422,10 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
       const bf16* w_in = W + o.in_proj_w;
-      linear_backward_cuda(g.dxin, a.a, w_in, g.da, G + o.in_proj_w, nullptr, m.n, m.d, m.E, st);
-      linear_backward_cuda(g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
-                           nullptr, m.n, m.d, m.E, st);
+      region_linear_backward(x, g.dxin, a.a, w_in, g.da, G + o.in_proj_w, nullptr, m.d, m.E,
+                             true);
+      region_linear_backward(x, g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
+                             nullptr, m.d, m.E, false);
       break;
     }
     case LayerKind::sliding_window:
@@ -349,12 +473,13 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       const bf16* w = W + o.qkv_w;
       float* gw = G + o.qkv_w;
       float* gb = param_at(G, o.qkv_b);
-      linear_backward_cuda(g.dq, a.a, w, g.da, gw, gb, m.n, m.d, m.Hh, st);
+      region_linear_backward(x, g.dq, a.a, w, g.da, gw, gb, m.d, m.Hh, true);
       if (!cross) {
-        linear_backward_cuda(dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d, gb ? gb + m.Hh : gb,
-                             m.n, m.d, m.Gh, st);
-        linear_backward_cuda(dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da, gw + (m.Hh + m.Gh) * m.d,
-                             gb ? gb + m.Hh + m.Gh : gb, m.n, m.d, m.Gh, st);
+        region_linear_backward(x, dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d,
+                               gb ? gb + m.Hh : gb, m.d, m.Gh, false);
+        region_linear_backward(x, dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da,
+                               gw + (m.Hh + m.Gh) * m.d, gb ? gb + m.Hh + m.Gh : gb, m.d, m.Gh,
+                               false);
       }
       break;
     }
@@ -370,20 +495,23 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
                         param_at(G, o.gmu_norm_w), m.n, m.E, st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      linear_backward_cuda(g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.n, m.d, m.E,
-                           st);
+      region_linear_backward(x, g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.d, m.E,
+                             true);
       break;
     }
   }
 }
 
 // The layer's body after its first norm (done by the caller, fused with the previous residual
-// add): the mixer, the residual add fused with the second norm, and the MLP into mlp_out.
+// add): the mixer, the residual add fused with the second norm, and the MLP into mlp_out (under
+// TP this rank's fp32 partial into acts.tp_partial instead: the caller sums it when it needs the
+// output).
 void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, bf16* mlp_out,
                         float rs) {
   const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
   mixer_forward(x, a, mixer_out);
+  region_sum(x, mixer_out);  // the mixer region's exit
   begin_op(x.profile, OpFamily::norm);
   norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, param_at(x.P, o.norm2_b),
                         a.a2, a.ln2_mean, a.ln2_rstd, m.n, x.st);
@@ -391,7 +519,7 @@ void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, b
   OpScope mlp(x.profile, OpFamily::mlp);
   linear_forward_cuda(a.a2, x.W + o.fc1_w, nullptr, a.h, m.n, m.d, 2 * m.F, x.st);
   swiglu_forward_cuda(a.h, a.s, m.n, m.F, x.st);
-  linear_forward_cuda(a.s, x.W + o.fc2_w, nullptr, mlp_out, m.n, m.F, m.d, x.st);
+  row_parallel_forward(x, a.s, x.W + o.fc2_w, nullptr, mlp_out, x.acts.tp_partial, m.F, m.d);
 }
 
 void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBackwardScratch& g,
@@ -406,9 +534,10 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   linear_backward_cuda(g.dbranch, a.s, x.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.n, m.F, m.d,
                        st);
   swiglu_backward_cuda(g.ds, a.h, g.dh, m.n, m.F, st);
-  linear_backward_cuda(g.dh, a.a2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.n, m.d, 2 * m.F,
-                       st);
+  region_linear_backward(x, g.dh, a.a2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.d, 2 * m.F,
+                         true);
   end_op(x.profile);
+  region_sum(x, g.da);  // the MLP region's entry: its input gradient, whole
   begin_op(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
                 G + o.norm2_w, param_at(G, o.norm2_b), m.n, st);
@@ -416,6 +545,7 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   zero(g.da, nd, st);
   end_op(x.profile);
   mixer_backward(x, a, g.dbranch, G, g);
+  region_sum(x, g.da);  // the mixer region's entry: its input gradient, whole
   OpScope norm(x.profile, OpFamily::norm);
   norm_backward(x.c, g.da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
                 G + o.norm1_w, param_at(G, o.norm1_b), m.n, st);
@@ -425,8 +555,11 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
 
 template <typename T>
 GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream) {
+  check_gpu_split(cpu.config, cpu.split);
   GpuModel m;
   m.config = cpu.config;
+  m.full_config = cpu.full_config;
+  m.split = cpu.split;
   m.layout = cpu.layout;
   m.residual_scale = cpu.residual_scale;
   m.logit_scale = cpu.logit_scale;
@@ -443,6 +576,22 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream) {
   for (float* p : {m.grads, m.adam_m, m.adam_v}) cuda_memset_zero(p, sizeof(float) * n);
   refresh_bf16_params(m);
   return m;
+}
+
+void gpu_reduce_tensor_parallel_grads(GpuModel& m) {
+  const Communicator* tp = tensor_parallel_group(m.split);
+  if (!tp) return;
+  // One collective per run of adjacent such tensors (a layer's lambdas and head norm).
+  int64_t begin = 0, end = 0;
+  auto flush = [&] {
+    if (end > begin) tp_sum(tp, m.grads + begin, end - begin, DType::f32, m.stream);
+  };
+  for (const ParamSpec& p : m.layout.params) {
+    if (!p.tp_partial_grad) continue;
+    if (p.offset != end) flush(), begin = end = p.offset;
+    end += p.numel;
+  }
+  flush();
 }
 
 std::vector<float> download_params(const GpuModel& m) {
@@ -469,18 +618,19 @@ GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
   Arena measure = Arena::measuring("activations");
   GpuActivations dry;
-  allocate_activations(model.config, B, L, recompute, measure, dry);
+  const bool tp = model.split.tp && model.split.tp->size > 1;
+  allocate_activations(model.config, B, L, recompute, tp, measure, dry);
   GpuActivations acts;
   acts.B = B, acts.L = L, acts.recompute = recompute;
   acts.memory = Arena(Device::cuda, measure.used, "activations");
-  allocate_activations(model.config, B, L, recompute, acts.memory, acts);
+  allocate_activations(model.config, B, L, recompute, tp, acts.memory, acts);
   return acts;
 }
 
 int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute) {
   Arena measure = Arena::measuring("activations");
   GpuActivations dry;
-  allocate_activations(config, B, L, recompute, measure, dry);
+  allocate_activations(config, B, L, recompute, false, measure, dry);
   return static_cast<int64_t>(measure.used);
 }
 
@@ -522,10 +672,14 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
                param_at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
                m.n, st);
   end_op(prof);
+  const Communicator* tp = tensor_parallel_group(model.split);
+  const int tp_rank = tp ? tp->rank : 0;
   for (int i = 0; i < n_layers; ++i) {
-    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof};
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
+          tp_rank};
     GpuLayerActivations& a = acts.layers[i];
     layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
+    region_sum(x, acts.mlp_out);  // the MLP region's exit
     OpScope norm(prof, OpFamily::norm);
     if (i + 1 < n_layers) {
       // The residual add of this layer's MLP fused with the next layer's first norm.
@@ -574,8 +728,11 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
                 acts.final_rstd, g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), m.n, st);
   end_op(prof);
+  const Communicator* tp = tensor_parallel_group(model.split);
+  const int tp_rank = tp ? tp->rank : 0;
   for (int i = n_layers - 1; i >= 0; --i) {
-    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof};
+    Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
+          tp_rank};
     GpuLayerActivations& a = acts.layers[i];
     if (acts.recompute) {
       // Re-run the layer from its saved input with the same kernels as the forward (the first

@@ -6,6 +6,19 @@
 // `params` (fp32 master), `params_bf16` (the compute copy, refreshed by the optimizer step),
 // `grads` (fp32, accumulated over micro-batches). Matrices are read from the bf16 copy, vector-
 // like parameters (norms, biases, A_log, D, lambda, conv) from the fp32 master.
+//
+// Tensor parallelism (the CPU model's Megatron split, core/model.h ModelSplit): a GpuModel made
+// from a make_model_shard CPU model holds this rank's shard and runs it with the TP group's
+// sums: each mixer's and MLP's [n, d] partial output (the region exits), the gradient of each
+// region's input before the norm's backward, and Mamba's row-parallel x_proj outputs (delta
+// low-rank, B, C) and their gradients. Where a GEMM makes the partial (all of these but the
+// gradients of B and C, which the scan writes in bf16 and which are summed as stored), it is
+// made in fp32, summed in fp32 and rounded to bf16 once, as the single-rank GEMM rounds its
+// fp32 accumulation once: TP then differs from one rank by the order of fp32 additions (and
+// where one rank rounds between the products that add into one input gradient, TP does not), at
+// twice the bytes of a bf16 reduction. The attention output bias is added on TP rank 0 only. Sequence and context parallelism and the nGMU under TP are CPU-only
+// for now (make_gpu_model refuses them). With no TP group, or one of size 1, nothing changes:
+// no collective, no extra synchronisation.
 #pragma once
 
 #include "core/arena.h"
@@ -20,8 +33,9 @@
 namespace sambay {
 
 struct GpuModel {
-  ModelConfig config;
-  ParamLayout layout;
+  ModelConfig config;       // what this rank runs: the configured model or its TP shard
+  ModelConfig full_config;  // the model as configured
+  ParamLayout layout;       // of config
   double residual_scale = 1, logit_scale = 1;
   Arena memory;  // the device buffers below
   float* params = nullptr;
@@ -31,12 +45,26 @@ struct GpuModel {
   float* adam_v = nullptr;
   cudaStream_t stream = nullptr;
   GpuProfile* profile = nullptr;  // when set, forward and backward time their op families
+  // The CPU model's split. A TP group of several ranks must reduce device buffers (backend
+  // mpi_host_staged or nccl); its collectives synchronise `stream` before they read a buffer and
+  // return with the sum in place for the stream's later work (NCCL: wait(); host-staged: the
+  // staging copies are blocking and are synchronised).
+  ModelSplit split;
 };
 
 // Allocates the device buffers and copies the parameters of a CPU model (fp32 master) to them;
-// zeroes gradients and moments. The CPU model's residual and logit scales carry over.
+// zeroes gradients and moments. The CPU model's residual and logit scales, configs and split
+// carry over (a shard from make_model_shard gives a TP shard on the GPU). Throws sambay::Error,
+// before touching the GPU, for what the GPU model does not run yet: sequence or context
+// parallelism, the nGMU under TP, or a TP group whose backend reduces host buffers (mpi).
 template <typename T>
 GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream);
+// The GPU form of reduce_tensor_parallel_grads: sums over the TP group the fp32 gradients of
+// whole tensors that each TP rank computed only in part (ParamSpec::tp_partial_grad:
+// differential attention's lambda vectors and head norm). Call once per step, after the last
+// micro-batch's backward and before gradients are reduced over data parallelism. Does nothing
+// without a TP group of several ranks.
+void gpu_reduce_tensor_parallel_grads(GpuModel& m);
 // The fp32 master parameters and gradients back on the host, in the flat layout.
 std::vector<float> download_params(const GpuModel& m);
 std::vector<float> download_grads(const GpuModel& m);
@@ -84,10 +112,13 @@ struct GpuActivations {
   bf16 *mixer_out = nullptr, *mlp_out = nullptr, *final_x = nullptr, *final_out = nullptr;
   float *final_mean = nullptr, *final_rstd = nullptr, *ce_lse = nullptr;
   int32_t *tokens = nullptr, *targets = nullptr, *doc = nullptr;  // the micro-batch, on the device
+  // Under TP (a group of several ranks): fp32 partial sums before their reduction over the group,
+  // [n, max(d, R + 2N)]; null otherwise.
+  float* tp_partial = nullptr;
 };
 
 GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L, bool recompute);
-// Bytes the activations need (nothing allocated).
+// Bytes the activations need (nothing allocated), without TP's partial-sum buffer.
 int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute);
 
 // Copies the host micro-batch (tokens, targets, doc; [B, L]; doc may be null) to the device,
@@ -95,7 +126,8 @@ int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bo
 void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* tokens,
                   const int32_t* targets, const int32_t* doc);
 
-// Forward and loss on the uploaded batch (synchronises to return the loss).
+// Forward and loss on the uploaded batch (synchronises to return the loss). Under TP every rank
+// of the group computes the whole loss (the same value).
 ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc);
 // Adds grad_scale * d(loss_sum)/d(params) into model.grads (does not synchronise).
 void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale);

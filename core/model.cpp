@@ -103,11 +103,18 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m
   }
 }
 
+// The dims the graph runs on for a micro-batch [B, L] of this rank: under context parallelism
+// the rank's positions are 2B runs of L / 2 (its two chunks of every sample,
+// parallel/context_parallel.h), each an independent row for the per-position and per-run ops.
+GraphDims local_dims(const ModelConfig& c, int64_t B, int64_t L, int cp) {
+  return cp > 1 ? graph_dims(c, 2 * B, L / 2) : graph_dims(c, B, L);
+}
+
 // nr: the residual-stream rows this rank keeps (RowSplit); cp: context-parallel ranks.
 template <typename T>
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, int cp,
                           bool recompute, Arena& arena, Activations<T>& acts) {
-  const GraphDims m = graph_dims(c, B, L);
+  const GraphDims m = local_dims(c, B, L, cp);
   Allocator<T> al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
   acts.layers.assign(n_layers, LayerActivations<T>{});
@@ -208,11 +215,6 @@ struct LayerContext {
 
 // ---- Context parallelism: this rank holds positions [cp_rank L, (cp_rank + 1) L) of each row.
 
-template <typename T>
-int64_t first_position(const LayerContext<T>& x) {
-  return x.cp ? x.cp->rank * x.m.L : 0;
-}
-
 // The causal conv1d of this rank's chunk xin [B, L, E] into out. Under CP the previous rank's
 // last K - 1 positions are put before the chunk (acts.conv_in, [B, K - 1 + L, E]) and the
 // outputs of the chunk's own positions kept.
@@ -226,7 +228,7 @@ void conv_forward(const LayerContext<T>& x, const T* xin, T* out) {
   }
   const int64_t h = m.K - 1, Le = h + m.L;
   std::vector<T> halo(m.B * h * m.E);
-  previous_halo(*x.cp, xin, halo.data(), m.B, m.L, m.E, h);
+  previous_halo(*x.cp, xin, halo.data(), m.B / 2, m.L, m.E, h);
   for (int64_t b = 0; b < m.B; ++b) {
     std::copy_n(halo.data() + b * h * m.E, h * m.E, x.acts.conv_in + b * Le * m.E);
     std::copy_n(xin + b * m.L * m.E, m.L * m.E, x.acts.conv_in + (b * Le + h) * m.E);
@@ -252,7 +254,7 @@ void conv_backward(const LayerContext<T>& x, const T* dy, const T* xin, T* dxin,
   }
   const int64_t h = m.K - 1, Le = h + m.L;
   std::vector<T> halo(m.B * h * m.E);
-  previous_halo(*x.cp, xin, halo.data(), m.B, m.L, m.E, h);
+  previous_halo(*x.cp, xin, halo.data(), m.B / 2, m.L, m.E, h);
   T* dy_ext = x.acts.conv_out;  // the halo's outputs are not part of the model: no gradient
   for (int64_t b = 0; b < m.B; ++b) {
     std::copy_n(halo.data() + b * h * m.E, h * m.E, x.acts.conv_in + b * Le * m.E);
@@ -269,7 +271,7 @@ void conv_backward(const LayerContext<T>& x, const T* dy, const T* xin, T* dxin,
     std::copy_n(dx, h * m.E, halo.data() + b * h * m.E);
     for (int64_t i = 0; i < m.L * m.E; ++i) dxin[b * m.L * m.E + i] += dx[h * m.E + i];
   }
-  return_halo_grad(*x.cp, halo.data(), dxin, m.B, m.L, m.E, h);
+  return_halo_grad(*x.cp, halo.data(), dxin, m.B / 2, m.L, m.E, h);
 }
 
 // The selective scan of this rank's chunk. Under CP: scanned from a zero state to get the
@@ -293,7 +295,7 @@ void scan_forward(const LayerContext<T>& x, LayerActivations<T>& a) {
   local.state_out = x.acts.scan_state, local.decay_out = a.scan_decay;
   scan(local);
   const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
-  carry_scan_state(*x.cp, x.acts.scan_state, a.scan_decay, doc, a.scan_state_in, m.B, m.L,
+  carry_scan_state(*x.cp, x.acts.scan_state, a.scan_decay, doc, a.scan_state_in, m.B / 2, m.L,
                    m.E * m.N);
   ScanCarry<T> carried;
   carried.state_in = a.scan_state_in;
@@ -320,7 +322,7 @@ void scan_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const
                             (T*)nullptr, (T*)nullptr, (T*)nullptr, (T*)nullptr, (T*)nullptr,
                             shape, local);
     const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
-    carry_scan_grad(*x.cp, x.acts.scan_dstate, a.scan_decay, doc, x.acts.scan_state, m.B, m.L,
+    carry_scan_grad(*x.cp, x.acts.scan_dstate, a.scan_decay, doc, x.acts.scan_state, m.B / 2, m.L,
                     m.E * m.N);
     carry.state_in = a.scan_state_in, carry.dstate_out = x.acts.scan_state;
   }
@@ -329,23 +331,53 @@ void scan_backward(const LayerContext<T>& x, const LayerActivations<T>& a, const
                           g.dbc, g.dcc, G + o.d_skip, g.dz, shape, carry);
 }
 
-// Keys and values an attention layer reads: this rank's own, or under CP the whole rows
-// gathered (with the shape's queries placed at this rank's positions among them).
+// Keys and values an attention layer reads: this rank's own, or under CP the whole samples
+// gathered (Lk keys per sample).
 template <typename T>
 struct AttentionInputs {
   const T *k, *v;
   const int32_t* doc;
-  int64_t Lk, q_offset;
+  int64_t Lk;  // 0: the queries' own rows
 };
 
 template <typename T>
 AttentionInputs<T> attention_inputs(const LayerContext<T>& x, const T* k, const T* v) {
-  if (!x.cp) return {k, v, x.doc, 0, 0};
+  if (!x.cp) return {k, v, x.doc, 0};
   const GraphDims& m = x.m;
-  gather_sequence(*x.cp, k, x.acts.k_whole, m.B, m.L, m.Gh);
-  gather_sequence(*x.cp, v, x.acts.v_whole, m.B, m.L, m.Gh);
+  gather_sequence(*x.cp, k, x.acts.k_whole, m.B / 2, m.L, m.Gh);
+  gather_sequence(*x.cp, v, x.acts.v_whole, m.B / 2, m.L, m.Gh);
   const int32_t* doc = x.acts.doc_whole.empty() ? nullptr : x.acts.doc_whole.data();
-  return {x.acts.k_whole, x.acts.v_whole, doc, x.cp->size * m.L, first_position(x)};
+  return {x.acts.k_whole, x.acts.v_whole, doc, 2 * x.cp->size * m.L};
+}
+
+// Attention runs over groups of query rows. Without CP one run covers the micro-batch; under CP
+// each of the 2B runs of a chunk's queries is one, over its sample's whole keys, at the chunk's
+// position among them.
+struct QueryRun {
+  int64_t row0;      // first query position (row of [n, .] arrays)
+  int64_t sample;    // row of the key arrays
+  int64_t rows;      // query rows (B of the call)
+  int64_t position;  // absolute position of the first query (q_offset, RoPE)
+};
+
+template <typename T>
+std::vector<QueryRun> query_runs(const LayerContext<T>& x) {
+  if (!x.cp) return {{0, 0, x.m.B, 0}};
+  std::vector<QueryRun> runs;
+  for (int64_t p = 0; p < x.m.B; ++p)
+    runs.push_back({p * x.m.L, p / 2, 1, chunk_of(x.cp->rank, int(p % 2), x.cp->size) * x.m.L});
+  return runs;
+}
+
+// Differential attention's saved buffers for the queries from row0 on.
+template <typename T>
+DiffAttentionSaved saved_from(const DiffAttentionSaved& s, int64_t row0, const GraphDims& m) {
+  DiffAttentionSaved r = s;
+  r.a1 = static_cast<T*>(s.a1) + row0 * m.Hh, r.a2 = static_cast<T*>(s.a2) + row0 * m.Hh;
+  r.lse1 = static_cast<T*>(s.lse1) + row0 * (m.H / 2);
+  r.lse2 = static_cast<T*>(s.lse2) + row0 * (m.H / 2);
+  r.rstd = static_cast<T*>(s.rstd) + row0 * (m.H / 2);
+  return r;
 }
 
 // Sums a partial result over the TP group in place (a row-parallel product's output).
@@ -386,14 +418,14 @@ RowSumReducer inner_width_sum(const RowSplit& s) {
 
 template <typename T>
 AttentionShape attention_shape(const LayerContext<T>& x, int64_t window,
-                               const AttentionInputs<T>& kv) {
-  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, x.m.h, window, kv.Lk, kv.q_offset};
+                               const AttentionInputs<T>& kv, const QueryRun& run) {
+  return {run.rows, x.m.L, x.m.H, x.m.G, x.m.h, x.m.h, window, kv.Lk, kv.Lk ? run.position : 0};
 }
 
 template <typename T>
 DiffAttentionShape diff_shape(const LayerContext<T>& x, int64_t window,
-                              const AttentionInputs<T>& kv) {
-  return {x.m.B, x.m.L, x.m.H, x.m.G, x.m.h, window, kv.Lk, kv.q_offset};
+                              const AttentionInputs<T>& kv, const QueryRun& run) {
+  return {run.rows, x.m.L, x.m.H, x.m.G, x.m.h, window, kv.Lk, kv.Lk ? run.position : 0};
 }
 
 // Mixer forward: reads `in` [n, d] (the normed input, whole), writes the internals and `out`
@@ -439,23 +471,34 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
       } else {
         linear_forward(in, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh);
         linear_forward(in, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d, m.Gh);
-        if (c.rope) {
-          rope_forward(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta, first_position(x));
-          rope_forward(a.k, a.k, m.B, m.L, m.G, m.h, c.rope_theta, first_position(x));
-        }
+        if (c.rope)
+          for (const QueryRun& r : query_runs(x)) {
+            rope_forward(a.q + r.row0 * m.Hh, a.q + r.row0 * m.Hh, r.rows, m.L, m.H, m.h,
+                         c.rope_theta, r.position);
+            rope_forward(a.k + r.row0 * m.Gh, a.k + r.row0 * m.Gh, r.rows, m.L, m.G, m.h,
+                         c.rope_theta, r.position);
+          }
       }
       const AttentionInputs<T> kv = attention_inputs(x, k, v);
+      const int64_t Lk = kv.Lk ? kv.Lk : m.L;
       const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
       const int64_t window = window_of(c, kind);
-      if (c.differential) {
-        diff_attention_forward(a.q, kv.k, kv.v, kv.doc, P + o.lambda_q1, P + o.lambda_k1,
-                               P + o.lambda_q2, P + o.lambda_k2,
-                               static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
-                               a.o, a.diff, diff_shape(x, window, kv), scale,
-                               static_cast<T>(c.norm_eps));
-      } else {
-        attention_forward(a.q, kv.k, kv.v, kv.doc, a.o, a.lse, attention_shape(x, window, kv),
-                          scale);
+      for (const QueryRun& r : query_runs(x)) {
+        const T* q = a.q + r.row0 * m.Hh;
+        const T* kr = kv.k + r.sample * Lk * m.Gh;
+        const T* vr = kv.v + r.sample * Lk * m.Gh;
+        const int32_t* doc = kv.doc ? kv.doc + r.sample * Lk : nullptr;
+        if (c.differential) {
+          diff_attention_forward(q, kr, vr, doc, P + o.lambda_q1, P + o.lambda_k1,
+                                 P + o.lambda_q2, P + o.lambda_k2,
+                                 static_cast<T>(lambda_init_for_layer(x.layer)),
+                                 P + o.head_norm_w, a.o + r.row0 * m.Hh,
+                                 saved_from<T>(a.diff, r.row0, m), diff_shape(x, window, kv, r),
+                                 scale, static_cast<T>(c.norm_eps));
+        } else {
+          attention_forward(q, kr, vr, doc, a.o + r.row0 * m.Hh, a.lse + r.row0 * m.H,
+                            attention_shape(x, window, kv, r), scale);
+        }
       }
       // The output bias joins the sum over TP ranks once.
       const T* o_b = x.split.rank == 0 ? param_at(P, o.o_b) : nullptr;
@@ -546,35 +589,48 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
         dq_attn = g.dq_rot, dk_attn = g.dk_rot;
       }
       const AttentionInputs<T> kv = attention_inputs(x, k, v);
-      // Under CP the key/value gradients of the whole rows (from this rank's queries) are
-      // summed over the ranks into each rank's chunk.
+      const int64_t Lk = kv.Lk ? kv.Lk : m.L;
+      // Under CP the key/value gradients of the whole samples (from this rank's queries) are
+      // summed over the ranks into each rank's chunks.
       T* dk_keys = dk_attn;
       T* dv_keys = dv;
       if (x.cp) {
         dk_keys = x.acts.dk_whole, dv_keys = x.acts.dv_whole;
-        zero_n(dk_keys, m.B * kv.Lk * m.Gh), zero_n(dv_keys, m.B * kv.Lk * m.Gh);
+        zero_n(dk_keys, m.B / 2 * Lk * m.Gh), zero_n(dv_keys, m.B / 2 * Lk * m.Gh);
       }
       const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
       const int64_t window = window_of(c, kind);
-      if (c.differential) {
-        diff_attention_backward(g.do_, a.q, kv.k, kv.v, kv.doc, P + o.lambda_q1, P + o.lambda_k1,
-                                P + o.lambda_q2, P + o.lambda_k2,
-                                static_cast<T>(lambda_init_for_layer(x.layer)), P + o.head_norm_w,
-                                a.diff, dq_attn, dk_keys, dv_keys, G + o.lambda_q1,
-                                G + o.lambda_k1, G + o.lambda_q2, G + o.lambda_k2,
-                                G + o.head_norm_w, diff_shape(x, window, kv), scale);
-      } else {
-        attention_backward(g.do_, a.q, kv.k, kv.v, kv.doc, a.o, a.lse, dq_attn, dk_keys, dv_keys,
-                           attention_shape(x, window, kv), scale);
+      for (const QueryRun& r : query_runs(x)) {
+        const int64_t kv0 = r.sample * Lk * m.Gh;
+        const int32_t* doc = kv.doc ? kv.doc + r.sample * Lk : nullptr;
+        if (c.differential) {
+          diff_attention_backward(g.do_ + r.row0 * m.Hh, a.q + r.row0 * m.Hh, kv.k + kv0,
+                                  kv.v + kv0, doc, P + o.lambda_q1, P + o.lambda_k1,
+                                  P + o.lambda_q2, P + o.lambda_k2,
+                                  static_cast<T>(lambda_init_for_layer(x.layer)),
+                                  P + o.head_norm_w, saved_from<T>(a.diff, r.row0, m),
+                                  dq_attn + r.row0 * m.Hh, dk_keys + kv0, dv_keys + kv0,
+                                  G + o.lambda_q1, G + o.lambda_k1, G + o.lambda_q2,
+                                  G + o.lambda_k2, G + o.head_norm_w,
+                                  diff_shape(x, window, kv, r), scale);
+        } else {
+          attention_backward(g.do_ + r.row0 * m.Hh, a.q + r.row0 * m.Hh, kv.k + kv0, kv.v + kv0,
+                             doc, a.o + r.row0 * m.Hh, a.lse + r.row0 * m.H,
+                             dq_attn + r.row0 * m.Hh, dk_keys + kv0, dv_keys + kv0,
+                             attention_shape(x, window, kv, r), scale);
+        }
       }
       if (x.cp) {
-        reduce_scatter_sequence_add(*x.cp, dk_keys, dk_attn, m.B, m.L, m.Gh);
-        reduce_scatter_sequence_add(*x.cp, dv_keys, dv, m.B, m.L, m.Gh);
+        reduce_scatter_sequence_add(*x.cp, dk_keys, dk_attn, m.B / 2, m.L, m.Gh);
+        reduce_scatter_sequence_add(*x.cp, dv_keys, dv, m.B / 2, m.L, m.Gh);
       }
-      if (c.rope) {
-        rope_backward(g.dq_rot, g.dq, m.B, m.L, m.H, m.h, c.rope_theta, first_position(x));
-        rope_backward(g.dk_rot, dk, m.B, m.L, m.G, m.h, c.rope_theta, first_position(x));
-      }
+      if (c.rope)
+        for (const QueryRun& r : query_runs(x)) {
+          rope_backward(g.dq_rot + r.row0 * m.Hh, g.dq + r.row0 * m.Hh, r.rows, m.L, m.H, m.h,
+                        c.rope_theta, r.position);
+          rope_backward(g.dk_rot + r.row0 * m.Gh, dk + r.row0 * m.Gh, r.rows, m.L, m.G, m.h,
+                        c.rope_theta, r.position);
+        }
       const T* w = P + o.qkv_w;
       T* gw = G + o.qkv_w;
       T* gb = param_at(G, o.qkv_b);
@@ -679,20 +735,22 @@ const Communicator* context_parallel_group(const ModelSplit& split) {
   return split.cp && split.cp->size > 1 ? split.cp : nullptr;
 }
 
-// Under CP: the document ids of the whole rows, and those of the conv's input (the K - 1
-// positions before this rank's chunk, then the chunk). Before position 0 the conv input is
+// Under CP: the document ids of the whole samples, and those of the conv's input (for each run,
+// the K - 1 positions before its chunk, then the chunk). Before position 0 the conv input is
 // zero, so the ids given there do not matter.
 template <typename T>
 void gather_document_ids(const Communicator& cp, const int32_t* doc, const GraphDims& m,
                          Activations<T>& acts) {
   acts.doc_whole.clear(), acts.conv_doc.clear();
   if (!doc) return;
-  const int64_t Lw = cp.size * m.L, h = m.K - 1, first = cp.rank * m.L;
-  acts.doc_whole.resize(m.B * Lw);
-  gather_sequence(cp, doc, acts.doc_whole.data(), m.B, m.L, 1);
-  for (int64_t b = 0; b < m.B; ++b)
+  const int64_t Lw = 2 * cp.size * m.L, h = m.K - 1;
+  acts.doc_whole.resize(m.B / 2 * Lw);
+  gather_sequence(cp, doc, acts.doc_whole.data(), m.B / 2, m.L, 1);
+  for (int64_t p = 0; p < m.B; ++p) {
+    const int64_t first = chunk_of(cp.rank, int(p % 2), cp.size) * m.L;
     for (int64_t j = 0; j < h + m.L; ++j)
-      acts.conv_doc.push_back(acts.doc_whole[b * Lw + std::max<int64_t>(0, first - h + j)]);
+      acts.conv_doc.push_back(acts.doc_whole[p / 2 * Lw + std::max<int64_t>(0, first - h + j)]);
+  }
 }
 
 }  // namespace
@@ -746,9 +804,10 @@ Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, boo
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
   const int64_t nr = row_split(model.split, B * L).nr;
   const int cp = model.split.cp ? model.split.cp->size : 1;
-  SAMBAY_CHECK(cp == 1 || L >= model.config.d_conv - 1,
-               "context parallelism: {} positions per rank, fewer than the conv's halo of {}", L,
-               model.config.d_conv - 1);
+  SAMBAY_CHECK(cp == 1 || (L % 2 == 0 && L / 2 >= model.config.d_conv - 1),
+               "context parallelism: a rank's {} positions must be two chunks of at least the "
+               "conv's halo of {}",
+               L, model.config.d_conv - 1);
   Arena measure = Arena::measuring("activations");
   Activations<T> dry;
   allocate_activations(model.config, B, L, nr, cp, recompute, measure, dry);
@@ -776,7 +835,8 @@ template <typename T>
 ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const int32_t* tokens,
                             const int32_t* targets, const int32_t* doc) {
   const ModelConfig& c = model.config;
-  const GraphDims m = graph_dims(c, acts.B, acts.L);
+  const GraphDims m =
+      local_dims(c, acts.B, acts.L, model.split.cp ? model.split.cp->size : 1);
   const RowSplit sp = row_split(model.split, m.n);
   const Communicator* cp = context_parallel_group(model.split);
   if (cp) gather_document_ids(*cp, doc, m, acts);
@@ -810,7 +870,8 @@ template <typename T>
 void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens,
                     const int32_t* targets, const int32_t* doc, T grad_scale) {
   const ModelConfig& c = model.config;
-  const GraphDims m = graph_dims(c, acts.B, acts.L);
+  const GraphDims m =
+      local_dims(c, acts.B, acts.L, model.split.cp ? model.split.cp->size : 1);
   const RowSplit sp = row_split(model.split, m.n);
   const T* P = model.params.data();
   T* G = model.grads.data();

@@ -4,6 +4,8 @@
 #include "core/cuda_runtime.h"
 #include "optim/clip.h"
 
+#include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace sambay {
@@ -16,6 +18,9 @@ GpuEngine& GpuEngine::operator=(GpuEngine&& o) noexcept {
   std::swap(groups, o.groups);
   std::swap(groups_device, o.groups_device);
   std::swap(use_doc, o.use_doc);
+  std::swap(grads_group, o.grads_group);
+  std::swap(tp, o.tp);
+  std::swap(bucket, o.bucket);
   return *this;
 }
 
@@ -25,8 +30,14 @@ GpuEngine::~GpuEngine() {
 }
 
 GpuEngine make_gpu_engine(const Model<float>& cpu, std::vector<ParamGroup> groups, int64_t B,
-                          int64_t L, bool recompute, bool use_doc) {
+                          int64_t L, bool recompute, bool use_doc,
+                          const Communicator* grads_group, const Communicator* tp,
+                          int64_t bucket) {
+  SAMBAY_CHECK(bucket > 0, "gradient bucket of {} values", bucket);
   GpuEngine e;
+  e.grads_group = grads_group && grads_group->size > 1 ? grads_group : nullptr;
+  e.tp = tp && tp->size > 1 ? tp : nullptr;
+  e.bucket = bucket;
   e.model = make_gpu_model(cpu, cuda_stream_create());
   e.acts = plan_gpu_activations(e.model, B, L, recompute);
   e.groups = std::move(groups);
@@ -48,8 +59,40 @@ ForwardResult gpu_forward_backward(GpuEngine& e, const int32_t* tokens, const in
   return r;
 }
 
+void gpu_reduce_gradients(GpuEngine& e) {
+  if (!e.grads_group && !e.tp) return;
+  if (e.tp) gpu_reduce_tensor_parallel_grads(e.model);
+  if (!e.grads_group) return;
+  // The collectives read what backward wrote on the model's stream.
+  cuda_stream_synchronize(e.model.stream);
+  const int64_t total = e.model.layout.total;
+  for (int64_t begin = 0; begin < total; begin += e.bucket) {
+    const int64_t n = std::min(e.bucket, total - begin);
+    all_reduce(*e.grads_group, e.model.grads + begin, e.model.grads + begin, n, DType::f32,
+               ReduceOp::sum);
+  }
+  wait(*e.grads_group);
+}
+
 double gpu_grad_norm(GpuEngine& e) {
-  return global_grad_norm_cuda(e.model.grads, e.model.layout.total, e.model.stream);
+  const double norm = global_grad_norm_cuda(e.model.grads, e.model.layout.total, e.model.stream);
+  if (!e.tp) return norm;
+  double sq = norm * norm;
+  if (e.tp->rank != 0)  // whole tensors (the same on every TP rank) count on TP rank 0 only
+    for (const ParamSpec& p : e.model.layout.params)
+      if (p.tp_dim < 0) {
+        const double whole = global_grad_norm_cuda(e.model.grads + p.offset, p.numel,
+                                                   e.model.stream);
+        sq -= whole * whole;
+      }
+  // One value summed over the TP ranks, through the device (the group's backend may be NCCL).
+  double* dev = static_cast<double*>(cuda_malloc(sizeof(double), "gradient norm"));
+  cuda_copy_to_device(dev, &sq, sizeof(double));
+  all_reduce(*e.tp, dev, dev, 1, DType::f64, ReduceOp::sum);
+  wait(*e.tp);
+  cuda_copy_to_host(&sq, dev, sizeof(double));
+  cuda_free(dev);
+  return std::sqrt(sq);
 }
 
 void gpu_adamw_step(GpuEngine& e, double clip_coef, const AdamWHyper& base, int64_t step) {

@@ -151,11 +151,13 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",
                    c.micro_batch * (c.seq_len / c.cp), c.tp));
   need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
-  need(c.seq_len % c.cp == 0, "cp",
-       fmt::format("seq_len = {} is not divisible by cp = {}", c.seq_len, c.cp));
-  need(c.cp == 1 || c.seq_len / c.cp >= c.model.d_conv - 1, "cp",
-       fmt::format("{} positions per rank (seq_len / cp) are fewer than the conv's halo of {}",
-                   c.seq_len / c.cp, c.model.d_conv - 1));
+  // Each CP rank holds two of 2 cp chunks of every sample (the load-balanced assignment).
+  need(c.cp == 1 || c.seq_len % (2 * c.cp) == 0, "cp",
+       fmt::format("seq_len = {} is not divisible by 2 cp = {}", c.seq_len, 2 * c.cp));
+  need(c.cp == 1 || c.seq_len / (2 * c.cp) >= c.model.d_conv - 1, "cp",
+       fmt::format("chunks of {} positions (seq_len / (2 cp)) are shorter than the conv's halo "
+                   "of {}",
+                   c.seq_len / (2 * c.cp), c.model.d_conv - 1));
   need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
   need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
   need(c.keep_checkpoints >= 1, "keep_checkpoints",

@@ -12,6 +12,7 @@
 #include "optim/clip.h"
 #include "optim/mup.h"
 #include "optim/schedule.h"
+#include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
 #if SAMBAY_HAVE_CUDA
@@ -77,8 +78,8 @@ DataSourceSpec parse_data_entry(const std::string& entry) {
   return {entry, 1.0};
 }
 
-// This rank's part of one micro-batch: tokens, targets, document ids, each [B, L / cp] (the
-// cp_rank-th run of every sample's L positions under context parallelism).
+// This rank's part of one micro-batch: tokens, targets, document ids, each [B, L / cp] (under
+// context parallelism its two chunks of every sample, parallel/context_parallel.h).
 struct MicroBatch {
   std::vector<int32_t> tokens, targets, doc;
   int64_t valid = 0;  // targets >= 0
@@ -88,13 +89,14 @@ void fill(const Sampler& sampler, Split split, int64_t first, int64_t B, int64_t
           const GridShape& shape, const GridCoords& coords, MicroBatch& mb) {
   std::vector<int32_t> tokens(B * L), targets(B * L), doc(B * L);
   fill_samples(sampler, split, first, B, tokens.data(), targets.data(), doc.data());
-  const int64_t Lc = L / shape.cp, c0 = coords.cp * Lc;
-  mb.tokens.clear(), mb.targets.clear(), mb.doc.clear();
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t row = b * L + c0;
-    mb.tokens.insert(mb.tokens.end(), tokens.begin() + row, tokens.begin() + row + Lc);
-    mb.targets.insert(mb.targets.end(), targets.begin() + row, targets.begin() + row + Lc);
-    mb.doc.insert(mb.doc.end(), doc.begin() + row, doc.begin() + row + Lc);
+  if (shape.cp == 1) {
+    mb.tokens = std::move(tokens), mb.targets = std::move(targets), mb.doc = std::move(doc);
+  } else {
+    const int64_t local = B * L / shape.cp;
+    mb.tokens.resize(local), mb.targets.resize(local), mb.doc.resize(local);
+    take_context_chunks(tokens.data(), mb.tokens.data(), B, L, coords.cp, shape.cp);
+    take_context_chunks(targets.data(), mb.targets.data(), B, L, coords.cp, shape.cp);
+    take_context_chunks(doc.data(), mb.doc.data(), B, L, coords.cp, shape.cp);
   }
   mb.valid = 0;
   for (int32_t t : mb.targets) mb.valid += t >= 0;
@@ -193,10 +195,11 @@ int run_training(const TrainConfig& cfg) {
       fail("option --device cuda: this sambay was built without CUDA (SAMBAY_CUDA=OFF or no "
            "nvcc at configure time)");
     if (cuda_device_count() == 0) fail("option --device cuda: no CUDA device is visible");
-    if (grid.world_size > 1)
-      fail("{} ranks with --device cuda: multi-GPU training is not wired into the trainer yet; "
-           "run one rank per job, or --device cpu for data parallelism over MPI",
-           grid.world_size);
+    if (cfg.cp > 1)
+      fail("option --cp {}: context parallelism runs on the CPU backend only for now "
+           "(--device cpu)", cfg.cp);
+    if (cfg.sequence_parallel)
+      fail("option --sequence_parallel: runs on the CPU backend only for now (--device cpu)");
     cuda_set_device(grid.gpu);
   }
   const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
@@ -219,10 +222,22 @@ int run_training(const TrainConfig& cfg) {
   sc.valid_fraction = cfg.valid_fraction;
   const Sampler sampler = open_sampler(sc);
 
+  // GPU tensors move over NCCL when each rank of a node has a GPU of its own, and through host
+  // memory with MPI when ranks share GPUs.
+  std::optional<Communicator> tp_gpu, grads_gpu;
+  std::string gpu_collectives;
+  if (use_gpu && grid.world_size > 1) {
+    const CommBackend b = grid.local_size <= cuda_device_count() ? CommBackend::nccl
+                                                                 : CommBackend::mpi_host_staged;
+    tp_gpu.emplace(make_communicator(grid.tp, b, "tp"));
+    grads_gpu.emplace(make_communicator(grid.dp_cp, b, "dp_cp"));
+    gpu_collectives = fmt::format(", GPU tensors over {}", backend_name(b));
+  }
   // Model (this rank's TP shard) and optimizer state.
   const ModelConfig& mc = cfg.model;
   ModelSplit split;
-  split.tp = &tp, split.sequence_parallel = cfg.sequence_parallel, split.cp = &cp;
+  split.tp = tp_gpu ? &*tp_gpu : &tp;
+  split.sequence_parallel = cfg.sequence_parallel, split.cp = &cp;
   Model<float> model = make_model_shard<float>(mc, cfg.seed, split);
   const ParamLayout full_layout = build_param_layout(mc);
   const MupConfig mup = mup_config_for(mc);
@@ -268,8 +283,9 @@ int run_training(const TrainConfig& cfg) {
 #if SAMBAY_HAVE_CUDA
   std::optional<GpuEngine> gpu;
   if (use_gpu) {
-    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, L, cfg.recompute,
-                                cfg.doc_masking));
+    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, cfg.recompute,
+                                cfg.doc_masking, grads_gpu ? &*grads_gpu : nullptr,
+                                tp_gpu ? &*tp_gpu : nullptr, bucket));
     if (start_step > 0) gpu_upload_state(*gpu, model.params, m_full, v_full);
   }
 #else
@@ -305,7 +321,7 @@ int run_training(const TrainConfig& cfg) {
   if (lead) {
     fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
                mc.name, full_layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
-    fmt::print("  ranks: {}\n", describe(grid));
+    fmt::print("  ranks: {}{}\n", describe(grid), gpu_collectives);
     for (std::string_view line : split_lines(placement)) fmt::print("  {}\n", line);
     fmt::print("  resolved config (saved as {}/config.ini):\n", cfg.out_dir);
     std::string indented;
@@ -402,7 +418,10 @@ int run_training(const TrainConfig& cfg) {
     const double loss = all_reduce_scalar(dp_cp, loss_sum) / valid;
     double norm = 0;
 #if SAMBAY_HAVE_CUDA
-    if (gpu) norm = gpu_grad_norm(*gpu);
+    if (gpu) {
+      gpu_reduce_gradients(*gpu);
+      norm = gpu_grad_norm(*gpu);
+    }
 #endif
     if (!gpu) {
       reduce_tensor_parallel_grads(model);

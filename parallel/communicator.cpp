@@ -169,8 +169,12 @@ std::vector<char> to_host(const void* device, int64_t count, DType t) {
   return host;
 }
 
+// A copy from pageable memory may return before its DMA has landed; the caller's streams do not
+// wait for the legacy stream it runs on, so the result is made complete before returning.
 void to_device(void* device, const std::vector<char>& host) {
-  if (!host.empty()) cuda_copy_to_device(device, host.data(), host.size());
+  if (host.empty()) return;
+  cuda_copy_to_device(device, host.data(), host.size());
+  cuda_stream_synchronize(nullptr);
 }
 
 void check_rank(const Communicator& c, int r, const char* what) {

@@ -6,6 +6,7 @@
 // single-rank ones: fp64 to 1e-10 relative, fp32 to 1e-5 (fp32 sums in another order).
 // Test names carry the world size they need; CMake runs each program with a filter per size.
 #include "core/model.h"
+#include "parallel/context_parallel.h"
 #include "parallel/process_grid.h"
 #include "tests/test_util.h"
 
@@ -39,19 +40,18 @@ MicroBatch make_micro_batch(int64_t vocab, int64_t B, int64_t L, uint64_t seed) 
     const int64_t b = i / L, t = i % L;
     mb.tokens.push_back(int32_t(tok[i]));
     mb.targets.push_back(drop[i] < 0.25 ? -1 : int32_t(tgt[i]));
-    // Row 0: one boundary at L / 2 (a chunk edge for CP2 and CP4); row 1: boundaries at 3 and
-    // L - 5 (inside chunks).
+    // Row 0: one boundary at L / 2 (a chunk edge for CP2 and CP4: 4 and 8 chunks of 6 and 3);
+    // row 1: boundaries at 3 (a chunk edge for CP4, inside a chunk for CP2) and L - 5 (inside).
     mb.doc.push_back(b % 2 == 0 ? int32_t(t >= L / 2) : int32_t(t >= 3) + int32_t(t >= L - 5));
   }
   return mb;
 }
 
-// Columns [c0, c0 + len) of every row of a [B, L] array.
-std::vector<int32_t> slice_rows(const std::vector<int32_t>& a, int64_t B, int64_t L, int64_t c0,
-                                int64_t len) {
-  std::vector<int32_t> out;
-  for (int64_t b = 0; b < B; ++b)
-    out.insert(out.end(), a.begin() + b * L + c0, a.begin() + b * L + c0 + len);
+// A context-parallel rank's positions of a [B, L] array (its two chunks of every sample).
+std::vector<int32_t> cp_slice(const std::vector<int32_t>& a, int64_t B, int64_t L, int rank,
+                              int cp) {
+  std::vector<int32_t> out(B * L / cp);
+  take_context_chunks(a.data(), out.data(), B, L, rank, cp);
   return out;
 }
 
@@ -75,7 +75,7 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
   const Communicator cp = make_communicator(grid.cp, CommBackend::mpi, "cp");
   const Communicator dp_cp = make_communicator(grid.dp_cp, CommBackend::mpi, "dp_cp");
   const ModelConfig mc = test_config(preset);
-  constexpr int64_t B = 2, L = 16, accum = 2;
+  constexpr int64_t B = 2, L = 24, accum = 2;
   const int dp = grid.shape.dp;
   std::vector<MicroBatch> batch;
   for (int64_t m = 0; m < dp * accum; ++m) batch.push_back(make_micro_batch(mc.vocab, B, L, 31 + m));
@@ -100,10 +100,10 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
   double loss_sum = 0;
   for (int64_t k = 0; k < accum; ++k) {
     const MicroBatch& mb = batch[grid.coords.dp * accum + k];
-    const int64_t c0 = grid.coords.cp * Lc;
-    const std::vector<int32_t> tokens = slice_rows(mb.tokens, B, L, c0, Lc);
-    const std::vector<int32_t> targets = slice_rows(mb.targets, B, L, c0, Lc);
-    const std::vector<int32_t> doc = slice_rows(mb.doc, B, L, c0, Lc);
+    const int r = grid.coords.cp, n = layout.cp;
+    const std::vector<int32_t> tokens = cp_slice(mb.tokens, B, L, r, n);
+    const std::vector<int32_t> targets = cp_slice(mb.targets, B, L, r, n);
+    const std::vector<int32_t> doc = cp_slice(mb.doc, B, L, r, n);
     loss_sum += model_forward(model, acts, tokens.data(), targets.data(), doc.data()).loss_sum;
     model_backward(model, acts, tokens.data(), targets.data(), doc.data(), T(1) / T(valid));
   }
