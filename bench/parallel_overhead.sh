@@ -20,11 +20,12 @@ common=(--device cpu --data pb --model demo-sambay-da --model.d_model 256 --mode
         --model.dt_rank 16 --model.d_ff 768 --model.n_heads 8 --model.n_kv_heads 4
         --model.head_dim 32 --model.window 256 --seq_len 1024 --steps $steps --warmup 2
         --log_every 1 --eval_every 0 --save_every 0)
+threads() { echo $((cores / $1 > 0 ? cores / $1 : 1)); }  # per rank, at least 1
 run() {  # run NAME NP OPTIONS...
   local name=$1 np=$2
   shift 2
   mpirun -np "$np" --bind-to none --oversubscribe --allow-run-as-root "$sambay" train \
-    "${common[@]}" --threads $((cores / np)) --out_dir "$name" "$@" \
+    "${common[@]}" --threads $(threads "$np") --out_dir "$name" "$@" \
     >"$name.log" 2>&1 || { echo "$name failed:"; tail -20 "$name.log"; exit 1; }
 }
 median_step_ms() {  # steps 2..N: the first step includes warm-up
@@ -51,7 +52,7 @@ for l in "${layouts[@]}"; do
   run "$name" "$np" $opts
   ms=$(median_step_ms "$name")
   [ -n "$base" ] || base=$ms
-  awk -v n="$name" -v np="$np" -v t=$((cores / np)) -v ms="$ms" -v base="$base" 'BEGIN {
+  awk -v n="$name" -v np="$np" -v t="$(threads "$np")" -v ms="$ms" -v base="$base" 'BEGIN {
     printf "| %s | %d x %d | %.0f | %.0f | %+.0f%% |\n", n, np, t, ms, 8 * 1024 / (ms / 1000),
       100 * (ms / base - 1) }'
 done

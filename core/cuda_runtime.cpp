@@ -66,6 +66,13 @@ void cuda_stream_destroy(cudaStream_t stream) { cudaStreamDestroy(stream); }
 void cuda_stream_synchronize(cudaStream_t stream) {
   SAMBAY_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
+void cuda_stream_wait(cudaStream_t waiter, cudaStream_t producer) {
+  cudaEvent_t event;
+  SAMBAY_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  SAMBAY_CUDA_CHECK(cudaEventRecord(event, producer));
+  SAMBAY_CUDA_CHECK(cudaStreamWaitEvent(waiter, event, 0));
+  SAMBAY_CUDA_CHECK(cudaEventDestroy(event));  // released once the wait has completed
+}
 void cuda_memset_zero_async(void* ptr, size_t bytes, cudaStream_t stream) {
   SAMBAY_CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, stream));
 }

@@ -32,6 +32,9 @@ void cuda_stream_destroy(cudaStream_t stream);
 void cuda_stream_synchronize(cudaStream_t stream);
 void cuda_memset_zero_async(void* ptr, size_t bytes, cudaStream_t stream);
 void cuda_copy_async(void* dst, const void* src, size_t bytes, cudaStream_t stream);  // any direction
+// Work enqueued on `waiter` from now on starts after what is enqueued on `producer` so far
+// (an event recorded on producer, waited on by waiter; the host does not block).
+void cuda_stream_wait(cudaStream_t waiter, cudaStream_t producer);
 
 // Bytes of device memory in use (by every allocation of the process) and in total.
 size_t cuda_memory_used();

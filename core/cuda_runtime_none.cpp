@@ -25,6 +25,7 @@ void cuda_stream_destroy(cudaStream_t) { no_cuda("cuda_stream_destroy"); }
 void cuda_stream_synchronize(cudaStream_t) { no_cuda("cuda_stream_synchronize"); }
 void cuda_memset_zero_async(void*, size_t, cudaStream_t) { no_cuda("cuda_memset_zero_async"); }
 void cuda_copy_async(void*, const void*, size_t, cudaStream_t) { no_cuda("cuda_copy_async"); }
+void cuda_stream_wait(cudaStream_t, cudaStream_t) { no_cuda("cuda_stream_wait"); }
 size_t cuda_memory_used() { no_cuda("cuda_memory_used"); }
 size_t cuda_memory_total() { no_cuda("cuda_memory_total"); }
 void convert_to_bf16_cuda(const float*, bf16*, int64_t) { no_cuda("convert_to_bf16_cuda"); }

@@ -554,7 +554,7 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
 }  // namespace
 
 template <typename T>
-GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream) {
+GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimizer_values) {
   check_gpu_split(cpu.config, cpu.split);
   GpuModel m;
   m.config = cpu.config;
@@ -565,15 +565,19 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream) {
   m.logit_scale = cpu.logit_scale;
   m.stream = stream;
   const int64_t n = cpu.layout.total;
-  m.memory = Arena(Device::cuda, 4 * (4 * n + 64) + 2 * (n + 128), "parameters and optimizer");
+  const int64_t k = optimizer_values < 0 ? n : optimizer_values;
+  m.optimizer_values = k;
+  m.memory = Arena(Device::cuda, 4 * (2 * n + 2 * k + 64) + 2 * (n + 128),
+                   "parameters and optimizer");
   m.params = m.memory.alloc(DType::f32, {n}).ptr<float>();
   m.params_bf16 = m.memory.alloc(DType::bf16, {n}).ptr<bf16>();
   m.grads = m.memory.alloc(DType::f32, {n}).ptr<float>();
-  m.adam_m = m.memory.alloc(DType::f32, {n}).ptr<float>();
-  m.adam_v = m.memory.alloc(DType::f32, {n}).ptr<float>();
+  m.adam_m = m.memory.alloc(DType::f32, {k}).ptr<float>();
+  m.adam_v = m.memory.alloc(DType::f32, {k}).ptr<float>();
   std::vector<float> host(cpu.params.begin(), cpu.params.end());
   cuda_copy_to_device(m.params, host.data(), sizeof(float) * n);
-  for (float* p : {m.grads, m.adam_m, m.adam_v}) cuda_memset_zero(p, sizeof(float) * n);
+  cuda_memset_zero(m.grads, sizeof(float) * n);
+  for (float* p : {m.adam_m, m.adam_v}) cuda_memset_zero(p, sizeof(float) * k);
   refresh_bf16_params(m);
   return m;
 }
@@ -703,7 +707,13 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   return r;
 }
 
-void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale) {
+namespace {
+// The flat offset of layer i's first parameter (its first norm's weight).
+int64_t layer_first_param(const ParamLayout& lay, int i) { return lay.layers[i].norm1_w; }
+}  // namespace
+
+void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale,
+                        const GradsReady& grads_ready) {
   const ModelConfig& c = model.config;
   const GraphDims m = graph_dims(c, acts.B, acts.L);
   const cudaStream_t st = model.stream;
@@ -744,12 +754,16 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
       layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
     }
     layer_backward(x, a, G, g, rs);
+    if (grads_ready) grads_ready(layer_first_param(lay, i));
   }
-  OpScope embedding(prof, OpFamily::embedding);
-  embedding_backward_cuda(acts.tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d, st);
+  {
+    OpScope embedding(prof, OpFamily::embedding);
+    embedding_backward_cuda(acts.tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d, st);
+  }
+  if (grads_ready) grads_ready(0);
 }
 
-template GpuModel make_gpu_model<float>(const Model<float>&, cudaStream_t);
-template GpuModel make_gpu_model<double>(const Model<double>&, cudaStream_t);
+template GpuModel make_gpu_model<float>(const Model<float>&, cudaStream_t, int64_t);
+template GpuModel make_gpu_model<double>(const Model<double>&, cudaStream_t, int64_t);
 
 }  // namespace sambay

@@ -28,6 +28,7 @@
 #include "core/model.h"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sambay {
@@ -41,8 +42,9 @@ struct GpuModel {
   float* params = nullptr;
   bf16* params_bf16 = nullptr;
   float* grads = nullptr;
-  float* adam_m = nullptr;
-  float* adam_v = nullptr;
+  float* adam_m = nullptr;  // [optimizer_values]: the whole layout, or a sharded optimizer's
+  float* adam_v = nullptr;  // share of it (launch/gpu_engine.h)
+  int64_t optimizer_values = 0;
   cudaStream_t stream = nullptr;
   GpuProfile* profile = nullptr;  // when set, forward and backward time their op families
   // The CPU model's split. A TP group of several ranks must reduce device buffers (backend
@@ -58,7 +60,8 @@ struct GpuModel {
 // before touching the GPU, for what the GPU model does not run yet: sequence or context
 // parallelism, the nGMU under TP, or a TP group whose backend reduces host buffers (mpi).
 template <typename T>
-GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream);
+// optimizer_values: the AdamW moments' length (-1: the whole layout).
+GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimizer_values = -1);
 // The GPU form of reduce_tensor_parallel_grads: sums over the TP group the fp32 gradients of
 // whole tensors that each TP rank computed only in part (ParamSpec::tp_partial_grad:
 // differential attention's lambda vectors and head norm). Call once per step, after the last
@@ -130,6 +133,12 @@ void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* to
 // of the group computes the whole loss (the same value).
 ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc);
 // Adds grad_scale * d(loss_sum)/d(params) into model.grads (does not synchronise).
-void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale);
+// After each layer's backward (and once more at the end with 0), grads_ready(first) is told that
+// the gradients from flat offset `first` to the end are complete for this backward, their
+// kernels enqueued on model.stream (the layout runs embedding, layers 0..N-1, final norm, and
+// backward walks it from the end): a caller can start reducing them while the rest runs.
+using GradsReady = std::function<void(int64_t first)>;
+void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale,
+                        const GradsReady& grads_ready = {});
 
 }  // namespace sambay

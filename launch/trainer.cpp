@@ -242,8 +242,10 @@ int run_training(const TrainConfig& cfg) {
   const ParamLayout full_layout = build_param_layout(mc);
   const MupConfig mup = mup_config_for(mc);
   const int64_t bucket = std::max<int64_t>(1, int64_t(cfg.dp_bucket_mb * 1048576 / 4));
-  ShardedAdamW opt = make_sharded_adamw(dp_cp, model.layout.total,
-                                        param_groups(model.layout, mup), bucket);
+  // The CPU backend's optimizer state (the GPU engine keeps its own on the device).
+  std::optional<ShardedAdamW> opt;
+  if (!use_gpu)
+    opt = make_sharded_adamw(dp_cp, model.layout.total, param_groups(model.layout, mup), bucket);
   const int64_t B = cfg.micro_batch, L = cfg.seq_len, Lc = L / grid.shape.cp;
   const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
 
@@ -263,7 +265,7 @@ int run_training(const TrainConfig& cfg) {
     shard_params(full_layout, model.layout, p_whole.data(), model.params.data(), tp.size, tp_rank);
     shard_params(full_layout, model.layout, m_whole.data(), m_full.data(), tp.size, tp_rank);
     shard_params(full_layout, model.layout, v_whole.data(), v_full.data(), tp.size, tp_rank);
-    scatter_moments(opt, m_full, v_full);
+    if (opt) scatter_moments(*opt, m_full, v_full);
     start_step = c->state.step;
     consumed_samples = c->state.consumed_samples;
     if (lead) {
@@ -294,12 +296,14 @@ int run_training(const TrainConfig& cfg) {
 #endif
   if (!gpu) acts = plan_activations(model, B, Lc, cfg.recompute);
   // One micro-batch through the model where it lives (backward too when grad_scale > 0).
-  auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale) {
+  // last_of_step: the GPU hands the gradient buckets to the data-parallel group during it.
+  auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale,
+                             [[maybe_unused]] bool last_of_step) {
     const int32_t* doc = cfg.doc_masking ? mb.doc.data() : nullptr;
 #if SAMBAY_HAVE_CUDA
     if (gpu)
       return gpu_forward_backward(*gpu, mb.tokens.data(), mb.targets.data(), mb.doc.data(),
-                                  grad_scale > 0, grad_scale);
+                                  grad_scale > 0, grad_scale, last_of_step);
 #endif
     ForwardResult r = model_forward(model, acts, mb.tokens.data(), mb.targets.data(), doc);
     if (grad_scale > 0)
@@ -312,7 +316,8 @@ int run_training(const TrainConfig& cfg) {
   const int64_t tokens_per_step = global_batch * L;
   const double flops_per_token = training_flops_per_token(mc, L);
   // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
-  const double state_bytes = 4.0 * (2 * model.params.size() + 3 * opt.layout.shard_size);
+  const double state_bytes =
+      4.0 * (2 * model.params.size() + 3 * (opt ? opt->layout.shard_size : 0));
   double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
 #if SAMBAY_HAVE_CUDA
   if (gpu) mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
@@ -345,7 +350,7 @@ int run_training(const TrainConfig& cfg) {
     MicroBatch mb;
     for (int64_t i = grid.coords.dp; i < cfg.eval_batches; i += grid.shape.dp) {
       fill(sampler, Split::valid, i * B, B, L, grid.shape, grid.coords, mb);
-      ForwardResult r = run_micro_batch(mb, 0.0f);
+      ForwardResult r = run_micro_batch(mb, 0.0f, false);
       sum += r.loss_sum;
       count += r.valid_rows;
     }
@@ -361,7 +366,7 @@ int run_training(const TrainConfig& cfg) {
       gpu_download_state(*gpu, model.params, m_full, v_full);
     else
 #endif
-      gather_moments(opt, m_full, v_full);  // every rank takes part
+      gather_moments(*opt, m_full, v_full);  // every rank takes part
     gather_whole_tensors(tp, full_layout, model.layout, model.params, p_whole);
     gather_whole_tensors(tp, full_layout, model.layout, m_full, m_whole);
     gather_whole_tensors(tp, full_layout, model.layout, v_full, v_whole);
@@ -414,7 +419,8 @@ int run_training(const TrainConfig& cfg) {
 #endif
     if (!gpu) std::fill(model.grads.begin(), model.grads.end(), 0.0f);
     double loss_sum = 0;
-    for (const MicroBatch& mb : micro) loss_sum += run_micro_batch(mb, 1.0f / valid).loss_sum;
+    for (int64_t k = 0; k < cfg.grad_accum; ++k)
+      loss_sum += run_micro_batch(micro[k], 1.0f / valid, k + 1 == cfg.grad_accum).loss_sum;
     const double loss = all_reduce_scalar(dp_cp, loss_sum) / valid;
     double norm = 0;
 #if SAMBAY_HAVE_CUDA
@@ -425,8 +431,8 @@ int run_training(const TrainConfig& cfg) {
 #endif
     if (!gpu) {
       reduce_tensor_parallel_grads(model);
-      reduce_gradients(opt, model.grads.data());
-      norm = sharded_grad_norm(opt, &tp);
+      reduce_gradients(*opt, model.grads.data());
+      norm = sharded_grad_norm(*opt, &tp);
     }
     if (!std::isfinite(loss) || !std::isfinite(norm))
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
@@ -439,7 +445,7 @@ int run_training(const TrainConfig& cfg) {
 #if SAMBAY_HAVE_CUDA
     if (gpu) gpu_adamw_step(*gpu, coef, hyper, step + 1);
 #endif
-    if (!gpu) sharded_adamw_step(opt, model.params.data(), coef, hyper, step + 1);
+    if (!gpu) sharded_adamw_step(*opt, model.params.data(), coef, hyper, step + 1);
     consumed_samples += global_batch;
     const double dt = seconds_since(t0);
     step_seconds_avg = step == start_step ? dt : 0.9 * step_seconds_avg + 0.1 * dt;

@@ -108,8 +108,8 @@ double shard_sum_of_squares(const ShardLayout& s, const T* shard) {
   return total;
 }
 
-ShardedAdamW make_sharded_adamw(const Communicator& dp, int64_t total,
-                                std::vector<ParamGroup> groups, int64_t bucket_size) {
+std::vector<ShardSegment> shard_segments(const ShardLayout& layout,
+                                         const std::vector<ParamGroup>& groups) {
   int64_t expect = 0;
   for (const ParamGroup& g : groups) {
     SAMBAY_CHECK(g.offset == expect && g.numel >= 0,
@@ -118,24 +118,31 @@ ShardedAdamW make_sharded_adamw(const Communicator& dp, int64_t total,
                  g.offset, expect);
     expect += g.numel;
   }
-  SAMBAY_CHECK(expect == total, "parameter groups cover {} values of {}", expect, total);
+  SAMBAY_CHECK(expect == layout.total, "parameter groups cover {} values of {}", expect,
+               layout.total);
+  // Buckets and groups both run in flat order, so one pass cuts the owned ranges at group
+  // boundaries.
+  std::vector<ShardSegment> segments;
+  size_t gi = 0;
+  for (const ShardBucket& b : layout.buckets) {
+    const FlatRange own = owned_range(layout, b, layout.rank);
+    for (int64_t pos = own.begin; pos < own.end;) {
+      while (groups[gi].offset + groups[gi].numel <= pos) ++gi;
+      const int64_t end = std::min(own.end, groups[gi].offset + groups[gi].numel);
+      segments.push_back({pos, b.shard_offset + (pos - own.begin), end - pos, int(gi)});
+      pos = end;
+    }
+  }
+  return segments;
+}
 
+ShardedAdamW make_sharded_adamw(const Communicator& dp, int64_t total,
+                                std::vector<ParamGroup> groups, int64_t bucket_size) {
   ShardedAdamW opt;
   opt.comm = &dp;
   opt.layout = make_shard_layout(total, bucket_size, dp.size, dp.rank);
   opt.groups = std::move(groups);
-  // Buckets and groups both run in flat order, so one pass cuts the owned ranges at group
-  // boundaries.
-  size_t gi = 0;
-  for (const ShardBucket& b : opt.layout.buckets) {
-    const FlatRange own = owned_range(opt.layout, b, dp.rank);
-    for (int64_t pos = own.begin; pos < own.end;) {
-      while (opt.groups[gi].offset + opt.groups[gi].numel <= pos) ++gi;
-      const int64_t end = std::min(own.end, opt.groups[gi].offset + opt.groups[gi].numel);
-      opt.segments.push_back({pos, b.shard_offset + (pos - own.begin), end - pos, int(gi)});
-      pos = end;
-    }
-  }
+  opt.segments = shard_segments(opt.layout, opt.groups);
   opt.grad.assign(opt.layout.shard_size, 0.0f);
   opt.m.assign(opt.layout.shard_size, 0.0f);
   opt.v.assign(opt.layout.shard_size, 0.0f);
@@ -149,7 +156,7 @@ void reduce_gradients(ShardedAdamW& opt, const float* grads) {
 double sharded_grad_norm(const ShardedAdamW& opt, const Communicator* tp) {
   double local = shard_sum_of_squares(opt.layout, opt.grad.data());
   if (tp && tp->rank != 0)
-    for (const ShardedAdamW::Segment& s : opt.segments)
+    for (const ShardSegment& s : opt.segments)
       if (opt.groups[s.group].whole_on_tp_ranks)
         for (int64_t i = s.shard; i < s.shard + s.n; ++i)
           local -= double(opt.grad[i]) * double(opt.grad[i]);
@@ -164,7 +171,7 @@ void sharded_adamw_step(ShardedAdamW& opt, float* params, double clip_coef, cons
     const float coef = static_cast<float>(clip_coef);
     for (float& g : opt.grad) g *= coef;
   }
-  for (const ShardedAdamW::Segment& s : opt.segments) {
+  for (const ShardSegment& s : opt.segments) {
     const ParamGroup& g = opt.groups[s.group];
     AdamWHyper h = base;
     h.lr *= g.lr_mult;
@@ -188,7 +195,7 @@ SAMBAY_INSTANTIATE(double)
 void gather_moments(ShardedAdamW& opt, std::vector<float>& m_full, std::vector<float>& v_full) {
   m_full.assign(opt.layout.total, 0.0f);
   v_full.assign(opt.layout.total, 0.0f);
-  for (const ShardedAdamW::Segment& seg : opt.segments)
+  for (const ShardSegment& seg : opt.segments)
     for (int64_t i = 0; i < seg.n; ++i) {
       m_full[seg.flat + i] = opt.m[seg.shard + i];
       v_full[seg.flat + i] = opt.v[seg.shard + i];
@@ -203,7 +210,7 @@ void scatter_moments(ShardedAdamW& opt, const std::vector<float>& m_full,
                    static_cast<int64_t>(v_full.size()) == opt.layout.total,
                "moments of {} and {} values for a model of {}", m_full.size(), v_full.size(),
                opt.layout.total);
-  for (const ShardedAdamW::Segment& seg : opt.segments)
+  for (const ShardSegment& seg : opt.segments)
     for (int64_t i = 0; i < seg.n; ++i) {
       opt.m[seg.shard + i] = m_full[seg.flat + i];
       opt.v[seg.shard + i] = v_full[seg.flat + i];

@@ -81,18 +81,24 @@ void all_gather_buckets(const Communicator& c, const ShardLayout& layout, T* ful
 template <typename T>
 double shard_sum_of_squares(const ShardLayout& layout, const T* shard);
 
+// One run of owned values inside one parameter group: AdamW is applied per segment with that
+// group's learning rate and weight decay.
+struct ShardSegment {
+  int64_t flat, shard, n;  // start in the flat buffer, start in the shard buffers, length
+  int group;
+};
+
+// The owned values of `layout` cut at group boundaries, in flat order (groups must tile
+// [0, layout.total) in order; throws otherwise).
+std::vector<ShardSegment> shard_segments(const ShardLayout& layout,
+                                         const std::vector<ParamGroup>& groups);
+
 // AdamW on fp32 parameters whose gradients and moments are sharded as above.
 struct ShardedAdamW {
   const Communicator* comm = nullptr;  // the DP group (not owned)
   ShardLayout layout;
-  // One run of owned values inside one parameter group: AdamW is called once per segment with
-  // that group's learning rate and weight decay.
-  struct Segment {
-    int64_t flat, shard, n;  // start in the flat buffer, start in the shard buffers, length
-    int group;
-  };
   std::vector<ParamGroup> groups;
-  std::vector<Segment> segments;
+  std::vector<ShardSegment> segments;
   std::vector<float> grad, m, v;  // [shard_size]: reduced gradient and moments of owned values
   std::vector<float> staging;
 };

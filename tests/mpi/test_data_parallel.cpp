@@ -214,7 +214,7 @@ TEST_P(ShardedOptimizer, OwnsEachValueOnExactlyOneRank) {
   // Each rank counts the values its segments cover; summed over ranks every value counts once,
   // and no segment crosses a group boundary.
   std::vector<double> owned(total, 0.0);
-  for (const ShardedAdamW::Segment& s : opt.segments) {
+  for (const ShardSegment& s : opt.segments) {
     const ParamGroup& g = groups[s.group];
     EXPECT_GE(s.flat, g.offset);
     EXPECT_LE(s.flat + s.n, g.offset + g.numel);
