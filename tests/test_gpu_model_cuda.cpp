@@ -5,6 +5,7 @@
 #include "core/gpu_model.h"
 #include "core/model.h"
 #include "tests/gpu_test.h"
+#include "tests/model_test_data.h"
 #include "tests/test_util.h"
 
 #include <fmt/format.h>
@@ -13,33 +14,6 @@
 
 namespace sambay {
 namespace {
-
-// Small but GPU-shaped: widths multiples of 8, N = 16 (the scan kernel's sizes), head dim 16.
-ModelConfig gpu_test_config(const std::string& variant) {
-  ModelConfig c;
-  c.name = "gpu-test-" + variant;
-  c.d_model = 64;
-  c.vocab = 131;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.window = 8;
-  c.differential = variant == "sambay-da";
-  c.d_ff = 96;
-  c.d_inner = 128;
-  c.d_state = 16;
-  c.d_conv = 4;
-  c.dt_rank = 4;
-  set_sambay_pattern(c, 8, variant != "samba-yoco");
-  if (variant == "transformerpp") {
-    c.layers.assign(4, LayerKind::full_attention);
-    c.kv_source_layer = c.memory_layer = -1;
-    c.attention_bias = false;
-    c.rope = true;
-    c.norm = NormKind::rmsnorm;
-  }
-  return c;
-}
 
 struct Batch {
   std::vector<int32_t> tokens, targets, doc;
@@ -59,7 +33,7 @@ class GpuModelTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuModelTest, MatchesCpuModel) {
   SAMBAY_REQUIRE_GPU();
-  const ModelConfig c = gpu_test_config(GetParam());
+  const ModelConfig c = testing::gpu_test_config(GetParam());
   const int64_t B = 2, L = 45;  // L not a multiple of the scan chunk or attention tiles
   Model<double> cpu = make_model<double>(c, 5);
   // Weights large enough that every path carries signal (0.02 init makes a nearly linear net).
@@ -102,7 +76,7 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
 
 TEST_P(GpuModelTest, RecomputeGivesBitIdenticalGradients) {
   SAMBAY_REQUIRE_GPU();
-  const ModelConfig c = gpu_test_config(GetParam());
+  const ModelConfig c = testing::gpu_test_config(GetParam());
   Model<float> cpu = make_model<float>(c, 9);
   Batch b = make_batch(c, 2, 45, 10);
   std::vector<float> grads[2];

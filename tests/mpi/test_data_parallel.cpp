@@ -8,7 +8,7 @@
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "parallel/data_parallel.h"
-#include "tests/test_util.h"
+#include "tests/model_test_data.h"
 
 #include <fmt/format.h>
 
@@ -20,49 +20,23 @@ namespace {
 
 Communicator world() { return make_communicator(MPI_COMM_WORLD, CommBackend::mpi, "world"); }
 
-// One micro-batch [B, L]: random tokens, about a quarter of the targets ignored (so the valid
-// count differs between micro-batches and ranks), and two documents per row.
-struct MicroBatch {
-  std::vector<int32_t> tokens, targets, doc;
-};
-
-MicroBatch make_micro_batch(int64_t vocab, int64_t B, int64_t L, uint64_t seed) {
-  const std::vector<double> tok = testing::random_uniform(B * L, seed, 0, double(vocab));
-  const std::vector<double> tgt = testing::random_uniform(B * L, seed + 1000, 0, double(vocab));
-  const std::vector<double> drop = testing::random_uniform(B * L, seed + 2000, 0, 1);
-  MicroBatch mb;
-  for (int64_t i = 0; i < B * L; ++i) {
-    const int64_t b = i / L, t = i % L;
-    mb.tokens.push_back(int32_t(tok[i]));
-    mb.targets.push_back(drop[i] < 0.25 ? -1 : int32_t(tgt[i]));
-    mb.doc.push_back(t < (L / 2 + b + int64_t(seed % 3)) % L ? 0 : 1);
-  }
-  return mb;
-}
-
-int64_t valid_targets(const MicroBatch& mb) {
-  int64_t n = 0;
-  for (int32_t t : mb.targets) n += t >= 0;
-  return n;
-}
-
 template <typename T>
 void expect_dp_gradients_match_single_rank(const std::string& preset, double tolerance) {
   const Communicator c = world();
   constexpr int64_t B = 2, L = 8, accum = 2;
   const ModelConfig mc = model_preset(preset);
   const int64_t micro_batches = c.size * accum;  // the global batch, in global order
-  std::vector<MicroBatch> batch;
+  std::vector<testing::TokenBatch> batch;
   for (int64_t m = 0; m < micro_batches; ++m)
-    batch.push_back(make_micro_batch(mc.vocab, B, L, 77 + m));
+    batch.push_back(testing::random_token_batch(mc.vocab, B, L, 77 + m));
 
   // Single rank: every micro-batch, scaled by 1 / (valid targets of the global batch).
   Model<T> ref = make_model<T>(mc, 5);
   Activations<T> ref_acts = plan_activations(ref, B, L, false);
   int64_t valid = 0;
-  for (const MicroBatch& mb : batch) valid += valid_targets(mb);
+  for (const testing::TokenBatch& mb : batch) valid += testing::valid_targets(mb.targets);
   double ref_loss = 0;
-  for (const MicroBatch& mb : batch) {
+  for (const testing::TokenBatch& mb : batch) {
     ref_loss +=
         model_forward(ref, ref_acts, mb.tokens.data(), mb.targets.data(), mb.doc.data()).loss_sum;
     model_backward(ref, ref_acts, mb.tokens.data(), mb.targets.data(), mb.doc.data(),
@@ -74,12 +48,12 @@ void expect_dp_gradients_match_single_rank(const std::string& preset, double tol
   Model<T> model = make_model<T>(mc, 5);
   Activations<T> acts = plan_activations(model, B, L, false);
   int64_t local_valid = 0;
-  for (int64_t k = 0; k < accum; ++k) local_valid += valid_targets(batch[c.rank * accum + k]);
+  for (int64_t k = 0; k < accum; ++k) local_valid += testing::valid_targets(batch[c.rank * accum + k].targets);
   const int64_t global_valid = int64_t(all_reduce_scalar(c, double(local_valid)));
   EXPECT_EQ(global_valid, valid);
   double loss_sum = 0;
   for (int64_t k = 0; k < accum; ++k) {
-    const MicroBatch& mb = batch[c.rank * accum + k];
+    const testing::TokenBatch& mb = batch[c.rank * accum + k];
     loss_sum +=
         model_forward(model, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data()).loss_sum;
     model_backward(model, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data(),
@@ -101,17 +75,7 @@ void expect_dp_gradients_match_single_rank(const std::string& preset, double tol
               shard.begin() + b.shard_offset + (own.end - own.begin), reduced.begin() + own.begin);
   }
   all_gather_buckets(c, s, reduced.data(), staging);
-  for (const ParamSpec& p : model.layout.params) {
-    double diff = 0, norm = 0;
-    for (int64_t i = p.offset; i < p.offset + p.numel; ++i) {
-      const double d = double(reduced[i]) - double(ref.grads[i]);
-      diff += d * d;
-      norm += double(ref.grads[i]) * double(ref.grads[i]);
-    }
-    EXPECT_LE(std::sqrt(diff), tolerance * std::sqrt(norm))
-        << preset << " " << p.name << ": gradient differs from the single-rank run (relative "
-        << std::sqrt(diff / std::max(norm, 1e-300)) << ")";
-  }
+  testing::expect_gradients_match(model.layout, reduced, ref.grads, tolerance, preset);
 }
 
 TEST(DataParallelGradients, Fp64MatchSingleRankTinySambayDA) {

@@ -8,7 +8,7 @@
 #include "core/model.h"
 #include "parallel/context_parallel.h"
 #include "parallel/process_grid.h"
-#include "tests/test_util.h"
+#include "tests/model_test_data.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -24,29 +24,6 @@ struct Layout {
   bool sp = false;
 };
 
-// A micro-batch [B, L]: random tokens, a quarter of the targets ignored, and documents that
-// end at different places in each row (so document boundaries fall inside and at the edges
-// of context-parallel chunks).
-struct MicroBatch {
-  std::vector<int32_t> tokens, targets, doc;
-};
-
-MicroBatch make_micro_batch(int64_t vocab, int64_t B, int64_t L, uint64_t seed) {
-  const std::vector<double> tok = testing::random_uniform(B * L, seed, 0, double(vocab));
-  const std::vector<double> tgt = testing::random_uniform(B * L, seed + 1000, 0, double(vocab));
-  const std::vector<double> drop = testing::random_uniform(B * L, seed + 2000, 0, 1);
-  MicroBatch mb;
-  for (int64_t i = 0; i < B * L; ++i) {
-    const int64_t b = i / L, t = i % L;
-    mb.tokens.push_back(int32_t(tok[i]));
-    mb.targets.push_back(drop[i] < 0.25 ? -1 : int32_t(tgt[i]));
-    // Row 0: one boundary at L / 2 (a chunk edge for CP2 and CP4: 4 and 8 chunks of 6 and 3);
-    // row 1: boundaries at 3 (a chunk edge for CP4, inside a chunk for CP2) and L - 5 (inside).
-    mb.doc.push_back(b % 2 == 0 ? int32_t(t >= L / 2) : int32_t(t >= 3) + int32_t(t >= L - 5));
-  }
-  return mb;
-}
-
 // A context-parallel rank's positions of a [B, L] array (its two chunks of every sample).
 std::vector<int32_t> cp_slice(const std::vector<int32_t>& a, int64_t B, int64_t L, int rank,
                               int cp) {
@@ -55,9 +32,6 @@ std::vector<int32_t> cp_slice(const std::vector<int32_t>& a, int64_t B, int64_t 
   return out;
 }
 
-int64_t valid_targets(const std::vector<int32_t>& targets) {
-  return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-}
 
 // The config a test runs: a tiny preset with enough heads for two TP ranks (differential
 // attention keeps head pairs on one rank).
@@ -77,15 +51,15 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
   const ModelConfig mc = test_config(preset);
   constexpr int64_t B = 2, L = 24, accum = 2;
   const int dp = grid.shape.dp;
-  std::vector<MicroBatch> batch;
-  for (int64_t m = 0; m < dp * accum; ++m) batch.push_back(make_micro_batch(mc.vocab, B, L, 31 + m));
+  std::vector<testing::TokenBatch> batch;
+  for (int64_t m = 0; m < dp * accum; ++m) batch.push_back(testing::random_token_batch(mc.vocab, B, L, 31 + m));
   int64_t valid = 0;
-  for (const MicroBatch& mb : batch) valid += valid_targets(mb.targets);
+  for (const testing::TokenBatch& mb : batch) valid += testing::valid_targets(mb.targets);
 
   Model<T> ref = make_model<T>(mc, 5);
   Activations<T> ref_acts = plan_activations(ref, B, L, false);
   double ref_loss = 0;
-  for (const MicroBatch& mb : batch) {
+  for (const testing::TokenBatch& mb : batch) {
     ref_loss +=
         model_forward(ref, ref_acts, mb.tokens.data(), mb.targets.data(), mb.doc.data()).loss_sum;
     model_backward(ref, ref_acts, mb.tokens.data(), mb.targets.data(), mb.doc.data(),
@@ -99,7 +73,7 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
   Activations<T> acts = plan_activations(model, B, Lc, false);
   double loss_sum = 0;
   for (int64_t k = 0; k < accum; ++k) {
-    const MicroBatch& mb = batch[grid.coords.dp * accum + k];
+    const testing::TokenBatch& mb = batch[grid.coords.dp * accum + k];
     const int r = grid.coords.cp, n = layout.cp;
     const std::vector<int32_t> tokens = cp_slice(mb.tokens, B, L, r, n);
     const std::vector<int32_t> targets = cp_slice(mb.targets, B, L, r, n);
@@ -120,17 +94,7 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
   for (int r = 0; r < tp.size; ++r)
     unshard_params(ref.layout, model.layout, shards.data() + r * model.layout.total, full.data(),
                    tp.size, r);
-  for (const ParamSpec& p : ref.layout.params) {
-    double diff = 0, norm = 0;
-    for (int64_t i = p.offset; i < p.offset + p.numel; ++i) {
-      const double d = double(full[i]) - double(ref.grads[i]);
-      diff += d * d;
-      norm += double(ref.grads[i]) * double(ref.grads[i]);
-    }
-    EXPECT_LE(std::sqrt(diff), tolerance * std::sqrt(norm))
-        << preset << " " << p.name << ": gradient differs from the single-rank run (relative "
-        << std::sqrt(diff / std::max(norm, 1e-300)) << ")";
-  }
+  testing::expect_gradients_match(ref.layout, full, ref.grads, tolerance, preset);
 }
 
 // Every preset family: SambaY+DA (Mamba, differential SWA / full / cross attention, GMU),
@@ -159,6 +123,29 @@ TEST(ModelParallelNp2, DP2) { expect_all_presets({1, 1, false}); }
 TEST(ModelParallelNp2, TP2) { expect_all_presets({2, 1, false}); }
 TEST(ModelParallelNp2, TP2WithSequenceParallel) { expect_all_presets({2, 1, true}); }
 TEST(ModelParallelNp2, CP2) { expect_all_presets({1, 2, false}); }
+
+// Sequence parallelism keeps the residual stream, the norms and the loss rows of one TP rank
+// only: the planned activations shrink (by the TP degree for those tensors; the gathered region
+// input and the TP regions' own tensors stay whole).
+TEST(ModelParallelNp2, SequenceParallelPlansLessActivationMemory) {
+  ProcessGrid grid = make_process_grid(2, 1);
+  const Communicator tp = make_communicator(grid.tp, CommBackend::mpi, "tp");
+  const ModelConfig mc = test_config("tiny-sambay-da");
+  ModelSplit split;
+  split.tp = &tp;
+  const Model<double> tp_model = make_model_shard<double>(mc, 5, split);
+  split.sequence_parallel = true;
+  const Model<double> sp_model = make_model_shard<double>(mc, 5, split);
+  const size_t tp_bytes = plan_activations(tp_model, 2, 64, false).arena.capacity;
+  const size_t sp_bytes = plan_activations(sp_model, 2, 64, false).arena.capacity;
+  // Per layer x_in, a, x_mid, a2 ([n, d] each) and the statistics halve; one [n, d] gathered
+  // input is added.
+  const int64_t n = 2 * 64, d = mc.d_model, layers = int64_t(mc.layers.size());
+  const int64_t halved = (layers * 4 + 2) * n * d / 2 + (layers * 4 + 3) * n / 2 + n * d / 2;
+  EXPECT_EQ(int64_t(tp_bytes) - int64_t(sp_bytes), int64_t(sizeof(double)) * (halved - n * d))
+      << "TP2 plans " << tp_bytes << " bytes of activations, TP2 + SP " << sp_bytes;
+  EXPECT_LT(sp_bytes, tp_bytes);
+}
 TEST(ModelParallelNp4, DP2xTP2) { expect_main_presets({2, 1, false}); }
 TEST(ModelParallelNp4, DP2xTP2WithSequenceParallel) { expect_main_presets({2, 1, true}); }
 TEST(ModelParallelNp4, CP4) { expect_main_presets({1, 4, false}); }

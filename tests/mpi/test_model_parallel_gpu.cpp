@@ -20,7 +20,7 @@
 #include "core/model.h"
 #include "parallel/process_grid.h"
 #include "tests/gpu_test.h"
-#include "tests/test_util.h"
+#include "tests/model_test_data.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -35,70 +35,30 @@ namespace {
 
 // The GPU kernels need GPU-shaped sizes (the scan N in {4, 8, 16}, attention head dims that are
 // multiples of 16), which the tiny presets of tests/mpi/test_model_parallel.cpp (N = 3, head dim
-// 3) are not: tests/test_gpu_model_cuda.cpp's config, with enough heads for two TP ranks
-// (differential attention keeps head pairs on one rank: 8 query and 4 key/value heads). Under
-// TP2 a rank runs d_inner 64, d_ff 48, 4 and 2 heads.
+// 3) are not: the GPU model tests' config, with enough heads for two TP ranks (differential
+// attention keeps head pairs on one rank: 8 query and 4 key/value heads). Under TP2 a rank runs
+// d_inner 64, d_ff 48, 4 and 2 heads.
 ModelConfig gpu_config(const std::string& variant) {
-  ModelConfig c;
-  c.name = "gpu-tp-test-" + variant;
-  c.d_model = 64;
-  c.vocab = 131;
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.head_dim = 16;
-  c.window = 8;
-  c.differential = variant == "sambay-da";
-  c.d_ff = 96;
-  c.d_inner = 128;
-  c.d_state = 16;
-  c.d_conv = 4;
-  c.dt_rank = 4;
-  set_sambay_pattern(c, 8, variant != "samba-yoco");
-  if (variant == "transformerpp") {
-    c.layers.assign(4, LayerKind::full_attention);
-    c.kv_source_layer = c.memory_layer = -1;
-    c.attention_bias = false;
-    c.rope = true;
-    c.norm = NormKind::rmsnorm;
-  }
+  ModelConfig c = testing::gpu_test_config(variant);
+  c.n_heads = 8, c.n_kv_heads = 4;
   return c;
 }
 
 const char* const kVariants[] = {"sambay-da", "sambay", "samba-yoco", "transformerpp"};
 
-// A micro-batch [B, L] (tests/mpi/test_model_parallel.cpp's): random tokens, a quarter of the
-// targets ignored, documents ending at different places in each row.
-struct MicroBatch {
-  std::vector<int32_t> tokens, targets, doc;
-};
-
-MicroBatch make_micro_batch(int64_t vocab, int64_t B, int64_t L, uint64_t seed) {
-  const std::vector<double> tok = testing::random_uniform(B * L, seed, 0, double(vocab));
-  const std::vector<double> tgt = testing::random_uniform(B * L, seed + 1000, 0, double(vocab));
-  const std::vector<double> drop = testing::random_uniform(B * L, seed + 2000, 0, 1);
-  MicroBatch mb;
-  for (int64_t i = 0; i < B * L; ++i) {
-    const int64_t b = i / L, t = i % L;
-    mb.tokens.push_back(int32_t(tok[i]));
-    mb.targets.push_back(drop[i] < 0.25 ? -1 : int32_t(tgt[i]));
-    mb.doc.push_back(b % 2 == 0 ? int32_t(t >= L / 2) : int32_t(t >= 3) + int32_t(t >= L - 5));
-  }
-  return mb;
-}
-
 constexpr int64_t kB = 2, kL = 40, kMicroBatches = 4;
 
-std::vector<MicroBatch> global_batch(const ModelConfig& c) {
-  std::vector<MicroBatch> batch;
+std::vector<testing::TokenBatch> global_batch(const ModelConfig& c) {
+  std::vector<testing::TokenBatch> batch;
   for (int64_t m = 0; m < kMicroBatches; ++m)
-    batch.push_back(make_micro_batch(c.vocab, kB, kL, 31 + m));
+    batch.push_back(testing::random_token_batch(c.vocab, kB, kL, 31 + m));
   return batch;
 }
 
-int64_t valid_targets(const std::vector<MicroBatch>& batch) {
+int64_t valid_targets(const std::vector<testing::TokenBatch>& batch) {
   int64_t n = 0;
-  for (const MicroBatch& mb : batch)
-    n += std::count_if(mb.targets.begin(), mb.targets.end(), [](int32_t t) { return t >= 0; });
+  for (const testing::TokenBatch& mb : batch)
+    n += testing::valid_targets(mb.targets);
   return n;
 }
 
@@ -122,7 +82,7 @@ struct GpuRun {
 // gradients scaled by 1 / valid (valid targets of the whole global batch), then TP's partial
 // whole-tensor gradients reduced.
 template <typename T>
-GpuRun run_on_gpu(const Model<T>& cpu, const std::vector<MicroBatch>& batch, size_t first,
+GpuRun run_on_gpu(const Model<T>& cpu, const std::vector<testing::TokenBatch>& batch, size_t first,
                   size_t count, int64_t valid, bool recompute = false) {
   cudaStream_t stream = cuda_stream_create();
   GpuRun run;
@@ -130,7 +90,7 @@ GpuRun run_on_gpu(const Model<T>& cpu, const std::vector<MicroBatch>& batch, siz
     GpuModel gpu = make_gpu_model(cpu, stream);
     GpuActivations acts = plan_gpu_activations(gpu, kB, kL, recompute);
     for (size_t k = first; k < first + count; ++k) {
-      const MicroBatch& mb = batch[k];
+      const testing::TokenBatch& mb = batch[k];
       upload_batch(gpu, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data());
       run.loss += gpu_model_forward(gpu, acts, true).loss_sum;
       gpu_model_backward(gpu, acts, true, 1.0f / float(valid));
@@ -145,12 +105,12 @@ GpuRun run_on_gpu(const Model<T>& cpu, const std::vector<MicroBatch>& batch, siz
 // The fp64 CPU model on the same parameters and micro-batches: the values the bf16 GPU runs
 // approximate (the single-rank GPU run's error against it is printed as the bf16 noise floor).
 GpuRun run_fp64(const ModelConfig& mc, const Model<float>& full,
-                const std::vector<MicroBatch>& batch, int64_t valid) {
+                const std::vector<testing::TokenBatch>& batch, int64_t valid) {
   Model<double> cpu = make_model<double>(mc, 5);
   std::copy(full.params.begin(), full.params.end(), cpu.params.begin());
   Activations<double> acts = plan_activations(cpu, kB, kL, false);
   GpuRun run;
-  for (const MicroBatch& mb : batch) {
+  for (const testing::TokenBatch& mb : batch) {
     run.loss +=
         model_forward(cpu, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data()).loss_sum;
     model_backward(cpu, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data(), 1.0 / valid);
@@ -177,7 +137,7 @@ std::vector<float> swap_tp_halves(const ModelConfig& c, const ParamLayout& full,
 TEST(ModelParallelGpu, SwappedTpHalvesComputeTheSameFunction) {
   for (const char* variant : kVariants) {
     const ModelConfig mc = gpu_config(variant);
-    const MicroBatch mb = make_micro_batch(mc.vocab, kB, kL, 31);
+    const testing::TokenBatch mb = testing::random_token_batch(mc.vocab, kB, kL, 31);
     const Model<float> f32 = full_model(mc);
     Model<double> models[2] = {make_model<double>(mc, 5), make_model<double>(mc, 5)};
     std::copy(f32.params.begin(), f32.params.end(), models[0].params.begin());
@@ -295,7 +255,7 @@ TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
   for (const char* variant : kVariants) {
     const auto t0 = std::chrono::steady_clock::now();
     const ModelConfig mc = gpu_config(variant);
-    const std::vector<MicroBatch> batch = global_batch(mc);
+    const std::vector<testing::TokenBatch> batch = global_batch(mc);
     const int64_t valid = valid_targets(batch);
     const Model<float> full = full_model(mc);
     const GpuRun ref = run_on_gpu(full, batch, 0, batch.size(), valid);
@@ -374,7 +334,7 @@ TEST(ModelParallelGpu, DataParallelMatchesSingleRank) {
   for (const char* variant : kVariants) {
     const auto t0 = std::chrono::steady_clock::now();
     const ModelConfig mc = gpu_config(variant);
-    const std::vector<MicroBatch> batch = global_batch(mc);
+    const std::vector<testing::TokenBatch> batch = global_batch(mc);
     const int64_t valid = valid_targets(batch);
     const Model<float> full = full_model(mc);
     const GpuRun ref = run_on_gpu(full, batch, 0, batch.size(), valid);
@@ -386,7 +346,7 @@ TEST(ModelParallelGpu, DataParallelMatchesSingleRank) {
       GpuModel gpu = make_gpu_model(full, stream);
       GpuActivations acts = plan_gpu_activations(gpu, kB, kL, false);
       for (size_t k = dp.rank * per_rank; k < (dp.rank + 1) * per_rank; ++k) {
-        const MicroBatch& mb = batch[k];
+        const testing::TokenBatch& mb = batch[k];
         upload_batch(gpu, acts, mb.tokens.data(), mb.targets.data(), mb.doc.data());
         mine.loss += gpu_model_forward(gpu, acts, true).loss_sum;
         gpu_model_backward(gpu, acts, true, 1.0f / float(valid));
