@@ -36,11 +36,12 @@ struct Allocator {
   int32_t* i32(int64_t n) { return static_cast<int32_t*>(arena.alloc(DType::i32, {n}).data); }
 };
 
-void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, Allocator& al,
-                        GpuLayerActivations& a) {
-  a.ln1_mean = al.f32(m.n), a.ln1_rstd = al.f32(m.n), a.a = al.half(m.n * m.d);
-  a.x_mid = al.half(m.n * m.d);
-  a.ln2_mean = al.f32(m.n), a.ln2_rstd = al.f32(m.n), a.a2 = al.half(m.n * m.d);
+// nr: the residual-stream rows this rank keeps (m.n, or m.n / tp under sequence parallelism).
+void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, int64_t nr,
+                        Allocator& al, GpuLayerActivations& a) {
+  a.ln1_mean = al.f32(nr), a.ln1_rstd = al.f32(nr), a.a = al.half(nr * m.d);
+  a.x_mid = al.half(nr * m.d);
+  a.ln2_mean = al.f32(nr), a.ln2_rstd = al.f32(nr), a.a2 = al.half(nr * m.d);
   a.h = al.half(m.n * 2 * m.F), a.s = al.half(m.n * m.F);
   switch (kind) {
     case LayerKind::mamba:
@@ -71,9 +72,12 @@ void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m
   }
 }
 
-// tp: a TP group of several ranks runs the model (its fp32 partial-sum buffer is planned).
+// tp: a TP group of several ranks runs the model (its fp32 partial-sum buffer is planned); nr:
+// the residual-stream rows this rank keeps (B L, or B L / tp under sequence parallelism: the
+// residual stream, the norms and the loss then hold nr rows, and the regions read their normed
+// input gathered whole into region_in).
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute, bool tp,
-                          Arena& arena, GpuActivations& acts) {
+                          int64_t nr, Arena& arena, GpuActivations& acts) {
   const GraphDims m = graph_dims(c, B, L);
   Allocator al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
@@ -82,12 +86,12 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
   std::vector<bool> have_shared(5, false);
   for (int i = 0; i < n_layers; ++i) {
     GpuLayerActivations& a = acts.layers[i];
-    a.x_in = al.half(m.n * m.d);
+    a.x_in = al.half(nr * m.d);
     const int kind = static_cast<int>(c.layers[i]);
     if (!recompute) {
-      allocate_internals(c, c.layers[i], m, al, a);
+      allocate_internals(c, c.layers[i], m, nr, al, a);
     } else {
-      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, al, shared[kind]);
+      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, nr, al, shared[kind]);
       have_shared[kind] = true;
       bf16* x_in = a.x_in;
       a = shared[kind];
@@ -96,14 +100,15 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recom
     if (recompute && i == c.kv_source_layer) a.k = al.half(m.n * m.Gh), a.v = al.half(m.n * m.Gh);
     if (recompute && i == c.memory_layer) a.y = al.half(m.n * m.E);
   }
-  acts.mixer_out = al.half(m.n * m.d), acts.mlp_out = al.half(m.n * m.d);
-  acts.final_x = al.half(m.n * m.d), acts.final_out = al.half(m.n * m.d);
-  acts.final_mean = al.f32(m.n), acts.final_rstd = al.f32(m.n), acts.ce_lse = al.f32(m.n);
+  acts.mixer_out = al.half(nr * m.d), acts.mlp_out = al.half(nr * m.d);
+  acts.final_x = al.half(nr * m.d), acts.final_out = al.half(nr * m.d);
+  acts.final_mean = al.f32(nr), acts.final_rstd = al.f32(nr), acts.ce_lse = al.f32(nr);
   acts.tokens = al.i32(m.n), acts.targets = al.i32(m.n), acts.doc = al.i32(m.n);
   if (tp) acts.tp_partial = al.f32(m.n * std::max(m.d, m.R + 2 * m.N));
+  if (nr < m.n) acts.region_in = al.half(m.n * m.d), acts.tp_scalars = al.f64(2);
 
   GpuBackwardScratch& g = acts.grad;
-  g.dres = al.half(m.n * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
+  g.dres = al.half(nr * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
   g.dh = al.half(m.n * 2 * m.F), g.ds = al.half(m.n * m.F);
   const LayerKindsPresent kinds = layer_kinds_present(c);
   if (kinds.mamba) {
@@ -131,18 +136,14 @@ const Communicator* tensor_parallel_group(const ModelSplit& s) {
   return s.tp && s.tp->size > 1 ? s.tp : nullptr;
 }
 
-// What the GPU model runs of a split: TP alone (refused before any GPU work).
+// What the GPU model runs of a split: TP, with or without SP (refused before any GPU work).
 void check_gpu_split(const ModelConfig& c, const ModelSplit& s) {
   if (s.cp && s.cp->size > 1)
     fail("model '{}': context parallelism (cp = {}) is CPU-only for now; the GPU model runs "
-         "tensor and data parallelism only",
+         "tensor (and sequence) and data parallelism only",
          c.name, s.cp->size);
   const Communicator* tp = tensor_parallel_group(s);
   if (!tp) return;
-  if (s.sequence_parallel)
-    fail("model '{}': sequence parallelism is CPU-only for now; the GPU model runs tensor "
-         "parallelism (tp = {}) without it",
-         c.name, tp->size);
   if (c.normalized_gmu && layer_kinds_present(c).gmu)
     fail("model '{}': the nGMU under tensor parallelism (tp = {}) is CPU-only for now: its norm "
          "spans every TP rank's channels",
@@ -188,7 +189,29 @@ struct Ctx {
   GpuProfile* profile;
   const Communicator* tp;  // tensor_parallel_group: null for one rank
   int tp_rank;
+  bool sp;       // sequence parallel (under TP)
+  int64_t nr;    // residual-stream rows this rank keeps: m.n, or m.n / tp under SP
+  int64_t row0;  // the first of them among the micro-batch's m.n rows
 };
+
+// Where this rank stands among the micro-batch's n rows (the CPU model's RowSplit): all of them,
+// or under SP rows [rank nr, (rank + 1) nr) with nr = n / tp.
+struct GpuRows {
+  bool sp = false;
+  int64_t nr = 0, row0 = 0;
+};
+
+GpuRows gpu_row_split(const ModelSplit& s, int64_t n) {
+  GpuRows r;
+  r.nr = n;
+  const Communicator* tp = tensor_parallel_group(s);
+  if (!tp || !s.sequence_parallel) return r;
+  SAMBAY_CHECK(n % tp->size == 0,
+               "sequence parallelism needs B * L = {} rows divisible by tensor-parallel size {}", n,
+               tp->size);
+  r.sp = true, r.nr = n / tp->size, r.row0 = tp->rank * r.nr;
+  return r;
+}
 
 // Under TP the row-parallel sums are reduced in fp32 and rounded to bf16 once, after the sum,
 // where the single-rank GEMM rounds its fp32 accumulation once: TP and one rank then differ by
@@ -221,9 +244,50 @@ void region_linear_backward(const Ctx& x, const bf16* dy, const bf16* in, const 
 }
 
 // A region's exit (its [n, d] output) or entry (its input's gradient): under TP the fp32 partial
-// sums in acts.tp_partial, summed over the group and rounded into out.
-void region_sum(const Ctx& x, bf16* out) {
-  if (x.tp) tp_sum_to_bf16(x.tp, x.acts.tp_partial, out, x.m.n * x.m.d, x.st);
+// sums in acts.tp_partial, summed over the group and rounded into out; under SP reduce-scattered
+// instead, this rank's nr rows of the total rounded once into out's first nr rows. Returns out
+// (the rows of the residual stream this rank keeps).
+bf16* region_sum(const Ctx& x, bf16* out) {
+  if (!x.tp) return out;
+  if (!x.sp) {
+    tp_sum_to_bf16(x.tp, x.acts.tp_partial, out, x.m.n * x.m.d, x.st);
+    return out;
+  }
+  float* mine = x.acts.tp_partial + x.row0 * x.m.d;
+  cuda_stream_synchronize(x.st);
+  reduce_scatter(*x.tp, x.acts.tp_partial, mine, x.nr * x.m.d, DType::f32, ReduceOp::sum);
+  wait(*x.tp);
+  convert_to_bf16_cuda(mine, out, x.nr * x.m.d);
+  cuda_stream_synchronize(nullptr);  // the conversion ran on the legacy default stream
+  return out;
+}
+
+// A region's entry: the normed input [n, d] every TP rank reads whole. Under SP this rank's nr
+// rows are all-gathered into acts.region_in (also in backward, which gathers the saved rows again
+// rather than keeping them whole); otherwise `rows` already holds all of them.
+const bf16* region_input(const Ctx& x, const bf16* rows) {
+  if (!x.sp) return rows;
+  cuda_stream_synchronize(x.st);
+  all_gather(*x.tp, rows, x.acts.region_in, x.nr * x.m.d, DType::bf16);
+  wait(*x.tp);
+  return x.acts.region_in;
+}
+
+// The gradient of a block's output, [n, d] whole, into dbranch: rs * dres on this rank's rows,
+// all-gathered over the TP group under SP (the transpose of the region exit's reduce-scatter).
+// Called inside the profiled op `family`, which the all-gather is kept out of.
+const bf16* block_output_grad(const Ctx& x, const bf16* dres, float rs, bf16* dbranch,
+                              OpFamily family) {
+  bf16* mine = dbranch + x.row0 * x.m.d;
+  scale_forward_cuda(dres, rs, mine, x.nr * x.m.d, x.st);
+  if (x.sp) {
+    end_op(x.profile);
+    cuda_stream_synchronize(x.st);
+    all_gather(*x.tp, mine, dbranch, x.nr * x.m.d, DType::bf16);
+    wait(*x.tp);
+    begin_op(x.profile, family);
+  }
+  return dbranch;
 }
 
 void norm_forward(const ModelConfig& c, const bf16* x, const float* w, const float* b, bf16* y,
@@ -256,7 +320,9 @@ void norm_backward(const ModelConfig& c, const bf16* dy, const bf16* x, const fl
     rmsnorm_backward_cuda(dy, x, w, rstd, dx, dw, rows, c.d_model, st);
 }
 
-void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
+// Mixer forward: reads `in` [n, d] (the normed input, whole), writes the internals and `out`
+// [n, d] (under TP this rank's fp32 partial into acts.tp_partial instead).
+void mixer_forward(const Ctx& x, GpuLayerActivations& a, const bf16* in, bf16* out) {
   const ModelConfig& c = x.c;
   const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
@@ -267,8 +333,8 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
     case LayerKind::mamba: {
       const bf16* w_in = W + o.in_proj_w;
       begin_op(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.a, w_in, nullptr, a.xin, m.n, m.d, m.E, x.st);
-      linear_forward_cuda(a.a, w_in + m.E * m.d, nullptr, a.z, m.n, m.d, m.E, x.st);
+      linear_forward_cuda(in, w_in, nullptr, a.xin, m.n, m.d, m.E, x.st);
+      linear_forward_cuda(in, w_in + m.E * m.d, nullptr, a.z, m.n, m.d, m.E, x.st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::conv);
       causal_conv1d_silu_forward_cuda(a.xin, P + o.conv_w, P + o.conv_b, x.doc, a.xs, m.B, m.L,
@@ -310,15 +376,15 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
       const bf16* w = W + o.qkv_w;
       const float* b = param_at(P, o.qkv_b);
       begin_op(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.a, w, b, a.q, m.n, m.d, m.Hh, x.st);
+      linear_forward_cuda(in, w, b, a.q, m.n, m.d, m.Hh, x.st);
       const bf16* k = a.k;
       const bf16* v = a.v;
       if (cross) {
         k = x.acts.layers[c.kv_source_layer].k;
         v = x.acts.layers[c.kv_source_layer].v;
       } else {
-        linear_forward_cuda(a.a, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh, x.st);
-        linear_forward_cuda(a.a, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d,
+        linear_forward_cuda(in, w + m.Hh * m.d, b ? b + m.Hh : b, a.k, m.n, m.d, m.Gh, x.st);
+        linear_forward_cuda(in, w + (m.Hh + m.Gh) * m.d, b ? b + m.Hh + m.Gh : b, a.v, m.n, m.d,
                             m.Gh, x.st);
         if (c.rope) {
           rope_forward_cuda(a.q, a.q, m.B, m.L, m.H, m.h, c.rope_theta, x.st);
@@ -350,7 +416,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
     case LayerKind::gmu: {
       const bf16* memory = x.acts.layers[c.memory_layer].y;
       begin_op(x.profile, OpFamily::projection);
-      linear_forward_cuda(a.a, W + o.gmu_in_w, nullptr, a.g, m.n, m.d, m.E, x.st);
+      linear_forward_cuda(in, W + o.gmu_in_w, nullptr, a.g, m.n, m.d, m.E, x.st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::gmu);
       gmu_forward_cuda(memory, a.g, param_at(P, o.gmu_norm_w), a.gm, a.gmu_rstd, m.n, m.E,
@@ -363,8 +429,10 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, bf16* out) {
   }
 }
 
-void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout, float* G,
-                    GpuBackwardScratch& g) {
+// Mixer backward: dout [n, d] is the gradient of the mixer's output and `in` its input (whole);
+// adds into g.da (under TP: the fp32 partial in acts.tp_partial) and the parameter gradients G.
+void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* in, const bf16* dout,
+                    float* G, GpuBackwardScratch& g) {
   const ModelConfig& c = x.c;
   const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
@@ -422,9 +490,9 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
       const bf16* w_in = W + o.in_proj_w;
-      region_linear_backward(x, g.dxin, a.a, w_in, g.da, G + o.in_proj_w, nullptr, m.d, m.E,
+      region_linear_backward(x, g.dxin, in, w_in, g.da, G + o.in_proj_w, nullptr, m.d, m.E,
                              true);
-      region_linear_backward(x, g.dz, a.a, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
+      region_linear_backward(x, g.dz, in, w_in + m.E * m.d, g.da, G + o.in_proj_w + m.E * m.d,
                              nullptr, m.d, m.E, false);
       break;
     }
@@ -435,8 +503,14 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       const bool kv_source = x.layer == c.kv_source_layer;
       begin_op(x.profile, OpFamily::projection);
       zero(g.dq, m.n * m.Hh, st), zero(g.do_, m.n * m.Hh, st);
-      linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, param_at(G, o.o_b), m.n, m.Hh, m.d,
-                           st);
+      // The output bias's gradient: from every row, or under SP from this rank's rows (the
+      // whole-tensor gradients of SP ranks are summed in gpu_reduce_tensor_parallel_grads).
+      float* g_ob = param_at(G, o.o_b);
+      linear_backward_cuda(dout, a.o, W + o.o_w, g.do_, G + o.o_w, x.sp ? nullptr : g_ob, m.n, m.Hh,
+                           m.d, st);
+      if (x.sp && g_ob)
+        linear_backward_cuda(dout + x.row0 * m.d, nullptr, nullptr, nullptr, nullptr, g_ob, x.nr,
+                             m.Hh, m.d, st);
       end_op(x.profile);
       begin_op(x.profile, OpFamily::attention);
       const bf16* k = cross ? x.acts.layers[c.kv_source_layer].k : a.k;
@@ -473,11 +547,11 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
       const bf16* w = W + o.qkv_w;
       float* gw = G + o.qkv_w;
       float* gb = param_at(G, o.qkv_b);
-      region_linear_backward(x, g.dq, a.a, w, g.da, gw, gb, m.d, m.Hh, true);
+      region_linear_backward(x, g.dq, in, w, g.da, gw, gb, m.d, m.Hh, true);
       if (!cross) {
-        region_linear_backward(x, dk, a.a, w + m.Hh * m.d, g.da, gw + m.Hh * m.d,
+        region_linear_backward(x, dk, in, w + m.Hh * m.d, g.da, gw + m.Hh * m.d,
                                gb ? gb + m.Hh : gb, m.d, m.Gh, false);
-        region_linear_backward(x, dv, a.a, w + (m.Hh + m.Gh) * m.d, g.da,
+        region_linear_backward(x, dv, in, w + (m.Hh + m.Gh) * m.d, g.da,
                                gw + (m.Hh + m.Gh) * m.d, gb ? gb + m.Hh + m.Gh : gb, m.d, m.Gh,
                                false);
       }
@@ -495,7 +569,7 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
                         param_at(G, o.gmu_norm_w), m.n, m.E, st);
       end_op(x.profile);
       OpScope projection(x.profile, OpFamily::projection);
-      region_linear_backward(x, g.dg, a.a, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.d, m.E,
+      region_linear_backward(x, g.dg, in, W + o.gmu_in_w, g.da, G + o.gmu_in_w, nullptr, m.d, m.E,
                              true);
       break;
     }
@@ -505,19 +579,21 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* dout
 // The layer's body after its first norm (done by the caller, fused with the previous residual
 // add): the mixer, the residual add fused with the second norm, and the MLP into mlp_out (under
 // TP this rank's fp32 partial into acts.tp_partial instead: the caller sums it when it needs the
-// output).
+// output). Under SP x_in, x_mid and the norms cover this rank's nr rows, and each region's input
+// is gathered whole.
 void layer_body_forward(const Ctx& x, GpuLayerActivations& a, bf16* mixer_out, bf16* mlp_out,
                         float rs) {
   const GraphDims& m = x.m;
   const LayerOffsets& o = x.o;
-  mixer_forward(x, a, mixer_out);
-  region_sum(x, mixer_out);  // the mixer region's exit
+  mixer_forward(x, a, region_input(x, a.a), mixer_out);
+  const bf16* mixed = region_sum(x, mixer_out);  // the mixer region's exit
   begin_op(x.profile, OpFamily::norm);
-  norm_residual_forward(x.c, a.x_in, mixer_out, rs, a.x_mid, x.P + o.norm2_w, param_at(x.P, o.norm2_b),
-                        a.a2, a.ln2_mean, a.ln2_rstd, m.n, x.st);
+  norm_residual_forward(x.c, a.x_in, mixed, rs, a.x_mid, x.P + o.norm2_w, param_at(x.P, o.norm2_b),
+                        a.a2, a.ln2_mean, a.ln2_rstd, x.nr, x.st);
   end_op(x.profile);
+  const bf16* in2 = region_input(x, a.a2);
   OpScope mlp(x.profile, OpFamily::mlp);
-  linear_forward_cuda(a.a2, x.W + o.fc1_w, nullptr, a.h, m.n, m.d, 2 * m.F, x.st);
+  linear_forward_cuda(in2, x.W + o.fc1_w, nullptr, a.h, m.n, m.d, 2 * m.F, x.st);
   swiglu_forward_cuda(a.h, a.s, m.n, m.F, x.st);
   row_parallel_forward(x, a.s, x.W + o.fc2_w, nullptr, mlp_out, x.acts.tp_partial, m.F, m.d);
 }
@@ -528,27 +604,30 @@ void layer_backward(const Ctx& x, const GpuLayerActivations& a, float* G, GpuBac
   const LayerOffsets& o = x.o;
   const int64_t nd = m.n * m.d;
   const cudaStream_t st = x.st;
+  // Under SP the block outputs' gradients and the regions' inputs are gathered whole (the
+  // collectives between the profiled ops), the regions' input gradients reduce-scattered.
+  const bf16* in2 = region_input(x, a.a2);
   begin_op(x.profile, OpFamily::mlp);
-  scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
+  const bf16* dout = block_output_grad(x, g.dres, rs, g.dbranch, OpFamily::mlp);
   zero(g.ds, m.n * m.F, st), zero(g.dh, m.n * 2 * m.F, st), zero(g.da, nd, st);
-  linear_backward_cuda(g.dbranch, a.s, x.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.n, m.F, m.d,
-                       st);
+  linear_backward_cuda(dout, a.s, x.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.n, m.F, m.d, st);
   swiglu_backward_cuda(g.ds, a.h, g.dh, m.n, m.F, st);
-  region_linear_backward(x, g.dh, a.a2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.d, 2 * m.F,
+  region_linear_backward(x, g.dh, in2, x.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.d, 2 * m.F,
                          true);
   end_op(x.profile);
-  region_sum(x, g.da);  // the MLP region's entry: its input gradient, whole
+  // The MLP region's entry: its input gradient, whole (this rank's rows under SP).
+  const bf16* da = region_sum(x, g.da);
   begin_op(x.profile, OpFamily::norm);
-  norm_backward(x.c, g.da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
-                G + o.norm2_w, param_at(G, o.norm2_b), m.n, st);
-  scale_forward_cuda(g.dres, rs, g.dbranch, nd, st);
+  norm_backward(x.c, da, a.x_mid, x.P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres,
+                G + o.norm2_w, param_at(G, o.norm2_b), x.nr, st);
+  dout = block_output_grad(x, g.dres, rs, g.dbranch, OpFamily::norm);
   zero(g.da, nd, st);
   end_op(x.profile);
-  mixer_backward(x, a, g.dbranch, G, g);
-  region_sum(x, g.da);  // the mixer region's entry: its input gradient, whole
+  mixer_backward(x, a, region_input(x, a.a), dout, G, g);
+  da = region_sum(x, g.da);  // the mixer region's entry: its input gradient, whole
   OpScope norm(x.profile, OpFamily::norm);
-  norm_backward(x.c, g.da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
-                G + o.norm1_w, param_at(G, o.norm1_b), m.n, st);
+  norm_backward(x.c, da, a.x_in, x.P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres,
+                G + o.norm1_w, param_at(G, o.norm1_b), x.nr, st);
 }
 
 }  // namespace
@@ -585,13 +664,15 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimi
 void gpu_reduce_tensor_parallel_grads(GpuModel& m) {
   const Communicator* tp = tensor_parallel_group(m.split);
   if (!tp) return;
-  // One collective per run of adjacent such tensors (a layer's lambdas and head norm).
+  // One collective per run of adjacent such tensors (a layer's lambdas and head norm; under SP
+  // also the whole tensors, each rank's gradient from its own rows: embedding, norms, biases).
+  const bool sp = m.split.sequence_parallel;
   int64_t begin = 0, end = 0;
   auto flush = [&] {
     if (end > begin) tp_sum(tp, m.grads + begin, end - begin, DType::f32, m.stream);
   };
   for (const ParamSpec& p : m.layout.params) {
-    if (!p.tp_partial_grad) continue;
+    if (!(p.tp_partial_grad || (p.tp_dim < 0 && sp))) continue;
     if (p.offset != end) flush(), begin = end = p.offset;
     end += p.numel;
   }
@@ -623,18 +704,19 @@ GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
   Arena measure = Arena::measuring("activations");
   GpuActivations dry;
   const bool tp = model.split.tp && model.split.tp->size > 1;
-  allocate_activations(model.config, B, L, recompute, tp, measure, dry);
+  const int64_t nr = gpu_row_split(model.split, B * L).nr;
+  allocate_activations(model.config, B, L, recompute, tp, nr, measure, dry);
   GpuActivations acts;
   acts.B = B, acts.L = L, acts.recompute = recompute;
   acts.memory = Arena(Device::cuda, measure.used, "activations");
-  allocate_activations(model.config, B, L, recompute, tp, acts.memory, acts);
+  allocate_activations(model.config, B, L, recompute, tp, nr, acts.memory, acts);
   return acts;
 }
 
 int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute) {
   Arena measure = Arena::measuring("activations");
   GpuActivations dry;
-  allocate_activations(config, B, L, recompute, false, measure, dry);
+  allocate_activations(config, B, L, recompute, false, B * L, measure, dry);
   return static_cast<int64_t>(measure.used);
 }
 
@@ -666,44 +748,56 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   const ParamLayout& lay = model.layout;
   const int n_layers = static_cast<int>(c.layers.size());
   GpuProfile* prof = model.profile;
+  // Under SP the embedding, the residual stream, the norms and the loss cover this rank's rows.
+  const GpuRows rows = gpu_row_split(model.split, m.n);
+  const int64_t nr = rows.nr;
   begin_op(prof, OpFamily::embedding);
-  embedding_forward_cuda(acts.tokens, model.params_bf16 + lay.embedding, acts.layers[0].x_in, m.n,
-                         c.vocab, m.d, st);
+  embedding_forward_cuda(acts.tokens + rows.row0, model.params_bf16 + lay.embedding,
+                         acts.layers[0].x_in, nr, c.vocab, m.d, st);
   end_op(prof);
   GpuLayerActivations& first = acts.layers[0];
   begin_op(prof, OpFamily::norm);
   norm_forward(c, first.x_in, model.params + lay.layers[0].norm1_w,
                param_at(model.params, lay.layers[0].norm1_b), first.a, first.ln1_mean, first.ln1_rstd,
-               m.n, st);
+               nr, st);
   end_op(prof);
   const Communicator* tp = tensor_parallel_group(model.split);
   const int tp_rank = tp ? tp->rank : 0;
   for (int i = 0; i < n_layers; ++i) {
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
-          tp_rank};
+          tp_rank, rows.sp, nr, rows.row0};
     GpuLayerActivations& a = acts.layers[i];
     layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
-    region_sum(x, acts.mlp_out);  // the MLP region's exit
+    const bf16* mlp = region_sum(x, acts.mlp_out);  // the MLP region's exit
     OpScope norm(prof, OpFamily::norm);
     if (i + 1 < n_layers) {
       // The residual add of this layer's MLP fused with the next layer's first norm.
       GpuLayerActivations& next = acts.layers[i + 1];
       const LayerOffsets& no = lay.layers[i + 1];
-      norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, next.x_in, model.params + no.norm1_w,
+      norm_residual_forward(c, a.x_mid, mlp, rs, next.x_in, model.params + no.norm1_w,
                             param_at(model.params, no.norm1_b), next.a, next.ln1_mean, next.ln1_rstd,
-                            m.n, st);
+                            nr, st);
     } else {
-      norm_residual_forward(c, a.x_mid, acts.mlp_out, rs, acts.final_x,
+      norm_residual_forward(c, a.x_mid, mlp, rs, acts.final_x,
                             model.params + lay.final_norm_w, param_at(model.params, lay.final_norm_b),
-                            acts.final_out, acts.final_mean, acts.final_rstd, m.n, st);
+                            acts.final_out, acts.final_mean, acts.final_rstd, nr, st);
     }
   }
   ForwardResult r;
   OpScope loss(prof, OpFamily::loss);
   r.loss_sum = tied_cross_entropy_forward_cuda(
-      acts.final_out, model.params_bf16 + lay.embedding, acts.targets, acts.ce_lse, m.n, m.d,
-      c.vocab, static_cast<float>(model.logit_scale), std::min<int64_t>(kLossVocabChunk, c.vocab),
-      &r.valid_rows, st);
+      acts.final_out, model.params_bf16 + lay.embedding, acts.targets + rows.row0, acts.ce_lse, nr,
+      m.d, c.vocab, static_cast<float>(model.logit_scale),
+      std::min<int64_t>(kLossVocabChunk, c.vocab), &r.valid_rows, st);
+  if (rows.sp) {  // each SP rank scored its own rows: the sums over the group, through the device
+    double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
+    cuda_copy_to_device(acts.tp_scalars, sums, sizeof(sums));
+    cuda_stream_synchronize(nullptr);
+    all_reduce(*tp, acts.tp_scalars, acts.tp_scalars, 2, DType::f64, ReduceOp::sum);
+    wait(*tp);
+    cuda_copy_to_host(sums, acts.tp_scalars, sizeof(sums));
+    r.loss_sum = sums[0], r.valid_rows = static_cast<int64_t>(sums[1]);
+  }
   return r;
 }
 
@@ -727,29 +821,34 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   if (g.dk_shared) zero(g.dk_shared, m.n * m.Gh, st), zero(g.dv_shared, m.n * m.Gh, st);
   if (g.dmemory) zero(g.dmemory, m.n * m.E, st);
   GpuProfile* prof = model.profile;
+  // Under SP the loss, the final norm, the residual stream and the embedding cover this rank's
+  // rows (their whole-tensor gradients are summed over TP in gpu_reduce_tensor_parallel_grads).
+  const GpuRows rows = gpu_row_split(model.split, m.n);
+  const int64_t nr = rows.nr;
   begin_op(prof, OpFamily::loss);
-  zero(g.da, m.n * m.d, st), zero(g.dres, m.n * m.d, st);
-  tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding, acts.targets,
-                                   acts.ce_lse, g.da, G + lay.embedding, m.n, m.d, c.vocab,
-                                   static_cast<float>(model.logit_scale),
+  zero(g.da, nr * m.d, st), zero(g.dres, nr * m.d, st);
+  tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding,
+                                   acts.targets + rows.row0, acts.ce_lse, g.da, G + lay.embedding,
+                                   nr, m.d, c.vocab, static_cast<float>(model.logit_scale),
                                    std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale, st);
   end_op(prof);
   begin_op(prof, OpFamily::norm);
   norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
-                acts.final_rstd, g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), m.n, st);
+                acts.final_rstd, g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), nr,
+                st);
   end_op(prof);
   const Communicator* tp = tensor_parallel_group(model.split);
   const int tp_rank = tp ? tp->rank : 0;
   for (int i = n_layers - 1; i >= 0; --i) {
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
-          tp_rank};
+          tp_rank, rows.sp, nr, rows.row0};
     GpuLayerActivations& a = acts.layers[i];
     if (acts.recompute) {
       // Re-run the layer from its saved input with the same kernels as the forward (the first
       // norm unfused: it computes the same statistics from the same stored input).
       begin_op(prof, OpFamily::norm);
       norm_forward(c, a.x_in, model.params + x.o.norm1_w, param_at(model.params, x.o.norm1_b), a.a,
-                   a.ln1_mean, a.ln1_rstd, m.n, st);
+                   a.ln1_mean, a.ln1_rstd, nr, st);
       end_op(prof);
       layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
     }
@@ -758,7 +857,8 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   }
   {
     OpScope embedding(prof, OpFamily::embedding);
-    embedding_backward_cuda(acts.tokens, g.dres, G + lay.embedding, m.n, c.vocab, m.d, st);
+    embedding_backward_cuda(acts.tokens + rows.row0, g.dres, G + lay.embedding, nr, c.vocab, m.d,
+                            st);
   }
   if (grads_ready) grads_ready(0);
 }

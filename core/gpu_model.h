@@ -16,9 +16,19 @@
 // made in fp32, summed in fp32 and rounded to bf16 once, as the single-rank GEMM rounds its
 // fp32 accumulation once: TP then differs from one rank by the order of fp32 additions (and
 // where one rank rounds between the products that add into one input gradient, TP does not), at
-// twice the bytes of a bf16 reduction. The attention output bias is added on TP rank 0 only. Sequence and context parallelism and the nGMU under TP are CPU-only
-// for now (make_gpu_model refuses them). With no TP group, or one of size 1, nothing changes:
-// no collective, no extra synchronisation.
+// twice the bytes of a bf16 reduction. The attention output bias is added on TP rank 0 only.
+//
+// Sequence parallelism (ModelSplit::sequence_parallel, under TP; the CPU model's): the residual
+// stream, the norms, the embedding and the loss cover this rank's nr = B L / tp rows
+// [rank nr, (rank + 1) nr). A region's entry all-gathers the bf16 normed rows (into
+// GpuActivations::region_in; the backward gathers the saved rows again rather than keeping them
+// whole), its exit reduce-scatters the fp32 partial sums and rounds this rank's rows to bf16 once;
+// in backward the block outputs' gradients are all-gathered and the regions' input gradients
+// reduce-scattered. The loss sum and valid count are summed over TP, and the gradients of whole
+// tensors (each rank's from its own rows; the attention output bias's too) are summed over TP by
+// gpu_reduce_tensor_parallel_grads. Context parallelism and the nGMU under TP are CPU-only for
+// now (make_gpu_model refuses them). With no TP group, or one of size 1, nothing changes: no
+// collective, no extra synchronisation.
 #pragma once
 
 #include "core/arena.h"
@@ -57,16 +67,17 @@ struct GpuModel {
 // Allocates the device buffers and copies the parameters of a CPU model (fp32 master) to them;
 // zeroes gradients and moments. The CPU model's residual and logit scales, configs and split
 // carry over (a shard from make_model_shard gives a TP shard on the GPU). Throws sambay::Error,
-// before touching the GPU, for what the GPU model does not run yet: sequence or context
-// parallelism, the nGMU under TP, or a TP group whose backend reduces host buffers (mpi).
+// before touching the GPU, for what the GPU model does not run yet: context parallelism, the
+// nGMU under TP, or a TP group whose backend reduces host buffers (mpi).
 template <typename T>
 // optimizer_values: the AdamW moments' length (-1: the whole layout).
 GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimizer_values = -1);
 // The GPU form of reduce_tensor_parallel_grads: sums over the TP group the fp32 gradients of
 // whole tensors that each TP rank computed only in part (ParamSpec::tp_partial_grad:
-// differential attention's lambda vectors and head norm). Call once per step, after the last
-// micro-batch's backward and before gradients are reduced over data parallelism. Does nothing
-// without a TP group of several ranks.
+// differential attention's lambda vectors and head norm; under sequence parallelism every whole
+// tensor, ParamSpec::tp_dim < 0, each rank's gradient being from its own rows). Call once per
+// step, after the last micro-batch's backward and before gradients are reduced over data
+// parallelism. Does nothing without a TP group of several ranks.
 void gpu_reduce_tensor_parallel_grads(GpuModel& m);
 // The fp32 master parameters and gradients back on the host, in the flat layout.
 std::vector<float> download_params(const GpuModel& m);
@@ -118,6 +129,12 @@ struct GpuActivations {
   // Under TP (a group of several ranks): fp32 partial sums before their reduction over the group,
   // [n, max(d, R + 2N)]; null otherwise.
   float* tp_partial = nullptr;
+  // Under SP: a region's input gathered whole, [n, d] bf16, and the loss sum and valid count
+  // summed over the TP group (2 values); null otherwise. The residual-stream buffers (x_in,
+  // x_mid, the normed a and a2, their statistics, mixer_out, mlp_out, final_*, ce_lse, dres)
+  // then hold this rank's n / tp rows.
+  bf16* region_in = nullptr;
+  double* tp_scalars = nullptr;
 };
 
 GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L, bool recompute);
@@ -130,7 +147,8 @@ void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* to
                   const int32_t* targets, const int32_t* doc);
 
 // Forward and loss on the uploaded batch (synchronises to return the loss). Under TP every rank
-// of the group computes the whole loss (the same value).
+// of the group computes the whole loss (the same value; under SP each rank its rows', summed
+// over the group).
 ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc);
 // Adds grad_scale * d(loss_sum)/d(params) into model.grads (does not synchronise).
 // After each layer's backward (and once more at the end with 0), grads_ready(first) is told that

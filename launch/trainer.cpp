@@ -198,8 +198,6 @@ int run_training(const TrainConfig& cfg) {
     if (cfg.cp > 1)
       fail("option --cp {}: context parallelism runs on the CPU backend only for now "
            "(--device cpu)", cfg.cp);
-    if (cfg.sequence_parallel)
-      fail("option --sequence_parallel: runs on the CPU backend only for now (--device cpu)");
     cuda_set_device(grid.gpu);
   }
   const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";

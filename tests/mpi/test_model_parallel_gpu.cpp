@@ -1,12 +1,13 @@
 // Tensor and data parallelism of the GPU model under mpirun, with 1 or 2 ranks sharing the one
 // GPU of the GPU machine (host-staged MPI communicators: NCCL cannot put two ranks on one GPU),
 // against the single-rank GPU model on the same parameters and micro-batches. GPU tests skip
-// without a GPU; the refusals (sequence and context parallelism, the nGMU under TP, a TP group
-// on host buffers) are checked before any GPU work, so they run anywhere with 2 ranks.
+// without a GPU; the refusals (context parallelism, the nGMU under TP, a TP group on host
+// buffers) are checked before any GPU work, so they run anywhere with 2 ranks.
 //
 // TP: this rank's shard (make_model_shard) on the GPU; loss on every rank and the gradients,
-// gathered over TP into whole tensors, against the single-rank run. With one rank the "TP
-// group" has size 1 and the results must be bit-identical (the single-rank path is unchanged).
+// gathered over TP into whole tensors, against the single-rank run; TP+SP (sequence parallelism:
+// the residual stream, norms, embedding and loss on this rank's rows) likewise. With one rank the
+// "TP group" has size 1 and the results must be bit-identical (the single-rank path is unchanged).
 // DP: each rank runs its half of the micro-batches on the whole model, fp32 gradients summed
 // over the ranks.
 //
@@ -245,13 +246,18 @@ constexpr double kTpPartialGradFloorFactor = 3;
 constexpr double kDpLossTolerance = 1e-9;
 constexpr double kDpGradTolerance = 1e-5;
 
-TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
-  SAMBAY_REQUIRE_GPU();
+// TP (with sequence parallelism when `sequence_parallel`) against the single-rank GPU run, over
+// the four variants; see the tolerances above. Under SP the residual stream, norms, embedding and
+// loss run on B L / 2 rows per rank, the regions gather their input and reduce-scatter their
+// output: the same sums as TP's all-reduce, cut by rows, so the same tolerances hold (the
+// whole-tensor gradients are each rank's rows' part, summed over TP in fp32). Measured (H100):
+// TP2+SP's loss and per-tensor gradient errors equal TP2's to the three digits printed.
+void check_tensor_parallel(bool sequence_parallel) {
   const int world = world_size();
-  if (world > 2) GTEST_SKIP() << "written for 1 or 2 ranks, got " << world;
   ProcessGrid grid = make_process_grid(world, 1);  // every rank in one TP group
   const Communicator tp = make_communicator(grid.tp, CommBackend::mpi_host_staged, "tp");
   const Communicator tp_host = make_communicator(grid.tp, CommBackend::mpi, "tp_host");
+  const std::string layout = fmt::format("TP{}{}", tp.size, sequence_parallel ? "+SP" : "");
   for (const char* variant : kVariants) {
     const auto t0 = std::chrono::steady_clock::now();
     const ModelConfig mc = gpu_config(variant);
@@ -268,14 +274,14 @@ TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
     const Comparison base = compare(full.layout, order, ref);
 
     ModelSplit split;
-    split.tp = &tp;
+    split.tp = &tp, split.sequence_parallel = sequence_parallel;
     Model<float> shard = make_model_shard<float>(mc, 5, split);
     shard_params(full.layout, shard.layout, full.params.data(), shard.params.data(), tp.size,
                  tp.rank);
     GpuRun mine = run_on_gpu(shard, batch, 0, batch.size(), valid);
     // Recompute re-runs each layer's forward, collectives included: bit-identical gradients.
     expect_bit_identical(run_on_gpu(shard, batch, 0, batch.size(), valid, true), mine,
-                         std::string(variant) + " TP with recompute");
+                         std::string(variant) + " " + layout + " with recompute");
     // Whole tensors: every TP rank's shard, gathered and put back in place.
     std::vector<float> shards(shard.layout.total * tp.size);
     all_gather(tp_host, mine.grads.data(), shards.data(), shard.layout.total, DType::f32);
@@ -285,13 +291,13 @@ TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
                      tp_run.grads.data(), tp.size, r);
 
     if (tp.size == 1) {
-      expect_bit_identical(tp_run, ref, std::string(variant) + " TP1");
+      expect_bit_identical(tp_run, ref, std::string(variant) + " " + layout);
     } else {
       const Comparison c = compare(full.layout, tp_run, ref);
       // The one-rank GPU run's own error against fp64 (the bf16 noise floor).
       const Comparison noise_floor =
           compare(full.layout, ref, run_fp64(mc, full, batch, valid));
-      EXPECT_LE(c.loss, kTpLossTolerance) << variant << ": TP2 loss " << tp_run.loss
+      EXPECT_LE(c.loss, kTpLossTolerance) << variant << ": " << layout << " loss " << tp_run.loss
                                           << " vs single-rank " << ref.loss;
       for (size_t i = 0; i < full.layout.params.size(); ++i) {
         const double floor_bound = kTpPartialGradFloorFactor * noise_floor.per_tensor[i];
@@ -300,28 +306,42 @@ TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
                                      : kTpGradTolerance;
         EXPECT_LE(c.per_tensor[i], tolerance)
             << variant << " " << full.layout.params[i].name
-            << ": TP2 gradient differs from the single-rank run (summation-order reference "
+            << ": " << layout
+            << " gradient differs from the single-rank run (summation-order reference "
             << base.per_tensor[i] << ", one rank vs fp64 " << noise_floor.per_tensor[i]
             << ")";
       }
       if (print_rank() && std::getenv("SAMBAY_TEST_TABLE"))
         for (size_t i = 0; i < full.layout.params.size(); ++i)
-          fmt::print("  {:<40} TP {:.2e}  order ref {:.2e}  one rank vs fp64 {:.2e}\n",
-                     full.layout.params[i].name, c.per_tensor[i], base.per_tensor[i],
+          fmt::print("  {:<40} {} {:.2e}  order ref {:.2e}  one rank vs fp64 {:.2e}\n",
+                     full.layout.params[i].name, layout, c.per_tensor[i], base.per_tensor[i],
                      noise_floor.per_tensor[i]);
       if (print_rank())
-        fmt::print("{} TP{}: loss rel diff {:.2e} (order ref {:.2e}, one rank vs fp64 {:.2e}); "
+        fmt::print("{} {}: loss rel diff {:.2e} (order ref {:.2e}, one rank vs fp64 {:.2e}); "
                    "worst gradient {:.2e} ({}), order ref worst {:.2e} ({}), one rank vs fp64 "
                    "worst {:.2e} ({}); {:.1f} s\n",
-                   variant, tp.size, c.loss, base.loss, noise_floor.loss, c.worst,
+                   variant, layout, c.loss, base.loss, noise_floor.loss, c.worst,
                    c.worst_name, base.worst, base.worst_name, noise_floor.worst,
                    noise_floor.worst_name, seconds_since(t0));
     }
     if (tp.size == 1 && print_rank())
-      fmt::print("{} TP1: bit-identical to the single-rank run; summation-order reference: loss "
+      fmt::print("{} {}: bit-identical to the single-rank run; summation-order reference: loss "
                  "{:.2e}, worst gradient {:.2e} ({}); {:.1f} s\n",
-                 variant, base.loss, base.worst, base.worst_name, seconds_since(t0));
+                 variant, layout, base.loss, base.worst, base.worst_name, seconds_since(t0));
   }
+}
+
+TEST(ModelParallelGpu, TensorParallelMatchesSingleRank) {
+  SAMBAY_REQUIRE_GPU();
+  if (world_size() > 2) GTEST_SKIP() << "written for 1 or 2 ranks, got " << world_size();
+  check_tensor_parallel(false);
+}
+
+// With one rank the TP group has size 1 and SP is off (bit-identical to the single-rank run).
+TEST(ModelParallelGpu, SequenceParallelMatchesSingleRank) {
+  SAMBAY_REQUIRE_GPU();
+  if (world_size() > 2) GTEST_SKIP() << "written for 1 or 2 ranks, got " << world_size();
+  check_tensor_parallel(true);
 }
 
 TEST(ModelParallelGpu, DataParallelMatchesSingleRank) {
@@ -393,13 +413,9 @@ TEST(ModelParallelGpu, RefusesWhatIsCpuOnly) {
     ProcessGrid grid = make_process_grid(2, 1);
     const Communicator tp = make_communicator(grid.tp, CommBackend::mpi_host_staged, "tp");
     ModelSplit split;
-    split.tp = &tp, split.sequence_parallel = true;
-    const Model<float> sp = make_model_shard<float>(mc, 5, split);
-    expect_refused([&] { make_gpu_model(sp, nullptr); }, "sequence parallelism is CPU-only");
-
+    split.tp = &tp;
     ModelConfig ngmu = mc;
     ngmu.normalized_gmu = true;
-    split.sequence_parallel = false;
     const Model<float> n = make_model_shard<float>(ngmu, 5, split);
     expect_refused([&] { make_gpu_model(n, nullptr); }, "nGMU under tensor parallelism");
 

@@ -2,8 +2,9 @@
 # `sambay train --device cuda` under mpirun with 2 ranks sharing one GPU (the trainer picks the
 # host-staged MPI communicators: NCCL cannot put two ranks on one GPU) against one rank on the
 # same global batch: DP2 (also with gradient accumulation: only the step's last micro-batch
-# hands its gradient buckets to the group during backward) and TP2 runs of 10 steps of a small
-# SambaY+DA model. The GPU computes
+# hands its gradient buckets to the group during backward), TP2 and TP2 with sequence parallelism
+# (TP2+SP: the residual stream, norms, embedding and loss on half the rows per rank) runs of 10
+# steps of a small SambaY+DA model. The GPU computes
 # in bf16, and the layouts run GEMMs of other shapes (DP: half the micro-batch; TP: half the
 # heads and channels, fp32 partial sums), so the runs differ by bf16 rounding, not bit for bit:
 # losses and gradient norms must agree to 1e-2 relative (a missing gradient reduction moves the
@@ -33,6 +34,7 @@ run 1 np1 --micro_batch 4 --grad_accum 2
 run 2 dp2 --micro_batch 4 --dp_bucket_mb 0.5
 run 2 dp2_accum --micro_batch 2 --grad_accum 2 --dp_bucket_mb 0.5
 run 2 tp2 --tp 2 --micro_batch 4 --grad_accum 2
+run 2 tp2_sp --tp 2 --sequence_parallel true --micro_batch 4 --grad_accum 2
 run 1 from_dp2 --micro_batch 4 --grad_accum 2 --resume dp2/checkpoints/step_00000005
 run 2 dp2_from_np1 --micro_batch 4 --dp_bucket_mb 0.5 --resume np1/checkpoints/step_00000005
 mkdir -p last5
@@ -48,7 +50,7 @@ compare() {  # compare RUN REFERENCE STEPS
             exit (n != want || worst > 1e-2) }' || status=1
   done
 }
-for run in dp2 dp2_accum tp2; do compare $run np1 10; done
+for run in dp2 dp2_accum tp2 tp2_sp; do compare $run np1 10; done
 compare from_dp2 last5 5
 compare dp2_from_np1 last5 5
 exit $status
