@@ -200,12 +200,12 @@ template void init_params<float>(const ParamLayout&, float*, uint64_t);
 template void init_params<double>(const ParamLayout&, double*, uint64_t);
 
 ModelConfig tensor_parallel_config(const ModelConfig& full, int tp) {
-  SAMBAY_CHECK(tp >= 1, "tensor-parallel size must be at least 1, got {}", tp);
+  if (tp < 1) fail("tensor-parallel size must be at least 1, got {}", tp);
   auto divide = [&](int64_t value, const char* field, int64_t unit) {
-    SAMBAY_CHECK(value % (tp * unit) == 0,
-                 "model config '{}': {} = {} is not divisible by tensor-parallel size {}{}",
-                 full.name, field, value, tp,
-                 unit > 1 ? " times 2 (differential attention keeps head pairs on one rank)" : "");
+    if (value % (tp * unit) != 0)
+      fail("model config '{}': {} = {} is not divisible by tensor-parallel size {}{}", full.name,
+           field, value, tp,
+           unit > 1 ? " times 2 (differential attention keeps head pairs on one rank)" : "");
     return value / tp;
   };
   ModelConfig c = full;

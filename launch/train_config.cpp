@@ -146,6 +146,8 @@ void validate_train_config(const TrainConfig& c) {
       need(false, "tp", e.what());
     }
   }
+  need(!c.sequence_parallel || c.tp > 1, "sequence_parallel",
+       "splits rows between the ranks of a tensor-parallel group: it needs --tp > 1");
   need(!c.sequence_parallel || c.micro_batch * (c.seq_len / c.cp) % c.tp == 0,
        "sequence_parallel",
        fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",

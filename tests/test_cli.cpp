@@ -79,6 +79,29 @@ TEST(Cli, ConfigFileErrorsNameTheFile) {
   fs::remove_all(dir);
 }
 
+// Parallel layouts the model or the sequence cannot take are refused before any work, naming
+// the option and what does not divide (a single process: the checks do not need the ranks).
+TEST(Cli, ImpossibleParallelLayoutsAreNamed) {
+  const fs::path dir = scratch_dir("badlayout");
+  const std::string data = make_corpus(dir);
+  const struct {
+    std::string flags, expected;
+  } cases[] = {
+      {"--model tiny-sambay-da --tp 2", "option --tp: model config 'tiny-sambay-da': n_kv_heads = 2"},
+      {"--model tiny-sambay --tp 3", "option --tp: model config 'tiny-sambay': d_inner = 14 is not "
+                                     "divisible by tensor-parallel size 3"},
+      {"--model tiny-sambay --seq_len 30 --cp 2", "option --cp: seq_len = 30 is not divisible by 2 cp = 4"},
+      {"--model tiny-sambay --seq_len 8 --cp 2", "option --cp: chunks of 2 positions"},
+      {"--model tiny-sambay --sequence_parallel true", "option --sequence_parallel: splits rows"},
+  };
+  for (const auto& c : cases) {
+    RunResult r = run_sambay(fmt::format("train --data {} {}", data, c.flags));
+    EXPECT_EQ(r.exit_code, 2) << c.flags << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.flags << "\n" << r.output;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Cli, MissingDataIsNamed) {
   RunResult r = run_sambay("train --data /nonexistent/corpus --steps 1 --warmup 0");
   EXPECT_EQ(r.exit_code, 2) << r.output;
