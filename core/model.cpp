@@ -213,11 +213,12 @@ struct LayerContext {
   const Communicator* cp;  // context-parallel group; null: this rank holds whole rows
 };
 
-// ---- Context parallelism: this rank holds positions [cp_rank L, (cp_rank + 1) L) of each row.
+// ---- Context parallelism: this rank holds two chunks of every sample, run as the m.B = 2B rows
+// of m.L positions each (parallel/context_parallel.h).
 
-// The causal conv1d of this rank's chunk xin [B, L, E] into out. Under CP the previous rank's
-// last K - 1 positions are put before the chunk (acts.conv_in, [B, K - 1 + L, E]) and the
-// outputs of the chunk's own positions kept.
+// The causal conv1d of xin [m.B, m.L, E] into out. Under CP the last K - 1 positions of the
+// chunk before each run (held by whichever rank) are put before it (acts.conv_in,
+// [m.B, K - 1 + m.L, E]) and the outputs of the run's own positions kept.
 template <typename T>
 void conv_forward(const LayerContext<T>& x, const T* xin, T* out) {
   const GraphDims& m = x.m;
@@ -240,8 +241,8 @@ void conv_forward(const LayerContext<T>& x, const T* xin, T* out) {
     std::copy_n(x.acts.conv_out + (b * Le + h) * m.E, m.L * m.E, out + b * m.L * m.E);
 }
 
-// Its backward: dy [B, L, E] -> dxin (added) and the conv's parameter gradients; under CP the
-// halo's gradient is added into the previous rank's dxin.
+// Its backward: dy [m.B, m.L, E] -> dxin (added) and the conv's parameter gradients; under CP
+// the halo's gradient is added into the dxin of the chunk it came from.
 template <typename T>
 void conv_backward(const LayerContext<T>& x, const T* dy, const T* xin, T* dxin, T* G) {
   const GraphDims& m = x.m;
@@ -274,9 +275,9 @@ void conv_backward(const LayerContext<T>& x, const T* dy, const T* xin, T* dxin,
   return_halo_grad(*x.cp, halo.data(), dxin, m.B / 2, m.L, m.E, h);
 }
 
-// The selective scan of this rank's chunk. Under CP: scanned from a zero state to get the
-// chunk's final state and decay, the carried state folded over the ranks, then scanned again
-// from it (y and out are those of the second scan).
+// The selective scan of the rank's rows. Under CP: each run scanned from a zero state to get its
+// final state and decay, the carried states folded over the chunks, then scanned again from them
+// (y and out are those of the second scan).
 template <typename T>
 void scan_forward(const LayerContext<T>& x, LayerActivations<T>& a) {
   const GraphDims& m = x.m;

@@ -78,8 +78,9 @@ struct LayerActivations {
   // Attention: q [n, Hh], k, v [n, Gh] (self layers), o [n, Hh], lse [B, H, L] (plain).
   T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
   DiffAttentionSaved diff{};
-  // Mamba under context parallelism: the scan state carried into this rank's chunk, and the
-  // chunk's decay (kernels/selective_scan.h ScanCarry), [B, E, N] each.
+  // Mamba under context parallelism: the scan state carried into each of this rank's 2B runs
+  // (its two chunks of every sample), and each run's decay (kernels/selective_scan.h ScanCarry),
+  // [2B, E, N] each.
   T *scan_state_in = nullptr, *scan_decay = nullptr;
   // GMU: g = x W_1 [n, E]; gm = m * silu(g) [n, E], for the nGMU normed, with the gated value
   // before the norm in gated [n, E] and the norm's rstd [n].
@@ -103,7 +104,8 @@ struct BackwardScratch {
   T *dk_shared = nullptr, *dv_shared = nullptr, *dmemory = nullptr;
 };
 
-// Planned activation memory for micro-batches of [B, L].
+// Planned activation memory for micro-batches of [B, L] (under context parallelism, this rank's
+// L = seq_len / cp positions of each sample: parallel/context_parallel.h take_context_chunks).
 template <typename T>
 struct Activations {
   int64_t B = 0, L = 0;
@@ -114,14 +116,15 @@ struct Activations {
   // [n, d] block outputs before the residual add (under TP, this rank's partial sums).
   T *mixer_out = nullptr, *mlp_out = nullptr;
   T* region_in = nullptr;  // [n, d] a norm's output gathered over sequence-parallel ranks
-  // Context parallelism (parallel/context_parallel.h), with Lw = cp L positions per row:
-  std::vector<int32_t> doc_whole;  // [B, Lw] document ids of the whole rows (empty: no ids)
-  std::vector<int32_t> conv_doc;   // [B, K - 1 + L] ids of the conv input below (empty: none)
-  T *k_whole = nullptr, *v_whole = nullptr;    // [B, Lw, Gh] keys and values of whole rows
+  // Context parallelism (parallel/context_parallel.h): this rank's L positions of a sample are
+  // two chunks of h = L / 2, run as 2B rows of h; a whole sample has Lw = cp L positions.
+  std::vector<int32_t> doc_whole;  // [B, Lw] document ids of the whole samples (empty: no ids)
+  std::vector<int32_t> conv_doc;   // [2B, K - 1 + h] ids of the conv input below (empty: none)
+  T *k_whole = nullptr, *v_whole = nullptr;    // [B, Lw, Gh] keys and values of whole samples
   T *dk_whole = nullptr, *dv_whole = nullptr;  // [B, Lw, Gh] their gradients from this rank
-  T *conv_in = nullptr, *conv_out = nullptr;   // [B, K - 1 + L, E] conv input with the previous
-  T* conv_dx = nullptr;                        // rank's K - 1 positions; output; input gradient
-  T *scan_state = nullptr, *scan_dstate = nullptr;  // [B, E, N] scratch of the scan's carry
+  T *conv_in = nullptr, *conv_out = nullptr;   // [2B, K - 1 + h, E] each run after the last
+  T* conv_dx = nullptr;  // K - 1 positions of the chunk before it; output; input gradient
+  T *scan_state = nullptr, *scan_dstate = nullptr;  // [2B, E, N] scratch of the scan's carry
   T *final_x = nullptr, *final_mean = nullptr, *final_rstd = nullptr, *final_out = nullptr;
   T* ce_lse = nullptr;  // [n] the loss's log-sum-exp per row
 };
