@@ -92,15 +92,19 @@ class ShardReader {
   void read_slice(const GlobalTensor& t, int dim, int64_t offset, int64_t size, float* out) {
     read_box(t, slice_box(t.shape, dim, offset, size), out);
   }
-  // Verifies a piece's checksum and placement without keeping its values; returns the crc32c.
-  uint32_t verify_piece(const GlobalTensor& t, const ShardPiece& piece);
+  // Verifies a piece's checksum and placement without keeping its values.
+  struct PieceCheck {
+    uint32_t crc32c = 0;
+    int64_t non_finite = 0;  // NaN and infinite values among its elements
+  };
+  PieceCheck verify_piece(const GlobalTensor& t, const ShardPiece& piece);
 
  private:
   hid_t file(const std::string& name);
   // Streams a piece in row blocks, checks it, and copies its overlap with `want` into out
-  // (out may be null: verification only).
-  uint32_t read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
-                      float* out);
+  // (out may be null: verification only, which also counts non-finite values).
+  PieceCheck read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
+                        float* out);
   std::string dir_;
   std::map<std::string, h5::Id> files_;
 };
