@@ -66,7 +66,7 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
                                             int threads) {
   static const std::set<std::string> ignored = {
       "out_dir", "device", "threads", "log_every", "eval_every", "eval_batches",
-      "save_every", "keep_checkpoints", "resume"};
+      "save_every", "keep_checkpoints", "resume", "watchdog", "watchdog_s", "on_log_error"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
   std::vector<std::string> out;
   if (before.empty()) return out;  // an imported checkpoint: no run to compare with
