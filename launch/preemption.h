@@ -13,7 +13,7 @@ namespace sambay {
 // deaths by signal (128 + n).
 constexpr int kExitRequeue = 75;
 
-// Installs the SIGUSR1 and SIGTERM handlers (idempotent).
+// Installs the SIGUSR1 and SIGTERM handlers and unblocks both signals (idempotent).
 void install_preemption_handlers();
 
 // The signal that asked to stop (SIGUSR1 or SIGTERM), or 0.

@@ -43,8 +43,8 @@ class RunDirLock {
   std::vector<std::string> created_;  // directories made by the constructor, outermost first
 };
 
-// Fails with "<what> <dir>: cannot write there: <reason>" unless this process can create
-// files in `dir` (tried: a probe file is created and removed). A missing directory is
+// Fails with "<what> <dir>: cannot write there (<reason>)" unless this process may create
+// files in `dir` (access(2): permissions and read-only file systems). A missing directory is
 // checked through its nearest existing parent, where it would be created.
 void check_writable_directory(const std::string& dir, const std::string& what);
 

@@ -93,17 +93,24 @@ double Watchdog::limit_locked(WatchPhase phase) const {
 
 void Watchdog::run() {
   std::unique_lock lock(mutex_);
+  Clock::time_point due = Clock::now();  // when this check was meant to run
   while (!stopping_) {
+    const Clock::time_point now = Clock::now();
     const double limit = limit_locked(phase_);
-    const double waited = seconds_between(since_, Clock::now());
-    if (waited > limit) fire(phase_, step_, waited, limit);
+    const double waited = seconds_between(since_, now);
+    // A check far later than planned means the whole process was not running (SIGSTOP, or a
+    // starved node): then this rank is the one that stopped, and says so.
+    const double late = seconds_between(due, now);
+    if (waited > limit) fire(phase_, step_, waited, limit, late > 1 ? late : 0);
     // Check ten times per limit, at most once a second.
     const double poll = std::min(1.0, limit / 10);
-    wake_.wait_for(lock, std::chrono::duration<double>(poll));
+    due = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(poll));
+    wake_.wait_until(lock, due);
   }
 }
 
-void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit) {
+void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit,
+                    double suspended) {
   const CollectiveActivity a = collective_activity();
   const Clock::time_point now = Clock::now();
   std::string where;
@@ -119,12 +126,17 @@ void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit)
     where = "not in a collective (none has run yet)";
   const std::string who =
       size_ > 1 ? fmt::format("rank {} of {}", rank_, size_) : std::string("the process");
+  const std::string cause =
+      suspended > 0
+          ? fmt::format("This process itself did not run for the last {:.1f} s (it was stopped, "
+                        "or its node did not schedule it)",
+                        suspended)
+          : std::string("A rank has stopped or hangs (or a file system or GPU is stuck)");
   const std::string message = fmt::format(
       "sambay: {}: watchdog: the {} of step {} has made no progress for {:.1f} s (limit "
-      "{:.0f} s, --watchdog_s): {}. A rank has stopped or hangs (or a file system or GPU is "
-      "stuck); ending the job with exit code {} so that it can be requeued from the last "
-      "checkpoint\n",
-      who, watch_phase_name(phase), step, waited, limit, where, kExitHung);
+      "{:.0f} s, --watchdog_s): {}. {}; ending the job with exit code {} so that it can be "
+      "requeued from the last checkpoint\n",
+      who, watch_phase_name(phase), step, waited, limit, where, cause, kExitHung);
   std::fputs(message.c_str(), stderr);
   std::fflush(stderr);
   std::fflush(stdout);

@@ -55,7 +55,10 @@ class Watchdog {
  private:
   double limit_locked(WatchPhase phase) const;
   void run();
-  [[noreturn]] void fire(WatchPhase phase, int64_t step, double waited, double limit);
+  // suspended: seconds this process itself did not run just before the check (it was stopped,
+  // or not scheduled), 0 when it ran.
+  [[noreturn]] void fire(WatchPhase phase, int64_t step, double waited, double limit,
+                         double suspended);
 
   const WatchdogLimits limits_;
   const int rank_, size_;
