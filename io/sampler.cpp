@@ -140,7 +140,7 @@ Sampler open_sampler(const SamplerConfig& config) {
   for (const DataSourceSpec& spec : config.sources) {
     s.sources.push_back(open_token_source(spec.path));
     const int64_t n = num_tokens(s.sources.back());
-    if (may_exceed(s.sources.back(), config.vocab) && n <= kVocabScanAtOpenTokens)
+    if (may_exceed(s.sources.back(), config.vocab) && n <= config.vocab_scan_tokens)
       scan_for_vocab(s.sources.back(), config.vocab);
     const int64_t chunks = n >= 1 ? (n - 1) / L : 0;
     const int64_t need = config.valid_fraction > 0 ? 2 : 1;

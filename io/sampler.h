@@ -44,11 +44,11 @@ struct SamplerConfig {
   double valid_fraction;  // in [0, 1); 0 means no validation split
   // Token ids must be below this (the model's vocabulary); 0: not checked. A token at or above
   // it fails naming the file, the document and the offset: at open for sources of at most
-  // kVocabScanAtOpenTokens tokens (one parallel pass), when a sample is read otherwise.
+  // vocab_scan_tokens tokens (one parallel pass, about a second per 2^28 tokens on a few
+  // cores), when a sample is read otherwise (every sample's tokens are checked).
   int64_t vocab = 0;
+  int64_t vocab_scan_tokens = int64_t{1} << 28;
 };
-
-constexpr int64_t kVocabScanAtOpenTokens = int64_t{1} << 28;
 
 enum class Split { train, valid };
 

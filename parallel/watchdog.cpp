@@ -134,7 +134,7 @@ void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit,
           : std::string("A rank has stopped or hangs (or a file system or GPU is stuck)");
   const std::string message = fmt::format(
       "sambay: {}: watchdog: the {} of step {} has made no progress for {:.1f} s (limit "
-      "{:.0f} s, --watchdog_s): {}. {}; ending the job with exit code {} so that it can be "
+      "{:.3g} s, --watchdog_s): {}. {}; ending the job with exit code {} so that it can be "
       "requeued from the last checkpoint\n",
       who, watch_phase_name(phase), step, waited, limit, where, cause, kExitHung);
   std::fputs(message.c_str(), stderr);
