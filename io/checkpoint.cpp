@@ -1,6 +1,7 @@
 #include "io/checkpoint.h"
 
 #include "core/param_layout.h"
+#include "core/utc_time.h"
 #include "io/checkpoint_dir.h"
 #include "io/checkpoint_manifest.h"
 #include "io/crc32c.h"
@@ -14,7 +15,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -32,15 +32,6 @@ constexpr const char* kIndexName = "index.h5";
 constexpr const char* kTensorGroups[] = {"model/", "optim/m/", "optim/v/"};
 
 std::string rank_file_name(int64_t rank) { return fmt::format("rank_{:05}.h5", rank); }
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 // The global tensors of a single-rank checkpoint: every tensor whole in rank_00000.h5. A
 // parallel layout would list each rank's box here instead.
@@ -504,7 +495,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir,
   return out;
 }
 
-std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(const CheckpointInfo& info) {
+std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
+    const CheckpointInfo& info) {
   ShardReader reader(info.dir);
   std::vector<std::vector<ShardReader::PieceCheck>> out;
   for (const GlobalTensor& t : info.tensors) {

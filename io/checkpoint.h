@@ -146,7 +146,8 @@ LoadedCheckpoint load_checkpoint(const std::string& step_dir,
 
 // Verifies every piece of every tensor; returns, per tensor and piece, its checksum and how
 // many of its values are not finite.
-std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(const CheckpointInfo& info);
+std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
+    const CheckpointInfo& info);
 
 // Loads the newest checkpoint in checkpoints_dir that loads cleanly into `out`. A damaged one
 // is reported through `report` (naming it and why) and the next older one tried; a config

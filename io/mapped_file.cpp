@@ -76,7 +76,8 @@ void fail_mapped_read(std::uintptr_t address) {
         path = it->second.second, mapped = it->second.first;
     }
   }
-  if (path.empty()) fail("a mapped file changed while it was being read (SIGBUS at {:#x})", address);
+  if (path.empty())
+    fail("a mapped file changed while it was being read (SIGBUS at {:#x})", address);
   struct stat st {};
   const std::string now = ::stat(path.c_str(), &st) == 0
                               ? fmt::format("{} bytes now", st.st_size)

@@ -1,9 +1,5 @@
 #include "launch/run_dir.h"
 
-#include "core/check.h"
-#include "io/checkpoint_dir.h"
-#include "io/mapped_file.h"
-
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -11,8 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
+
+#include "core/check.h"
+#include "core/utc_time.h"
+#include "io/checkpoint_dir.h"
+#include "io/mapped_file.h"
 
 namespace sambay {
 
@@ -21,15 +21,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kLockName = "trainer.lock";
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string host_name() {
   char host[256] = {};
@@ -85,13 +76,15 @@ RunDirLock::RunDirLock(const std::string& out_dir) {
       const std::string holder = lock_holder(fd_);
       release();
       if (err == EWOULDBLOCK)
-        fail("option --out_dir {}: another trainer is using this run directory: {} holds {} "
-             "(wait for it to end, or train into another --out_dir)",
-             out_dir, holder, path_);
+        fail(
+            "option --out_dir {}: another trainer is using this run directory: {} holds {} "
+            "(wait for it to end, or train into another --out_dir)",
+            out_dir, holder, path_);
       fail("option --out_dir {}: cannot lock {}: {}", out_dir, path_, std::strerror(err));
     }
     locked_ = true;
-    struct stat held {}, named {};
+    struct stat held {
+    }, named{};
     if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &named) == 0 &&
         held.st_ino == named.st_ino && held.st_dev == named.st_dev)
       break;
@@ -145,7 +138,8 @@ std::vector<std::string> remove_run_leftovers(const std::string& out_dir) {
     fs::remove(entry.path());
     removed.push_back(entry.path().string());
   }
-  for (std::string& path : remove_checkpoint_leftovers((fs::path(out_dir) / "checkpoints").string()))
+  for (std::string& path :
+       remove_checkpoint_leftovers((fs::path(out_dir) / "checkpoints").string()))
     removed.push_back(std::move(path));
   return removed;
 }

@@ -1,13 +1,13 @@
 #include "launch/run_log.h"
 
-#include "core/check.h"
-
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+
+#include "core/check.h"
 
 namespace sambay {
 

@@ -3,6 +3,7 @@
 #include "core/check.h"
 #include "core/cuda_runtime.h"
 #include "core/model.h"
+#include "core/utc_time.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_dir.h"
 #include "io/durable_fs.h"
@@ -36,7 +37,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <optional>
 #include <string_view>
@@ -138,15 +138,6 @@ const char* signal_name(int sig) {
 // (SIGUSR1, SIGTERM), or a log that cannot be written (above every signal number).
 constexpr int kStopForLogFailure = 1000;
 
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // The metrics.jsonl record that marks where a run starts: step lines after it come from this
 // process (a restart from step 0 after a kill before the first checkpoint repeats steps, which
 // the marker makes visible). kind is "run_start" or "resume".
@@ -158,7 +149,8 @@ std::string start_record(const char* kind, int64_t step, const std::string& chec
   r += fmt::format(R"(,"time":{},"run_id":{},"world_size":{},"sambay_version":{},"git_commit":{})",
                    json_quote(utc_now()), json_quote(run_id), world_size,
                    json_quote(SAMBAY_VERSION), json_quote(SAMBAY_GIT_COMMIT));
-  if (const char* job = std::getenv("SLURM_JOB_ID")) r += fmt::format(R"(,"slurm_job_id":{})", json_quote(job));
+  if (const char* job = std::getenv("SLURM_JOB_ID"))
+    r += fmt::format(R"(,"slurm_job_id":{})", json_quote(job));
   return r + "}";
 }
 

@@ -1,7 +1,5 @@
 #include "parallel/watchdog.h"
 
-#include "parallel/communicator.h"
-
 #include <fmt/format.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -10,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+
+#include "parallel/communicator.h"
 
 namespace sambay {
 
@@ -23,8 +23,10 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 // The wall-clock time (local, HH:MM:SS) of a steady-clock instant in the past.
 std::string wall_time_of(Clock::time_point t) {
-  const auto ago = std::chrono::duration_cast<std::chrono::system_clock::duration>(Clock::now() - t);
-  const std::time_t when = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() - ago);
+  const auto ago =
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(Clock::now() - t);
+  const std::time_t when =
+      std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() - ago);
   std::tm tm{};
   localtime_r(&when, &tm);
   char buf[16];
@@ -109,8 +111,7 @@ void Watchdog::run() {
   }
 }
 
-void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit,
-                    double suspended) {
+void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit, double suspended) {
   const CollectiveActivity a = collective_activity();
   const Clock::time_point now = Clock::now();
   std::string where;
@@ -119,19 +120,20 @@ void Watchdog::fire(WatchPhase phase, int64_t step, double waited, double limit,
                         wall_time_of(a.since), seconds_between(a.since, now), a.operation,
                         a.backend, a.group, a.ranks);
   else if (a.completed > 0)
-    where = fmt::format("not in a collective; the last one, {} of group '{}', returned at {} "
-                        "({:.1f} s ago)",
-                        a.operation, a.group, wall_time_of(a.since), seconds_between(a.since, now));
+    where = fmt::format(
+        "not in a collective; the last one, {} of group '{}', returned at {} "
+        "({:.1f} s ago)",
+        a.operation, a.group, wall_time_of(a.since), seconds_between(a.since, now));
   else
     where = "not in a collective (none has run yet)";
   const std::string who =
       size_ > 1 ? fmt::format("rank {} of {}", rank_, size_) : std::string("the process");
   const std::string cause =
-      suspended > 0
-          ? fmt::format("This process itself did not run for the last {:.1f} s (it was stopped, "
-                        "or its node did not schedule it)",
-                        suspended)
-          : std::string("A rank has stopped or hangs (or a file system or GPU is stuck)");
+      suspended > 0 ? fmt::format(
+                          "This process itself did not run for the last {:.1f} s (it was stopped, "
+                          "or its node did not schedule it)",
+                          suspended)
+                    : std::string("A rank has stopped or hangs (or a file system or GPU is stuck)");
   const std::string message = fmt::format(
       "sambay: {}: watchdog: the {} of step {} has made no progress for {:.1f} s (limit "
       "{:.3g} s, --watchdog_s): {}. {}; ending the job with exit code {} so that it can be "

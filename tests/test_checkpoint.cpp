@@ -384,7 +384,8 @@ TEST(Checkpoint, EveryFileNamesTheRunAndTheStepAndTheManifestChecksumsEachFile) 
   EXPECT_NE(manifest.find(" crc32c "), std::string::npos) << manifest;
   EXPECT_NE(manifest.find(" content-crc32c "), std::string::npos) << manifest;
   // Without a run id, a save gets a new random one.
-  const CheckpointInfo other = read_checkpoint_info(State("tiny-sambay-da").save(dir.file("b"), 7).dir);
+  const CheckpointInfo other =
+      read_checkpoint_info(State("tiny-sambay-da").save(dir.file("b"), 7).dir);
   EXPECT_EQ(other.run_id.size(), 32u);
   EXPECT_NE(other.run_id, info.run_id);
 }
@@ -413,11 +414,12 @@ TEST(Checkpoint, ARankFileOfAnotherSaveOfTheSameRunAndStepIsRefused) {
   ScratchDir dir;
   State s("tiny-sambay-da");
   const std::string run = "feedfeedfeedfeedfeedfeedfeedfeed";
-  const std::string first =
-      save_checkpoint(dir.file("first"), {s.config, s.train_text, s.train, s.params, s.m, s.v, run}, 3).dir;
+  auto save_as_run = [&](const std::string& where) {
+    return save_checkpoint(where, {s.config, s.train_text, s.train, s.params, s.m, s.v, run}, 3).dir;
+  };
+  const std::string first = save_as_run(dir.file("first"));
   s.m[10] *= 2;
-  const std::string second =
-      save_checkpoint(dir.file("second"), {s.config, s.train_text, s.train, s.params, s.m, s.v, run}, 3).dir;
+  const std::string second = save_as_run(dir.file("second"));
   fs::copy_file(first + "/rank_00000.h5", second + "/rank_00000.h5",
                 fs::copy_options::overwrite_existing);
   expect_error([&] { read_checkpoint_info(second); },

@@ -353,9 +353,9 @@ TEST_F(ResumeTest, EveryStartAndResumeIsMarkedInTheMetrics) {
   EXPECT_EQ(marks[1].find("kind")->as_string("kind"), "resume");
   EXPECT_EQ(marks[1].find("step")->as_int("step"), 2);
   EXPECT_EQ(marks[1].find("resumed_from_step")->as_int("resumed_from_step"), 2);
-  EXPECT_EQ(marks[0].find("run_id")->as_string("run_id"), marks[1].find("run_id")->as_string("run_id"));
-  EXPECT_EQ(read_checkpoint_info(out + "/checkpoints/step_00000003").run_id,
-            marks[0].find("run_id")->as_string("run_id"));
+  const std::string run_id = marks[0].find("run_id")->as_string("run_id");
+  EXPECT_EQ(marks[1].find("run_id")->as_string("run_id"), run_id);
+  EXPECT_EQ(read_checkpoint_info(out + "/checkpoints/step_00000003").run_id, run_id);
 }
 
 }  // namespace

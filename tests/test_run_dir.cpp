@@ -1,14 +1,14 @@
 // The run directory before and during training: the exclusive lock (a second holder is
 // refused naming the first; a refused start leaves no trace), leftovers of interrupted writes,
 // and the checked writes of the run's log (launch/run_dir.h, launch/run_log.h).
-#include "launch/run_dir.h"
-#include "launch/run_log.h"
-#include "tests/io_test_util.h"
-
 #include <unistd.h>
 
 #include <filesystem>
 #include <optional>
+
+#include "launch/run_dir.h"
+#include "launch/run_log.h"
+#include "tests/io_test_util.h"
 
 namespace sambay {
 namespace {
@@ -52,16 +52,19 @@ TEST(RunDirLock, ARunThatIsNotAcceptedLeavesNoTrace) {
   EXPECT_TRUE(fs::is_empty(dir.file("kept")));
   write_bytes(dir.file("file"), {1});
   expect_error([&] { RunDirLock lock(dir.file("file")); }, {"exists and is not a directory"});
-  expect_error([&] { RunDirLock lock(dir.file("file/run")); }, {"cannot create", dir.file("file/run")});
+  expect_error([&] { RunDirLock lock(dir.file("file/run")); },
+               {"cannot create", dir.file("file/run")});
 }
 
 TEST(RunDir, WritabilityIsAskedWithoutWriting) {
   ScratchDir dir;
-  EXPECT_NO_THROW(check_writable_directory(dir.file("missing/checkpoints"), "the checkpoints directory"));
+  EXPECT_NO_THROW(
+      check_writable_directory(dir.file("missing/checkpoints"), "the checkpoints directory"));
   EXPECT_FALSE(fs::exists(dir.file("missing")));
   write_bytes(dir.file("plain"), {1});
-  expect_error([&] { check_writable_directory(dir.file("plain/checkpoints"), "the checkpoints directory"); },
-               {"the checkpoints directory " + dir.file("plain/checkpoints"), "is not a directory"});
+  expect_error(
+      [&] { check_writable_directory(dir.file("plain/checkpoints"), "the checkpoints directory"); },
+      {"the checkpoints directory " + dir.file("plain/checkpoints"), "is not a directory"});
   // Permissions bind only a process that is not root.
   if (geteuid() != 0) {
     fs::create_directories(dir.file("ro"));

@@ -403,7 +403,8 @@ TEST_F(VocabularyCheck, ALargeSourceIsCheckedAsSamplesAreRead) {
       continue;
     }
     expect_error([&] { fill_samples(s, Split::train, i, 1, t.data(), y.data(), nullptr); },
-                 {path, "token 500", fmt::format("offset {} ", kOffset), "document 13, its token 4"});
+                 {path, "token 500", fmt::format("offset {} ", kOffset),
+                  "document 13, its token 4"});
     ++bad;
   }
   EXPECT_GT(good, 0);

@@ -1,12 +1,12 @@
 // The train config's refusals of bad input, at the level of validate_train_config: non-finite
 // or absurd hyperparameters, and sizes whose products would wrap around 64 bits, each named by
 // its option before anything is planned.
+#include <cmath>
+#include <limits>
+
 #include "core/size_limits.h"
 #include "launch/train_config.h"
 #include "tests/io_test_util.h"
-
-#include <cmath>
-#include <limits>
 
 namespace sambay {
 namespace {
@@ -25,7 +25,9 @@ TrainConfig valid_config() {
   return c;
 }
 
-TEST(TrainConfig, TheDefaultsOfATinyRunAreValid) { EXPECT_NO_THROW(validate_train_config(valid_config())); }
+TEST(TrainConfig, TheDefaultsOfATinyRunAreValid) {
+  EXPECT_NO_THROW(validate_train_config(valid_config()));
+}
 
 TEST(TrainConfig, NonFiniteOrAbsurdHyperparametersAreRefusedNamingTheOption) {
   const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
@@ -34,19 +36,25 @@ TEST(TrainConfig, NonFiniteOrAbsurdHyperparametersAreRefusedNamingTheOption) {
     double TrainConfig::*field;
     double value;
   } cases[] = {
-      {"--lr", &TrainConfig::lr, inf},          {"--lr", &TrainConfig::lr, nan},
-      {"--lr", &TrainConfig::lr, 1e30},         {"--lr", &TrainConfig::lr, -1e-3},
+      {"--lr", &TrainConfig::lr, inf},
+      {"--lr", &TrainConfig::lr, nan},
+      {"--lr", &TrainConfig::lr, 1e30},
+      {"--lr", &TrainConfig::lr, -1e-3},
       {"--weight_decay", &TrainConfig::weight_decay, inf},
       {"--weight_decay", &TrainConfig::weight_decay, nan},
       {"--weight_decay", &TrainConfig::weight_decay, 1e4},  // lr 1e-3 x 1e4 >= 1
-      {"--adam_eps", &TrainConfig::adam_eps, inf}, {"--adam_eps", &TrainConfig::adam_eps, nan},
-      {"--clip", &TrainConfig::clip, inf},      {"--clip", &TrainConfig::clip, nan},
-      {"--beta1", &TrainConfig::beta1, nan},    {"--beta2", &TrainConfig::beta2, inf},
+      {"--adam_eps", &TrainConfig::adam_eps, inf},
+      {"--adam_eps", &TrainConfig::adam_eps, nan},
+      {"--clip", &TrainConfig::clip, inf},
+      {"--clip", &TrainConfig::clip, nan},
+      {"--beta1", &TrainConfig::beta1, nan},
+      {"--beta2", &TrainConfig::beta2, inf},
       {"--min_lr_ratio", &TrainConfig::min_lr_ratio, nan},
       {"--decay_fraction", &TrainConfig::decay_fraction, nan},
       {"--valid_fraction", &TrainConfig::valid_fraction, inf},
       {"--dp_bucket_mb", &TrainConfig::dp_bucket_mb, inf},
-      {"--watchdog_s", &TrainConfig::watchdog_s, nan}, {"--watchdog_s", &TrainConfig::watchdog_s, -1},
+      {"--watchdog_s", &TrainConfig::watchdog_s, nan},
+      {"--watchdog_s", &TrainConfig::watchdog_s, -1},
   };
   for (const auto& k : cases) {
     TrainConfig c = valid_config();
@@ -78,7 +86,8 @@ TEST(TrainConfig, SizesWhoseProductsWrapAroundAreRefusedNamingTheOption) {
       {"option --dp_bucket_mb", [](TrainConfig& c) { c.dp_bucket_mb = 1e300; }},
       {"model.vocab", [](TrainConfig& c) { c.model.vocab = int64_t{1} << 62; }},
       {"model.d_model", [](TrainConfig& c) { c.model.d_model = 3000000000; }},
-      {"model.d_inner", [](TrainConfig& c) {
+      {"model.d_inner",
+       [](TrainConfig& c) {
          c.model.d_inner = kMaxModelDimension;
          c.model.d_state = kMaxModelDimension;
        }},
@@ -93,13 +102,15 @@ TEST(TrainConfig, SizesWhoseProductsWrapAroundAreRefusedNamingTheOption) {
   c.steps = int64_t{1} << 40;
   c.warmup = 0;
   EXPECT_NO_THROW(check_train_sizes(c, 1));
-  expect_error([&] { check_train_sizes(c, 1 << 30); }, {"option --steps", "the tokens of the whole run"});
+  expect_error([&] { check_train_sizes(c, 1 << 30); },
+               {"option --steps", "the tokens of the whole run"});
 }
 
 TEST(SizeLimits, NamesTheLargestOptionAndShowsTheProduct) {
   expect_error(
       [] {
-        check_size_product("a buffer", {{"--a", 3}, {"--b", 1e18, "what b stands for"}, {"(derived)", 1e30}}, 4);
+        check_size_product(
+            "a buffer", {{"--a", 3}, {"--b", 1e18, "what b stands for"}, {"(derived)", 1e30}}, 4);
       },
       {"option --b: 1e+18 (what b stands for) is too large", "a buffer",
        "--a 3 x --b 1e+18 (what b stands for) x (derived) 1e+30 x 4 bytes"});

@@ -2,12 +2,12 @@
 // limit ends the process with kExitHung and a message naming the phase, the step and where the
 // process waited. Under MPI the same path calls MPI_Abort: tests/fault/fault_injection.sh
 // (stopped_rank) stops a rank of a real job with SIGSTOP.
-#include "parallel/watchdog.h"
-
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <thread>
+
+#include "parallel/watchdog.h"
 
 namespace sambay {
 namespace {

@@ -51,13 +51,13 @@ static ssize_t allowed(int fd, size_t count) {
 ssize_t write(int fd, const void* buf, size_t count) {
   const ssize_t ok = allowed(fd, count);
   if (ok < 0) return -1;
-  return REAL("write", ssize_t (*)(int, const void*, size_t))(fd, buf, (size_t)ok);
+  return REAL("write", ssize_t(*)(int, const void*, size_t))(fd, buf, (size_t)ok);
 }
 
 ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
   const ssize_t ok = allowed(fd, count);
   if (ok < 0) return -1;
-  return REAL("pwrite", ssize_t (*)(int, const void*, size_t, off_t))(fd, buf, (size_t)ok, offset);
+  return REAL("pwrite", ssize_t(*)(int, const void*, size_t, off_t))(fd, buf, (size_t)ok, offset);
 }
 
 ssize_t pwrite64(int fd, const void* buf, size_t count, off_t offset) {
@@ -69,13 +69,14 @@ ssize_t writev(int fd, const struct iovec* iov, int iovcnt) {
   for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
   const ssize_t ok = allowed(fd, total);
   if (ok < 0) return -1;
-  if ((size_t)ok == total) return REAL("writev", ssize_t (*)(int, const struct iovec*, int))(fd, iov, iovcnt);
+  if ((size_t)ok == total)
+    return REAL("writev", ssize_t(*)(int, const struct iovec*, int))(fd, iov, iovcnt);
   // Cut short: write the first `ok` bytes of the vector.
   ssize_t done = 0;
   for (int i = 0; i < iovcnt && done < ok; ++i) {
     size_t n = iov[i].iov_len;
     if ((ssize_t)n > ok - done) n = (size_t)(ok - done);
-    const ssize_t w = REAL("write", ssize_t (*)(int, const void*, size_t))(fd, iov[i].iov_base, n);
+    const ssize_t w = REAL("write", ssize_t(*)(int, const void*, size_t))(fd, iov[i].iov_base, n);
     if (w < 0) return done > 0 ? done : -1;
     done += w;
   }
