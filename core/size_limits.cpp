@@ -1,8 +1,8 @@
 #include "core/size_limits.h"
 
-#include "core/check.h"
-
 #include <fmt/format.h>
+
+#include "core/check.h"
 
 namespace sambay {
 
@@ -19,11 +19,11 @@ void check_size_product(const std::string& what, std::initializer_list<SizeFacto
                          f.note ? fmt::format(" ({})", f.note) : "");
   }
   if (!(bytes <= kMaxPlannedBytes) && largest)
-    fail("option {}: {:.6g}{} is too large: {} would take {} x {:.6g} bytes = {:.3g} bytes, "
-         "beyond the 2^62 bytes that sizes are planned in",
-         largest->option, largest->value,
-         largest->note ? fmt::format(" ({})", largest->note) : "", what, terms, bytes_per_element,
-         bytes);
+    fail(
+        "option {}: {:.6g}{} is too large: {} would take {} x {:.6g} bytes = {:.3g} bytes, "
+        "beyond the 2^62 bytes that sizes are planned in",
+        largest->option, largest->value, largest->note ? fmt::format(" ({})", largest->note) : "",
+        what, terms, bytes_per_element, bytes);
 }
 
 }  // namespace sambay
