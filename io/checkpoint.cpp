@@ -13,8 +13,6 @@
 
 #include <sys/statvfs.h>
 
-#include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -132,47 +130,6 @@ uint32_t rank_file_checksum(hid_t f, const std::string& path, const std::string&
   return crc32c(text.data(), text.size());
 }
 
-// The first value of a buffer that is not finite, named by tensor and element ("" if none),
-// and how many there are.
-struct NonFinite {
-  int64_t count = 0;
-  std::string first;
-};
-NonFinite find_non_finite(const ParamLayout& layout, std::span<const float> values,
-                          const char* group) {
-  NonFinite out;
-  const int64_t n = static_cast<int64_t>(values.size());
-  int64_t count = 0;
-#pragma omp parallel for reduction(+ : count)
-  for (int64_t i = 0; i < n; ++i) count += !std::isfinite(values[i]);
-  out.count = count;
-  if (count == 0) return out;
-  int64_t first = 0;
-  while (std::isfinite(values[first])) ++first;
-  for (const ParamSpec& p : layout.params)
-    if (first >= p.offset && first < p.offset + p.numel) {
-      out.first = fmt::format("{}{}[{}] = {}", group, tensor_group_path(p.name), first - p.offset,
-                              values[first]);
-      break;
-    }
-  return out;
-}
-
-// Fails when weights or moments hold NaN or infinite values; `what` says what was refused.
-void check_finite(const ParamLayout& layout, std::span<const float> params,
-                  std::span<const float> adam_m, std::span<const float> adam_v,
-                  const std::string& what) {
-  const std::pair<std::span<const float>, const char*> buffers[] = {
-      {params, kTensorGroups[0]}, {adam_m, kTensorGroups[1]}, {adam_v, kTensorGroups[2]}};
-  for (const auto& [values, group] : buffers) {
-    const NonFinite bad = find_non_finite(layout, values, group);
-    if (bad.count > 0)
-      fail("{}: {} values of {} are NaN or infinite (the first: {}): training diverged or the "
-           "values are damaged",
-           what, bad.count, std::string(group, std::strlen(group) - 1), bad.first);
-  }
-}
-
 }  // namespace
 
 std::string new_run_id() {
@@ -234,9 +191,6 @@ SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const C
   SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
   const std::string name = step_dir_name(v.state.step);
   const fs::path root(checkpoints_dir), tmp = root / (name + ".tmp"), final_dir = root / name;
-  check_finite(layout, v.params, v.adam_m, v.adam_v,
-               fmt::format("{}: not writing the checkpoint of step {}", final_dir.string(),
-                           v.state.step));
   const ParallelPlacement placement;  // single process
   const std::string run_id = v.run_id.empty() ? new_run_id() : v.run_id;
   fs::create_directories(root);
@@ -478,7 +432,6 @@ CheckpointInfo load_checkpoint_into(const std::string& dir,
       reader.read_box(t, {std::vector<int64_t>(p.shape.size(), 0), p.shape},
                       buffers[g].data() + p.offset);
     }
-  check_finite(layout, out.params, out.adam_m, out.adam_v, dir);
   return info;
 }
 

@@ -106,10 +106,10 @@ struct CheckpointView {
 
 // Writes checkpoints_dir/step_XXXXXXXX/ (through step_XXXXXXXX.tmp/, every file fsynced, then
 // renamed), updates `latest`, and prunes to the newest `keep`. Returns the directory and the
-// paths that pruning removed. Refuses (before writing anything) parameters or moments that are
-// not all finite, and a file system with less free space than the tensors need; a failed
-// write (a full disk) removes the unfinished directory and leaves older checkpoints as they
-// were.
+// paths that pruning removed. Refuses weights or moments that are not all finite (the shard
+// writer checks every block as it checksums it) and, before writing, a file system with less
+// free space than the tensors need; a failed or refused write (a full disk, NaN) removes the
+// unfinished directory and leaves older checkpoints as they were.
 struct SaveResult {
   std::string dir;
   std::vector<std::string> removed;

@@ -106,23 +106,28 @@ void copy_overlap(const float* src, const Box& sb, float* dst, const Box& db) {
   }
 }
 
-// NaN and infinite values among n stored elements: the exponent bits all set.
+// Whether stored element i is NaN or infinite: its exponent bits all set.
+bool non_finite_at(const uint8_t* bytes, int64_t i, StoredDType t) {
+  if (t == StoredDType::f32) {
+    uint32_t bits;
+    std::memcpy(&bits, bytes + 4 * i, 4);
+    return (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, bytes + 2 * i, 2);
+  return (bits & 0x7f80u) == 0x7f80u;
+}
+
 int64_t count_non_finite(const uint8_t* bytes, int64_t n, StoredDType t) {
   int64_t count = 0;
-  if (t == StoredDType::f32) {
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t bits;
-      std::memcpy(&bits, bytes + 4 * i, 4);
-      count += (bits & 0x7f800000u) == 0x7f800000u;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t bits;
-      std::memcpy(&bits, bytes + 2 * i, 2);
-      count += (bits & 0x7f80u) == 0x7f80u;
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) count += non_finite_at(bytes, i, t);
   return count;
+}
+
+int64_t first_non_finite(const uint8_t* bytes, int64_t n, StoredDType t) {
+  int64_t i = 0;
+  while (i < n && !non_finite_at(bytes, i, t)) ++i;
+  return i;
 }
 
 hid_t file_type_of(StoredDType t, hid_t bf16_committed) {
@@ -191,6 +196,13 @@ void ShardFileWriter::write(const std::string& tensor, const std::vector<int64_t
   for_each_row_block(d, box.shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
     const uint8_t* block = static_cast<const uint8_t*>(data) + r0 * row_bytes;
     crc = crc32c(block, n * row_bytes, crc);
+    // Checked while the block is in cache for its checksum: NaN or infinite values are refused.
+    const int64_t elements = static_cast<int64_t>(n * row_bytes / esize);
+    if (const int64_t bad = count_non_finite(block, elements, dtype))
+      fail("{}: refusing to store {} NaN or infinite values (the first at element {}): a "
+           "checkpoint of non-finite values cannot be trained from",
+           where, bad, r0 * static_cast<int64_t>(row_bytes / esize) +
+                           first_non_finite(block, elements, dtype));
     h5::check(H5Dwrite(d, type, mspace, fspace, H5P_DEFAULT, block), where, "write");
   });
   h5::write_attr(d, "global_shape", global_shape, where);
@@ -353,7 +365,7 @@ ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const Sha
     uint8_t* block = direct ? reinterpret_cast<uint8_t*>(out + r0 * row_elems) : raw.data();
     h5::check(H5Dread(d, expected_type, mspace, fspace, H5P_DEFAULT, block), where, "read");
     crc = crc32c(block, n * row_elems * esize, crc);
-    if (!out) non_finite += count_non_finite(block, n * row_elems, t.dtype);
+    non_finite += count_non_finite(block, n * row_elems, t.dtype);
     if (!out || direct) return;
     Box rows = piece.box;
     rows.offset[0] += r0;
@@ -369,6 +381,10 @@ ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const Sha
   });
   if (crc != stored)
     fail("{}: data is corrupt: crc32c {:08x} stored, {:08x} computed", where, stored, crc);
+  if (out && non_finite > 0)
+    fail("{}: {} values are NaN or infinite: training from them is impossible (the run had "
+         "diverged when this was written, or the values are damaged)",
+         where, non_finite);
   return {crc, non_finite};
 }
 
