@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -73,18 +74,27 @@ RunDirLock::RunDirLock(const std::string& out_dir) {
     }
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
+      if (err == ENOLCK || err == ENOSYS || err == EOPNOTSUPP) {
+        // A file system mounted without lock support (Lustre without -o flock, some NFS):
+        // training goes on, but nothing stops a second trainer, and the user is told so.
+        std::fputs(fmt::format("sambay: warning: {}: the file system cannot lock files ({}): a "
+                               "second trainer on this run directory would not be refused\n",
+                               path_, std::strerror(err))
+                       .c_str(),
+                   stderr);
+        locked_ = true;
+        break;
+      }
       const std::string holder = lock_holder(fd_);
       release();
       if (err == EWOULDBLOCK)
-        fail(
-            "option --out_dir {}: another trainer is using this run directory: {} holds {} "
-            "(wait for it to end, or train into another --out_dir)",
-            out_dir, holder, path_);
+        fail("option --out_dir {}: another trainer is using this run directory: {} holds {} "
+             "(wait for it to end, or train into another --out_dir)",
+             out_dir, holder, path_);
       fail("option --out_dir {}: cannot lock {}: {}", out_dir, path_, std::strerror(err));
     }
     locked_ = true;
-    struct stat held {
-    }, named{};
+    struct stat held = {}, named = {};
     if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &named) == 0 &&
         held.st_ino == named.st_ino && held.st_dev == named.st_dev)
       break;

@@ -16,7 +16,8 @@ namespace sambay {
 // An exclusive lock on a run directory: out_dir/trainer.lock, held with flock(2), so that the
 // kernel releases it when the process ends however it ends (kill -9 included). The file says
 // who holds it ("pid 1234 on node17 since 2026-01-01T12:00:00Z"), which a refused second
-// trainer reports.
+// trainer reports. On a file system that cannot lock files (Lustre mounted without flock) a
+// warning says that a second trainer would not be refused, and training goes on.
 class RunDirLock {
  public:
   // Creates out_dir (and missing parents) when it does not exist, then the lock file, and
