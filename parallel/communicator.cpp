@@ -151,7 +151,7 @@ void mpi_reduce_scatter(const Communicator& c, const void* send, void* recv, int
     check_mpi(
         MPI_Reduce_scatter_block(MPI_IN_PLACE, base, int(count), mpi_type(t), mpi_op(t, op), c.mpi),
         c, "MPI_Reduce_scatter_block");
-    std::memmove(recv, base, count * dtype_size(t));
+    if (count > 0) std::memmove(recv, base, count * dtype_size(t));  // buffers may be null at 0
     return;
   }
   check_mpi(MPI_Reduce_scatter_block(send, recv, int(count), mpi_type(t), mpi_op(t, op), c.mpi), c,
