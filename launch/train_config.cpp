@@ -154,28 +154,6 @@ void validate_train_config(const TrainConfig& c) {
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
   need(c.threads >= 0, "threads", fmt::format("must be >= 0, got {}", c.threads));
   need(!c.out_dir.empty(), "out_dir", "must not be empty");
-  need(c.tp >= 1, "tp", fmt::format("must be >= 1, got {}", c.tp));
-  if (c.tp > 1) {
-    try {
-      tensor_parallel_config(c.model, c.tp);
-    } catch (const Error& e) {
-      need(false, "tp", e.what());
-    }
-  }
-  need(!c.sequence_parallel || c.tp > 1, "sequence_parallel",
-       "splits rows between the ranks of a tensor-parallel group: it needs --tp > 1");
-  need(!c.sequence_parallel || c.micro_batch * (c.seq_len / c.cp) % c.tp == 0,
-       "sequence_parallel",
-       fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",
-                   c.micro_batch * (c.seq_len / c.cp), c.tp));
-  need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
-  // Each CP rank holds two of 2 cp chunks of every sample (the load-balanced assignment).
-  need(c.cp == 1 || c.seq_len % (2 * c.cp) == 0, "cp",
-       fmt::format("seq_len = {} is not divisible by 2 cp = {}", c.seq_len, 2 * c.cp));
-  need(c.cp == 1 || c.seq_len / (2 * c.cp) >= c.model.d_conv - 1, "cp",
-       fmt::format("chunks of {} positions (seq_len / (2 cp)) are shorter than the conv's halo "
-                   "of {}",
-                   c.seq_len / (2 * c.cp), c.model.d_conv - 1));
   need(std::isfinite(c.dp_bucket_mb) && c.dp_bucket_mb > 0, "dp_bucket_mb",
        fmt::format("must be a finite positive number, got {}", c.dp_bucket_mb));
   need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
@@ -191,7 +169,30 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("must be at most {} (positions are 32-bit), got {}", kMaxModelDimension,
                    c.seq_len));
   validate_model_config(c.model, "model '" + c.model_preset + "'");
+  // Before any rule below multiplies options: their products must not wrap around.
   check_train_sizes(c, 1);
+  need(c.tp >= 1, "tp", fmt::format("must be >= 1, got {}", c.tp));
+  need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
+  if (c.tp > 1) {
+    try {
+      tensor_parallel_config(c.model, c.tp);
+    } catch (const Error& e) {
+      need(false, "tp", e.what());
+    }
+  }
+  need(!c.sequence_parallel || c.tp > 1, "sequence_parallel",
+       "splits rows between the ranks of a tensor-parallel group: it needs --tp > 1");
+  need(!c.sequence_parallel || c.micro_batch * (c.seq_len / c.cp) % c.tp == 0,
+       "sequence_parallel",
+       fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",
+                   c.micro_batch * (c.seq_len / c.cp), c.tp));
+  // Each CP rank holds two of 2 cp chunks of every sample (the load-balanced assignment).
+  need(c.cp == 1 || c.seq_len % (2 * c.cp) == 0, "cp",
+       fmt::format("seq_len = {} is not divisible by 2 cp = {}", c.seq_len, 2 * c.cp));
+  need(c.cp == 1 || c.seq_len / (2 * c.cp) >= c.model.d_conv - 1, "cp",
+       fmt::format("chunks of {} positions (seq_len / (2 cp)) are shorter than the conv's halo "
+                   "of {}",
+                   c.seq_len / (2 * c.cp), c.model.d_conv - 1));
 }
 
 void check_train_sizes(const TrainConfig& c, int data_parallel) {

@@ -98,6 +98,12 @@ TEST(TrainConfig, SizesWhoseProductsWrapAroundAreRefusedNamingTheOption) {
     expect_error([&] { validate_train_config(c); }, {k.named});
   }
   // The check with the data-parallel ranks of a job: fine on one rank, too many tokens on 2^40.
+  // Rules that divide or multiply options come after the checks they need: --cp 0 with sequence
+  // parallelism was a division by zero.
+  TrainConfig zero_cp = valid_config();
+  zero_cp.model = model_preset("tiny-sambay");
+  zero_cp.cp = 0, zero_cp.tp = 2, zero_cp.sequence_parallel = true;
+  expect_error([&] { validate_train_config(zero_cp); }, {"option --cp: must be >= 1, got 0"});
   TrainConfig c = valid_config();
   c.steps = int64_t{1} << 40;
   c.warmup = 0;
