@@ -49,7 +49,7 @@ po::options_description train_options(TrainConfig& c) {
       ("schedule", po::value(&c.schedule)->default_value(c.schedule), "constant, cosine, linear or wsd")
       ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warmup steps")
       ("decay_fraction", po::value(&c.decay_fraction)->default_value(c.decay_fraction), "wsd: fraction of steps that decay")
-      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay (matrices only)")
+      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay: every parameter without muP++; hidden matrices only with muP++ (model.mup_base_width > 0)")
       ("beta1", po::value(&c.beta1)->default_value(c.beta1), "AdamW beta1")
       ("beta2", po::value(&c.beta2)->default_value(c.beta2), "AdamW beta2")
       ("adam_eps", po::value(&c.adam_eps)->default_value(c.adam_eps), "AdamW epsilon")

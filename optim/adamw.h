@@ -4,8 +4,8 @@
 //   v = beta2 * v + (1 - beta2) * grad^2
 //   param -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
 // param, grad, m, v [n]; m and v start at zero and are updated in place. step counts from 1.
-// Vector-like parameters (norms, biases) usually get weight_decay = 0: the caller picks h per
-// parameter group (see optim/mup.h).
+// The caller picks h per parameter group: under muP++ vector-like parameters (norms, biases)
+// and the embedding get weight_decay = 0 (see optim/mup.h).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // The whole model on the GPU against the CPU model (fp64) on the same parameters and batch:
-// the loss and every parameter tensor's gradient, for each architecture; recompute on the GPU
+// the loss and every parameter tensor's gradient, for each architecture (and the untied head
+// with ArchScale's μP++: lm_head.weight's gradient, the attention scale); recompute on the GPU
 // gives bit-identical gradients.
 #include "core/cuda_runtime.h"
 #include "core/gpu_model.h"
@@ -98,7 +99,8 @@ TEST_P(GpuModelTest, RecomputeGivesBitIdenticalGradients) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, GpuModelTest,
-                         ::testing::Values("sambay-da", "sambay", "samba-yoco", "transformerpp"),
+                         ::testing::Values("sambay-da", "sambay", "samba-yoco", "transformerpp",
+                                           "sambay-da-mup-untied", "transformerpp-mup-untied"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s)
