@@ -336,7 +336,9 @@ TEST(SweepPlan, ArchScaleBudgetConflictsAreNamed) {
             std::string::npos);
   EXPECT_NE(error_of(with("budget", "b0 = 1000")).find("less than one micro-batch"),
             std::string::npos);
-  EXPECT_NE(error_of(with("budget", "rule = chinchilla")).find("budget.rule"), std::string::npos);
+  std::string rule = base;
+  rule.replace(rule.find("rule = archscale"), 16, "rule = chinchilla");
+  EXPECT_NE(error_of(rule).find("budget.rule = 'chinchilla'"), std::string::npos);
   std::string phi = base;
   phi.replace(phi.find("archscale-sambay"), 16, "sambay");
   EXPECT_NE(error_of(phi).find("[budget]"), std::string::npos);
