@@ -280,9 +280,17 @@ TEST_F(ResumeTest, UntiedMupHeadResumesBitIdentically) {
   wait_for(pid);
   run(train_args(out), dir.file("resumed.log"));
   EXPECT_GE(compare(out, ref), 5);
+  // The start of the run names every group's lr, weight decay and init; both FLOPs conventions
+  // are logged.
   const std::string log = text_of(dir.file("reference.log"));
-  for (const char* part : {"untied head, init archscale", "lm_head.weight", "zeros"})
+  for (const char* part :
+       {"muP++ base width 8, depth 4, head dim 4; untied head, init archscale",
+        "parameter groups", "wd 0  init zeros", "lm_head.weight", "init uniform bound",
+        "ArchScale estimate_flops", "GFLOP/s exact / ArchScale-est"})
     EXPECT_NE(log.find(part), std::string::npos) << part << "\n" << log;
+  const std::string metrics = text_of(dir.file("reference") + "/metrics.jsonl");
+  EXPECT_NE(metrics.find("\"flops_exact\":"), std::string::npos);
+  EXPECT_NE(metrics.find("\"flops_archscale_estimate\":"), std::string::npos);
 }
 
 TEST_F(ResumeTest, CkptCommandsInspectExportImportAndTrainFromTheImport) {
