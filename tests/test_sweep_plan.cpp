@@ -108,6 +108,7 @@ depths = 4, 8
 width_per_depth = 16
 vocab = 257
 mup_base_width = 64
+mup_base_depth = 4
 tokens_per_param = 20
 gpus = 2
 [slurm]
@@ -123,6 +124,7 @@ cpu = true
     EXPECT_EQ(value_of(r, "model"), "sambay-da-1b");
     EXPECT_EQ(value_of(r, "model.d_model"), std::to_string(16 * r.depth));
     EXPECT_EQ(value_of(r, "model.mup_base_width"), "64");
+    EXPECT_EQ(value_of(r, "model.mup_base_depth"), "4");
     EXPECT_EQ(value_of(r, "model.window"), "512");  // the family's, over the base config's
     EXPECT_EQ(count_of(r, "data"), 2);
     EXPECT_EQ(value_of(r, "seq_len"), "64");
@@ -381,6 +383,14 @@ TEST(SweepPlan, RejectsBadSpecs) {
                Error);  // neither tokens nor tokens_per_param
   EXPECT_THROW(plan_sweep(parse_ini("[sweep]\nname = x\nkind = strong\n[scaling]\ngpus = 2\n", "s"), p),
                Error);  // no global batch
+  // μP++'s depth rule without μP++ is refused, naming the field.
+  try {
+    plan_sweep(parse_ini("[sweep]\nname = x\nkind = depth\n[depth]\ndepths = 4\ntokens = 1000\n"
+                         "mup_base_depth = 4\n", "s"), p);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.mup_base_depth"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(parse_layout("tp"), Error);
   EXPECT_EQ(parse_layout("tp2cp4").cp, 4);
 }

@@ -259,6 +259,9 @@ SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path) {
         m = depth_scaled_model(family, depth, spec.get_int("depth.width_per_depth", 128),
                                spec.get_int("depth.vocab", 0));
         m.mup_base_width = spec.get_int("depth.mup_base_width", 0);
+        m.mup_base_depth = spec.get_int("depth.mup_base_depth", 0);
+        m.mup_base_head_dim = spec.get_int("depth.mup_base_head_dim", 0);
+        validate_model_config(m, spec.source + ": [depth]");
         preset = depth_family_preset(family);
       }
       r.name = fmt::format("d{}", depth);

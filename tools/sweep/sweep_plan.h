@@ -10,8 +10,9 @@
 //   [depth]    family: sambay-da, sambay, samba-yoco, transformerpp (the Phi4-flavoured family,
 //              depth_family.h) or archscale-<family> (the paper's, core's archscale_model);
 //              depths; gpus (per run, data parallel: one value, or one per depth);
-//              Phi4-flavoured: width_per_depth, vocab, mup_base_width (the width the lr was
-//              tuned at), tokens_per_param or tokens;
+//              Phi4-flavoured: width_per_depth, vocab, mup_base_width, mup_base_depth,
+//              mup_base_head_dim (the base model the lr was tuned at), tokens_per_param or
+//              tokens;
 //              archscale: tied (head), and for studies at other scales width_per_depth (its
 //              aspect ratio), head_dim, vocab, window; tokens from [budget] (or
 //              tokens_per_param / tokens when there is no [budget])
