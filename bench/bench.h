@@ -17,6 +17,7 @@ struct Result {
   double ms = 0;      // median milliseconds
   double flops = 0;   // useful floating-point operations per run
   double bytes = 0;   // minimum bytes moved through HBM per run
+  std::string anchor;  // key of the PyTorch anchor to print beside it (anchors.h), or empty
 };
 
 struct Context {

@@ -1,6 +1,7 @@
 // sambay_bench: runs the registered kernel benchmarks and prints time, TFLOP/s, GB/s and the
 // fraction of the ceilings measured on this GPU in the same run (a large bf16 GEMM and a large
 // device-to-device copy).
+#include "bench/anchors.h"
 #include "bench/bench.h"
 #include "core/cuda_check.h"
 #include "core/cuda_runtime.h"
@@ -89,13 +90,28 @@ static void measure_ceilings(Context& ctx, double& tflops, double& gbps) {
 
 }  // namespace sambay::bench
 
+// Usage: sambay_bench [FILTER] [--anchors FILE]. FILTER selects benchmarks by substring; FILE is
+// the anchor script's output from the same machine (anchors.h), printed beside each result.
 int main(int argc, char** argv) {
   using namespace sambay::bench;
-  const char* filter = argc > 1 ? argv[1] : "";
+  std::string filter, anchor_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--anchors" && i + 1 < argc)
+      anchor_path = argv[++i];
+    else if (arg.rfind("--", 0) == 0) {
+      fmt::print(stderr, "sambay_bench: unknown option {} (usage: sambay_bench [FILTER] "
+                         "[--anchors FILE])\n", arg);
+      return 2;
+    } else
+      filter = arg;
+  }
   if (sambay::cuda_device_count() == 0) {
     fmt::print(stderr, "sambay_bench: no CUDA device\n");
     return 1;
   }
+  Anchors anchors;
+  if (!anchor_path.empty()) anchors = Anchors::read(anchor_path);
   std::vector<Result> results;
   Context ctx;
   SAMBAY_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
@@ -106,13 +122,19 @@ int main(int argc, char** argv) {
              "device copy {:.0f} GB/s\n\n",
              sambay::cuda_device_description(), peak_tflops, peak_gbps);
   for (auto& [name, fn] : registry())
-    if (std::strstr(name.c_str(), filter)) fn(ctx);
-  fmt::print("{:<48} {:>10} {:>10} {:>8} {:>10} {:>8}\n", "benchmark", "ms", "TFLOP/s", "%peak",
-             "GB/s", "%peak");
+    if (std::strstr(name.c_str(), filter.c_str())) fn(ctx);
+  // anchor ms and x anchor: the anchor's time and its ratio to sambay's (> 1: sambay is faster).
+  fmt::print("{:<52} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>9}\n", "benchmark", "ms", "TFLOP/s",
+             "%peak", "GB/s", "%peak", "anchor ms", "x anchor");
   for (const Result& r : results) {
     const double tf = r.flops / (r.ms * 1e-3) / 1e12, gb = r.bytes / (r.ms * 1e-3) / 1e9;
-    fmt::print("{:<48} {:>10.3f} {:>10.1f} {:>7.1f}% {:>10.0f} {:>7.1f}%\n", r.name, r.ms, tf,
-               100 * tf / peak_tflops, gb, 100 * gb / peak_gbps);
+    std::string vs;
+    if (!r.anchor.empty()) {
+      const auto a = anchors.ms(r.anchor);
+      vs = a ? fmt::format("{:>10.3f} {:>8.2f}x", *a, *a / r.ms) : fmt::format("{:>10} {:>9}", "-", "-");
+    }
+    fmt::print("{:<52} {:>9.3f} {:>8.1f} {:>6.1f}% {:>8.0f} {:>6.1f}% {}\n", r.name, r.ms, tf,
+               100 * tf / peak_tflops, gb, 100 * gb / peak_gbps, vs);
   }
   return 0;
 }
