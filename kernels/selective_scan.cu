@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(GradShared<N>::kThreads, N == 16 ? 3 : 1)
           v[4 + k] = w.z * state[u][k];  // dC_t[n]
         }
         channel_reduce_scatter4<G>(p, g);
-        float* ps = &sh.psum[u][j].x;
+        float* ps = reinterpret_cast<float*>(&sh.psum[u][j]);
 #pragma unroll
         for (int q = 0; q < 4 / G; ++q)
           if (g * (4 / G) + q < 3) ps[g * (4 / G) + q] = p[q];
