@@ -40,18 +40,20 @@
 //      over the warp's channels (reduce-scatter, 7 shuffles), then over the warps and the groups
 //      in shared memory; then per (token, channel) dx, ddt, dz are added into global memory and
 //      dD, dt_bias summed.
-// So the backward needs no second walk over what the forward saved beyond the 7/8 chunk of W2.
+// With the entering states saved by the forward, the backward's only extra walk is W2's 7/8 of
+// a chunk (the earlier kernel walked every chunk twice from the previous chunk's checkpoint).
 //
 // Cost per state and token (a "state-token", B L E N of them), N = 16:
 //   exponentials  forward 2 (F1, F3), backward 2.875 (B1, W2 7/8, W3), plus per (token, channel)
 //                 softplus and sigmoids (1/4 to 1/2 of an exp per state-token). F1 and B1 are
 //                 bound by the special-function unit (1 exp against 3 FMAs), so they run a
 //                 quarter of their exps as exp2_fma on the FMA units; F3 and B3 have more FMA
-//                 work than exps (4 and ~13 FMA-pipe ops per exp) and keep ex2.approx.
+//                 work than exps (4 and ~8 FMA-pipe ops per exp) and keep ex2.approx.
 //   FMA-pipe ops  F1 3, F3 4, B1 3, B3 ~16 (+ ~10 for the two reduce-scatters).
 //   bytes         per (token, channel), beyond the minimum (x, dt, z in, out out; dout, x, dt, z
-//                 in, dx, ddt, dz read and written): x and dt read again (F1, B1), dout, z, dt
-//                 read again from L2 (B3's output step), and the chunk tensors: 4N/T = 1 byte
+//                 in, dx, ddt, dz read and written): x and dt read twice in the forward (F1,
+//                 F3), dt, z, dout twice in the backward (B1, B3) and a third time, mostly from
+//                 L2, in B3's per-token step; and the chunk tensors: 4N/T = 1 byte
 //                 for each [B, chunks, E, N] fp32 pass (F1 write, F2 read+write, F3 read; B1
 //                 write, B2 read+write, B3 read 2), the dB|dC partials 32 bytes per token per 128
 //                 channels, the parameter partials 4(N+2)/T bytes.
