@@ -195,7 +195,8 @@ __global__ void __launch_bounds__(kRowThreads) scan_chunk_state_kernel(const For
   }
   const int64_t row = (int64_t(b) * a.chunks + c) * a.E + e;
 #pragma unroll
-  for (int n = 0; n < N; n += 4) store4(a.chunk_state + row * N + n, s[n], s[n + 1], s[n + 2], s[n + 3]);
+  for (int n = 0; n < N; n += 4)
+    store4(a.chunk_state + row * N + n, s[n], s[n + 1], s[n + 2], s[n + 3]);
   a.chunk_sum[row] = reset ? -1.f : delta_sum;
 }
 
@@ -697,7 +698,9 @@ void check_buffer(const char* fn, const char* what, const void* p) {
                 std::string(fn) + ": " + what + " must be 16-byte aligned");
 }
 
-unsigned blocks(int64_t work, int per_block) { return unsigned((work + per_block - 1) / per_block); }
+unsigned blocks(int64_t work, int per_block) {
+  return unsigned((work + per_block - 1) / per_block);
+}
 
 template <int N>
 void launch_forward(const ForwardArgs& a, bool outputs, cudaStream_t stream) {

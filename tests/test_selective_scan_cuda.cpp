@@ -397,7 +397,8 @@ TEST_P(SelectiveScanCudaCarryTest, CarriedStatesMatchReference) {
   const auto state_in = random_state(s, 603), dstate_out = random_state(s, 604);
   const CarryIn carry{&state_in, &dstate_out};
   const auto* dy = p.dy_extra ? &dy_extra : nullptr;
-  expect_run_close(run_gpu(in, doc, dout, dy, s, carry), run_reference(in, doc, dout, dy, s, carry));
+  expect_run_close(run_gpu(in, doc, dout, dy, s, carry),
+                   run_reference(in, doc, dout, dy, s, carry));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanCudaCarryTest,
