@@ -87,15 +87,20 @@ void run_attention(Context& ctx, const AttentionShape& s) {
   const std::string anchor =
       s.window ? fmt::format("attention flex w{} B{} L{} H{} d{}", s.window, s.B, s.L, s.H, s.dk)
                : fmt::format("attention cudnn B{} L{} H{} d{} dv{}", s.B, s.L, s.H, s.dk, s.dv);
-  ctx.report({"attention fwd " + shape, fwd_ms, 2 * pairs * (s.dk + s.dv),
-              2.0 * (nq + nk + nv + no) + 4.0 * s.B * s.H * s.L, anchor + " fwd"});
+  ctx.report({.name = "attention fwd " + shape,
+              .ms = fwd_ms,
+              .flops = 2 * pairs * (s.dk + s.dv),
+              .bytes = 2.0 * (nq + nk + nv + no) + 4.0 * s.B * s.H * s.L,
+              .anchor = anchor + " fwd"});
   const double bwd_ms = ctx.time_ms([&] {
     attention_backward_cuda(dout->ptr, q->ptr, k->ptr, v->ptr, nullptr, out->ptr, lse->ptr,
                             dq->ptr, dk->ptr, dv->ptr, s, scale, ctx.stream);
   });
-  ctx.report({"attention bwd " + shape, bwd_ms, 2 * pairs * (3 * s.dk + 2 * s.dv),
-              2.0 * (nq + nk + nv + 2 * no) + 4.0 * (nq + nk + nv) + 4.0 * s.B * s.H * s.L,
-              anchor + " bwd"});
+  ctx.report({.name = "attention bwd " + shape,
+              .ms = bwd_ms,
+              .flops = 2 * pairs * (3 * s.dk + 2 * s.dv),
+              .bytes = 2.0 * (nq + nk + nv + 2 * no) + 4.0 * (nq + nk + nv) + 4.0 * s.B * s.H * s.L,
+              .anchor = anchor + " bwd"});
 }
 
 void bench_attention_full(Context& ctx) {
@@ -148,10 +153,11 @@ void run_diff_attention(Context& ctx, const DiffAttentionShape& s) {
   // The anchor: cuDNN's SDPA over H heads of dk h and dv 2h, the same FLOPs as the two maps
   // (causal only; the windowed layers have no such anchor).
   if (s.window == 0)
-    ctx.report({"diff_attention fwd+bwd " + shape, fwd_ms + bwd_ms,
-                2 * pairs * (3 * s.h) + 2 * pairs * (7 * s.h), 0,
-                fmt::format("attention cudnn B{} L{} H{} d{} dv{} fwd+bwd", s.B, s.L, s.H, s.h,
-                            2 * s.h)});
+    ctx.report({.name = "diff_attention fwd+bwd " + shape,
+                .ms = fwd_ms + bwd_ms,
+                .flops = 2 * pairs * (3 * s.h) + 2 * pairs * (7 * s.h),
+                .anchor = fmt::format("attention cudnn B{} L{} H{} d{} dv{} fwd+bwd", s.B, s.L,
+                                      s.H, s.h, 2 * s.h)});
 }
 
 void bench_diff_attention(Context& ctx) {

@@ -1,6 +1,6 @@
 // sambay_bench: runs the registered kernel benchmarks and prints time, TFLOP/s, GB/s and the
-// fraction of the ceilings measured on this GPU in the same run (a large bf16 GEMM and a large
-// device-to-device copy).
+// fraction of the ceilings measured on this GPU in the same run (a large bf16 GEMM, a large
+// device-to-device copy and, for kernels bound by exponentials, the exp2 rate).
 #include "bench/anchors.h"
 #include "bench/bench.h"
 #include "core/cuda_check.h"
@@ -118,9 +118,10 @@ int main(int argc, char** argv) {
   ctx.results = &results;
   double peak_tflops = 0, peak_gbps = 0;
   measure_ceilings(ctx, peak_tflops, peak_gbps);
+  const double exp2_rate = measure_exp2_rate(ctx);
   fmt::print("device: {}\nceilings measured here: bf16 GEMM 8192^3 {:.0f} TFLOP/s, "
-             "device copy {:.0f} GB/s\n\n",
-             sambay::cuda_device_description(), peak_tflops, peak_gbps);
+             "device copy {:.0f} GB/s, ex2.approx {:.2f} T/s\n\n",
+             sambay::cuda_device_description(), peak_tflops, peak_gbps, exp2_rate / 1e12);
   for (auto& [name, fn] : registry())
     if (std::strstr(name.c_str(), filter.c_str())) fn(ctx);
   // anchor ms and x anchor: the anchor's time and its ratio to sambay's (> 1: sambay is faster).
@@ -135,6 +136,20 @@ int main(int argc, char** argv) {
     }
     fmt::print("{:<52} {:>9.3f} {:>8.1f} {:>6.1f}% {:>8.0f} {:>6.1f}% {}\n", r.name, r.ms, tf,
                100 * tf / peak_tflops, gb, 100 * gb / peak_gbps, vs);
+  }
+  // Kernels that evaluate exponentials against both floors: their exps at the exp2 rate and
+  // their minimum bytes at the copy rate (either alone would take that long).
+  bool header = false;
+  for (const Result& r : results) {
+    if (r.exps <= 0) continue;
+    if (!header) {
+      fmt::print("\n{:<48} {:>10} {:>13} {:>14} {:>10}\n", "against the floors", "ms",
+                 "exp2 floor ms", "bytes floor ms", "x floor");
+      header = true;
+    }
+    const double exp_ms = r.exps / exp2_rate * 1e3, bytes_ms = r.bytes / (peak_gbps * 1e9) * 1e3;
+    fmt::print("{:<48} {:>10.3f} {:>13.3f} {:>14.3f} {:>10.2f}\n", r.name, r.ms, exp_ms, bytes_ms,
+               r.ms / std::max(exp_ms, bytes_ms));
   }
   return 0;
 }
