@@ -450,9 +450,10 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* in, 
       end_op(x.profile);
       begin_op(x.profile, OpFamily::scan);
       const bf16* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
+      // a.y: the forward's y (kept for every Mamba layer), so the backward need not rebuild it.
       selective_scan_backward_cuda(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log,
-                                   a.bc, a.cc, P + o.d_skip, a.z, x.doc, a.scan_checkpoint, g.dxs,
-                                   g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
+                                   a.bc, a.cc, P + o.d_skip, a.z, a.y, x.doc, a.scan_checkpoint,
+                                   g.dxs, g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
                                    G + o.d_skip, g.dz, g.scan_workspace, {m.B, m.L, m.E, m.N},
                                    st);
       end_op(x.profile);
