@@ -14,7 +14,7 @@
 
 namespace sambay::sm90 {
 
-// Head dims with a forward kernel; the backward covers the same but (128, 256).
+// Head dims with Hopper kernels (the backward covers the same).
 bool attention_sm90_supports(int64_t dk, int64_t dv);
 bool attention_sm90_backward_supports(int64_t dk, int64_t dv);
 
