@@ -140,7 +140,7 @@ RecomputeChoice choose_recompute(const ModelConfig& c, int64_t B, int64_t L, int
     RecomputePlan probe = none;
     probe.loss_kept_chunks -= std::min<int64_t>(2, none.loss_kept_chunks);
     const double saved = double(none_bytes - bytes_of(probe));
-    UnitClass u{"loss chunk"};
+    UnitClass u{"loss chunk", {}};
     u.bytes_per_flop =
         saved / (2.0 * tokens * double(std::min(kGpuLossChunk, c.vocab)) * double(c.d_model));
     classes.push_back(std::move(u));

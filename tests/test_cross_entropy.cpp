@@ -224,7 +224,9 @@ TEST_P(CrossEntropyTest, Bf16LogitsAreTheLossOfTheRoundedLogits) {
   // And the rounding is real: the exact loss differs (these logits are not all bf16 values).
   const double exact = tied_cross_entropy_forward(h.data(), emb.data(), targets.data(),
                                                   lse.data(), n, d, V, s, chunk, nullptr);
-  if (count_valid(targets) > 0) EXPECT_NE(exact, loss);
+  if (count_valid(targets) > 0) {
+    EXPECT_NE(exact, loss);
+  }
 }
 
 // The GPU workspace: kept slots, the shared slot only when some chunk is recomputed, every part

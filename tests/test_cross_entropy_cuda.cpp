@@ -192,8 +192,8 @@ TEST(CrossEntropyCuda, KeptChunksDoNotChangeAnyBit) {
   }
 }
 
-// The kept slots hold logit_scale <h, w> rounded once to bf16, and the loss is exactly that of
-// those stored values: the fp64 loss of the downloaded logits agrees to fp32 reduction error.
+// The kept slots hold logit_scale <h, w> rounded once to bf16, and the loss is that of those
+// stored values: the fp64 loss of the downloaded logits agrees to fp32 reduction error.
 TEST(CrossEntropyCuda, KeptLogitsAreRoundedOnceAndDefineTheLoss) {
   SAMBAY_REQUIRE_GPU();
   const int64_t n = 45, d = 40, V = 700, chunk = 96;  // 8 chunks, the last of 28
@@ -241,7 +241,7 @@ TEST(CrossEntropyCuda, KeptLogitsAreRoundedOnceAndDefineTheLoss) {
     loss += mx + std::log(sum) - stored[i * V + targets[i]];
   }
   EXPECT_EQ(off_by_more, 0) << "logits not rounded once to bf16";
-  EXPECT_NEAR(got, loss, 2e-6 * std::abs(loss));
+  EXPECT_NEAR(got, loss, 1e-5 * std::abs(loss));  // fp32 row sums against fp64
 }
 
 // What bf16 logits cost against exact ones: the loss and lse stay within bf16 precision (2^-8
