@@ -3,7 +3,7 @@
 //   h [n, d] (the final norm's output), w [V, d] (the head's weight: the embedding table when the
 //   head is tied), targets [n] with target < 0 meaning "ignore this position"; lse [n] saved for
 //   backward (unused rows: 0). chunk: vocabulary rows per GEMM; any chunk >= 1 gives the same
-//   result.
+//   result (on the GPU up to the rounding of the GEMMs, whose shapes change with it).
 #pragma once
 
 #include <cstddef>
@@ -41,7 +41,7 @@ void tied_cross_entropy_backward(const T* h, const T* w, const int32_t* targets,
 //
 // The vocabulary is cut into chunks of `chunk` rows (the last one may be shorter). Chunk c's
 // logits come from one cuBLASLt GEMM, bf16 out with fp32 accumulation (alpha = logit_scale), into
-// a bf16 slot [n, chunk] of the workspace. The first `kept_chunks` chunks each have a slot of
+// a bf16 slot [n, min(chunk, V)] of the workspace. The first `kept_chunks` chunks each have a slot of
 // their own that holds the logits from forward to backward; the others share one slot, and the
 // backward recomputes their logits with the same GEMM (same shape, leading dimension and
 // alignment, hence the same bits). So the loss and every gradient are bit-identical whatever
