@@ -17,8 +17,9 @@ namespace {
 
 constexpr double kH100DenseBf16Tflops = 989.4;  // datasheet, SXM, dense
 
+// anchor: the PyTorch anchor's key for the same model and batch (anchors.h), or empty.
 void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int64_t L,
-                         RecomputeMode recompute) {
+                         RecomputeMode recompute, const std::string& anchor = "") {
   const ModelConfig c = model_preset(preset);
   const std::string name =
       fmt::format("step {} B{} L{} rc-{}", preset, B, L, recompute_mode_name(recompute));
@@ -111,8 +112,16 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
   fmt::print("  time split by op family (sum {:.1f} ms per step; gaps between families are the "
              "rest):\n{}",
              profiled, split);
-  ctx.report({name, ms, flops, 0});
+  ctx.report({.name = name, .ms = ms, .flops = flops, .anchor = anchor});
   cuda_free(groups_device);
+}
+
+// The 150-line PyTorch Transformer++ of the anchor script has these shapes (torch.compile, cuDNN
+// attention, fused AdamW): the whole step beside it.
+void step_transformerpp(Context& ctx) {
+  for (int64_t B : {1, 2, 4})
+    bench_training_step(ctx, "transformerpp-1b", B, 4096, RecomputeMode::none,
+                        fmt::format("tpp B{} L4096 step", B));
 }
 
 void step_1b(Context& ctx) {
@@ -130,6 +139,7 @@ void step_3_8b(Context& ctx) {
 }
 
 SAMBAY_BENCHMARK("step_1b", step_1b);
+SAMBAY_BENCHMARK("step_transformerpp", step_transformerpp);
 SAMBAY_BENCHMARK("step_3.8b", step_3_8b);
 
 }  // namespace
