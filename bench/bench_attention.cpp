@@ -104,7 +104,13 @@ void run_attention(Context& ctx, const AttentionShape& s) {
 }
 
 void bench_attention_full(Context& ctx) {
-  if (std::getenv("SAMBAY_BENCH_SERIAL_FWD")) sm90::attention_sm90_forward_overlap(false);
+  // SAMBAY_BENCH_FWD_SCHEDULE=serial|overlap|pingpong: the Hopper forward's consumer schedule.
+  if (const char* v = std::getenv("SAMBAY_BENCH_FWD_SCHEDULE")) {
+    const std::string name(v);
+    sm90::attention_sm90_forward_schedule(name == "serial"     ? sm90::ForwardSchedule::serial
+                                          : name == "pingpong" ? sm90::ForwardSchedule::pingpong
+                                                               : sm90::ForwardSchedule::overlap);
+  }
   run_attention(ctx, {1, 4096, 16, 8, 128, 128, 0});
   run_attention(ctx, {1, 8192, 16, 8, 128, 128, 0});
 }

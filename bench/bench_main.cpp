@@ -90,7 +90,8 @@ static void measure_ceilings(Context& ctx, double& tflops, double& gbps) {
 
 }  // namespace sambay::bench
 
-// Usage: sambay_bench [FILTER] [--anchors FILE]. FILTER selects benchmarks by substring; FILE is
+// Usage: sambay_bench [FILTER] [--anchors FILE]. FILTER selects benchmarks by substrings of their
+// names, separated by '|' (e.g. "attention|scan"); FILE is
 // the anchor script's output from the same machine (anchors.h), printed beside each result.
 int main(int argc, char** argv) {
   using namespace sambay::bench;
@@ -122,8 +123,19 @@ int main(int argc, char** argv) {
   fmt::print("device: {}\nceilings measured here: bf16 GEMM 8192^3 {:.0f} TFLOP/s, "
              "device copy {:.0f} GB/s, ex2.approx {:.2f} T/s\n\n",
              sambay::cuda_device_description(), peak_tflops, peak_gbps, exp2_rate / 1e12);
+  // FILTER: substrings separated by '|'; a benchmark runs when its name holds any of them.
+  auto selected = [&](const std::string& name) {
+    size_t start = 0;
+    while (true) {
+      const size_t bar = filter.find('|', start);
+      const std::string part = filter.substr(start, bar == std::string::npos ? bar : bar - start);
+      if (name.find(part) != std::string::npos) return true;
+      if (bar == std::string::npos) return false;
+      start = bar + 1;
+    }
+  };
   for (auto& [name, fn] : registry())
-    if (std::strstr(name.c_str(), filter.c_str())) fn(ctx);
+    if (selected(name)) fn(ctx);
   // anchor ms and x anchor: the anchor's time and its ratio to sambay's (> 1: sambay is faster).
   fmt::print("{:<52} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>9}\n", "benchmark", "ms", "TFLOP/s",
              "%peak", "GB/s", "%peak", "anchor ms", "x anchor");

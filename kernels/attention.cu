@@ -966,8 +966,7 @@ void check_no_query_slice(const AttentionShape& s) {
                             " queries at q_offset=" + std::to_string(s.q_offset) + " over Lk=" +
                             std::to_string(attention_keys(s)) +
                             " keys) need the Hopper kernels: an sm_90 GPU, head dims (64, 64), "
-                            "(64, 128) or (128, 128) (forward also (128, 256)) and 16-byte "
-                            "aligned views");
+                            "(64, 128), (128, 128) or (128, 256) and 16-byte aligned views");
 }
 
 }  // namespace

@@ -53,9 +53,8 @@ void check_attention_shape(const AttentionShape& s);
 // L * window). Doc masking is applied per element and does not skip tiles.
 // Three implementations, chosen per call:
 //   Hopper (kernels/sm90/: wgmma, TMA, warp-specialised; an sm_90 GPU) for (dk, dv) in
-//     {(64, 64), (64, 128), (128, 128)}, and (128, 256) in the forward;
-//   mma.sync tensor-core kernels (any GPU from Ampere on) for those dims where Hopper's do not
-//     run: other GPUs, and the (128, 256) backward;
+//     {(64, 64), (64, 128), (128, 128), (128, 256)};
+//   mma.sync tensor-core kernels (any GPU from Ampere on) for those dims on other GPUs;
 //   simple one-warp-per-row kernels, correct but slow, for any other head dims or unaligned
 //     (not 16-byte) pointers or strides.
 // Query slices need the Hopper kernels; elsewhere they are refused, naming why.

@@ -261,7 +261,8 @@ TEST(AttentionCuda, RejectsBadShapes) {
 class AttentionCudaSliceTest : public ::testing::TestWithParam<CudaAttnCase> {};
 
 bool hopper_runs(const CudaAttnCase& c) {
-  const bool dims = (c.dk == 64 && (c.dv == 64 || c.dv == 128)) || (c.dk == 128 && c.dv == 128);
+  const bool dims = (c.dk == 64 && (c.dv == 64 || c.dv == 128)) ||
+                    (c.dk == 128 && (c.dv == 128 || c.dv == 256));
   return cuda_compute_capability() == 90 && dims && c.kernels == AttentionKernels::automatic;
 }
 
@@ -298,6 +299,7 @@ INSTANTIATE_TEST_SUITE_P(
         {2, 100, 4, 4, 64, 128, 0, true, 300, 37},     // offset inside a tile
         {1, 90, 2, 1, 64, 64, 50, false, 400, 200},    // window, keys beyond the queries
         {1, 200, 4, 2, 128, 128, 129, true, 450, 250}, // window crossing the slice edge
+        {1, 150, 2, 1, 128, 256, 0, true, 400, 190},   // dv 256
     })),
     [](const auto& info) { return name_of(info.param); });
 

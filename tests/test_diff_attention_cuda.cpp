@@ -284,7 +284,7 @@ TEST(DiffAttentionCuda, RejectsBadShapes) {
 }
 
 // Query slices (context parallelism): the forward, and the backward against the CPU backward at
-// the GPU's saved state, where the Hopper kernels run (an sm_90 GPU, h = 64); elsewhere the entry
+// the GPU's saved state, where the Hopper kernels run (an sm_90 GPU, h = 64 or 128); elsewhere the entry
 // points refuse slices.
 class DiffAttentionCudaSliceTest : public ::testing::TestWithParam<CudaDiffCase> {};
 
@@ -303,7 +303,7 @@ TEST_P(DiffAttentionCudaSliceTest, MatchesCpuOrIsRefused) {
                                  dev.saved(), dq.ptr, dk.ptr, dv.ptr, nullptr, nullptr, nullptr,
                                  nullptr, nullptr, host.s, static_cast<float>(host.scale), nullptr);
   };
-  if (!(cuda_compute_capability() == 90 && c.h == 64 &&
+  if (!(cuda_compute_capability() == 90 && (c.h == 64 || c.h == 128) &&
         c.kernels == AttentionKernels::automatic)) {
     EXPECT_THROW(dev.forward(), Error);
     return;
@@ -327,6 +327,7 @@ INSTANTIATE_TEST_SUITE_P(
         {1, 128, 4, 2, 64, 0, false, 512, 128},  // chunk 1 of 4
         {2, 100, 8, 2, 64, 0, true, 300, 137},   // offset inside a tile, docs, GQA 2
         {1, 90, 4, 4, 64, 50, true, 400, 200},   // window, keys beyond the queries
+        {1, 100, 4, 2, 128, 0, true, 300, 150},  // h 128: values 256 wide
     })),
     [](const auto& info) { return name_of(info.param); });
 

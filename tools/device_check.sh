@@ -4,7 +4,7 @@
 # call), then whole; then sambay_bench on a filter, optionally beside the PyTorch anchor's
 # output; a summary table last. Logs go to $OUT.
 # Usage: tools/device_check.sh [-t "test_a test_b"] [-s SMOKE_FILTER] [-b BENCH_FILTER]
-#                              [-a ANCHOR_LOG] [-e "VAR=value ..."]   (env for an extra bench run)
+#                              [-a ANCHOR_LOG] [-e "VAR=a;VAR=b"]  (one extra bench run per env)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tests="" smoke="" bench="" anchors="" extra_env=""
@@ -45,11 +45,14 @@ if [ -n "$bench" ]; then
   args=("$bench")
   [ -n "$anchors" ] && args+=(--anchors "$anchors")
   timeout 400 "$bin/sambay_bench" "${args[@]}" > "$out/bench.log" 2>&1 || summary+=("bench rc=$?")
-  if [ -n "$extra_env" ]; then
-    env $extra_env timeout 200 "$bin/sambay_bench" "${args[@]}" > "$out/bench_extra.log" 2>&1 ||
-      summary+=("extra bench rc=$?")
-    echo "== bench with $extra_env"; grep -vE "^$" "$out/bench_extra.log" | tail -n +3
-  fi
+  n=0
+  IFS=';' read -ra envs <<< "$extra_env"
+  for e in "${envs[@]}"; do
+    n=$((n + 1))
+    env $e timeout 200 "$bin/sambay_bench" "${args[@]}" > "$out/bench_extra$n.log" 2>&1 ||
+      summary+=("bench with $e rc=$?")
+    echo "== bench with $e"; grep -vE "^$" "$out/bench_extra$n.log" | tail -n +3
+  done
   echo "== bench"; cat "$out/bench.log"
 fi
 echo "== summary"

@@ -1,25 +1,32 @@
 // Attention backward on Hopper (sm_90a): warp-specialised, TMA-fed, wgmma-computed.
 //
-// One CTA per (block of 128 keys, key/value head, batch row) keeps dK and dV of its keys in
-// registers while it walks every query head of its GQA group and every block of 64 queries that
-// sees its keys. 3 warpgroups:
+// One CTA per (block of keys, key/value head, batch row) keeps dK and dV of its keys in registers
+// while it walks every query head of its GQA group and every block of 64 queries that sees its
+// keys. 3 warpgroups:
 //   producer (warpgroup 0): warp 0 copies K and V once and, per step, the Q and dO tiles (TMA)
 //     into a 2-stage ring; warp 1 copies the step's lse (times log2 e; +inf past the last query,
-//     which zeroes those probabilities) and D = <dout, out> into shared memory;
-//   consumers (warpgroups 1 and 2): 64 keys each. Per step
+//     which zeroes those probabilities) and D = <dout, out> into shared memory; warp 2 adds the
+//     staged dQ tiles into the dq workspace (below);
+//   consumers (warpgroups 1 and 2), per step
 //     S^T = K Q^T and dP^T = V dO^T           (wgmma, shared-memory operands)
 //     P^T = exp2(S^T scale log2e - lse), dS^T = P^T (dP^T - D)     (registers; mask on edges)
 //     dV += P^T dO, dK += dS^T Q              (wgmma, P^T and dS^T from registers)
-//     dS^T to shared memory (both warpgroups' halves), then dQ_tile = dS K: warpgroup w takes
-//     columns 64w.. of dQ (dk 128) or the keys 64w.. with the halves summed in shared memory
-//     (dk 64); the tile is staged in fp32 and added to the dq workspace by one bulk reduction
-//     (cp.reduce.async.bulk .add.f32), so dQ costs one asynchronous add per tile, not per element.
+//     dS^T to shared memory, then dQ_tile = dS K, staged in fp32 and added to the dq workspace by
+//     one bulk reduction (cp.reduce.async.bulk .add.f32): dQ costs one asynchronous add per tile,
+//     not per element, and the consumers do not wait for it.
+//   How the consumers share the keys (BwdShape): with dv <= 128 the CTA has 128 keys, 64 per
+//   warpgroup, and dQ's columns (dk 128) or its keys (dk 64, the halves summed in shared memory)
+//   are split between them; with dv = 256 (differential attention's values) 64 keys shared by
+//   both, which split the value columns (dV, and dP's reduction, exchanged in shared memory) and
+//   the key columns (dK, dQ).
+// Without dq wanted the consumers skip dS^T's staging and the dQ product.
 // The dq workspace holds each 64 x dk tile in the order the accumulators sit in registers
 // (16-byte stores without bank conflicts); attention_sm90_dq_finish puts it back in place.
 // dK and dV sum in registers in a fixed order; dQ's tile additions arrive in any order (fp32
 // adds: the bits of dq may differ between runs in the last place before its bf16 rounding).
 //
-// FLOPs per visible (query, key) pair: 2 (3 dk + 2 dv) (S, dP, dV, dK, dQ).
+// FLOPs per visible (query, key) pair: 2 (3 dk + 2 dv) (S, dP, dV, dK, dQ); dv = 256 computes S
+// and the softmax in both warpgroups (2 dk more).
 #include "kernels/sm90/attention_sm90.h"
 
 #include "core/cuda_check.h"
@@ -37,8 +44,7 @@
 namespace sambay::sm90 {
 namespace {
 
-constexpr int kBlockK = 128;  // keys per CTA: 64 per consumer warpgroup
-constexpr int kBlockQ = 64;   // queries per step
+constexpr int kBlockQ = 64;  // queries per step
 constexpr int kStages = 2;
 constexpr int kThreads = 384;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -47,7 +53,7 @@ struct BwdParams {
   CUtensorMap q_map, k_map, v_map, do_map;
   const float* lse;    // [B, H, L]
   const float* delta;  // [B, H, L]
-  float* dq_acc;       // [B, H, ceil(L / 64), 64 * dk] in register order
+  float* dq_acc;       // [B, H, ceil(L / 64), 64 * dk] in register order, or null (no dq)
   __nv_bfloat16 *dk, *dv;  // added into; k's and v's layouts; may be null
   const int32_t* doc;      // [B, Lk] or null
   int64_t k_pos, k_head, v_pos, v_head;
@@ -55,25 +61,44 @@ struct BwdParams {
   float scale, scale_log2;
 };
 
+// Two ways to share a CTA's keys between the consumer warpgroups:
+//   split keys (dv <= 128): 128 keys, each warpgroup owns 64 with dK and dV whole;
+//   wide (dv = 256, differential attention's values): 64 keys shared by both warpgroups, which
+//     split the value columns (dV, and dP's reduction over them, exchanged in shared memory) and
+//     the key columns (dK, dQ); both form P and dS. dV of 64 keys x 256 columns would not fit one
+//     warpgroup's registers beside dK.
+template <int DK, int DV>
+struct BwdShape {
+  static constexpr bool wide = DV == 256;
+  static constexpr int keys = wide ? 64 : 128;          // per CTA
+  static constexpr int dv_cols = wide ? DV / 2 : DV;    // dV columns per warpgroup
+  static constexpr int dk_cols = wide ? DK / 2 : DK;    // dK columns per warpgroup
+  static constexpr int dq_buffers = wide ? 1 : 2;       // dQ staging buffers (shared memory)
+};
+
 template <int DK, int DV>
 struct BwdLayout {
-  static constexpr int k_bytes = kBlockK * DK * 2;
-  static constexpr int v_bytes = kBlockK * DV * 2;
+  using Shape = BwdShape<DK, DV>;
+  static constexpr int k_bytes = Shape::keys * DK * 2;
+  static constexpr int v_bytes = Shape::keys * DV * 2;
   static constexpr int q_bytes = kBlockQ * DK * 2;
   static constexpr int do_bytes = kBlockQ * DV * 2;
-  static constexpr int ds_bytes = kBlockK * kBlockQ * 2;
+  static constexpr int ds_bytes = Shape::keys * kBlockQ * 2;
   static constexpr int dq_bytes = kBlockQ * DK * 4;
+  static constexpr int x_bytes = Shape::wide ? 2 * 64 * kBlockQ * 4 : 0;  // dP^T halves
   static constexpr int k_off = 0;
   static constexpr int v_off = k_off + k_bytes;
   static constexpr int q_off = v_off + v_bytes;
   static constexpr int do_off = q_off + kStages * q_bytes;
   static constexpr int ds_off = do_off + kStages * do_bytes;
   static constexpr int dq_off = ds_off + ds_bytes;
-  static constexpr int lse_off = dq_off + dq_bytes;
+  static constexpr int x_off = dq_off + Shape::dq_buffers * dq_bytes;
+  static constexpr int lse_off = x_off + x_bytes;
   static constexpr int delta_off = lse_off + kStages * kBlockQ * 4;
   static constexpr int bar_off = delta_off + kStages * kBlockQ * 4;
-  static constexpr int bytes = bar_off + 8 * (1 + 2 * kStages);
+  static constexpr int bytes = bar_off + 8 * (1 + 2 * kStages + 2 * Shape::dq_buffers);
   static constexpr int alloc = bytes + 1024;
+  static_assert(alloc <= 227 * 1024, "shared memory");
 };
 
 // Byte offset of element (row, col) in a 128-byte swizzled tile of 64-column rows.
@@ -82,9 +107,13 @@ __device__ __forceinline__ uint32_t swizzled(int row, int col) {
 }
 
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const __grid_constant__ BwdParams p) {
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_bwd_sm90_kernel(const __grid_constant__ BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Shape = BwdShape<DK, DV>;
   using Layout = BwdLayout<DK, DV>;
+  constexpr int kKeys = Shape::keys;
+  constexpr int kBuffers = Shape::dq_buffers;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
   uint8_t* sK = smem + Layout::k_off;
@@ -93,19 +122,22 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
   uint8_t* sdO = smem + Layout::do_off;
   uint8_t* sdS = smem + Layout::ds_off;
   float* sdQ = reinterpret_cast<float*>(smem + Layout::dq_off);
+  float* sX = reinterpret_cast<float*>(smem + Layout::x_off);
   float* sLse = reinterpret_cast<float*>(smem + Layout::lse_off);
   float* sDelta = reinterpret_cast<float*>(smem + Layout::delta_off);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + Layout::bar_off);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
   uint64_t* q_empty = bars + 1 + kStages;
+  uint64_t* dq_full = bars + 1 + 2 * kStages;              // a staged dQ tile is ready to add
+  uint64_t* dq_empty = bars + 1 + 2 * kStages + kBuffers;  // its buffer has been read
 
   const int key_block = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
-  const int j0 = key_block * kBlockK;
+  const int j0 = key_block * kKeys;
   const AttentionMask mask{p.L, p.Lk, p.q_offset, p.window,
                            p.doc ? p.doc + static_cast<int64_t>(b) * p.Lk : nullptr};
   const int first_q = mask.first_query_tile(j0, kBlockQ);
-  const int end_q = mask.end_query_tile(j0, kBlockK, kBlockQ);
+  const int end_q = mask.end_query_tile(j0, kKeys, kBlockQ);
   const int per_head = end_q > first_q ? end_q - first_q : 0;
   const int steps = per_head * p.group;
   const int q_tiles = (p.L + kBlockQ - 1) / kBlockQ;
@@ -116,6 +148,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
     for (int s = 0; s < kStages; ++s) {
       barrier_init(&q_full[s], 1 + 32);  // the copy issuer, and the 32 lanes of the lse warp
       barrier_init(&q_empty[s], 8);      // one arrival per consumer warp
+    }
+    for (int s = 0; s < kBuffers; ++s) {
+      barrier_init(&dq_full[s], 8);
+      barrier_init(&dq_empty[s], 1);  // the dQ writer
     }
     barrier_init_fence();
   }
@@ -129,10 +165,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
       barrier_arrive_expect(kv_full, Layout::k_bytes + Layout::v_bytes);
 #pragma unroll
       for (int c = 0; c < DK / 64; ++c)
-        tma_load_4d(sK + c * kBlockK * 128, &p.k_map, kv_full, c * 64, kv_head, j0, b);
+        tma_load_4d(sK + c * kKeys * 128, &p.k_map, kv_full, c * 64, kv_head, j0, b);
 #pragma unroll
       for (int c = 0; c < DV / 64; ++c)
-        tma_load_4d(sV + c * kBlockK * 128, &p.v_map, kv_full, c * 64, kv_head, j0, b);
+        tma_load_4d(sV + c * kKeys * 128, &p.v_map, kv_full, c * 64, kv_head, j0, b);
       for (int i = 0; i < steps; ++i) {
         const int s = i % kStages;
         const int head = kv_head * p.group + i / per_head;
@@ -148,6 +184,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
           tma_load_4d(sdO + s * Layout::do_bytes + c * kBlockQ * 128, &p.do_map, &q_full[s],
                       c * 64, head, t0, b);
       }
+    } else if (warp == 2 && lane == 0 && p.dq_acc != nullptr) {
+      // The dQ writer: adds each staged tile into the workspace with one bulk reduction.
+      for (int i = 0; i < steps; ++i) {
+        const int buf = i % kBuffers;
+        const int head = kv_head * p.group + i / per_head;
+        const int q_tile = first_q + i % per_head;
+        barrier_wait(&dq_full[buf], (i / kBuffers) & 1);
+        const int64_t tile = (static_cast<int64_t>(b) * p.H + head) * q_tiles + q_tile;
+        bulk_reduce_add_f32(p.dq_acc + tile * kBlockQ * DK, sdQ + buf * kBlockQ * DK,
+                            Layout::dq_bytes);
+        bulk_commit();
+        bulk_wait_read();
+        barrier_arrive(&dq_empty[buf]);
+      }
+      bulk_wait();  // complete before the CTA ends
     } else if (warp == 1) {
       for (int i = 0; i < steps; ++i) {
         const int s = i % kStages;
@@ -169,20 +220,18 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
 
   // ---- consumers ----
   claim_registers<240>();
-  const int wg = warpgroup - 1;  // keys j0 + 64 wg ..
+  const int wg = warpgroup - 1;
   const int tid = threadIdx.x - 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const bool issuer = tid == 0;  // issues the dq bulk reductions
-  const int key_row = 64 * wg + 16 * warp + lane / 4;  // this thread's keys (in the CTA's tile):
-                                                       // key_row, key_row + 8
+  const int wg_keys = Shape::wide ? 0 : 64 * wg;  // this warpgroup's first key in the CTA's tile
+  const int key_row = wg_keys + 16 * warp + lane / 4;  // this thread's keys: key_row, + 8
   const int qcol = 2 * (lane % 4);                     // + 8 j (+1): this thread's queries
-  const int wg_j0 = j0 + 64 * wg;
   const int32_t doc_k[2] = {mask.key_doc(j0 + key_row), mask.key_doc(j0 + key_row + 8)};
 
-  float dk_acc[DK / 2], dv_acc[DV / 2];
+  float dk_acc[Shape::dk_cols / 2], dv_acc[Shape::dv_cols / 2];
 #pragma unroll
-  for (int i = 0; i < DK / 2; ++i) dk_acc[i] = 0.f;
+  for (int i = 0; i < Shape::dk_cols / 2; ++i) dk_acc[i] = 0.f;
 #pragma unroll
-  for (int i = 0; i < DV / 2; ++i) dv_acc[i] = 0.f;
+  for (int i = 0; i < Shape::dv_cols / 2; ++i) dv_acc[i] = 0.f;
 
   const uint32_t k_base = smem_addr(sK), v_base = smem_addr(sV), ds_base = smem_addr(sdS);
   barrier_wait(kv_full, 0);
@@ -190,37 +239,39 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
   for (int i = 0; i < steps; ++i) {
     const int s = i % kStages;
     const uint32_t phase = (i / kStages) & 1;
-    const int head = kv_head * p.group + i / per_head;
-    const int q_tile = first_q + i % per_head;
-    const int t0 = q_tile * kBlockQ;
+    const int t0 = (first_q + i % per_head) * kBlockQ;
     const uint32_t q_base = smem_addr(sQ + s * Layout::q_bytes);
     const uint32_t do_base = smem_addr(sdO + s * Layout::do_bytes);
     barrier_wait(&q_full[s], phase);
 
-    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys and the step's 64 queries.
+    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys and the step's 64 queries (wide:
+    // dP^T over this warpgroup's half of the value columns).
     float st[32], dpt[32];
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < DK / 16; ++k) {
       const uint32_t in_row = (k % 4) * 32, block = k / 4;
       Wgmma<64>::template ss<0, 0>(
-          st, smem_desc(k_base + block * kBlockK * 128 + wg * 64 * 128 + in_row, 16, 1024),
+          st, smem_desc(k_base + block * kKeys * 128 + wg_keys * 128 + in_row, 16, 1024),
           smem_desc(q_base + block * kBlockQ * 128 + in_row, 16, 1024), k > 0);
     }
     wgmma_commit();
+    constexpr int dp_steps = Shape::wide ? DV / 32 : DV / 16;
+    const int dp_first = Shape::wide ? wg * dp_steps : 0;
 #pragma unroll
-    for (int k = 0; k < DV / 16; ++k) {
+    for (int kk = 0; kk < dp_steps; ++kk) {
+      const int k = dp_first + kk;
       const uint32_t in_row = (k % 4) * 32, block = k / 4;
       Wgmma<64>::template ss<0, 0>(
-          dpt, smem_desc(v_base + block * kBlockK * 128 + wg * 64 * 128 + in_row, 16, 1024),
-          smem_desc(do_base + block * kBlockQ * 128 + in_row, 16, 1024), k > 0);
+          dpt, smem_desc(v_base + block * kKeys * 128 + wg_keys * 128 + in_row, 16, 1024),
+          smem_desc(do_base + block * kBlockQ * 128 + in_row, 16, 1024), kk > 0);
     }
     wgmma_commit();
 
     // P^T = exp2(S^T scale log2e - lse), masked where the tile crosses an edge.
     const float* lse2 = sLse + s * kBlockQ;
     const float* dlt = sDelta + s * kBlockQ;
-    const bool full = mask.full(t0, kBlockQ, wg_j0, 64);
+    const bool full = mask.full(t0, kBlockQ, j0 + wg_keys, 64);
     wgmma_wait<1>();
     fence_registers(st);
 #pragma unroll
@@ -238,50 +289,86 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
     }
     wgmma_wait<0>();
     fence_registers(dpt);
+    if constexpr (Shape::wide) {  // dP^T = the two halves' sum, exchanged in register order
+      float* mine = sX + wg * 64 * kBlockQ + ((warp * 8) * 32 + lane) * 4;
+      const float* theirs = sX + (1 - wg) * 64 * kBlockQ + ((warp * 8) * 32 + lane) * 4;
+      named_barrier_sync(3, 256);  // the previous step's exchange has been read
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<float4*>(mine + j * 128) =
+            make_float4(dpt[4 * j], dpt[4 * j + 1], dpt[4 * j + 2], dpt[4 * j + 3]);
+      named_barrier_sync(4, 256);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float4 v = *reinterpret_cast<const float4*>(theirs + j * 128);
+        dpt[4 * j] += v.x, dpt[4 * j + 1] += v.y, dpt[4 * j + 2] += v.z, dpt[4 * j + 3] += v.w;
+      }
+    }
     // dS^T = P^T (dP^T - D)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float2 d = *reinterpret_cast<const float2*>(dlt + 8 * j + qcol);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - (e % 2 ? d.y : d.x));
+      for (int e = 0; e < 4; ++e)
+        dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - (e % 2 ? d.y : d.x));
     }
     uint32_t pa[4][4], dsa[4][4];
     to_a_fragments<64>(st, pa);
     to_a_fragments<64>(dpt, dsa);
 
-    // dV += P^T dO, dK += dS^T Q (queries are the reduction dimension: dO, Q MN-major).
+    // dV += P^T dO, dK += dS^T Q (queries are the reduction dimension: dO, Q MN-major); wide:
+    // this warpgroup's value columns 128 wg.. and key columns 64 wg..
+    const uint32_t dv_cols0 = Shape::wide ? 2 * wg * kBlockQ * 128 : 0;
+    const uint32_t dk_cols0 = Shape::wide ? wg * kBlockQ * 128 : 0;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      Wgmma<DV>::template rs<1>(dv_acc, pa[k], smem_desc(do_base + k * 2048, kBlockQ * 128, 1024), 1);
+      Wgmma<Shape::dv_cols>::template rs<1>(
+          dv_acc, pa[k], smem_desc(do_base + dv_cols0 + k * 2048, kBlockQ * 128, 1024), 1);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      Wgmma<DK>::template rs<1>(dk_acc, dsa[k], smem_desc(q_base + k * 2048, kBlockQ * 128, 1024), 1);
+      Wgmma<Shape::dk_cols>::template rs<1>(
+          dk_acc, dsa[k], smem_desc(q_base + dk_cols0 + k * 2048, kBlockQ * 128, 1024), 1);
     wgmma_commit();
 
-    // dS^T (bf16) to shared memory, rows = keys, for dQ = dS K.
+    if (p.dq_acc == nullptr) {  // no dq wanted: the step ends with dV and dK
+      wgmma_wait<0>();
+      fence_registers(dk_acc);
+      fence_registers(dv_acc);
+      fence_registers(pa);
+      fence_registers(dsa);
+      if (lane == 0) barrier_arrive(&q_empty[s]);
+      continue;
+    }
+
+    // dS^T (bf16) to shared memory, rows = keys, for dQ = dS K (wide: both warpgroups hold all
+    // of it; the first writes it).
+    if (!Shape::wide || wg == 0) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
-        *reinterpret_cast<uint32_t*>(sdS + swizzled(key_row + 8 * r, 8 * j + qcol)) =
-            pack_bf16x2(dpt[4 * j + 2 * r], dpt[4 * j + 2 * r + 1]);
-    fence_async_shared();
+        for (int r = 0; r < 2; ++r)
+          *reinterpret_cast<uint32_t*>(sdS + swizzled(key_row + 8 * r, 8 * j + qcol)) =
+              pack_bf16x2(dpt[4 * j + 2 * r], dpt[4 * j + 2 * r + 1]);
+      fence_async_shared();
+    }
     named_barrier_sync(1, 256);
 
+    // dQ columns: dk 128 -> 64 wg.. over all the CTA's keys; dk 64 -> all 64 over this
+    // warpgroup's keys (the halves are summed below).
     float dq[32];
     wgmma_fence();
-    if constexpr (DK == 128) {  // columns 64 wg.. of dQ over all 128 keys
+    if constexpr (DK == 128) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        Wgmma<64>::template ss<1, 1>(dq, smem_desc(ds_base + k * 2048, 8192, 1024),
-                                     smem_desc(k_base + wg * kBlockK * 128 + k * 2048, kBlockK * 128, 1024),
-                                     k > 0);
-    } else {  // all 64 columns over this warpgroup's 64 keys
+      for (int k = 0; k < kKeys / 16; ++k)
+        Wgmma<64>::template ss<1, 1>(
+            dq, smem_desc(ds_base + k * 2048, 8192, 1024),
+            smem_desc(k_base + wg * kKeys * 128 + k * 2048, kKeys * 128, 1024), k > 0);
+    } else {
 #pragma unroll
       for (int k = 0; k < 4; ++k)
         Wgmma<64>::template ss<1, 1>(dq, smem_desc(ds_base + (4 * wg + k) * 2048, 8192, 1024),
-                                     smem_desc(k_base + (4 * wg + k) * 2048, kBlockK * 128, 1024),
+                                     smem_desc(k_base + (4 * wg + k) * 2048, kKeys * 128, 1024),
                                      k > 0);
     }
     wgmma_commit();
@@ -293,19 +380,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
     fence_registers(dsa);
     if (lane == 0) barrier_arrive(&q_empty[s]);
 
-    // Stage the dQ tile in register order and add it to the workspace with one bulk reduction.
-    if (issuer) bulk_wait_read();  // the previous tile's reduction has read the staging buffer
-    named_barrier_sync(2, 256);
+    // Stage the dQ tile in register order; the dQ writer adds it to the workspace.
+    const int buf = i % kBuffers;
+    barrier_wait(&dq_empty[buf], ((i / kBuffers) & 1) ^ 1);
     const int cb = DK == 128 ? wg : 0;
-    float* stage = sdQ + (((cb * 4 + warp) * 8) * 32 + lane) * 4;
+    float* stage = sdQ + buf * kBlockQ * DK + (((cb * 4 + warp) * 8) * 32 + lane) * 4;
     if (DK == 128 || wg == 0) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         *reinterpret_cast<float4*>(stage + j * 128) =
             make_float4(dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
     }
-    if constexpr (DK == 64) {
-      named_barrier_sync(3, 256);
+    if constexpr (DK == 64) {  // the second warpgroup adds its keys' share
+      named_barrier_sync(2, 256);
       if (wg == 1) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
@@ -316,25 +403,22 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
       }
     }
     fence_async_shared();
-    named_barrier_sync(4, 256);
-    if (issuer) {
-      const int64_t tile = (static_cast<int64_t>(b) * p.H + head) * q_tiles + q_tile;
-      bulk_reduce_add_f32(p.dq_acc + tile * kBlockQ * DK, sdQ, Layout::dq_bytes);
-      bulk_commit();
-    }
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&dq_full[buf]);
   }
-  if (issuer) bulk_wait();
 
   // ---- epilogue: dK (times scale) and dV added into the bf16 gradients ----
+  const int dk_c0 = Shape::wide ? 64 * wg : 0, dv_c0 = Shape::wide ? 128 * wg : 0;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = j0 + key_row + 8 * r;
     if (key >= p.Lk) continue;
     const int64_t krow = static_cast<int64_t>(b) * p.Lk + key;
     if (p.dk) {
-      __nv_bfloat16* dst = p.dk + krow * p.k_pos + static_cast<int64_t>(kv_head) * p.k_head + qcol;
+      __nv_bfloat16* dst =
+          p.dk + krow * p.k_pos + static_cast<int64_t>(kv_head) * p.k_head + dk_c0 + qcol;
 #pragma unroll
-      for (int j = 0; j < DK / 8; ++j) {
+      for (int j = 0; j < Shape::dk_cols / 8; ++j) {
         __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst + 8 * j);
         const float2 old = __bfloat1622float2(*d2);
         *d2 = __floats2bfloat162_rn(old.x + p.scale * dk_acc[4 * j + 2 * r],
@@ -342,12 +426,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_sm90_kernel(const _
       }
     }
     if (p.dv) {
-      __nv_bfloat16* dst = p.dv + krow * p.v_pos + static_cast<int64_t>(kv_head) * p.v_head + qcol;
+      __nv_bfloat16* dst =
+          p.dv + krow * p.v_pos + static_cast<int64_t>(kv_head) * p.v_head + dv_c0 + qcol;
 #pragma unroll
-      for (int j = 0; j < DV / 8; ++j) {
+      for (int j = 0; j < Shape::dv_cols / 8; ++j) {
         __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst + 8 * j);
         const float2 old = __bfloat1622float2(*d2);
-        *d2 = __floats2bfloat162_rn(old.x + dv_acc[4 * j + 2 * r], old.y + dv_acc[4 * j + 2 * r + 1]);
+        *d2 = __floats2bfloat162_rn(old.x + dv_acc[4 * j + 2 * r],
+                                    old.y + dv_acc[4 * j + 2 * r + 1]);
       }
     }
   }
@@ -393,7 +479,8 @@ void launch(const BwdParams& p, int B, int G, cudaStream_t stream) {
                                            Layout::alloc));
     configured = true;
   }
-  const dim3 grid((p.Lk + kBlockK - 1) / kBlockK, G, B);
+  constexpr int keys = BwdShape<DK, DV>::keys;
+  const dim3 grid((p.Lk + keys - 1) / keys, G, B);
   kernel<<<grid, kThreads, Layout::alloc, stream>>>(p);
   SAMBAY_CUDA_CHECK_LAUNCH();
 }
@@ -401,7 +488,7 @@ void launch(const BwdParams& p, int B, int G, cudaStream_t stream) {
 }  // namespace
 
 bool attention_sm90_backward_supports(int64_t dk, int64_t dv) {
-  return (dk == 64 && (dv == 64 || dv == 128)) || (dk == 128 && dv == 128);
+  return attention_sm90_supports(dk, dv);
 }
 
 int64_t attention_sm90_dq_floats(const AttentionShape& s) {
@@ -416,9 +503,10 @@ void attention_backward_sm90(const HeadTensor& q, const HeadTensor& k, const Hea
                         "attention backward (sm90): head dims " + std::to_string(s.dk) + "/" +
                             std::to_string(s.dv) + " are not supported");
   BwdParams p{};
+  const int keys = s.dv == 256 ? BwdShape<128, 256>::keys : BwdShape<128, 128>::keys;
   p.q_map = make_head_tensor_map(q, kBlockQ, "attention q");
-  p.k_map = make_head_tensor_map(k, kBlockK, "attention k");
-  p.v_map = make_head_tensor_map(v, kBlockK, "attention v");
+  p.k_map = make_head_tensor_map(k, keys, "attention k");
+  p.v_map = make_head_tensor_map(v, keys, "attention v");
   p.do_map = make_head_tensor_map(dout, kBlockQ, "attention dout");
   p.lse = lse;
   p.delta = delta;
@@ -434,7 +522,8 @@ void attention_backward_sm90(const HeadTensor& q, const HeadTensor& k, const Hea
   p.scale_log2 = scale * kLog2e;
   if (s.dk == 64 && s.dv == 64) return launch<64, 64>(p, int(s.B), int(s.G), stream);
   if (s.dk == 64 && s.dv == 128) return launch<64, 128>(p, int(s.B), int(s.G), stream);
-  launch<128, 128>(p, int(s.B), int(s.G), stream);
+  if (s.dk == 128 && s.dv == 128) return launch<128, 128>(p, int(s.B), int(s.G), stream);
+  launch<128, 256>(p, int(s.B), int(s.G), stream);
 }
 
 void attention_sm90_dq_finish(const float* dq_acc, void* dq, int64_t q_pos, int64_t q_head,

@@ -14,7 +14,7 @@
 
 namespace sambay::sm90 {
 
-// Head dims with a forward kernel; the backward covers the same but (128, 256).
+// Head dims with Hopper kernels (the backward covers the same).
 bool attention_sm90_supports(int64_t dk, int64_t dv);
 bool attention_sm90_backward_supports(int64_t dk, int64_t dv);
 
@@ -24,8 +24,9 @@ void attention_forward_sm90(const HeadTensor& q, const HeadTensor& k, const Head
                             int64_t o_head, float* lse, const AttentionShape& s, float scale,
                             cudaStream_t stream);
 
-// Development switch: the forward's software-pipelined consumer loop (default) or the serial one.
-void attention_sm90_forward_overlap(bool on);
+// The forward's consumer schedule (attention_fwd.cu explains each); benchmarks compare them.
+enum class ForwardSchedule { serial, overlap, pingpong };
+void attention_sm90_forward_schedule(ForwardSchedule schedule);
 
 // delta [B, H, L]: <dout, out> per row (computed by the caller). dq_acc: fp32 workspace of
 // attention_sm90_dq_floats(s) elements, zeroed by the caller; the kernel adds dS K into it in

@@ -114,6 +114,11 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Arrives on barrier `id` without waiting (the producer side of a named-barrier handoff).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Register reallocation between warpgroups: producers give registers up, consumers take them.
 // Needs a register cap at entry (__launch_bounds__(threads, 1)).
 template <int REGS>
