@@ -60,23 +60,24 @@
 // Cost per state and token (a "state-token", B L E N of them), N = 16:
 //   exponentials  forward 2 (F1, F3), backward 2.875 (B1, W2 7/8, W3). Per (token, channel) the
 //                 softplus (one ex2 and a degree-9 polynomial, kernels/log1p_fma.h) and
-//                 sigmoids (one ex2 and one rcp each) add 1/8 to 1/4 of an exp per state-token.
-//                 F1 and B1 run 3 of their 16 states' exps as exp2_fma on the FMA units and F3
-//                 2 of 16, the split at which their special-function and issue loads balance;
-//                 B3 is issue-bound and keeps ex2.approx.
-//   issue slots   per state-token, counted in the SASS: F1 about 6, F3 about 7.5, B1 about 6.5,
-//                 B3 about 25 (variant 1: W2 4, recompute 5, walk back 9.5, reductions 3.5,
-//                 P and F 3) against about 45 for variant 0.
+//                 sigmoids (one ex2 and one rcp each) add 1/16 to 1/4 of an exp per state-token.
+//   issue slots   the bound of every kernel (128 per SM and clock against 16 exps), counted in
+//                 the SASS of the loops: F1 7.8, F3 9.7, B1 8.5; B3 variant 1 about 32 with the
+//                 forward's y (W2 4.3, W3 19.6 of which 12 are the walk's FMA-pipe core, P and F
+//                 8.5), variant 0 about 48. F1 and B1 run 1 of their 16 states' exps as exp2_fma
+//                 on the FMA units, the split at which their special-function and issue loads
+//                 balance; F3 and B3 keep ex2.approx.
 //   bytes         per (token, channel), beyond the minimum (x, dt, z in, y and out out; dout,
-//                 x, dt, z in, dx, ddt, dz read and written): x and dt read twice in the forward
-//                 (F1, F3), dt, z, dout twice in the backward (B1, B3) and x, dt, z, dout a
-//                 third time, mostly from L2, in B3's F; and the chunk tensors: 4N/T = 1 byte
-//                 for each [B, chunks, E, N] fp32 pass (F1 write, F2 read+write, F3 read; B1
-//                 write, B2 read+write, B3 read 2), the dB|dC partials 32 bytes per token per 128
-//                 channels, the parameter partials 4(N+2)/T bytes.
+//                 x, dt, z, y in, dx, ddt, dz read and written): x and dt read twice in the
+//                 forward (F1, F3), dt, z, dout twice in the backward (B1, B3) and x, dt, z,
+//                 dout a third time, mostly from L2, in B3's F; and the chunk tensors: 4N/T = 1
+//                 byte for each [B, chunks, E, N] fp32 pass (F1 write, F2 read+write, F3 read; B1
+//                 write, B2 read+write, B3 read 2), the dB|dC partials 32 bytes per token per
+//                 128 channels, the parameter partials 4(N+2)/T bytes.
 // At B1 L4096 E5120 N16 (3.4e8 state-tokens): exps 6.7e8 forward, 9.6e8 backward (0.41 ms at
-// 4e12/s, less the fraction of F1's, F3's and B1's on the FMA units); bytes about 0.36 GB forward
-// and 0.75 GB backward (0.26 ms at 4.2 TB/s, most of it overlapped with the walks).
+// 4e12/s); issue slots about 58 per state-token, 0.61 ms at 1.9 GHz if every SM issued every
+// clock; bytes about 0.36 GB forward and 0.75 GB backward (0.26 ms at 4.2 TB/s, most of it
+// overlapped with the walks).
 #include <cuda_bf16.h>
 
 #include <algorithm>
