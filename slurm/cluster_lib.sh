@@ -18,12 +18,21 @@ install_packages() {  # package...
     >/dev/null
 }
 
-# The pid recorded in pids/NAME.pid if that process is still alive and runs COMM (default NAME).
+# Whether a process runs: it exists and is not a zombie. (Daemons outlive the script that
+# started them and are then reaped by pid 1, which on some machines is slow to do so or never
+# does; a zombie has ended all the same.)
+pid_running() {  # pid
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) && [ "${st%% *}" != Z ]
+}
+
+# The pid recorded in pids/NAME.pid if that process still runs COMM (default NAME).
 live_pid() {  # name [comm]
   local f=$state/pids/$1.pid pid
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${2:-$1}" ] && echo "$pid"
+  [ -n "$pid" ] && pid_running "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${2:-$1}" ] &&
+    echo "$pid"
 }
 
 # Starts a daemon in the foreground mode of its own session, so that the script can return
@@ -41,8 +50,8 @@ end_daemon() {  # name [comm]
   local pid
   pid=$(live_pid "$@") || { rm -f "$state/pids/$1.pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  if kill -0 "$pid" 2>/dev/null; then log "$1 ($pid) ignored TERM, killing"; kill -KILL "$pid" || true; fi
+  for ((i = 0; i < 40; i++)); do pid_running "$pid" || break; sleep 0.25; done
+  if pid_running "$pid"; then log "$1 ($pid) ignored TERM, killing"; kill -KILL "$pid" || true; fi
   rm -f "$state/pids/$1.pid"
 }
 

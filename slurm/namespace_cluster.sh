@@ -185,6 +185,10 @@ boot_node() {  # node, first start (1/0)
     wait_for 20 "slurmctld to answer" on_node "$controller" scontrol ping ||
       { tail -n 15 "$state/log/slurmctld.log" >&2; die "slurmctld did not start (log: $state/log/slurmctld.log)"; }
   fi
+  # What a step that died with the node left in its spool would stop the step from starting
+  # again there (clean_stale_pmix.sh says why); a site runs this at boot too.
+  "${enter[@]}" env SLURM_CONF="$conf" sh "$state/clean_stale_pmix.sh" "$node" ||
+    die "clean_stale_pmix.sh failed on $node"
   spawn "$node.slurmd" "${enter[@]}" /usr/sbin/slurmd -D -f "$conf" -N "$node"
 }
 
@@ -230,6 +234,8 @@ EOF
     echo "PartitionName=ns Nodes=node[1-$nodes] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
   } >"$conf"
   write_cgroup_conf "$state"
+  # Run by every node at boot; copied to the state directory, which every node sees.
+  install -m 0755 "$(dirname "$self")/clean_stale_pmix.sh" "$state/clean_stale_pmix.sh"
 }
 
 start() {
@@ -316,10 +322,16 @@ crash() {  # node
   log "$node crashed: link down, killed ${pids:-nothing}"
 }
 
+# A crashed node reboots: /tmp (cleared at boot, as systemd's tmpfiles does), /run/munge and
+# /dev/shm (tmpfs) start empty; the spool directory and logs persist as on a disk.
 boot() {  # node
   local node=$1
   node_index "$node" >/dev/null
   keeper_pid "$node" >/dev/null && die "$node is running ('$0 crash $node' first)"
+  [ -z "$(ip netns pids "$(netns_of "$node")")" ] || die "$node still has processes"
+  # Only the host's view of the node's /tmp is removed: the shared directories are bound into
+  # it in the node's own mount namespace, which ended with its last process.
+  rm -rf "$state/nodes/$node/tmp"
   boot_node "$node" 0
   wait_for 40 "$node to become idle" node_idle "$node" ||
     die "$node did not come back idle (logs: $state/log/slurmd-$node.log, slurmctld.log)"
