@@ -29,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/cluster_lib.sh"
 log_tail() { [ -f "$state/log/$1.log" ] && tail -n 15 "$state/log/$1.log" | sed "s/^/  $1: /" >&2 || true; }
 
 write_config() {
-  mkdir -p "$state"/{log,pids,ctld,slurmd}
+  mkdir -p "$state"/{log,pids,ctld,slurmd,tmp}
   {
     cat <<EOF
 # Written by slurm/local_cluster.sh: a one-node test cluster.
@@ -43,6 +43,10 @@ SlurmctldPidFile=$state/ctld/slurmctld.pid
 SlurmdPidFile=$state/slurmd/slurmd.pid
 SlurmctldLogFile=$state/log/slurmctld.log
 SlurmdLogFile=$state/log/slurmd.log
+# The PMIx plugin makes TmpFS/spmix_appdir_UID_JOB.STEP for every step: a directory of this
+# cluster's own, so that another test cluster on this machine (whose job ids start at 1 too)
+# does not collide with it ("Cannot create directory ...: File exists").
+TmpFS=$state/tmp
 EOF
     slurm_common_settings
     cat <<EOF

@@ -247,8 +247,11 @@ start() {
   teardown
   rm -rf "$state"/{ctld,nodes,pids,log}
   write_files
-  # Mount points the nodes cover with their own (they exist wherever munge is installed).
-  install -d -o munge -g munge -m 0755 /run/munge /var/lib/munge /var/log/munge
+  # Mount points the nodes cover with their own; made as the munge package makes them, and only
+  # where missing (the host's own are left as they are).
+  [ -d /run/munge ] || install -d -o munge -g munge -m 0755 /run/munge
+  local d
+  for d in /var/lib/munge /var/log/munge; do [ -d "$d" ] || install -d -o munge -g munge -m 0700 "$d"; done
   ip netns add "$switch"
   ip -n "$switch" link add br0 type bridge
   ip -n "$switch" link set br0 up

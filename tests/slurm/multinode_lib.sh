@@ -1,6 +1,7 @@
 # Shared by the multi-node training tests (sourced after lib.sh with cluster=namespace): the
 # tiny model's data and config, runs on this host outside Slurm for reference, two-node
 # submissions of slurm/train.sbatch, and the checks of a two-node job's log.
+build=$(realpath "$build")  # the tests cd to $tmp
 sambay=$build/sambay
 [ -x "$sambay" ] || fail "no sambay binary at $sambay"
 [ -x "$build/sambay_mpi_probe" ] || fail "no sambay_mpi_probe beside $sambay (build the sambay target)"

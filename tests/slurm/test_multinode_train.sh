@@ -6,6 +6,7 @@
 # one host bit for bit (each TP and DP group sums over 2 ranks, an order-free addition, so the
 # second host must change nothing). A TP size above the ranks per node is refused naming both,
 # and a rank order that splits TP pairs over the nodes (cyclic distribution) names the pair.
+# The training traffic goes over the nodes' network: node2's eth0 receives megabytes per run.
 # Skipped (77) without root or network namespaces. usage: test_multinode_train.sh BUILD_DIR
 build=$1
 cluster=namespace
@@ -19,9 +20,12 @@ say "references on this host: one rank (micro_batch 2 x grad_accum 2), and DP2 x
 host_run 1 "$tmp/one_rank" --tp 1 --grad_accum 2
 host_run 4 "$tmp/one_host"
 
+node2_rx() { bash "$repo/slurm/namespace_cluster.sh" on node2 cat /sys/class/net/eth0/statistics/rx_bytes; }
+
 for launch in probed mpirun; do
   say "two-node job, launcher $launch"
   run=$tmp/two_nodes_$launch
+  rx_before=$(node2_rx)
   if [ $launch = mpirun ]; then
     job=$(SAMBAY_LAUNCH=mpirun submit_two_nodes "$run")
   else
@@ -38,6 +42,12 @@ for launch in probed mpirun; do
   fi
   expect_two_node_placement "$log"
   expect_grep "run finished" "$log" "the run did not finish"
+  # The DP pairs {0,2} and {1,3} span the nodes: 40 steps of gradient reduce-scatter and
+  # parameter all-gather of the ~10k parameters come to megabytes (2.7 MB measured), Slurm's
+  # own messages to kilobytes.
+  rx=$(($(node2_rx) - rx_before))
+  say "node2 received $rx bytes over eth0"
+  ((rx > 1000000)) || fail "node2 received only $rx bytes: the ranks did not talk over the nodes' network"
   compare_metrics "$tmp/one_host/metrics.jsonl" "$run/metrics.jsonl"
   compare_metrics --rtol 1e-5 "$tmp/one_rank/metrics.jsonl" "$run/metrics.jsonl"
 done
