@@ -105,8 +105,20 @@ stop() {
   for name in slurmd slurmctld munged; do
     pid=$(live_pid "$name") && pids+=("$pid")
   done
-  # A clean shutdown first (slurmctld saves state, slurmd exits), then the recorded pids.
-  if live_pid slurmctld >/dev/null; then scontrol shutdown >/dev/null 2>&1 || true; fi
+  # The cluster's jobs first: slurmd exits on shutdown but leaves running steps (their
+  # slurmstepd, srun and ranks) behind, as after a test that failed mid-job. Then a clean
+  # shutdown (slurmctld saves state, slurmd exits), then the recorded pids.
+  if live_pid slurmctld >/dev/null; then
+    local jobs
+    jobs=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+    if [ -n "${jobs// /}" ]; then
+      log "cancelling jobs $jobs"
+      scancel $jobs 2>/dev/null || true
+      # KillWait (10 s) between SIGTERM and SIGKILL, plus the epilog.
+      wait_for 30 "the jobs to end" bash -c '[ -z "$(squeue -h -o %A)" ]' || true
+    fi
+    scontrol shutdown >/dev/null 2>&1 || true
+  fi
   for name in slurmd slurmctld munged; do end_daemon "$name"; done
   log "stopped${pids[*]:+ (pids ${pids[*]})}"
 }
