@@ -862,7 +862,7 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
                                           targets + sp.row0, acts.ce_lse, sp.nr, m.d, c.vocab,
                                           static_cast<T>(model.logit_scale),
                                           std::min<int64_t>(kLossVocabChunk, c.vocab),
-                                          &r.valid_rows);
+                                          &r.valid_rows, model.logit_rounding);
   if (sp.sp) {  // each SP rank scored its own rows
     double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
     all_reduce(*sp.tp, sums, 2);
@@ -892,7 +892,8 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
   tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets + sp.row0, acts.ce_lse,
                               g.da, G + lay.embedding, sp.nr, m.d, c.vocab,
                               static_cast<T>(model.logit_scale),
-                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
+                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale,
+                              model.logit_rounding);
   norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
                 g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), sp.nr);
 

@@ -14,6 +14,7 @@
 #include "core/model_config.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/diff_attention.h"
 #include "parallel/communicator.h"
 
@@ -43,6 +44,9 @@ struct Model {
   std::vector<T> grads;   // same layout; backward adds into it
   double residual_scale = 1;  // each block's output is multiplied by this before the residual add
   double logit_scale = 1;     // output logits = logit_scale * <h, embedding>
+  // How the loss treats each logit: exactly, or rounded to bf16 as the GPU model stores it (the
+  // GPU model's tests compare against the CPU model on the GPU's function).
+  LogitRounding logit_rounding = LogitRounding::exact;
   ModelSplit split;
 };
 

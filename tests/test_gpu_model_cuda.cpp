@@ -42,8 +42,10 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   std::vector<double> noise(cpu.params.size());
   fill_normal(noise.data(), static_cast<int64_t>(noise.size()), 0.0, 0.05, 6, 1);
   for (size_t i = 0; i < noise.size(); ++i) cpu.params[i] += noise[i];
-  // The GPU computes with bf16 weights: give the CPU the same (rounded) values.
+  // The GPU computes with bf16 weights: give the CPU the same (rounded) values; and its loss is
+  // that of its stored bf16 logits (kernels/cross_entropy.h): the CPU scores the same logits.
   for (double& p : cpu.params) p = to_float(to_bf16(static_cast<float>(p)));
+  cpu.logit_rounding = LogitRounding::bf16;
   Batch b = make_batch(c, B, L, 7);
 
   Activations<double> cacts = plan_activations(cpu, B, L, false);
