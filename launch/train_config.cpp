@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "core/param_layout.h"
+#include "core/recompute_plan.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -24,7 +25,7 @@ po::options_description train_options(TrainConfig& c) {
       ("out_dir", po::value(&c.out_dir)->default_value(c.out_dir), "run directory: config, metrics, checkpoints, logs")
       ("device", po::value(&c.device)->default_value(c.device), "auto (the GPU when present), cpu or cuda")
       ("seed", po::value(&c.seed)->default_value(c.seed), "parameter initialisation seed")
-      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "recompute layer internals in backward (less memory)")
+      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "activation recompute in backward: none, auto (the least that fits the GPU's memory; none on the CPU) or all (true/false: all/none)")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
       ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
       ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
@@ -105,6 +106,7 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   }
   apply_model_overrides(vm, c, source);
   validate_train_config(c);
+  c.recompute = recompute_mode_name(parse_recompute_mode(c.recompute, "recompute"));
   return true;
 }
 
@@ -133,6 +135,7 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("must be in [0, 1), got {}", c.valid_fraction));
   need(c.device == "auto" || c.device == "cpu" || c.device == "cuda", "device",
        fmt::format("'{}' is not auto, cpu or cuda", c.device));
+  parse_recompute_mode(c.recompute, "recompute");  // throws naming the option
   need(c.log_every > 0, "log_every", fmt::format("must be positive, got {}", c.log_every));
   need(c.eval_every >= 0, "eval_every", fmt::format("must be >= 0, got {}", c.eval_every));
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
