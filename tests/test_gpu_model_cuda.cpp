@@ -146,9 +146,14 @@ TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
   }
 }
 
+// The untied μP++ head on the SambaY graph and on Transformer++. Not SambaY+DA with μP++: with
+// this test's weights its gradients are ill-conditioned (on the CPU in fp64, weights moved by
+// 2^-9 relative, the bf16 rounding, move the lambda vectors' gradients by 0.30 and 111 tensors'
+// by more than 1e-2, against 0.022 at most for sambay-da), so no bf16 computation can meet 3e-2
+// there (the GPU gave 0.19 on lambda, 3.0 to 3.7e-2 on 20 tensors).
 INSTANTIATE_TEST_SUITE_P(Architectures, GpuModelTest,
                          ::testing::Values("sambay-da", "sambay", "samba-yoco", "transformerpp",
-                                           "sambay-da-mup-untied", "transformerpp-mup-untied"),
+                                           "sambay-mup-untied", "transformerpp-mup-untied"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s)
