@@ -26,7 +26,8 @@ constexpr KindName kKindNames[] = {{LayerKind::mamba, "mamba"},
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Phi4-mini-Flash widths for width d (model.md), used by the depth-scaled family too.
+// Phi4-mini-Flash widths for width d (docs/model.md, "Presets"), used by the depth-scaled
+// family too.
 void set_mamba_widths(ModelConfig& c) {
   c.d_inner = 2 * c.d_model;
   c.d_state = 16;

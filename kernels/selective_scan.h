@@ -1,5 +1,6 @@
-// Mamba-1 selective scan with its input-dependent step, D skip and z gate (model.md, Mamba
-// steps 4-6). For each batch row b and channel e, with state s (N values) starting at zero:
+// Mamba-1 selective scan with its input-dependent step, D skip and z gate (docs/model.md,
+// "Selective scan" and "Carried state"). For each batch row b and channel e, with state s
+// (N values) starting at zero:
 //   delta_t = softplus(dt[t] + dt_bias),   A = -exp(A_log[e, :])
 //   s_t = exp(delta_t * A) * s_{t-1} + delta_t * x_t * B_t
 //   y_t = <s_t, C_t> + D * x_t,            out_t = y_t * silu(z_t)

@@ -13,8 +13,9 @@ namespace {
 TEST(ModelConfig, Phi4MiniFlashParameterCountMatchesModelSpec) {
   const ModelConfig c = model_preset("phi4-mini-flash");
   validate_model_config(c, "preset");
-  // model.md: embedding 512.2M, 32 MLPs 2516.6M, 9 Mamba 41.2M each, 9 self-attention 19.7M
-  // each, 7 cross-attention 13.1M each, 7 GMU 26.2M each. Exactly, with norms:
+  // docs/model.md ("Presets"): embedding 512.2M, 32 MLPs 2516.6M, 9 Mamba 41.2M each,
+  // 9 self-attention 19.7M each, 7 cross-attention 13.1M each, 7 GMU 26.2M each. Exactly,
+  // with norms:
   //   embedding 200064*2560                         =   512,163,840
   //   norms 32*2*(2*2560) + final 2*2560            =       332,800
   //   MLPs 32*(2560*20480 + 10240*2560)             = 2,516,582,400
