@@ -123,13 +123,6 @@ void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const 
                                   const SelectiveScanShape& s, cudaStream_t stream,
                                   const ScanCarry<float>& carry = {});
 
-// Temporary, while the backward's chunk-gradient kernel is measured (issue 13): which of its two
-// variants runs (design and cost in selective_scan.cu): 0 sums dB and dC over channels with
-// per-token shuffles, 1 (the default) with tf32 mma.sync. Tests run both; sambay_bench times both.
-// Process-wide; the slower variant and this switch go once the H200 has timed them.
-inline constexpr int kSelectiveScanBackwardVariants = 2;
-void selective_scan_cuda_set_backward_variant(int variant);
-
 // Decay exponentials exp(delta A) the CUDA kernels evaluate in a forward or a backward, on the
 // special-function or the FMA units (the benchmark sets them against the GPU's exp2 rate).
 int64_t selective_scan_cuda_exp2_count(const SelectiveScanShape& s, bool backward);
