@@ -307,6 +307,11 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
       need(c.n_heads % 2 == 0 && c.n_kv_heads % 2 == 0, "differential",
            "differential attention pairs heads: n_heads and n_kv_heads must be even");
     if (c.rope) need(c.head_dim % 2 == 0, "head_dim", "RoPE needs an even head_dim");
+    // The cross-decoder's queries are not rotated (the graph rotates a layer's own q and k), so
+    // they would meet the kv-source layer's rotated keys at the wrong relative positions.
+    if (c.rope)
+      need(!any_cross, "rope",
+           "RoPE with cross-attention layers is not supported: their queries are not rotated");
   }
   for (size_t i = 0; i < c.layers.size(); ++i)
     if (c.layers[i] == LayerKind::sliding_window)

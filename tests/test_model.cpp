@@ -226,6 +226,16 @@ TEST(ModelConfig, ValidationNamesTheField) {
   c = model_preset("tiny-sambay-da");
   c.init_multiplier = 0;
   EXPECT_THROW(validate_model_config(c, "x"), Error);
+  // RoPE on a pattern with cross-attention layers would leave their queries unrotated.
+  c = model_preset("tiny-sambay-da");
+  c.rope = true;
+  c.head_dim = 4;  // even, as RoPE needs
+  try {
+    validate_model_config(c, "run.ini");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run.ini: model.rope"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelConfig, TextFieldsRoundTrip) {
