@@ -113,19 +113,23 @@ GraphDims local_dims(const ModelConfig& c, int64_t B, int64_t L, int cp) {
 // nr: the residual-stream rows this rank keeps (RowSplit); cp: context-parallel ranks.
 template <typename T>
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, int cp,
-                          bool recompute, Arena& arena, Activations<T>& acts) {
+                          const RecomputePlan& recompute, Arena& arena, Activations<T>& acts) {
   const GraphDims m = local_dims(c, B, L, cp);
   Allocator<T> al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
   acts.layers.assign(n_layers, LayerActivations<T>{});
-  // In recompute mode one set of internals per layer kind serves every layer of that kind.
+  SAMBAY_CHECK(recompute.layers.size() == c.layers.size(),
+               "recompute plan of {} layers for a model of {}", recompute.layers.size(),
+               c.layers.size());
+  // One set of internals per layer kind serves every recomputed layer of that kind.
   std::vector<LayerActivations<T>> shared(5);
   std::vector<bool> have_shared(5, false);
   for (int i = 0; i < n_layers; ++i) {
     LayerActivations<T>& a = acts.layers[i];
     a.x_in = al.take(nr * m.d);
     const int kind = static_cast<int>(c.layers[i]);
-    if (!recompute) {
+    const bool rc = recompute.layers[i];
+    if (!rc) {
       allocate_internals(c, c.layers[i], m, nr, al, a);
     } else {
       if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, nr, al, shared[kind]);
@@ -135,9 +139,8 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr
       a.x_in = const_cast<T*>(x_in);
     }
     // What other layers read must outlive the layer: the kv layer's k, v and the memory.
-    if (recompute && i == c.kv_source_layer)
-      a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
-    if (recompute && i == c.memory_layer) a.y = al.take(m.n * m.E);
+    if (rc && i == c.kv_source_layer) a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
+    if (rc && i == c.memory_layer) a.y = al.take(m.n * m.E);
     if (cp > 1 && c.layers[i] == LayerKind::mamba)  // kept: the backward folds with them
       a.scan_state_in = al.take(m.B * m.E * m.N), a.scan_decay = al.take(m.B * m.E * m.N);
   }
@@ -211,6 +214,7 @@ struct LayerContext {
   const RowSplit& split;
   int64_t E_full;  // the inner width over all TP ranks (the nGMU's norm spans it)
   const Communicator* cp;  // context-parallel group; null: this rank holds whole rows
+  double attention_scale;  // Model::attention_scale
 };
 
 // ---- Context parallelism: this rank holds two chunks of every sample, run as the m.B = 2B rows
@@ -482,7 +486,7 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
       }
       const AttentionInputs<T> kv = attention_inputs(x, k, v);
       const int64_t Lk = kv.Lk ? kv.Lk : m.L;
-      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const T scale = static_cast<T>(x.attention_scale);
       const int64_t window = window_of(c, kind);
       for (const QueryRun& r : query_runs(x)) {
         const T* q = a.q + r.row0 * m.Hh;
@@ -599,7 +603,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
         dk_keys = x.acts.dk_whole, dv_keys = x.acts.dv_whole;
         zero_n(dk_keys, m.B / 2 * Lk * m.Gh), zero_n(dv_keys, m.B / 2 * Lk * m.Gh);
       }
-      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const T scale = static_cast<T>(x.attention_scale);
       const int64_t window = window_of(c, kind);
       for (const QueryRun& r : query_runs(x)) {
         const int64_t kv0 = r.sample * Lk * m.Gh;
@@ -762,13 +766,12 @@ Model<T> make_model(const ModelConfig& config, uint64_t seed) {
   Model<T> model;
   model.config = model.full_config = config;
   model.layout = build_param_layout(config);
-  // muP++: width-aware init of hidden matrices, residual and logit multipliers.
+  // The config's init rule and muP++'s residual, logit and attention multipliers.
+  apply_init_rules(model.layout, config);
   const MupConfig mup = mup_config_for(config);
-  for (ParamSpec& p : model.layout.params)
-    if (p.cls == ParamClass::hidden_matrix && p.init == InitKind::normal)
-      p.init_scale = mup_init_std(p.cls, p.shape[1], mup, p.init_scale);
   model.residual_scale = mup_residual_scale(mup);
   model.logit_scale = mup_logit_scale(mup);
+  model.attention_scale = mup_attention_scale(mup, config.head_dim > 0 ? config.head_dim : 1);
   model.params.resize(model.layout.total);
   model.grads.assign(model.layout.total, T(0));
   init_params(model.layout, model.params.data(), seed);
@@ -801,7 +804,8 @@ void reduce_tensor_parallel_grads(Model<T>& model) {
 }
 
 template <typename T>
-Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L,
+                                const RecomputePlan& recompute) {
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
   const int64_t nr = row_split(model.split, B * L).nr;
   const int cp = model.split.cp ? model.split.cp->size : 1;
@@ -819,8 +823,8 @@ Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, boo
   return acts;
 }
 
-int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
-                         size_t element_size) {
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L,
+                         const RecomputePlan& recompute, size_t element_size) {
   Arena measure = Arena::measuring("activations");
   if (element_size == sizeof(double)) {
     Activations<double> dry;
@@ -847,18 +851,18 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
                     c.vocab, m.d);
   for (int i = 0; i < n_layers; ++i) {
     LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts, sp,
-                      model.full_config.d_inner, cp};
+                      model.full_config.d_inner, cp, model.attention_scale};
     T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
     layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
   }
   norm_forward(c, acts.final_x, P + model.layout.final_norm_w, param_at(P, model.layout.final_norm_b),
                acts.final_out, acts.final_mean, acts.final_rstd, sp.nr);
   ForwardResult r;
-  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding,
+  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + output_head_offset(model.layout),
                                           targets + sp.row0, acts.ce_lse, sp.nr, m.d, c.vocab,
                                           static_cast<T>(model.logit_scale),
                                           std::min<int64_t>(kLossVocabChunk, c.vocab),
-                                          &r.valid_rows);
+                                          &r.valid_rows, model.logit_rounding);
   if (sp.sp) {  // each SP rank scored its own rows
     double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
     all_reduce(*sp.tp, sums, 2);
@@ -885,17 +889,19 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
 
   // Loss and final norm: dres = d(loss)/d(final_x).
   zero_n(g.da, sp.nr * m.d), zero_n(g.dres, sp.nr * m.d);
-  tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets + sp.row0, acts.ce_lse,
-                              g.da, G + lay.embedding, sp.nr, m.d, c.vocab,
+  const int64_t head = output_head_offset(lay);  // the embedding's gradient too when tied
+  tied_cross_entropy_backward(acts.final_out, P + head, targets + sp.row0, acts.ce_lse, g.da,
+                              G + head, sp.nr, m.d, c.vocab,
                               static_cast<T>(model.logit_scale),
-                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
+                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale,
+                              model.logit_rounding);
   norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
                 g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), sp.nr);
 
   for (int i = n_layers - 1; i >= 0; --i) {
     LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner,
-                      context_parallel_group(model.split)};
-    if (acts.recompute) {
+                      context_parallel_group(model.split), model.attention_scale};
+    if (acts.recompute.layers[i]) {
       // Re-run the layer from its saved input. Its output is not needed again and lands in
       // mlp_out (updated in place), so the next layer's saved input stays intact.
       layer_forward(x, acts.layers[i], acts.mlp_out, acts.mixer_out, acts.mlp_out,
@@ -920,49 +926,64 @@ int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int
   model_forward(model, acts, tokens.data(), targets.data(), nullptr);
   const ModelConfig& c = model.config;
   const T* h = acts.final_out + (len - 1) * c.d_model;
-  const T* emb = model.params.data() + model.layout.embedding;
+  const T* head = model.params.data() + output_head_offset(model.layout);
   int32_t best = 0;
   double best_logit = -INFINITY;
   for (int64_t v = 0; v < c.vocab; ++v) {
     double logit = 0;
-    for (int64_t j = 0; j < c.d_model; ++j) logit += double(h[j]) * emb[v * c.d_model + j];
+    for (int64_t j = 0; j < c.d_model; ++j) logit += double(h[j]) * head[v * c.d_model + j];
     if (logit > best_logit) best_logit = logit, best = static_cast<int32_t>(v);
   }
   return best;  // the logit scale is positive: it does not change the argmax
 }
 
-double training_flops_per_token(const ModelConfig& c, int64_t L) {
-  // Matrix products: 2 FLOPs per multiply-add, x3 for forward + two backward products.
+double layer_forward_flops_per_token(const ModelConfig& c, int layer, int64_t L) {
+  // Matrix products: 2 FLOPs per multiply-add.
   const double d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
   const double Hh = double(c.n_heads) * c.head_dim, Gh = double(c.n_kv_heads) * c.head_dim;
-  double matmul = c.vocab * d;  // output head (the embedding gather is not a product)
-  double attention = 0;         // scores and values per token, forward
-  for (size_t i = 0; i < c.layers.size(); ++i) {
-    matmul += 3 * d * c.d_ff;
-    switch (c.layers[i]) {
-      case LayerKind::mamba:
-        matmul += d * 2 * E + E * (R + 2 * N) + R * E + E * d;
-        break;
-      case LayerKind::sliding_window:
-      case LayerKind::full_attention:
-      case LayerKind::cross_attention: {
-        const bool cross = c.layers[i] == LayerKind::cross_attention;
-        matmul += d * (cross ? Hh : Hh + 2 * Gh) + Hh * d;
-        // Average keys seen per query under the causal (and window) mask.
-        const double keys = c.layers[i] == LayerKind::sliding_window && c.window < L
-                                ? c.window - (c.window - 1) * c.window / (2.0 * L)
-                                : (L + 1) / 2.0;
-        // q k^T and p v; differential attention runs two maps whose values are twice as wide.
-        const double per_key = c.differential ? 2 * (Hh / 2) * (1 + 2) : Hh * 2;
-        attention += 2 * keys * per_key;
-        break;
-      }
-      case LayerKind::gmu:
-        matmul += 2 * d * E;
-        break;
+  double matmul = 3 * d * c.d_ff;
+  double attention = 0;  // scores and values
+  switch (c.layers[layer]) {
+    case LayerKind::mamba:
+      matmul += d * 2 * E + E * (R + 2 * N) + R * E + E * d;
+      break;
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = c.layers[layer] == LayerKind::cross_attention;
+      matmul += d * (cross ? Hh : Hh + 2 * Gh) + Hh * d;
+      // Average keys seen per query under the causal (and window) mask.
+      const double keys = c.layers[layer] == LayerKind::sliding_window && c.window < L
+                              ? c.window - (c.window - 1) * c.window / (2.0 * L)
+                              : (L + 1) / 2.0;
+      // q k^T and p v; differential attention runs two maps whose values are twice as wide.
+      const double per_key = c.differential ? 2 * (Hh / 2) * (1 + 2) : Hh * 2;
+      attention += 2 * keys * per_key;
+      break;
     }
+    case LayerKind::gmu:
+      matmul += 2 * d * E;
+      break;
   }
-  return 3 * (2 * matmul + attention);
+  return 2 * matmul + attention;
+}
+
+double training_flops_per_token(const ModelConfig& c, int64_t L) {
+  // x3 for forward + two backward products; the output head (the embedding gather is not a
+  // product) and every layer.
+  double forward = 2.0 * c.vocab * c.d_model;
+  for (int i = 0; i < static_cast<int>(c.layers.size()); ++i)
+    forward += layer_forward_flops_per_token(c, i, L);
+  return 3 * forward;
+}
+
+double archscale_estimated_flops_per_token(const ModelConfig& c, int64_t L) {
+  return 3.0 * (2.0 * double(parameter_count(c)) +
+                4.0 * double(c.n_layers()) * double(c.d_model) * double(L));
+}
+
+double six_n_flops_per_token(const ModelConfig& c) {
+  return 6.0 * double(non_embedding_parameter_count(c));
 }
 
 template Model<float> make_model<float>(const ModelConfig&, uint64_t);
@@ -971,9 +992,10 @@ template Model<float> make_model_shard<float>(const ModelConfig&, uint64_t, cons
 template Model<double> make_model_shard<double>(const ModelConfig&, uint64_t, const ModelSplit&);
 template void reduce_tensor_parallel_grads<float>(Model<float>&);
 template void reduce_tensor_parallel_grads<double>(Model<double>&);
-template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t, bool);
+template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t,
+                                                    const RecomputePlan&);
 template Activations<double> plan_activations<double>(const Model<double>&, int64_t, int64_t,
-                                                      bool);
+                                                      const RecomputePlan&);
 template ForwardResult model_forward<float>(const Model<float>&, Activations<float>&,
                                             const int32_t*, const int32_t*, const int32_t*);
 template ForwardResult model_forward<double>(const Model<double>&, Activations<double>&,

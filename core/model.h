@@ -4,14 +4,17 @@
 // optional document id per token [B, L] (variable-length training: documents packed in a row
 // neither attend to each other nor share scan or conv state).
 //
-// Activations live in one arena planned for (B, L) before the first step. With recompute on,
-// only each layer's input is kept and backward re-runs the layer's forward before its
-// backward; both modes run the same code on the same inputs, so gradients are bit-identical.
+// Activations live in one arena planned for (B, L) before the first step. For a layer planned for
+// recompute (core/recompute_plan.h), only its input is kept and backward re-runs the layer's
+// forward before its backward; both ways run the same code on the same inputs, so gradients are
+// bit-identical whichever layers are recomputed.
 #pragma once
 
 #include "core/arena.h"
 #include "core/model_config.h"
 #include "core/param_layout.h"
+#include "core/recompute_plan.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/diff_attention.h"
 #include "parallel/communicator.h"
 
@@ -40,7 +43,11 @@ struct Model {
   std::vector<T> params;  // layout.total values
   std::vector<T> grads;   // same layout; backward adds into it
   double residual_scale = 1;  // each block's output is multiplied by this before the residual add
-  double logit_scale = 1;     // output logits = logit_scale * <h, embedding>
+  double logit_scale = 1;     // output logits = logit_scale * <h, output head row>
+  double attention_scale = 1;  // attention scores = attention_scale * <q, k> (make_model sets it)
+  // How the loss treats each logit: exactly, or rounded to bf16 as the GPU model stores it (the
+  // GPU model's tests compare against the CPU model on the GPU's function).
+  LogitRounding logit_rounding = LogitRounding::exact;
   ModelSplit split;
 };
 
@@ -62,8 +69,8 @@ void reduce_tensor_parallel_grads(Model<T>& model);
 // One layer's stored activations (pointers into the activation arena; null where the layer
 // kind has none). n = B * L rows; under sequence parallelism the residual-stream tensors (x_in,
 // the norms' statistics and outputs a, a2, x_mid) hold only this rank's nr = n / tp rows, noted
-// [nr, d]. In recompute mode the internals of every layer of a kind
-// point at one shared set, refilled when backward re-runs the layer.
+// [nr, d]. The internals of every recomputed layer of a kind point at one shared set, refilled
+// when backward re-runs the layer.
 template <typename T>
 struct LayerActivations {
   T* x_in = nullptr;  // [nr, d] the layer's input (always kept)
@@ -109,7 +116,7 @@ struct BackwardScratch {
 template <typename T>
 struct Activations {
   int64_t B = 0, L = 0;
-  bool recompute = false;
+  RecomputePlan recompute;  // its layers (the CPU loss keeps no logits: loss chunks unused)
   Arena arena;
   std::vector<LayerActivations<T>> layers;
   BackwardScratch<T> grad;
@@ -130,11 +137,21 @@ struct Activations {
 };
 
 template <typename T>
-Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute);
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L,
+                                const RecomputePlan& recompute);
+// Every layer recomputed, or none.
+template <typename T>
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
+  return plan_activations(model, B, L, uniform_recompute(model.config, recompute));
+}
 
 // Bytes the activation arena needs for this config and micro-batch shape (nothing allocated).
-int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
-                         size_t element_size);
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L,
+                         const RecomputePlan& recompute, size_t element_size);
+inline int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
+                                size_t element_size) {
+  return activation_bytes(config, B, L, uniform_recompute(config, recompute), element_size);
+}
 
 struct ForwardResult {
   double loss_sum = 0;     // sum over valid targets of -log p(target)
@@ -154,13 +171,25 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
 
 // The most likely next token after context[0, len) (greedy decoding): the forward over the
 // context right-padded to the planned length (acts.B must be 1; the model is causal, so the
-// padding cannot change the last context position), then the tied head's logits there.
+// padding cannot change the last context position), then the output head's logits there.
 template <typename T>
 int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int32_t* context,
                           int64_t len);
 
 // Model FLOPs per token for training (forward + backward, matrix products and attention
 // scores/values), the numerator of MFU. Counted exactly from the shapes for sequence length L.
+// sambay's convention ("exact") in logs and sweep results.
 double training_flops_per_token(const ModelConfig& config, int64_t L);
+// One layer's forward FLOPs per token (its matrix products and attention), the same count.
+double layer_forward_flops_per_token(const ModelConfig& config, int layer, int64_t L);
+
+// ArchScale's conventions (the SambaY paper's code), per training token at sequence length L,
+// to compare with its MFU and compute axes:
+//   estimate_flops (speed_monitor.py): 3 (2 N + 4 layers d L) with N every parameter (the
+//   embedding, and an untied readout, included) and every layer counted as full attention of
+//   width d, whatever its kind, head count or window;
+//   6 N (its scaling plots' C = 6 N T): N the non-embedding parameters.
+double archscale_estimated_flops_per_token(const ModelConfig& config, int64_t L);
+double six_n_flops_per_token(const ModelConfig& config);
 
 }  // namespace sambay

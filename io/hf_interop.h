@@ -2,6 +2,7 @@
 // (model_type "phi4flash", architecture Phi4FlashForCausalLM, its own modeling code loaded with
 // trust_remote_code). Our parameters map one to one onto its tensors:
 //   embedding.weight                    model.embed_tokens.weight (tied: no lm_head.weight)
+//   lm_head.weight (untied head)        lm_head.weight, with tie_word_embeddings false
 //   final_norm.{weight,bias}            model.final_layernorm.{weight,bias}
 //   layers.i.norm1.*  / norm2.*         model.layers.i.input_layernorm.* / post_attention_layernorm.*
 //   layers.i.mlp.fc1/fc2.weight         model.layers.i.mlp.fc1/fc2.weight
@@ -10,8 +11,8 @@
 //     lambda_{q1,k1,q2,k2}              attn.inner_cross_attn.lambda_*
 //     head_norm.weight                  attn.inner_cross_attn.subln.weight
 //     conv1d.weight [E, K]              attn.conv1d.weight [E, 1, K] (PyTorch Conv1d shape)
-// The element orders agree (model.md: x before z in in_proj, gate before value in fc1, heads
-// paired by adjacency), so values are copied unchanged.
+// The element orders agree (docs/model.md, "Parameters": x before z in in_proj, gate before
+// value in fc1, heads paired by adjacency), so values are copied unchanged.
 #pragma once
 
 #include "core/model_config.h"
@@ -54,7 +55,8 @@ struct HfImport {
 };
 // Reads dir/config.json and dir/model.safetensors, or the shards a
 // model.safetensors.index.json lists. Every tensor must be present with its shape; an unknown
-// tensor is an error (lm_head.weight is accepted only when equal to the embedding).
+// tensor is an error (a tied model's lm_head.weight is accepted only when equal to the
+// embedding; an untied model's is its readout).
 HfImport import_hf(const std::string& dir);
 
 }  // namespace sambay

@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "core/param_layout.h"
+#include "core/recompute_plan.h"
 #include "core/size_limits.h"
 
 #include <boost/program_options.hpp>
@@ -27,7 +28,7 @@ po::options_description train_options(TrainConfig& c) {
       ("out_dir", po::value(&c.out_dir)->default_value(c.out_dir), "run directory: config, metrics, checkpoints, logs")
       ("device", po::value(&c.device)->default_value(c.device), "auto (the GPU when present), cpu or cuda")
       ("seed", po::value(&c.seed)->default_value(c.seed), "parameter initialisation seed")
-      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "recompute layer internals in backward (less memory)")
+      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "activation recompute in backward: none, auto (the least that fits the GPU's memory; none on the CPU) or all (true/false: all/none)")
       ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
       ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
       ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
@@ -55,7 +56,7 @@ po::options_description train_options(TrainConfig& c) {
       ("schedule", po::value(&c.schedule)->default_value(c.schedule), "constant, cosine, linear or wsd")
       ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warmup steps")
       ("decay_fraction", po::value(&c.decay_fraction)->default_value(c.decay_fraction), "wsd: fraction of steps that decay")
-      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay (matrices only)")
+      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay: every parameter without muP++; hidden matrices only with muP++ (model.mup_base_width > 0)")
       ("beta1", po::value(&c.beta1)->default_value(c.beta1), "AdamW beta1")
       ("beta2", po::value(&c.beta2)->default_value(c.beta2), "AdamW beta2")
       ("adam_eps", po::value(&c.adam_eps)->default_value(c.adam_eps), "AdamW epsilon")
@@ -111,6 +112,7 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   }
   apply_model_overrides(vm, c, source);
   validate_train_config(c);
+  c.recompute = recompute_mode_name(parse_recompute_mode(c.recompute, "recompute"));
   return true;
 }
 
@@ -149,6 +151,7 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("must be in [0, 1), got {}", c.valid_fraction));
   need(c.device == "auto" || c.device == "cpu" || c.device == "cuda", "device",
        fmt::format("'{}' is not auto, cpu or cuda", c.device));
+  parse_recompute_mode(c.recompute, "recompute");  // throws naming the option
   need(c.log_every > 0, "log_every", fmt::format("must be positive, got {}", c.log_every));
   need(c.eval_every >= 0, "eval_every", fmt::format("must be >= 0, got {}", c.eval_every));
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));

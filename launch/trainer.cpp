@@ -314,19 +314,30 @@ int run_training(const TrainConfig& cfg) {
   // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
   // activations live where the model runs.
   Activations<float> acts;
+  const RecomputeMode recompute_mode = parse_recompute_mode(cfg.recompute, "recompute");
+  RecomputeChoice recompute;  // where the activations live, what they recompute and why
 #if SAMBAY_HAVE_CUDA
   std::optional<GpuEngine> gpu;
   if (use_gpu) {
-    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, cfg.recompute,
+    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, recompute_mode,
                                 cfg.doc_masking, grads_gpu ? &*grads_gpu : nullptr,
                                 tp_gpu ? &*tp_gpu : nullptr, bucket));
     if (start_step > 0) gpu_upload_state(*gpu, model.params, m_full, v_full);
+    recompute = gpu->recompute;
   }
 #else
   struct NoGpu {};
   std::optional<NoGpu> gpu;
 #endif
-  if (!gpu) acts = plan_activations(model, B, Lc, cfg.recompute);
+  if (!gpu) {
+    recompute = resolve_recompute(recompute_mode, mc, B, Lc, std::nullopt,
+                                  [&](const RecomputePlan& plan) {
+                                    return activation_bytes(model.config, B, Lc, plan, 4);
+                                  });
+    recompute.log = fmt::format("recompute {}: the CPU backend\n{}",
+                                recompute_mode_name(recompute_mode), recompute.log);
+    acts = plan_activations(model, B, Lc, recompute.plan);
+  }
   // One micro-batch through the model where it lives (backward too when grad_scale > 0).
   // last_of_step: the GPU hands the gradient buckets to the data-parallel group during it.
   auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale,
@@ -346,13 +357,20 @@ int run_training(const TrainConfig& cfg) {
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
                        cfg.decay_fraction};
   const int64_t tokens_per_step = global_batch * L;
+  // FLOPs per token in sambay's exact count (the MFU basis) and in ArchScale's estimate_flops,
+  // logged side by side so that either side's numbers can be compared (core/model.h).
   const double flops_per_token = training_flops_per_token(mc, L);
+  const double archscale_flops_per_token = archscale_estimated_flops_per_token(mc, L);
   // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
   const double state_bytes =
       4.0 * (2 * model.params.size() + 3 * (opt ? opt->layout.shard_size : 0));
   double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
+  double acts_mib = acts.arena.capacity / 1048576.0;
 #if SAMBAY_HAVE_CUDA
-  if (gpu) mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+  if (gpu) {
+    mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+    acts_mib = gpu->acts.memory.capacity / 1048576.0;
+  }
 #endif
 
   // The run is accepted: its config, metrics and checkpoints go into the run directory from
@@ -375,12 +393,31 @@ int run_training(const TrainConfig& cfg) {
               "({} ranks x {} x {} x {})",
               samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
               L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
-    log.print("  {} steps, lr {:.2e} {} (warmup {}), muP++ {}, memory {:.1f} MiB "
-              "(activations {:.1f} MiB{}), {} threads, run dir {}, run id {}",
-              cfg.steps, cfg.lr, cfg.schedule, cfg.warmup,
-              mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
-              acts.arena.capacity / 1048576.0, cfg.recompute ? ", recompute" : "",
+    log.print("  {} steps, lr {:.2e} {} (warmup {}), memory {:.1f} MiB "
+              "(activations {:.1f} MiB), {} threads, run dir {}, run id {}",
+              cfg.steps, cfg.lr, cfg.schedule, cfg.warmup, mem_mib, acts_mib,
               omp_get_max_threads(), cfg.out_dir, run_id);
+    for (std::string_view line : split_lines(recompute.log)) log.print("  {}", line);
+    if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
+      log.print("  {}", describe_recompute(mc, recompute.plan, gpu.has_value()));
+    log.print("  muP++ {}; {} head, init {} (x{}); residual scale {:.4g}, logit scale {:.4g}, "
+              "attention scale {:.4g}",
+              mup.enabled ? fmt::format("base width {}, depth {}, head dim {}", mup.base_width,
+                                        mup.base_depth ? fmt::format("{}", mup.base_depth)
+                                                       : std::string("off"),
+                                        mup.base_head_dim ? fmt::format("{}", mup.base_head_dim)
+                                                          : std::string("off"))
+                          : std::string("off (standard parameterisation)"),
+              mc.tied_embedding ? "tied" : "untied", init_rule_name(mc.init), mc.init_multiplier,
+              model.residual_scale, model.logit_scale, model.attention_scale);
+    log.print("  FLOPs per token: {:.4g} exact (sambay's count, the MFU basis), {:.4g} ArchScale "
+              "estimate_flops, {:.4g} 6N (non-embedding)",
+              flops_per_token, archscale_flops_per_token, six_n_flops_per_token(mc));
+    log.print("  parameter groups (peak lr and AdamW weight decay):");
+    ParamLayout initialised = full_layout;
+    apply_init_rules(initialised, mc);
+    for (const std::string& line : describe_param_groups(initialised, mup, cfg.lr, cfg.weight_decay))
+      log.print("    {}", line);
     log.flush();
   }
 
@@ -552,19 +589,26 @@ int run_training(const TrainConfig& cfg) {
     if ((step + 1) % cfg.log_every == 0 || last || step == start_step) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
-      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU.
+      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU;
+      // sambay's exact count first, ArchScale's estimate_flops after the slash.
       const double flops_s = flops_per_token * tok_s;
-      const std::string rate = gpu ? fmt::format("MFU {:.1f}%", 100 * flops_s / kH100PeakFlops)
-                                   : fmt::format("{:.1f} GFLOP/s", flops_s / 1e9);
+      const double archscale_flops_s = archscale_flops_per_token * tok_s;
+      const std::string rate =
+          gpu ? fmt::format("MFU {:.1f}% exact / {:.1f}% ArchScale-est",
+                            100 * flops_s / kH100PeakFlops,
+                            100 * archscale_flops_s / kH100PeakFlops)
+              : fmt::format("{:.1f} / {:.1f} GFLOP/s exact / ArchScale-est", flops_s / 1e9,
+                            archscale_flops_s / 1e9);
       log.print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
                 "{:.0f} ms | mem {:.0f} MiB | ETA {}",
                 step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
                 format_duration(eta));
       log.flush();
+      const double tokens = double((step + 1) * tokens_per_step);
       log.record(fmt::format(
-          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"step_ms":{},"elapsed_s":{}}})",
+          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"step_ms":{},"elapsed_s":{},"flops_exact":{},"flops_archscale_estimate":{}}})",
           step + 1, loss, lr, norm, (step + 1) * tokens_per_step, tok_s, dt * 1e3,
-          seconds_since(t_start)));
+          seconds_since(t_start), flops_per_token * tokens, archscale_flops_per_token * tokens));
     }
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last))
       last_valid = validate(step + 1);

@@ -14,6 +14,7 @@ packages=(
   python3-h5py python3-numpy          # checkpoint interop tests read our files with h5py
   python3-matplotlib                  # scaling plots (tools/scaling_plots.py)
   slurm-wlm munge libpmix-dev         # the one-node Slurm cluster of the Slurm tests (pmix: srun --mpi=pmix)
+  iproute2                            # ip netns: the multi-node cluster in network namespaces
 )
 
 missing=()

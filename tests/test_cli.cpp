@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <sys/wait.h>
+#include <tuple>
 
 namespace sambay {
 namespace {
@@ -99,6 +100,53 @@ TEST(Cli, ImpossibleParallelLayoutsAreNamed) {
     EXPECT_EQ(r.exit_code, 2) << c.flags << "\n" << r.output;
     EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.flags << "\n" << r.output;
   }
+  fs::remove_all(dir);
+}
+
+// --recompute takes none, auto (the default) and all, and the old booleans of earlier configs
+// (true = all, false = none); the saved config holds the mode's name, the log says what was
+// chosen, and recompute does not change a bit of the training (CPU runs of 3 steps).
+TEST(Cli, RecomputeOptionTakesModesAndOldBooleans) {
+  const fs::path dir = scratch_dir("recompute");
+  const std::string data = make_corpus(dir);
+  RunResult bad = run_sambay(fmt::format("train --data {} --recompute sometimes", data));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("option --recompute: 'sometimes' is not none, auto or all"),
+            std::string::npos)
+      << bad.output;
+
+  auto train = [&](const std::string& name, const std::string& recompute_line) {
+    const fs::path ini = dir / (name + ".ini");
+    std::ofstream(ini) << recompute_line;
+    RunResult r = run_sambay(fmt::format(
+        "train --config {} --device cpu --model tiny-sambay-da --model.vocab 257 --data {} "
+        "--seq_len 16 --micro_batch 2 --steps 3 --warmup 0 --log_every 1 --eval_every 0 "
+        "--threads 1 --out_dir {}",
+        ini.string(), data, (dir / name).string()));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream saved(dir / name / "config.ini");
+    std::stringstream config, metrics;
+    config << saved.rdbuf();
+    metrics << std::ifstream(dir / name / "metrics.jsonl").rdbuf();
+    std::string losses;  // the logged losses, as printed
+    for (std::string line; std::getline(metrics, line);)
+      if (size_t at = line.find("\"loss\":"); at != std::string::npos)
+        losses += line.substr(at, line.find(',', at) - at) + " ";
+    return std::tuple{r.output, config.str(), losses};
+  };
+  const auto [old_true, old_true_config, all_losses] = train("old_true", "recompute = true\n");
+  EXPECT_NE(old_true_config.find("recompute = all\n"), std::string::npos) << old_true_config;
+  EXPECT_NE(old_true.find("recompute all: the CPU backend"), std::string::npos) << old_true;
+  EXPECT_NE(old_true.find("recomputed layers: mamba 0, 2, 4 (3 of 3)"), std::string::npos)
+      << old_true;
+  const auto [old_false, old_false_config, none_losses] = train("old_false", "recompute = false\n");
+  EXPECT_NE(old_false_config.find("recompute = none\n"), std::string::npos) << old_false_config;
+  const auto [automatic, auto_config, auto_losses] = train("auto", "");
+  EXPECT_NE(auto_config.find("recompute = auto\n"), std::string::npos) << auto_config;
+  EXPECT_NE(automatic.find("keeps everything: none"), std::string::npos) << automatic;
+  EXPECT_FALSE(all_losses.empty());
+  EXPECT_EQ(all_losses, none_losses);
+  EXPECT_EQ(auto_losses, none_losses);
   fs::remove_all(dir);
 }
 
