@@ -55,6 +55,21 @@ void* cuda_malloc(size_t bytes, const std::string& what) {
   return p;
 }
 
+void* cuda_malloc_host(size_t bytes, const std::string& what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMallocHost(&p, bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    fail("cudaMallocHost of {:.3f} GiB of page-locked host memory for '{}' failed ({})",
+         bytes / 1073741824.0, what, cudaGetErrorString(err));
+  }
+  return p;
+}
+
+void cuda_free_host(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);
+}
+
 void cuda_free(void* ptr) { cudaFree(ptr); }
 void cuda_memset_zero(void* ptr, size_t bytes) { SAMBAY_CUDA_CHECK(cudaMemset(ptr, 0, bytes)); }
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes) {

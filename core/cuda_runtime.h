@@ -23,6 +23,10 @@ void cuda_set_device(int device);
 
 void* cuda_malloc(size_t bytes, const std::string& what);
 void cuda_free(void* ptr);
+// Page-locked host memory (device copies from it run at the link's full speed, and need no
+// staging through a driver buffer).
+void* cuda_malloc_host(size_t bytes, const std::string& what);
+void cuda_free_host(void* ptr);
 void cuda_memset_zero(void* ptr, size_t bytes);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);

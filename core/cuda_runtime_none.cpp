@@ -17,6 +17,8 @@ int cuda_compute_capability() { no_cuda("cuda_compute_capability"); }
 void cuda_set_device(int) { no_cuda("cuda_set_device"); }
 void* cuda_malloc(size_t, const std::string&) { no_cuda("cuda_malloc"); }
 void cuda_free(void*) { no_cuda("cuda_free"); }
+void* cuda_malloc_host(size_t, const std::string&) { no_cuda("cuda_malloc_host"); }
+void cuda_free_host(void*) { no_cuda("cuda_free_host"); }
 void cuda_memset_zero(void*, size_t) { no_cuda("cuda_memset_zero"); }
 void cuda_copy_to_device(void*, const void*, size_t) { no_cuda("cuda_copy_to_device"); }
 void cuda_copy_to_host(void*, const void*, size_t) { no_cuda("cuda_copy_to_host"); }

@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 namespace sambay {
 
@@ -554,8 +556,14 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimi
   m.grads = m.memory.alloc(DType::f32, {n}).ptr<float>();
   m.adam_m = m.memory.alloc(DType::f32, {k}).ptr<float>();
   m.adam_v = m.memory.alloc(DType::f32, {k}).ptr<float>();
-  std::vector<float> host(cpu.params.begin(), cpu.params.end());
-  cuda_copy_to_device(m.params, host.data(), sizeof(float) * n);
+  if (cpu.params.empty()) {  // no host copy: the caller fills the parameters a tensor at a time
+    cuda_memset_zero(m.params, sizeof(float) * n);
+  } else if constexpr (std::is_same_v<T, float>) {
+    cuda_copy_to_device(m.params, cpu.params.data(), sizeof(float) * n);
+  } else {  // the fp64 reference model of the tests
+    const std::vector<float> host(cpu.params.begin(), cpu.params.end());
+    cuda_copy_to_device(m.params, host.data(), sizeof(float) * n);
+  }
   cuda_memset_zero(m.grads, sizeof(float) * n);
   for (float* p : {m.adam_m, m.adam_v}) cuda_memset_zero(p, sizeof(float) * k);
   refresh_bf16_params(m);

@@ -762,34 +762,30 @@ void gather_document_ids(const Communicator& cp, const int32_t* doc, const Graph
 
 template <typename T>
 Model<T> make_model(const ModelConfig& config, uint64_t seed) {
+  return make_model_shard<T>(config, seed, ModelSplit{});
+}
+
+template <typename T>
+Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split,
+                          bool host_state) {
   validate_model_config(config, "model config '" + config.name + "'");
   Model<T> model;
   model.config = model.full_config = config;
-  model.layout = build_param_layout(config);
+  model.split = split;
+  const int tp = split.tp ? split.tp->size : 1;
+  if (tp > 1) model.config = tensor_parallel_config(config, tp);
   // The config's init rule and muP++'s residual, logit and attention multipliers.
-  apply_init_rules(model.layout, config);
+  ParamLayout full = build_param_layout(config);
+  apply_init_rules(full, config);
   const MupConfig mup = mup_config_for(config);
   model.residual_scale = mup_residual_scale(mup);
   model.logit_scale = mup_logit_scale(mup);
   model.attention_scale = mup_attention_scale(mup, config.head_dim > 0 ? config.head_dim : 1);
+  // Each rank initialises its own shard: no rank ever holds the whole model.
+  model.layout = tp > 1 ? build_param_layout(model.config) : full;
+  if (!host_state) return model;
   model.params.resize(model.layout.total);
-  model.grads.assign(model.layout.total, T(0));
-  init_params(model.layout, model.params.data(), seed);
-  return model;
-}
-
-template <typename T>
-Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split) {
-  Model<T> model = make_model<T>(config, seed);
-  model.split = split;
-  if (!split.tp || split.tp->size == 1) return model;
-  const int tp = split.tp->size;
-  model.config = tensor_parallel_config(config, tp);
-  ParamLayout shard_layout = build_param_layout(model.config);
-  std::vector<T> shard(shard_layout.total);
-  shard_params(model.layout, shard_layout, model.params.data(), shard.data(), tp, split.tp->rank);
-  model.layout = std::move(shard_layout);
-  model.params = std::move(shard);
+  init_params_shard(full, model.layout, model.params.data(), seed, tp, tp > 1 ? split.tp->rank : 0);
   model.grads.assign(model.layout.total, T(0));
   return model;
 }
@@ -988,8 +984,9 @@ double six_n_flops_per_token(const ModelConfig& c) {
 
 template Model<float> make_model<float>(const ModelConfig&, uint64_t);
 template Model<double> make_model<double>(const ModelConfig&, uint64_t);
-template Model<float> make_model_shard<float>(const ModelConfig&, uint64_t, const ModelSplit&);
-template Model<double> make_model_shard<double>(const ModelConfig&, uint64_t, const ModelSplit&);
+template Model<float> make_model_shard<float>(const ModelConfig&, uint64_t, const ModelSplit&, bool);
+template Model<double> make_model_shard<double>(const ModelConfig&, uint64_t, const ModelSplit&,
+                                              bool);
 template void reduce_tensor_parallel_grads<float>(Model<float>&);
 template void reduce_tensor_parallel_grads<double>(Model<double>&);
 template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t,

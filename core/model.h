@@ -56,9 +56,13 @@ template <typename T>
 Model<T> make_model(const ModelConfig& config, uint64_t seed);
 
 // This rank's shard of make_model(config, seed) under `split`: the same values, cut as
-// ParamSpec::tp_dim says (so any layout starts from the single-rank model's weights).
+// ParamSpec::tp_dim says (so any layout starts from the single-rank model's weights), and
+// initialised in place (the whole model is never held). host_state = false leaves `params` and
+// `grads` empty: the GPU trainer initialises the device copy a tensor at a time
+// (init_shard_tensor) and keeps no host copy.
 template <typename T>
-Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split);
+Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelSplit& split,
+                          bool host_state = true);
 
 // Sums over the TP group the gradients of whole tensors that each TP rank computed only in part
 // (its heads' share, and under sequence parallelism its rows' share). Call once per step, after

@@ -172,40 +172,45 @@ int find_param(const ParamLayout& layout, const std::string& name) {
 }
 
 template <typename T>
-void init_params(const ParamLayout& layout, T* params, uint64_t seed) {
-  for (const ParamSpec& p : layout.params) {
-    T* w = params + p.offset;
-    const uint64_t stream = fnv1a(p.name);
-    switch (p.init) {
-      case InitKind::normal:
-        fill_normal(w, p.numel, 0.0, p.init_scale, seed, stream);
-        break;
-      case InitKind::uniform:
-        fill_uniform(w, p.numel, -p.init_scale, p.init_scale, seed, stream);
-        break;
-      case InitKind::ones:
-        for (int64_t j = 0; j < p.numel; ++j) w[j] = T(1);
-        break;
-      case InitKind::zeros:
-        for (int64_t j = 0; j < p.numel; ++j) w[j] = T(0);
-        break;
-      case InitKind::mamba_a_log: {
-        const int64_t n_state = p.shape[1];
-        for (int64_t j = 0; j < p.numel; ++j) w[j] = static_cast<T>(std::log(double(j % n_state + 1)));
-        break;
-      }
-      case InitKind::mamba_dt_bias:
-        for (int64_t j = 0; j < p.numel; ++j) {
-          const double u = philox_uniform(seed, stream, j);
-          double dt = std::exp(std::log(1e-3) + u * (std::log(1e-1) - std::log(1e-3)));
-          dt = std::max(dt, 1e-4);
-          w[j] = static_cast<T>(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
-        }
-        break;
+void init_param_elements(const ParamSpec& p, int64_t first, int64_t n, T* w, uint64_t seed) {
+  const uint64_t stream = fnv1a(p.name);
+  switch (p.init) {
+    case InitKind::normal:
+      fill_normal(w, n, 0.0, p.init_scale, seed, stream, first);
+      break;
+    case InitKind::uniform:
+      fill_uniform(w, n, -p.init_scale, p.init_scale, seed, stream, first);
+      break;
+    case InitKind::ones:
+      for (int64_t j = 0; j < n; ++j) w[j] = T(1);
+      break;
+    case InitKind::zeros:
+      for (int64_t j = 0; j < n; ++j) w[j] = T(0);
+      break;
+    case InitKind::mamba_a_log: {
+      const int64_t n_state = p.shape[1];
+      for (int64_t j = 0; j < n; ++j)
+        w[j] = static_cast<T>(std::log(double((first + j) % n_state + 1)));
+      break;
     }
+    case InitKind::mamba_dt_bias:
+      for (int64_t j = 0; j < n; ++j) {
+        const double u = philox_uniform(seed, stream, first + j);
+        double dt = std::exp(std::log(1e-3) + u * (std::log(1e-1) - std::log(1e-3)));
+        dt = std::max(dt, 1e-4);
+        w[j] = static_cast<T>(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
+      }
+      break;
   }
 }
 
+template <typename T>
+void init_params(const ParamLayout& layout, T* params, uint64_t seed) {
+  for (const ParamSpec& p : layout.params) init_param_elements(p, 0, p.numel, params + p.offset, seed);
+}
+
+template void init_param_elements<float>(const ParamSpec&, int64_t, int64_t, float*, uint64_t);
+template void init_param_elements<double>(const ParamSpec&, int64_t, int64_t, double*, uint64_t);
 template void init_params<float>(const ParamLayout&, float*, uint64_t);
 template void init_params<double>(const ParamLayout&, double*, uint64_t);
 
@@ -279,9 +284,29 @@ void unshard_params(const ParamLayout& full, const ParamLayout& shard, const T* 
                    });
 }
 
+template <typename T>
+void init_shard_tensor(const ParamSpec& full, const ParamSpec& shard, T* values, uint64_t seed,
+                       int tp, int rank) {
+  for_each_piece(full, shard, tp, rank, [&](int64_t fo, int64_t so, int64_t n) {
+    init_param_elements(full, fo - full.offset, n, values + (so - shard.offset), seed);
+  });
+}
+
+template <typename T>
+void init_params_shard(const ParamLayout& full, const ParamLayout& shard, T* shard_values,
+                       uint64_t seed, int tp, int rank) {
+  SAMBAY_CHECK(full.params.size() == shard.params.size(), "shard layout has {} tensors, not {}",
+               shard.params.size(), full.params.size());
+  for (size_t i = 0; i < full.params.size(); ++i)
+    init_shard_tensor(full.params[i], shard.params[i], shard_values + shard.params[i].offset,
+                      seed, tp, rank);
+}
+
 #define SAMBAY_SHARD_PARAMS(T)                                                                 \
   template void shard_params<T>(const ParamLayout&, const ParamLayout&, const T*, T*, int, int); \
-  template void unshard_params<T>(const ParamLayout&, const ParamLayout&, const T*, T*, int, int);
+  template void unshard_params<T>(const ParamLayout&, const ParamLayout&, const T*, T*, int, int); \
+  template void init_params_shard<T>(const ParamLayout&, const ParamLayout&, T*, uint64_t, int, int); \
+  template void init_shard_tensor<T>(const ParamSpec&, const ParamSpec&, T*, uint64_t, int, int);
 SAMBAY_SHARD_PARAMS(float)
 SAMBAY_SHARD_PARAMS(double)
 #undef SAMBAY_SHARD_PARAMS

@@ -95,6 +95,9 @@ int find_param(const ParamLayout& layout, const std::string& name);
 // or on how a parallel layout shards the tensor.
 template <typename T>
 void init_params(const ParamLayout& layout, T* params, uint64_t seed);
+// Elements [first, first + n) of parameter p into w[0, n): what init_params puts there.
+template <typename T>
+void init_param_elements(const ParamSpec& p, int64_t first, int64_t n, T* w, uint64_t seed);
 
 // ---- Tensor parallelism ----
 // The config one of tp ranks runs: d_inner, d_ff, n_heads and n_kv_heads divided by tp (so
@@ -113,5 +116,16 @@ void shard_params(const ParamLayout& full, const ParamLayout& shard, const T* fu
 template <typename T>
 void unshard_params(const ParamLayout& full, const ParamLayout& shard, const T* shard_values,
                     T* full_values, int tp, int rank);
+
+// Rank `rank`'s shard of init_params(full, ..., seed), initialised in place: the same values as
+// shard_params of the whole model's, without holding the whole model.
+template <typename T>
+void init_params_shard(const ParamLayout& full, const ParamLayout& shard, T* shard_values,
+                       uint64_t seed, int tp, int rank);
+// One tensor of it: values[0, shard.numel) of parameter `shard` (full: the same parameter in the
+// whole model's layout, with the init rules applied).
+template <typename T>
+void init_shard_tensor(const ParamSpec& full, const ParamSpec& shard, T* values, uint64_t seed,
+                       int tp, int rank);
 
 }  // namespace sambay

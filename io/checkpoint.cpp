@@ -31,16 +31,27 @@ constexpr const char* kTensorGroups[] = {"model/", "optim/m/", "optim/v/"};
 
 std::string rank_file_name(int64_t rank) { return fmt::format("rank_{:05}.h5", rank); }
 
-// The global tensors of a single-rank checkpoint: every tensor whole in rank_00000.h5. A
-// parallel layout would list each rank's box here instead.
-std::vector<GlobalTensor> single_rank_tensors(const ParamLayout& layout) {
+// The index's tensors: every group's tensors in layout order, each with every rank's pieces
+// (in rank order, and in a rank file in the order written, which names their datasets).
+std::vector<GlobalTensor> global_tensors(
+    const ParamLayout& layout, const std::vector<std::vector<StoredPiece>>& pieces_by_rank) {
   std::vector<GlobalTensor> out;
   for (const char* group : kTensorGroups)
-    for (const ParamSpec& p : layout.params) {
-      GlobalTensor t{group + tensor_group_path(p.name), StoredDType::f32, p.shape, {}};
-      t.pieces.push_back({rank_file_name(0), {std::vector<int64_t>(p.shape.size(), 0), p.shape}});
-      out.push_back(std::move(t));
+    for (const ParamSpec& p : layout.params)
+      out.push_back({group + tensor_group_path(p.name), StoredDType::f32, p.shape, {}});
+  const size_t n = layout.params.size();
+  for (size_t r = 0; r < pieces_by_rank.size(); ++r) {
+    std::vector<int> count(n, 0);
+    for (const StoredPiece& piece : pieces_by_rank[r]) {
+      SAMBAY_CHECK(piece.param >= 0 && size_t(piece.param) < n, "piece of parameter {} of {}",
+                   piece.param, n);
+      const int k = count[piece.param]++;
+      for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
+        GlobalTensor& t = out[g * n + piece.param];
+        t.pieces.push_back({rank_file_name(int64_t(r)), piece.box, piece_dataset(t.path, k)});
+      }
     }
+  }
   return out;
 }
 
@@ -93,12 +104,12 @@ TrainState read_train_state(hid_t g, const std::string& where) {
   return s;
 }
 
-void write_index(const std::string& path, const CheckpointView& v, const std::string& run_id,
-                 const std::vector<GlobalTensor>& tensors, const ParallelPlacement& placement) {
+void write_index(const std::string& path, const CheckpointMeta& v,
+                 const std::vector<GlobalTensor>& tensors) {
   h5::Id f = h5::create_file(path);
   h5::write_attr(f, "format", std::string(kIndexFormat), path);
   h5::write_attr(f, "format_version", kCheckpointFormatVersion, path);
-  h5::write_attr(f, "run_id", run_id, path);
+  h5::write_attr(f, "run_id", v.run_id, path);
   h5::write_attr(f, "sambay_version", std::string(SAMBAY_VERSION), path);
   h5::write_attr(f, "git_commit", std::string(SAMBAY_GIT_COMMIT), path);
   h5::write_attr(f, "created", utc_now(), path);
@@ -109,7 +120,7 @@ void write_index(const std::string& path, const CheckpointView& v, const std::st
     h5::Id g = h5::create_group(f, "train_state", path);
     write_train_state(g, v.state, path + ":train_state");
     h5::Id p = h5::create_group(f, "parallel", path);
-    write_placement(p, placement, path + ":parallel");
+    write_placement(p, v.placement, path + ":parallel");
   }
   write_virtual_tensors(f, tensors, path);
   h5::close_file(f, path);
@@ -181,61 +192,77 @@ auto with_fs_errors(const std::string& where, Fn fn) {
   }
 }
 
-SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const CheckpointView& v,
-                                     int keep) {
-  const ParamLayout layout = build_param_layout(v.model);
-  const size_t n = static_cast<size_t>(layout.total);
-  SAMBAY_CHECK(v.params.size() == n && v.adam_m.size() == n && v.adam_v.size() == n,
-               "checkpoint buffers hold {}, {}, {} values; the layout has {}", v.params.size(),
-               v.adam_m.size(), v.adam_v.size(), n);
-  SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
-  const std::string name = step_dir_name(v.state.step);
-  const fs::path root(checkpoints_dir), tmp = root / (name + ".tmp"), final_dir = root / name;
-  const ParallelPlacement placement;  // single process
-  const std::string run_id = v.run_id.empty() ? new_run_id() : v.run_id;
+std::string begin_checkpoint_unchecked(const std::string& checkpoints_dir, int64_t step,
+                                      double tensor_bytes) {
+  const fs::path root(checkpoints_dir), tmp = root / (step_dir_name(step) + ".tmp");
   fs::create_directories(root);
   // The tensors alone need this much: a file system with less free space cannot take the
   // checkpoint, and is reported before a byte is written.
-  const double tensor_bytes = 3.0 * 4.0 * static_cast<double>(n);
   if (struct statvfs fsinfo {}; ::statvfs(root.c_str(), &fsinfo) == 0) {
     const double free_bytes = double(fsinfo.f_bavail) * double(fsinfo.f_frsize);
     if (free_bytes < tensor_bytes)
       fail("{}: the checkpoint of step {} needs at least {:.1f} MB and the file system has "
            "{:.1f} MB free: No space left on device",
-           checkpoints_dir, v.state.step, tensor_bytes / 1e6, free_bytes / 1e6);
+           checkpoints_dir, step, tensor_bytes / 1e6, free_bytes / 1e6);
   }
   fs::remove_all(tmp);
   fs::create_directory(tmp);
+  return tmp.string();
+}
 
-  const std::vector<GlobalTensor> tensors = single_rank_tensors(layout);
-  const std::string rank_name = rank_file_name(0);
-  const std::string rank_path = (tmp / rank_name).string();
+RankFileResult write_rank_file_unchecked(const std::string& tmp_dir, const CheckpointMeta& meta,
+                                         const RankPart& part) {
+  const ParamLayout layout = build_param_layout(meta.model);
+  const std::string rank_path = (fs::path(tmp_dir) / rank_file_name(part.rank)).string();
   {
     ShardFileWriter w(rank_path);
     h5::write_attr(w.file(), "format", std::string(kRankFormat), rank_path);
     h5::write_attr(w.file(), "format_version", kCheckpointFormatVersion, rank_path);
-    h5::write_attr(w.file(), "run_id", run_id, rank_path);
-    h5::write_attr(w.file(), "step", v.state.step, rank_path);
-    h5::write_attr(w.file(), "rank", int64_t{0}, rank_path);
-    write_placement(w.file(), placement, rank_path);
-    const std::span<const float> buffers[] = {v.params, v.adam_m, v.adam_v};
-    size_t i = 0;
-    for (const std::span<const float>& buffer : buffers)
-      for (const ParamSpec& p : layout.params) {
-        const GlobalTensor& t = tensors[i++];
-        w.write_f32(t.path, t.shape, t.pieces[0].box, buffer.data() + p.offset);
+    h5::write_attr(w.file(), "run_id", meta.run_id, rank_path);
+    h5::write_attr(w.file(), "step", meta.state.step, rank_path);
+    h5::write_attr(w.file(), "rank", part.rank, rank_path);
+    write_placement(w.file(), meta.placement, rank_path);
+    const std::span<const float> buffers[] = {part.params, part.adam_m, part.adam_v};
+    for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
+      std::vector<int> count(layout.params.size(), 0);
+      for (const StoredPiece& piece : *part.pieces) {
+        const ParamSpec& p = layout.params[piece.param];
+        SAMBAY_CHECK(piece.pos >= 0 && piece.pos + piece.box.numel() <=
+                                           static_cast<int64_t>(buffers[g].size()),
+                     "{}: piece of {} at {} outside a buffer of {}", rank_path, p.name, piece.pos,
+                     buffers[g].size());
+        const std::string path = kTensorGroups[g] + tensor_group_path(p.name);
+        w.write_f32(piece_dataset(path, count[piece.param]++), p.shape, piece.box,
+                    buffers[g].data() + piece.pos);
       }
+    }
     w.finish();
   }
+  RankFileResult result;
+  h5::Id f = h5::open_file(rank_path);
+  result.content_crc32c =
+      rank_file_checksum(f, rank_path, meta.run_id, meta.state.step, part.rank);
+  h5::close_file(f, rank_path);
+  result.bytes = static_cast<int64_t>(fs::file_size(rank_path));
+  return result;
+}
+
+SaveResult commit_checkpoint_unchecked(const std::string& checkpoints_dir,
+                                       const CheckpointMeta& meta,
+                                       const std::vector<RankFileResult>& rank_files, int keep) {
+  SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
+  SAMBAY_CHECK(static_cast<int64_t>(rank_files.size()) == meta.placement.world_size(),
+               "{} rank files for a layout of {} ranks", rank_files.size(),
+               meta.placement.world_size());
+  const std::string name = step_dir_name(meta.state.step);
+  const fs::path root(checkpoints_dir), tmp = root / (name + ".tmp"), final_dir = root / name;
+  std::vector<std::string> files = {kIndexName};
   std::map<std::string, uint32_t> content;
-  {
-    h5::Id f = h5::open_file(rank_path);
-    content[rank_name] = rank_file_checksum(f, rank_path, run_id, v.state.step, 0);
-    h5::close_file(f, rank_path);
+  for (size_t r = 0; r < rank_files.size(); ++r) {
+    files.push_back(rank_file_name(int64_t(r)));
+    content[files.back()] = rank_files[r].content_crc32c;
   }
-  write_index((tmp / kIndexName).string(), v, run_id, tensors, placement);
-  write_manifest(tmp.string(), v.state.step, run_id, {kIndexName, rank_name}, {kIndexName},
-                 content);
+  write_manifest(tmp.string(), meta.state.step, meta.run_id, files, {kIndexName}, content);
   fsync_path(tmp.string());
 
   SaveResult result;
@@ -246,27 +273,82 @@ SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const C
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
   fsync_path(root.string());
-  write_latest(root.string(), v.state.step);
+  write_latest(root.string(), meta.state.step);
   result.dir = final_dir.string();
-  result.removed = prune_checkpoints(root.string(), v.state.step, keep);
+  result.removed = prune_checkpoints(root.string(), meta.state.step, keep);
   return result;
+}
+
+// Runs one stage of a save; a failure (a full disk, a failed write) removes the unfinished
+// directory, freeing what it took; complete checkpoints are not touched. (A file HDF5 failed
+// to close stays open in the library: HDF5 1.10 cannot release it, see io/hdf5_util.h.)
+template <typename Fn>
+auto save_stage(const std::string& checkpoints_dir, int64_t step, Fn fn) {
+  try {
+    return with_fs_errors(checkpoints_dir, fn);
+  } catch (...) {
+    abandon_checkpoint(checkpoints_dir, step);
+    throw;
+  }
 }
 
 }  // namespace
 
+std::string begin_checkpoint(const std::string& checkpoints_dir, int64_t step,
+                             double tensor_bytes) {
+  return save_stage(checkpoints_dir, step, [&] {
+    return begin_checkpoint_unchecked(checkpoints_dir, step, tensor_bytes);
+  });
+}
+
+RankFileResult write_rank_file(const std::string& tmp_dir, const CheckpointMeta& meta,
+                               const RankPart& part) {
+  return with_fs_errors(tmp_dir, [&] { return write_rank_file_unchecked(tmp_dir, meta, part); });
+}
+
+void write_checkpoint_index(const std::string& tmp_dir, const CheckpointMeta& meta,
+                            const std::vector<std::vector<StoredPiece>>& pieces_by_rank) {
+  SAMBAY_CHECK(static_cast<int64_t>(pieces_by_rank.size()) == meta.placement.world_size(),
+               "pieces of {} ranks for a layout of {}", pieces_by_rank.size(),
+               meta.placement.world_size());
+  with_fs_errors(tmp_dir, [&] {
+    write_index((fs::path(tmp_dir) / kIndexName).string(), meta,
+                global_tensors(build_param_layout(meta.model), pieces_by_rank));
+  });
+}
+
+SaveResult commit_checkpoint(const std::string& checkpoints_dir, const CheckpointMeta& meta,
+                             const std::vector<RankFileResult>& rank_files, int keep) {
+  return save_stage(checkpoints_dir, meta.state.step, [&] {
+    return commit_checkpoint_unchecked(checkpoints_dir, meta, rank_files, keep);
+  });
+}
+
+void abandon_checkpoint(const std::string& checkpoints_dir, int64_t step) {
+  std::error_code ec;
+  fs::remove_all(fs::path(checkpoints_dir) / (step_dir_name(step) + ".tmp"), ec);
+}
+
 SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& v,
                            int keep) {
-  try {
-    return with_fs_errors(checkpoints_dir,
-                          [&] { return save_checkpoint_unchecked(checkpoints_dir, v, keep); });
-  } catch (...) {
-    // A full disk or a failed write: the unfinished directory goes (freeing what it took);
-    // complete checkpoints were not touched. (A file HDF5 failed to close stays open in the
-    // library: HDF5 1.10 cannot release it, see io/hdf5_util.h.)
-    std::error_code ec;
-    fs::remove_all(fs::path(checkpoints_dir) / (step_dir_name(v.state.step) + ".tmp"), ec);
-    throw;
-  }
+  const ParamLayout layout = build_param_layout(v.model);
+  const size_t n = static_cast<size_t>(layout.total);
+  SAMBAY_CHECK(v.params.size() == n && v.adam_m.size() == n && v.adam_v.size() == n,
+               "checkpoint buffers hold {}, {}, {} values; the layout has {}", v.params.size(),
+               v.adam_m.size(), v.adam_v.size(), n);
+  SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
+  const CheckpointMeta meta{v.model, v.train_config_text, v.state,
+                            v.run_id.empty() ? new_run_id() : v.run_id, ParallelPlacement{}};
+  // One process owns everything: one piece per tensor.
+  const std::vector<std::vector<StoredPiece>> pieces = {
+      owned_pieces(layout, layout, whole_buffer_ownership(layout.total))};
+  const std::string tmp = begin_checkpoint(checkpoints_dir, v.state.step, 3.0 * 4.0 * double(n));
+  return save_stage(checkpoints_dir, v.state.step, [&] {
+    const RankFileResult file =
+        write_rank_file_unchecked(tmp, meta, {0, &pieces[0], v.params, v.adam_m, v.adam_v});
+    write_index((fs::path(tmp) / kIndexName).string(), meta, global_tensors(layout, pieces));
+    return commit_checkpoint_unchecked(checkpoints_dir, meta, {file}, keep);
+  });
 }
 
 namespace {
@@ -391,9 +473,12 @@ std::vector<std::string> model_config_differences(const ModelConfig& stored,
   return out;
 }
 
-CheckpointInfo load_checkpoint_into(const std::string& dir,
-                                    const std::optional<ModelConfig>& expected,
-                                    const CheckpointTargets& out) {
+namespace {
+
+// The step directory's description, refused (CheckpointMismatch, every differing field named)
+// when it was written for a model other than `expected`.
+CheckpointInfo read_matching_info(const std::string& dir,
+                                  const std::optional<ModelConfig>& expected) {
   CheckpointInfo info = read_checkpoint_info(dir);
   if (expected) {
     const std::vector<std::string> diffs = model_config_differences(info.model, *expected);
@@ -401,37 +486,99 @@ CheckpointInfo load_checkpoint_into(const std::string& dir,
       std::string list;
       for (const std::string& d : diffs) list += "\n  " + d;
       throw CheckpointMismatch(fmt::format(
-          "{}: written for a different model ({} field{} differ):{}", dir, diffs.size(),
+          "{}: written for a different model ({} field{} differ):{}", info.dir, diffs.size(),
           diffs.size() == 1 ? "" : "s", list));
     }
   }
+  return info;
+}
+
+void load_parts(const CheckpointInfo& info, const RankLoadTargets& targets) {
+  const std::string& dir = info.dir;
   const ParamLayout layout = build_param_layout(info.model);
-  const std::span<float> buffers[] = {out.params, out.adam_m, out.adam_v};
-  for (const std::span<float>& b : buffers)
-    SAMBAY_CHECK(static_cast<int64_t>(b.size()) == layout.total,
-                 "{}: a buffer of {} values for a layout of {}", dir, b.size(), layout.total);
+  const ParamLayout shard = targets.tp > 1
+                                ? build_param_layout(tensor_parallel_config(info.model, targets.tp))
+                                : layout;
+  for (const std::span<float>& b : {targets.adam_m, targets.adam_v})
+    SAMBAY_CHECK(static_cast<int64_t>(b.size()) == targets.moments.buffer_size,
+                 "{}: a moment buffer of {} values for {} owned", dir, b.size(),
+                 targets.moments.buffer_size);
+  for (const OwnedRange& r : targets.moments.ranges)
+    SAMBAY_CHECK(r.begin >= 0 && r.begin <= r.end && r.end <= shard.total && r.pos >= 0 &&
+                     r.pos + (r.end - r.begin) <= targets.moments.buffer_size,
+                 "{}: owned range [{}, {}) at {} outside a shard of {} or a buffer of {}", dir,
+                 r.begin, r.end, r.pos, shard.total, targets.moments.buffer_size);
   std::map<std::string, const GlobalTensor*> by_path;
   for (const GlobalTensor& t : info.tensors) by_path[t.path] = &t;
   const size_t expected_tensors = std::size(kTensorGroups) * layout.params.size();
   if (by_path.size() != expected_tensors)
     fail("{}: {} tensors, the model's layout has {}", dir, by_path.size(), expected_tensors);
-
+  auto tensor = [&](size_t g, const ParamSpec& p) -> const GlobalTensor& {
+    const std::string path = kTensorGroups[g] + tensor_group_path(p.name);
+    auto it = by_path.find(path);
+    if (it == by_path.end()) fail("{}: tensor {} is missing", dir, path);
+    const GlobalTensor& t = *it->second;
+    if (t.shape != p.shape)
+      fail("{}: tensor {} has shape {}, the model needs {}", dir, path, fmt::join(t.shape, "x"),
+           fmt::join(p.shape, "x"));
+    if (t.dtype != StoredDType::f32)
+      fail("{}: tensor {} is {}, master weights and moments are f32", dir, path,
+           stored_dtype_name(t.dtype));
+    return t;
+  };
+  // The moment values this rank keeps, as boxes of each tensor (in flat order).
+  RankOwnership owned = targets.moments;
+  owned.tp = targets.tp, owned.tp_rank = targets.tp_rank;
+  const std::vector<StoredPiece> moment_pieces =
+      owned_pieces(layout, shard, owned, /*replicated_too=*/true);
   ShardReader reader(dir);
-  for (size_t g = 0; g < std::size(kTensorGroups); ++g)
-    for (const ParamSpec& p : layout.params) {
-      const std::string path = kTensorGroups[g] + tensor_group_path(p.name);
-      auto it = by_path.find(path);
-      if (it == by_path.end()) fail("{}: tensor {} is missing", dir, path);
-      const GlobalTensor& t = *it->second;
-      if (t.shape != p.shape)
-        fail("{}: tensor {} has shape {}, the model needs {}", dir, path, fmt::join(t.shape, "x"),
-             fmt::join(p.shape, "x"));
-      if (t.dtype != StoredDType::f32)
-        fail("{}: tensor {} is {}, master weights and moments are f32", dir, path,
-             stored_dtype_name(t.dtype));
-      reader.read_box(t, {std::vector<int64_t>(p.shape.size(), 0), p.shape},
-                      buffers[g].data() + p.offset);
+  size_t next_moment = 0;
+  for (size_t i = 0; i < layout.params.size(); ++i) {
+    const ParamSpec& p = layout.params[i];
+    float* params = targets.params_at(int(i));
+    std::vector<ShardReader::Want> wants;
+    for (const StoredPiece& piece : shard_tensor_pieces(layout, shard, int(i), targets.tp,
+                                                        targets.tp_rank))
+      wants.push_back({piece.box, params + (piece.pos - shard.params[i].offset)});
+    reader.read_boxes(tensor(0, p), wants);
+    if (targets.params_loaded) targets.params_loaded(int(i));
+    std::vector<ShardReader::Want> m_wants, v_wants;
+    for (; next_moment < moment_pieces.size() && moment_pieces[next_moment].param == int(i);
+         ++next_moment) {
+      const StoredPiece& piece = moment_pieces[next_moment];
+      m_wants.push_back({piece.box, targets.adam_m.data() + piece.pos});
+      v_wants.push_back({piece.box, targets.adam_v.data() + piece.pos});
     }
+    if (!m_wants.empty()) {
+      reader.read_boxes(tensor(1, p), m_wants);
+      reader.read_boxes(tensor(2, p), v_wants);
+    }
+  }
+}
+
+}  // namespace
+
+CheckpointInfo load_checkpoint_part(const std::string& dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const RankLoadTargets& targets) {
+  CheckpointInfo info = read_matching_info(dir, expected);
+  load_parts(info, targets);
+  return info;
+}
+
+CheckpointInfo load_checkpoint_into(const std::string& dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const CheckpointTargets& out) {
+  CheckpointInfo info = read_matching_info(dir, expected);
+  const ParamLayout layout = build_param_layout(info.model);
+  for (const std::span<float>& b : {out.params, out.adam_m, out.adam_v})
+    SAMBAY_CHECK(static_cast<int64_t>(b.size()) == layout.total,
+                 "{}: a buffer of {} values for a layout of {}", dir, b.size(), layout.total);
+  RankLoadTargets t;
+  t.params_at = [&](int param) { return out.params.data() + layout.params[param].offset; };
+  t.moments = whole_buffer_ownership(layout.total);
+  t.adam_m = out.adam_m, t.adam_v = out.adam_v;
+  load_parts(info, t);
   return info;
 }
 
@@ -459,23 +606,42 @@ std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
   return out;
 }
 
-std::optional<CheckpointInfo> load_newest_checkpoint(
-    const std::string& checkpoints_dir, const ModelConfig& expected,
-    const std::function<void(const std::string&)>& report, const CheckpointTargets& out) {
+std::optional<CheckpointInfo> load_newest_checkpoint_with(
+    const std::string& checkpoints_dir,
+    const std::function<CheckpointInfo(const std::string& step_dir)>& load,
+    const std::function<void(const std::string&)>& report,
+    const std::function<bool(bool loaded_here)>& all_loaded) {
   const std::vector<StepDir> dirs = list_checkpoints(checkpoints_dir);
   if (dirs.empty()) return std::nullopt;
   std::string damaged;
   for (const StepDir& d : dirs) {
+    std::optional<CheckpointInfo> info;
+    std::string why;
     try {
-      return load_checkpoint_into(d.path, expected, out);
+      info = load(d.path);
     } catch (const CheckpointMismatch&) {
       throw;
     } catch (const Error& e) {
-      report(fmt::format("checkpoint {} is damaged and is skipped: {}", d.path, e.what()));
-      damaged += fmt::format("\n  {}: {}", d.path, e.what());
+      why = e.what();
+      report(fmt::format("checkpoint {} is damaged and is skipped: {}", d.path, why));
     }
+    const bool everywhere = all_loaded ? all_loaded(info.has_value()) : info.has_value();
+    if (everywhere) return info;
+    if (why.empty()) {
+      why = "another rank found it damaged (its message names the file)";
+      report(fmt::format("checkpoint {} is damaged and is skipped: {}", d.path, why));
+    }
+    damaged += fmt::format("\n  {}: {}", d.path, why);
   }
   fail("{}: every checkpoint is damaged:{}", checkpoints_dir, damaged);
+}
+
+std::optional<CheckpointInfo> load_newest_checkpoint(
+    const std::string& checkpoints_dir, const ModelConfig& expected,
+    const std::function<void(const std::string&)>& report, const CheckpointTargets& out) {
+  return load_newest_checkpoint_with(
+      checkpoints_dir, [&](const std::string& dir) { return load_checkpoint_into(dir, expected, out); },
+      report);
 }
 
 }  // namespace sambay

@@ -17,6 +17,7 @@
 
 #include "core/check.h"
 #include "core/model_config.h"
+#include "io/checkpoint_shards.h"
 #include "io/tensor_shards.h"
 
 #include <cstdint>
@@ -28,8 +29,9 @@
 
 namespace sambay {
 
-// Version 2 added run ids and rank-file checksums; version 1 checkpoints are still read.
-constexpr int64_t kCheckpointFormatVersion = 2;
+// Version 2 added run ids and rank-file checksums; version 3 lets a rank file hold several
+// pieces of one tensor (each rank stores what it owns). Versions 1 and 2 are still read.
+constexpr int64_t kCheckpointFormatVersion = 3;
 constexpr int64_t kOldestReadableCheckpointVersion = 1;
 
 // A new run id: 32 hex digits from the system's random source.
@@ -57,7 +59,7 @@ struct TrainState {
   int64_t threads = 0;
 };
 
-// How the writing run was parallelised; today always 1 x 1 x 1, rank 0.
+// How the writing run was parallelised: one rank file per rank of dp x tp x cp.
 struct ParallelPlacement {
   int64_t dp = 1, tp = 1, cp = 1;
   int64_t world_size() const { return dp * tp * cp; }
@@ -104,8 +106,8 @@ struct CheckpointView {
   std::string run_id = {};  // the run's id; empty: a new one (an import, a benchmark)
 };
 
-// Writes checkpoints_dir/step_XXXXXXXX/ (through step_XXXXXXXX.tmp/, every file fsynced, then
-// renamed), updates `latest`, and prunes to the newest `keep`. Returns the directory and the
+// Writes checkpoints_dir/step_XXXXXXXX/ from one process (through step_XXXXXXXX.tmp/, every file
+// fsynced, then renamed), updates `latest`, and prunes to the newest `keep`. Returns the directory and the
 // paths that pruning removed. Refuses weights or moments that are not all finite (the shard
 // writer checks every block as it checksums it) and, before writing, a file system with less
 // free space than the tensors need; a failed or refused write (a full disk, NaN) removes the
@@ -117,6 +119,48 @@ struct SaveResult {
 };
 SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& view,
                            int keep);
+
+// ---- A save by every rank of a job: each rank writes its own file, rank 0 the rest ----
+// What the index records besides the tensors (the same on every rank).
+struct CheckpointMeta {
+  ModelConfig model;
+  std::string train_config_text;
+  TrainState state;
+  std::string run_id;
+  ParallelPlacement placement;  // world_size() rank files
+};
+
+// The values one rank stores: its pieces (io/checkpoint_shards.h owned_pieces) and the
+// owned-value buffers they point into.
+struct RankPart {
+  int64_t rank = 0;
+  const std::vector<StoredPiece>* pieces = nullptr;
+  std::span<const float> params, adam_m, adam_v;
+};
+
+struct RankFileResult {
+  int64_t bytes = 0;
+  uint32_t content_crc32c = 0;  // what manifest.txt records for the file
+};
+
+// 1. Rank 0, before any rank writes: refuses a file system with less free space than
+//    tensor_bytes and makes an empty step_XXXXXXXX.tmp/ (replacing one left by a crash).
+//    Returns its path.
+std::string begin_checkpoint(const std::string& checkpoints_dir, int64_t step,
+                             double tensor_bytes);
+// 2. Every rank: its rank_%05d.h5 in the .tmp directory, fsynced (non-finite values refused).
+RankFileResult write_rank_file(const std::string& tmp_dir, const CheckpointMeta& meta,
+                               const RankPart& part);
+//    Rank 0: index.h5, whose virtual datasets join every rank's pieces (pieces_by_rank[r]: what
+//    rank r stores, as its write_rank_file was given).
+void write_checkpoint_index(const std::string& tmp_dir, const CheckpointMeta& meta,
+                            const std::vector<std::vector<StoredPiece>>& pieces_by_rank);
+// 3. Rank 0, once every rank's file is written: manifest.txt, the rename that commits, `latest`,
+//    pruning to the newest `keep`.
+SaveResult commit_checkpoint(const std::string& checkpoints_dir, const CheckpointMeta& meta,
+                             const std::vector<RankFileResult>& rank_files, int keep);
+// After a failure at any stage: removes the unfinished directory (older checkpoints untouched).
+void abandon_checkpoint(const std::string& checkpoints_dir, int64_t step);
 
 // Verifies the manifest and the index of a step directory and reads its description.
 CheckpointInfo read_checkpoint_info(const std::string& step_dir);
@@ -131,6 +175,21 @@ std::vector<std::string> model_config_differences(const ModelConfig& stored,
 struct CheckpointTargets {
   std::span<float> params, adam_m, adam_v;
 };
+
+// What one rank of a parallel layout loads: the TP shard of every parameter, and the moments of
+// the ranges it owns. Tensors are read one at a time, each piece once.
+struct RankLoadTargets {
+  int tp = 1, tp_rank = 0;
+  // Where parameter `param`'s shard values go (its numel floats), and a call once they are there
+  // (for a staging buffer: the GPU uploads it).
+  std::function<float*(int param)> params_at;
+  std::function<void(int param)> params_loaded = {};
+  RankOwnership moments;  // which moment values this rank keeps, and where in adam_m / adam_v
+  std::span<float> adam_m, adam_v;
+};
+CheckpointInfo load_checkpoint_part(const std::string& step_dir,
+                                    const std::optional<ModelConfig>& expected,
+                                    const RankLoadTargets& targets);
 
 // Loads and verifies every tensor into `out`. With `expected`, a different model config throws
 // CheckpointMismatch naming every differing field; without, the checkpoint's own config is used
@@ -156,5 +215,14 @@ std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
 std::optional<CheckpointInfo> load_newest_checkpoint(
     const std::string& checkpoints_dir, const ModelConfig& expected,
     const std::function<void(const std::string&)>& report, const CheckpointTargets& out);
+
+// The same with a load of one's own (load_checkpoint_part on every rank of a job): `all_loaded`
+// (a collective) tells whether every rank loaded a checkpoint cleanly, so that the ranks fall
+// back together past one that only some found damaged.
+std::optional<CheckpointInfo> load_newest_checkpoint_with(
+    const std::string& checkpoints_dir,
+    const std::function<CheckpointInfo(const std::string& step_dir)>& load,
+    const std::function<void(const std::string&)>& report,
+    const std::function<bool(bool loaded_here)>& all_loaded = nullptr);
 
 }  // namespace sambay

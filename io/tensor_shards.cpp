@@ -245,7 +245,8 @@ void write_virtual_tensors(hid_t index_file, const std::vector<GlobalTensor>& te
       h5::Id src(h5::check(H5Screate_simple(static_cast<int>(block.size()), block.data(), nullptr),
                            at, "source dataspace"),
                  H5Sclose);
-      h5::check(H5Pset_virtual(dcpl, sel, p.file.c_str(), ("/" + t.path).c_str(), src), at,
+      const std::string dataset = "/" + (p.dataset.empty() ? t.path : p.dataset);
+      h5::check(H5Pset_virtual(dcpl, sel, p.file.c_str(), dataset.c_str(), src), at,
                 "map piece in " + p.file);
     }
     h5::Id lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), at, "link properties"), H5Pclose);
@@ -288,8 +289,15 @@ std::vector<GlobalTensor> read_virtual_tensors(hid_t index_file, const std::stri
       H5Pget_virtual_dsetname(dcpl, i, dset.data(), dset.size());
       file.resize(flen);
       dset.resize(dlen);
-      if (dset != "/" + path)
-        fail("{}: piece {} maps dataset '{}' of {}, expected '/{}'", at, i, dset, file, path);
+      // "/<path>", or "/<path>#<k>" for a file's further pieces of the tensor.
+      const std::string own = "/" + path;
+      const bool numbered = dset.size() > own.size() + 1 && dset.compare(0, own.size(), own) == 0 &&
+                            dset[own.size()] == '#' &&
+                            dset.find_first_not_of("0123456789", own.size() + 1) == std::string::npos;
+      if (dset != own && !numbered)
+        fail("{}: piece {} maps dataset '{}' of {}, expected '/{}' or '/{}#<k>'", at, i, dset,
+             file, path, path);
+      p.dataset = dset.substr(1);
       if (file.find('/') != std::string::npos || file == "." || file == "..")
         fail("{}: piece {} lives in '{}', expected a file beside the index", at, i, file);
       p.file = file;
@@ -329,11 +337,12 @@ hid_t ShardReader::file(const std::string& name) {
 }
 
 ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece,
-                                                const Box& want, float* out) {
-  const std::string where = (std::filesystem::path(dir_) / piece.file).string() + ":" + t.path;
+                                                const std::vector<Want>& wants) {
+  const std::string dataset = piece.dataset.empty() ? t.path : piece.dataset;
+  const std::string where = (std::filesystem::path(dir_) / piece.file).string() + ":" + dataset;
   const hid_t f = file(piece.file);
-  if (!h5::exists(f, t.path)) fail("{}: dataset is missing", where);
-  h5::Id d(h5::check(H5Dopen2(f, t.path.c_str(), H5P_DEFAULT), where, "open"), H5Dclose);
+  if (!h5::exists(f, dataset)) fail("{}: dataset is missing", where);
+  h5::Id d(h5::check(H5Dopen2(f, dataset.c_str(), H5P_DEFAULT), where, "open"), H5Dclose);
   h5::Id type(h5::check(H5Dget_type(d), where, "type"), H5Tclose);
   h5::Id bf16 = h5::bf16_type();
   const hid_t expected_type = t.dtype == StoredDType::f32 ? H5T_IEEE_F32LE : bf16.get();
@@ -350,38 +359,48 @@ ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const Sha
     fail("{}: global_offset {} but the index says {}", where, goff, piece.box.offset);
   const uint32_t stored = h5::read_attr_u32(d, "crc32c", where);
 
-  // A piece that is exactly the box asked for (f32) is read straight into the caller's buffer;
-  // otherwise each block goes through a scratch buffer and its overlap with the box is copied.
+  // A piece that is exactly the one box asked for (f32) is read straight into the caller's
+  // buffer; otherwise each block goes through a scratch buffer and its overlap with every box
+  // is copied.
   const size_t esize = element_bytes(t.dtype);
   const int64_t row_elems = shape[0] > 0 ? volume(shape) / shape[0] : 0;
-  const bool direct = out && t.dtype == StoredDType::f32 && piece.box == want;
+  const bool direct =
+      wants.size() == 1 && t.dtype == StoredDType::f32 && piece.box == wants[0].box;
+  float* const direct_out = direct ? wants[0].out : nullptr;
   const int64_t scratch_rows = std::min<int64_t>(
       shape[0], std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, row_elems * esize)));
   std::vector<uint8_t> raw(direct ? 0 : scratch_rows * row_elems * esize);
-  std::vector<float> values(out && !direct && t.dtype == StoredDType::bf16 ? raw.size() / 2 : 0);
+  std::vector<float> values(!wants.empty() && !direct && t.dtype == StoredDType::bf16
+                                ? raw.size() / 2
+                                : 0);
   uint32_t crc = 0;
   int64_t non_finite = 0;
   for_each_row_block(d, shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
-    uint8_t* block = direct ? reinterpret_cast<uint8_t*>(out + r0 * row_elems) : raw.data();
+    uint8_t* block =
+        direct ? reinterpret_cast<uint8_t*>(direct_out + r0 * row_elems) : raw.data();
     h5::check(H5Dread(d, expected_type, mspace, fspace, H5P_DEFAULT, block), where, "read");
     crc = crc32c(block, n * row_elems * esize, crc);
     non_finite += count_non_finite(block, n * row_elems, t.dtype);
-    if (!out || direct) return;
+    if (wants.empty() || direct) return;
     Box rows = piece.box;
     rows.offset[0] += r0;
     rows.shape[0] = n;
-    if (overlap(rows, want) == 0) return;
     const float* src = reinterpret_cast<const float*>(raw.data());
-    if (t.dtype == StoredDType::bf16) {
-      const uint16_t* bits = reinterpret_cast<const uint16_t*>(raw.data());
-      for (int64_t i = 0; i < n * row_elems; ++i) values[i] = to_float(bf16::from_bits(bits[i]));
-      src = values.data();
+    bool widened = false;
+    for (const Want& w : wants) {
+      if (overlap(rows, w.box) == 0) continue;
+      if (t.dtype == StoredDType::bf16 && !widened) {
+        const uint16_t* bits = reinterpret_cast<const uint16_t*>(raw.data());
+        for (int64_t i = 0; i < n * row_elems; ++i) values[i] = to_float(bf16::from_bits(bits[i]));
+        src = values.data();
+        widened = true;
+      }
+      copy_overlap(src, rows, w.out, w.box);
     }
-    copy_overlap(src, rows, out, want);
   });
   if (crc != stored)
     fail("{}: data is corrupt: crc32c {:08x} stored, {:08x} computed", where, stored, crc);
-  if (out && non_finite > 0)
+  if (!wants.empty() && non_finite > 0)
     fail("{}: {} values are NaN or infinite: training from them is impossible (the run had "
          "diverged when this was written, or the values are damaged)",
          where, non_finite);
@@ -389,20 +408,29 @@ ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const Sha
 }
 
 void ShardReader::read_box(const GlobalTensor& t, const Box& want, float* out) {
-  check_box_inside(want, t.shape, t.path);
-  int64_t covered = 0;
+  read_boxes(t, {{want, out}});
+}
+
+void ShardReader::read_boxes(const GlobalTensor& t, const std::vector<Want>& wants) {
+  std::vector<int64_t> covered(wants.size(), 0);
+  for (const Want& w : wants) check_box_inside(w.box, t.shape, t.path);
   for (const ShardPiece& p : t.pieces) {
-    const int64_t n = overlap(p.box, want);
-    if (n == 0) continue;
-    read_piece(t, p, want, out);
-    covered += n;
+    std::vector<Want> mine;
+    for (size_t i = 0; i < wants.size(); ++i)
+      if (const int64_t n = overlap(p.box, wants[i].box); n > 0) {
+        mine.push_back(wants[i]);
+        covered[i] += n;
+      }
+    if (!mine.empty()) read_piece(t, p, mine);
   }
-  if (covered != want.numel())
-    fail("{}: the pieces cover {} of the {} elements asked for", t.path, covered, want.numel());
+  for (size_t i = 0; i < wants.size(); ++i)
+    if (covered[i] != wants[i].box.numel())
+      fail("{}: the pieces cover {} of the {} elements asked for", t.path, covered[i],
+           wants[i].box.numel());
 }
 
 ShardReader::PieceCheck ShardReader::verify_piece(const GlobalTensor& t, const ShardPiece& piece) {
-  return read_piece(t, piece, piece.box, nullptr);
+  return read_piece(t, piece, {});
 }
 
 }  // namespace sambay

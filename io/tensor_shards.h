@@ -35,6 +35,9 @@ struct Box {
 struct ShardPiece {
   std::string file;  // relative to the directory of the index file, e.g. "rank_00001.h5"
   Box box;           // where the piece sits in the global tensor
+  // Its dataset in that file; empty: the tensor's path. A file holding several pieces of one
+  // tensor names them "<path>", "<path>#1", ... (io/checkpoint_shards.h piece_dataset).
+  std::string dataset = {};
 };
 
 struct GlobalTensor {
@@ -91,6 +94,12 @@ class ShardReader {
   // out: want.shape floats, row-major. bf16 pieces are widened exactly. A piece holding NaN or
   // infinite values is an error naming it.
   void read_box(const GlobalTensor& t, const Box& want, float* out);
+  // Several boxes of one tensor at once: every piece that overlaps any of them is read once.
+  struct Want {
+    Box box;
+    float* out;  // box.shape floats, row-major
+  };
+  void read_boxes(const GlobalTensor& t, const std::vector<Want>& wants);
   void read_slice(const GlobalTensor& t, int dim, int64_t offset, int64_t size, float* out) {
     read_box(t, slice_box(t.shape, dim, offset, size), out);
   }
@@ -105,10 +114,10 @@ class ShardReader {
  private:
   hid_t file(const std::string& name);
   // Streams a piece in row blocks, checks it (non-finite values are counted, and refused when
-  // the values are for `out`), and copies its overlap with `want` into out (out may be null:
+  // the values are wanted), and copies its overlap with each want into it (no wants:
   // verification only).
-  PieceCheck read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
-                        float* out);
+  PieceCheck read_piece(const GlobalTensor& t, const ShardPiece& piece,
+                        const std::vector<Want>& wants);
   std::string dir_;
   std::map<std::string, h5::Id> files_;
 };

@@ -305,41 +305,32 @@ void gpu_adamw_step(GpuEngine& e, double clip_coef, const AdamWHyper& base, int6
   cuda_stream_synchronize(m.stream);
 }
 
-void gpu_download_state(GpuEngine& e, std::vector<float>& params, std::vector<float>& m,
-                        std::vector<float>& v) {
-  const int64_t total = e.model.layout.total;
-  params.resize(total), m.resize(total), v.resize(total);
+void gpu_copy_owned_state(GpuEngine& e, float* params, float* m, float* v) {
   cuda_stream_synchronize(e.model.stream);
-  cuda_copy_to_host(params.data(), e.model.params, kF * total);
-  if (!e.grads_group) {  // one rank owns the whole buffer
-    cuda_copy_to_host(m.data(), e.model.adam_m, kF * total);
-    cuda_copy_to_host(v.data(), e.model.adam_v, kF * total);
-    return;
-  }
-  for (const ShardBucket& b : e.shards.buckets)
-    for (auto [shard, host] : {std::pair{e.model.adam_m, &m}, std::pair{e.model.adam_v, &v}}) {
-      gather_bucket(e, b, shard + b.shard_offset);
-      wait(*e.grads_group);
-      cuda_stream_synchronize(comm_stream(*e.grads_group));
-      cuda_copy_to_host(host->data() + b.begin, e.staging, kF * b.size);
-    }
-}
-
-void gpu_upload_state(GpuEngine& e, const std::vector<float>& params, const std::vector<float>& m,
-                      const std::vector<float>& v) {
-  const int64_t total = e.model.layout.total;
-  SAMBAY_CHECK(static_cast<int64_t>(params.size()) == total && m.size() == params.size() &&
-                   v.size() == params.size(),
-               "state of {} values for a model of {}", params.size(), total);
-  cuda_stream_synchronize(e.model.stream);
-  cuda_copy_to_device(e.model.params, params.data(), kF * total);
   for (const ShardBucket& b : e.shards.buckets) {
     const FlatRange own = owned_range(e.shards, b, e.shards.rank);
-    cuda_copy_to_device(e.model.adam_m + b.shard_offset, m.data() + own.begin,
-                        kF * (own.end - own.begin));
-    cuda_copy_to_device(e.model.adam_v + b.shard_offset, v.data() + own.begin,
-                        kF * (own.end - own.begin));
+    cuda_copy_to_host(params + b.shard_offset, e.model.params + own.begin,
+                      kF * (own.end - own.begin));
   }
+  cuda_copy_to_host(m, e.model.adam_m, kF * e.shards.shard_size);
+  cuda_copy_to_host(v, e.model.adam_v, kF * e.shards.shard_size);
+}
+
+void gpu_set_params(GpuEngine& e, int64_t offset, const float* values, int64_t n) {
+  SAMBAY_CHECK(offset >= 0 && n >= 0 && offset + n <= e.model.layout.total,
+               "parameters [{}, {}) outside a layout of {}", offset, offset + n,
+               e.model.layout.total);
+  cuda_stream_synchronize(e.model.stream);
+  cuda_copy_to_device(e.model.params + offset, values, kF * n);
+}
+
+void gpu_set_moments(GpuEngine& e, const float* m, const float* v) {
+  cuda_stream_synchronize(e.model.stream);
+  cuda_copy_to_device(e.model.adam_m, m, kF * e.shards.shard_size);
+  cuda_copy_to_device(e.model.adam_v, v, kF * e.shards.shard_size);
+}
+
+void gpu_params_ready(GpuEngine& e) {
   cuda_stream_synchronize(nullptr);  // pageable copies may land after they return
   refresh_bf16_params(e.model);
 }

@@ -77,12 +77,15 @@ double gpu_grad_norm(GpuEngine& e);
 // group's multipliers), then all-gathers the parameters and refreshes the bf16 compute copy.
 void gpu_adamw_step(GpuEngine& e, double clip_coef, const AdamWHyper& base, int64_t step);
 
-// Parameters and moments between the GPU and host buffers of the flat layout (checkpoints): the
-// moments are gathered over the group for a download (a collective), and each rank takes its
-// pieces on upload.
-void gpu_download_state(GpuEngine& e, std::vector<float>& params, std::vector<float>& m,
-                        std::vector<float>& v);
-void gpu_upload_state(GpuEngine& e, const std::vector<float>& params, const std::vector<float>& m,
-                      const std::vector<float>& v);
+// Checkpoints: the values this rank owns (parallel/data_parallel.h owned_range) to host
+// buffers of e.shards.shard_size values each, laid out as the moment shards are: the parameters
+// of every owned range, and the AdamW moments. Pinned buffers make it a DMA at full speed.
+void gpu_copy_owned_state(GpuEngine& e, float* params, float* m, float* v);
+// Starting: parameters [offset, offset + n) of the flat layout (a tensor at a time, from a
+// staging buffer), this rank's moment shards when resuming, then gpu_params_ready, which
+// refreshes the bf16 compute copy.
+void gpu_set_params(GpuEngine& e, int64_t offset, const float* values, int64_t n);
+void gpu_set_moments(GpuEngine& e, const float* m, const float* v);
+void gpu_params_ready(GpuEngine& e);
 
 }  // namespace sambay

@@ -34,9 +34,10 @@ void print_resume_report(const std::string& message) {
 
 }  // namespace
 
-std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
-                                                     const std::string& checkpoints_dir,
-                                                     const CheckpointTargets& out, bool report) {
+std::optional<CheckpointInfo> find_resume_checkpoint(
+    const TrainConfig& cfg, const std::string& checkpoints_dir,
+    const std::function<CheckpointInfo(const std::string& step_dir)>& load,
+    const std::function<bool(bool loaded_here)>& all_loaded, bool report) {
   const auto print_report = [report](const std::string& message) {
     if (report) print_resume_report(message);
   };
@@ -50,14 +51,14 @@ std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
   }
   if (cfg.resume == "auto") {
     std::optional<CheckpointInfo> c =
-        load_newest_checkpoint(checkpoints_dir, cfg.model, print_report, out);
+        load_newest_checkpoint_with(checkpoints_dir, load, print_report, all_loaded);
     if (!c) print_report(fmt::format("no checkpoint in {}; starting at step 0", checkpoints_dir));
     return c;
   }
   const CheckpointLocation at = locate_checkpoint(cfg.resume);
-  if (!at.step_dir.empty()) return load_checkpoint_into(at.step_dir, cfg.model, out);
+  if (!at.step_dir.empty()) return load(at.step_dir);
   std::optional<CheckpointInfo> c =
-      load_newest_checkpoint(at.checkpoints_dir, cfg.model, print_report, out);
+      load_newest_checkpoint_with(at.checkpoints_dir, load, print_report, all_loaded);
   if (!c) fail("option --resume {}: no checkpoint in {}", cfg.resume, at.checkpoints_dir);
   return c;
 }
@@ -68,7 +69,7 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
   static const std::set<std::string> ignored = {
       "out_dir",      "device",     "threads",          "log_every", "eval_every",
       "eval_batches", "save_every", "keep_checkpoints", "resume",    "recompute",
-      "watchdog",     "watchdog_s", "on_log_error"};
+      "watchdog",     "watchdog_s", "on_log_error",     "async_save", "peak_tflops"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
   // A model field newer than the checkpoint is absent from its text; read back, it took the
   // field's default (io/checkpoint.h parse_model_config_text), so that is its old value.

@@ -4,6 +4,7 @@
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
 #include "core/size_limits.h"
+#include "launch/throughput.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -35,6 +36,9 @@ po::options_description train_options(TrainConfig& c) {
       ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run")
       ("save_every", po::value(&c.save_every)->default_value(c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
       ("keep_checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
+      ("async_save", po::value(&c.async_save)->default_value(c.async_save), "write periodic checkpoints in the background while training goes on (the final one and those on SIGUSR1/SIGTERM are written at once)")
+      ("peak_tflops", po::value(&c.peak_tflops)->default_value(c.peak_tflops), "one GPU's dense bf16 peak in TFLOP/s, the MFU basis: auto (from the GPU's name: H100 SXM/PCIe, H200, A100, B200) or a positive number")
+      ("dry_run", po::bool_switch(&c.dry_run), "resolve the config and layout, plan memory per rank and the expected speed, check every file and directory, and exit without training")
       ("resume", po::value(&c.resume)->default_value(c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory")
       ("watchdog", po::value(&c.watchdog)->default_value(c.watchdog), "end the job (exit 76, requeued from the last checkpoint) when a rank stops making progress")
       ("watchdog_s", po::value(&c.watchdog_s)->default_value(c.watchdog_s), "seconds a training step may take before the watchdog ends the job (0 = 10x the slowest step, at least 60; startup, validation and checkpoints get at least 30 minutes)")
@@ -121,6 +125,7 @@ void validate_train_config(const TrainConfig& c) {
     if (!ok) fail("option --{}: {}", option, why);
   };
   need(!c.data.empty(), "data", "no training data given (--data PATH[:WEIGHT])");
+  parse_peak_tflops(c.peak_tflops);  // fails naming --peak_tflops
   need(c.seq_len > 0, "seq_len", fmt::format("must be positive, got {}", c.seq_len));
   need(c.micro_batch > 0, "micro_batch", fmt::format("must be positive, got {}", c.micro_batch));
   need(c.grad_accum > 0, "grad_accum", fmt::format("must be positive, got {}", c.grad_accum));
@@ -254,6 +259,8 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("dp_bucket_mb", c.dp_bucket_mb);
   line("save_every", c.save_every);
   line("keep_checkpoints", c.keep_checkpoints);
+  line("async_save", c.async_save);
+  line("peak_tflops", c.peak_tflops);
   line("resume", c.resume);
   line("watchdog", c.watchdog);
   line("watchdog_s", c.watchdog_s);

@@ -66,6 +66,14 @@ struct TrainConfig {
   // Checkpoints (out_dir/checkpoints, io/checkpoint.h).
   int64_t save_every = 0;    // steps between checkpoints; 0: only at the end and on a signal
   int keep_checkpoints = 3;  // newest complete checkpoints kept (>= 1)
+  // Periodic checkpoints are written by a background thread while training goes on
+  // (launch/checkpoint_writer.h); the final one and those on SIGUSR1/SIGTERM are synchronous.
+  bool async_save = true;
+  // One GPU's dense bf16 peak in TFLOP/s for MFU: "auto" (from the device's name) or a number.
+  std::string peak_tflops = "auto";
+  // Plan the run (config, layout, memory per rank, expected speed, files) and exit: not saved
+  // in the config text (an action, not a setting).
+  bool dry_run = false;
   std::string resume = "auto";  // auto (newest good one, if any), none, or a checkpoint path
 };
 

@@ -9,10 +9,14 @@
 #include "io/durable_fs.h"
 #include "io/json.h"
 #include "io/sampler.h"
+#include "launch/checkpoint_writer.h"
+#include "launch/dry_run.h"
+#include "launch/memory_plan.h"
 #include "launch/preemption.h"
 #include "launch/resume.h"
 #include "launch/run_dir.h"
 #include "launch/run_log.h"
+#include "launch/throughput.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/mup.h"
@@ -47,8 +51,6 @@ namespace sambay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-constexpr double kH100PeakFlops = 989.4e12;  // dense bf16, SXM datasheet: the MFU denominator
 
 std::vector<std::string_view> split_lines(std::string_view text) {
   std::vector<std::string_view> lines;
@@ -111,23 +113,6 @@ void fill(const Sampler& sampler, Split split, int64_t first, int64_t B, int64_t
   }
   mb.valid = 0;
   for (int32_t t : mb.targets) mb.valid += t >= 0;
-}
-
-// Whole tensors from the TP ranks' shards (collective over tp): every rank's shard values are
-// gathered and put in place in full [full layout total].
-void gather_whole_tensors(const Communicator& tp, const ParamLayout& full_layout,
-                          const ParamLayout& shard_layout, const std::vector<float>& shard,
-                          std::vector<float>& full) {
-  full.resize(full_layout.total);
-  if (tp.size == 1) {
-    full = shard;
-    return;
-  }
-  std::vector<float> all(shard.size() * tp.size);
-  all_gather(tp, shard.data(), all.data(), int64_t(shard.size()), DType::f32);
-  for (int r = 0; r < tp.size; ++r)
-    unshard_params(full_layout, shard_layout, all.data() + r * shard.size(), full.data(), tp.size,
-                   r);
 }
 
 const char* signal_name(int sig) {
@@ -213,23 +198,29 @@ int run_training(const TrainConfig& cfg) {
   // where either is missing is an error, never a silent CPU run.
   const bool use_gpu = cfg.device == "cuda" || (cfg.device == "auto" && cuda_device_count() > 0);
   if (use_gpu) {
-    if (!built_with_cuda())
+    // A dry run plans a GPU run on any machine (for an H200 when none is visible).
+    if (!cfg.dry_run && !built_with_cuda())
       fail("option --device cuda: this sambay was built without CUDA (SAMBAY_CUDA=OFF or no "
            "nvcc at configure time)");
-    if (cuda_device_count() == 0) fail("option --device cuda: no CUDA device is visible");
+    if (!cfg.dry_run && cuda_device_count() == 0)
+      fail("option --device cuda: no CUDA device is visible");
     if (cfg.cp > 1)
       fail("option --cp {}: context parallelism runs on the CPU backend only for now "
            "(--device cpu)", cfg.cp);
-    cuda_set_device(grid.gpu);
+    if (cuda_device_count() > 0) cuda_set_device(grid.gpu);
   }
-  const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
+  const bool gpu_visible = use_gpu && cuda_device_count() > 0;
+  const std::string device_line =
+      !use_gpu ? "cpu"
+               : gpu_visible ? "cuda: " + cuda_device_description()
+                             : "cuda (none visible here: planned for an NVIDIA H200, 139.8 GiB)";
 
   // The run directory (launch/run_dir.h): one trainer at a time, writable, and nothing written
   // into it (but the lock) until the run is accepted below.
   namespace fs = std::filesystem;
   const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
   std::optional<RunDirLock> run_lock;
-  if (lead) {
+  if (lead && !cfg.dry_run) {
     run_lock.emplace(cfg.out_dir);
     check_writable_directory(checkpoints_dir, "the checkpoints directory");
   }
@@ -243,6 +234,15 @@ int run_training(const TrainConfig& cfg) {
   sc.valid_fraction = cfg.valid_fraction;
   sc.vocab = cfg.model.vocab;
   const Sampler sampler = open_sampler(sc);
+  if (cfg.dry_run) {
+    // 139.8 GiB: an H200 as CUDA reports it.
+    const double h200_bytes = 139.8 * double(int64_t(1) << 30);
+    return dry_run({cfg, grid, sampler, use_gpu, device_line,
+                    use_gpu ? std::optional<double>(gpu_visible ? double(cuda_memory_total())
+                                                                : h200_bytes)
+                            : std::nullopt,
+                    checkpoints_dir});
+  }
 
   // GPU tensors move over NCCL when each rank of a node has a GPU of its own, and through host
   // memory with MPI when ranks share GPUs.
@@ -255,12 +255,12 @@ int run_training(const TrainConfig& cfg) {
     grads_gpu.emplace(make_communicator(grid.dp_cp, b, "dp_cp"));
     gpu_collectives = fmt::format(", GPU tensors over {}", backend_name(b));
   }
-  // Model (this rank's TP shard) and optimizer state.
+  // Model (this rank's TP shard) and optimizer state. The GPU keeps no host copy of either.
   const ModelConfig& mc = cfg.model;
   ModelSplit split;
   split.tp = tp_gpu ? &*tp_gpu : &tp;
   split.sequence_parallel = cfg.sequence_parallel, split.cp = &cp;
-  Model<float> model = make_model_shard<float>(mc, cfg.seed, split);
+  Model<float> model = make_model_shard<float>(mc, cfg.seed, split, /*host_state=*/!use_gpu);
   const ParamLayout full_layout = build_param_layout(mc);
   const MupConfig mup = mup_config_for(mc);
   const int64_t bucket = std::max<int64_t>(1, int64_t(cfg.dp_bucket_mb * 1048576 / 4));
@@ -271,48 +271,7 @@ int run_training(const TrainConfig& cfg) {
   const int64_t B = cfg.micro_batch, L = cfg.seq_len, Lc = L / grid.shape.cp;
   const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
 
-  // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
-  const std::string config_text = train_config_to_text(cfg);
-  int64_t start_step = 0, consumed_samples = 0;
-  std::string resumed_from;  // the checkpoint directory, when resuming
-  // The run's id (io/checkpoint.h) is kept across resumes; a fresh start (or a checkpoint
-  // written before run ids) gets a new one, the same on every rank.
-  std::string run_id;
-  // Checkpoints hold whole tensors: the sharded moments are gathered over the dp_cp ranks and
-  // the TP shards over the tp ranks for a save; on resume each rank takes its pieces back, so a
-  // checkpoint resumes under any layout.
-  std::vector<float> p_whole(full_layout.total), m_whole(full_layout.total),
-      v_whole(full_layout.total);
-  std::vector<float> m_full(model.params.size()), v_full(model.params.size());
-  if (std::optional<CheckpointInfo> c =
-          find_resume_checkpoint(cfg, checkpoints_dir, {p_whole, m_whole, v_whole}, lead)) {
-    const int tp_rank = tp.rank;
-    shard_params(full_layout, model.layout, p_whole.data(), model.params.data(), tp.size, tp_rank);
-    shard_params(full_layout, model.layout, m_whole.data(), m_full.data(), tp.size, tp_rank);
-    shard_params(full_layout, model.layout, v_whole.data(), v_full.data(), tp.size, tp_rank);
-    if (opt) scatter_moments(*opt, m_full, v_full);
-    start_step = c->state.step;
-    consumed_samples = c->state.consumed_samples;
-    resumed_from = c->dir;
-    run_id = c->run_id;
-    if (lead) {
-      log.print("resume: from {} (step {}, {} samples consumed)", c->dir, start_step,
-                consumed_samples);
-      for (const std::string& d : resume_differences(*c, cfg, threads))
-        log.print("resume: note: changed since the checkpoint, so later steps differ from an "
-                  "uninterrupted run: {}",
-                  d);
-    }
-  }
-  {
-    std::array<int32_t, 9> id{};  // 32 hex digits and a terminating zero
-    const std::string mine = run_id.empty() ? new_run_id() : run_id;
-    std::memcpy(id.data(), mine.data(), std::min(mine.size(), sizeof id - 1));
-    broadcast(world, id.data(), int64_t(id.size()), DType::i32, 0);
-    run_id = reinterpret_cast<const char*>(id.data());
-  }
-  // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
-  // activations live where the model runs.
+  // The activations live where the model runs.
   Activations<float> acts;
   const RecomputeMode recompute_mode = parse_recompute_mode(cfg.recompute, "recompute");
   RecomputeChoice recompute;  // where the activations live, what they recompute and why
@@ -322,13 +281,98 @@ int run_training(const TrainConfig& cfg) {
     gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, recompute_mode,
                                 cfg.doc_masking, grads_gpu ? &*grads_gpu : nullptr,
                                 tp_gpu ? &*tp_gpu : nullptr, bucket));
-    if (start_step > 0) gpu_upload_state(*gpu, model.params, m_full, v_full);
     recompute = gpu->recompute;
   }
 #else
   struct NoGpu {};
   std::optional<NoGpu> gpu;
 #endif
+  // What this rank owns of the optimizer state (its ZeRO pieces): the values it stores in a
+  // checkpoint and loads back.
+  RankOwnership owned;
+#if SAMBAY_HAVE_CUDA
+  if (gpu) owned = ownership_of(gpu->shards, tp.size, tp.rank);
+#endif
+  if (opt) owned = ownership_of(opt->layout, tp.size, tp.rank);
+
+  // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
+  // Each rank reads its TP shard of the weights and the moments it owns, a tensor at a time
+  // (the GPU through one tensor's staging buffer), so a checkpoint resumes under any layout.
+  const std::string config_text = train_config_to_text(cfg);
+  int64_t start_step = 0, consumed_samples = 0;
+  std::string resumed_from;  // the checkpoint directory, when resuming
+  // The run's id (io/checkpoint.h) is kept across resumes; a fresh start (or a checkpoint
+  // written before run ids) gets a new one, the same on every rank.
+  std::string run_id;
+  {
+    std::vector<float> staging;  // the GPU's: one tensor of the shard
+    std::vector<float> m_load, v_load;
+    RankLoadTargets targets;
+    targets.tp = tp.size, targets.tp_rank = tp.rank;
+    targets.moments = owned;
+    if (opt) {
+      targets.params_at = [&](int i) { return model.params.data() + model.layout.params[i].offset; };
+      targets.adam_m = opt->m, targets.adam_v = opt->v;
+    } else {
+      targets.params_at = [&](int i) {
+        staging.resize(model.layout.params[i].numel);
+        return staging.data();
+      };
+#if SAMBAY_HAVE_CUDA
+      targets.params_loaded = [&](int i) {
+        const ParamSpec& p = model.layout.params[i];
+        gpu_set_params(*gpu, p.offset, staging.data(), p.numel);
+      };
+#endif
+      m_load.resize(owned.buffer_size), v_load.resize(owned.buffer_size);
+      targets.adam_m = m_load, targets.adam_v = v_load;
+    }
+    const auto load = [&](const std::string& dir) {
+      return load_checkpoint_part(dir, cfg.model, targets);
+    };
+    const auto all_loaded = [&](bool here) {
+      return all_reduce_scalar(world, here ? 0.0 : 1.0, ReduceOp::max) == 0;
+    };
+    if (std::optional<CheckpointInfo> c =
+            find_resume_checkpoint(cfg, checkpoints_dir, load, all_loaded, lead)) {
+      start_step = c->state.step;
+      consumed_samples = c->state.consumed_samples;
+      resumed_from = c->dir;
+      run_id = c->run_id;
+      if (lead) {
+        log.print("resume: from {} (step {}, {} samples consumed)", c->dir, start_step,
+                  consumed_samples);
+        for (const std::string& d : resume_differences(*c, cfg, threads))
+          log.print("resume: note: changed since the checkpoint, so later steps differ from an "
+                    "uninterrupted run: {}",
+                    d);
+      }
+    }
+#if SAMBAY_HAVE_CUDA
+    if (gpu) {
+      if (start_step > 0) {
+        gpu_set_moments(*gpu, m_load.data(), v_load.data());
+      } else {  // a fresh start: the initial weights, a tensor at a time
+        ParamLayout init_layout = full_layout;
+        apply_init_rules(init_layout, mc);
+        for (size_t i = 0; i < model.layout.params.size(); ++i) {
+          const ParamSpec& p = model.layout.params[i];
+          staging.resize(p.numel);
+          init_shard_tensor(init_layout.params[i], p, staging.data(), cfg.seed, tp.size, tp.rank);
+          gpu_set_params(*gpu, p.offset, staging.data(), p.numel);
+        }
+      }
+      gpu_params_ready(*gpu);
+    }
+#endif
+  }
+  {
+    std::array<int32_t, 9> id{};  // 32 hex digits and a terminating zero
+    const std::string mine = run_id.empty() ? new_run_id() : run_id;
+    std::memcpy(id.data(), mine.data(), std::min(mine.size(), sizeof id - 1));
+    broadcast(world, id.data(), int64_t(id.size()), DType::i32, 0);
+    run_id = reinterpret_cast<const char*>(id.data());
+  }
   if (!gpu) {
     recompute = resolve_recompute(recompute_mode, mc, B, Lc, std::nullopt,
                                   [&](const RecomputePlan& plan) {
@@ -361,17 +405,26 @@ int run_training(const TrainConfig& cfg) {
   // logged side by side so that either side's numbers can be compared (core/model.h).
   const double flops_per_token = training_flops_per_token(mc, L);
   const double archscale_flops_per_token = archscale_estimated_flops_per_token(mc, L);
-  // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
-  const double state_bytes =
-      4.0 * (2 * model.params.size() + 3 * (opt ? opt->layout.shard_size : 0));
-  double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
-  double acts_mib = acts.arena.capacity / 1048576.0;
+  double acts_bytes = double(acts.arena.capacity);
 #if SAMBAY_HAVE_CUDA
-  if (gpu) {
-    mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
-    acts_mib = gpu->acts.memory.capacity / 1048576.0;
-  }
+  if (gpu) acts_bytes = double(gpu->acts.memory.capacity);
 #endif
+  // Memory per rank, as planned (launch/memory_plan.h); the step lines print what is in use.
+  const RankMemoryPlan memory_plan = plan_rank_memory(
+      {mc, grid.shape.tp, dp_cp.size, bucket, gpu.has_value(), cfg.async_save, acts_bytes});
+  double mem_mib = memory_plan.host_bytes() / 1048576.0;
+  const double acts_mib = acts_bytes / 1048576.0;
+#if SAMBAY_HAVE_CUDA
+  if (gpu) mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+#endif
+  // MFU per GPU against the GPU's own peak (launch/throughput.h); none on the CPU.
+  std::optional<double> peak_tflops = parse_peak_tflops(cfg.peak_tflops);
+  std::string peak_source = "--peak_tflops";
+  if (!gpu) peak_tflops.reset();
+  if (gpu && !peak_tflops) {
+    peak_tflops = peak_bf16_tflops(device_line);
+    peak_source = peak_tflops ? "the device table" : "";
+  }
 
   // The run is accepted: its config, metrics and checkpoints go into the run directory from
   // here on, and what interrupted runs left there is removed.
@@ -397,6 +450,16 @@ int run_training(const TrainConfig& cfg) {
               "(activations {:.1f} MiB), {} threads, run dir {}, run id {}",
               cfg.steps, cfg.lr, cfg.schedule, cfg.warmup, mem_mib, acts_mib,
               omp_get_max_threads(), cfg.out_dir, run_id);
+    log.print("  memory per rank (planned; this rank owns {:.2f} GiB of checkpoint state):",
+              memory_plan.owned_bytes / double(1 << 30));
+    for (const std::string& line : describe_memory_plan(memory_plan)) log.print("    {}", line);
+    if (gpu)
+      log.print("  MFU per GPU against {}", peak_tflops
+                                                ? fmt::format("{:.1f} TFLOP/s (dense bf16, from {})",
+                                                              *peak_tflops, peak_source)
+                                                : fmt::format("nothing: {} is not in the peak table; "
+                                                              "give --peak_tflops",
+                                                              device_line));
     for (std::string_view line : split_lines(recompute.log)) log.print("  {}", line);
     if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
       log.print("  {}", describe_recompute(mc, recompute.plan, gpu.has_value()));
@@ -445,46 +508,74 @@ int run_training(const TrainConfig& cfg) {
     return loss;
   };
 
+  // Checkpoints: every rank stores what it owns (launch/checkpoint_writer.h); rank 0 writes
+  // the index from every rank's pieces, so it alone computes them all.
+  std::optional<CheckpointWriter> writer;
+  {
+    std::vector<int32_t> coords(2 * grid.world_size);
+    const int32_t mine[2] = {tp.rank, dp_cp.rank};
+    all_gather(world, mine, coords.data(), 2, DType::i32);
+    std::vector<std::vector<StoredPiece>> pieces(grid.world_size);
+    for (int r = 0; r < grid.world_size; ++r) {
+      if (!lead && r != grid.world_rank) continue;
+      const int tp_rank = coords[2 * r], zero_rank = coords[2 * r + 1];
+      const ShardLayout zero =
+          gpu && !grads_gpu ? make_shard_layout(model.layout.total, model.layout.total, 1, 0)
+                            : make_shard_layout(model.layout.total, bucket, dp_cp.size, zero_rank);
+      // Another TP rank's shard has the same layout, cut at its own offsets.
+      pieces[r] = owned_pieces(full_layout, model.layout, ownership_of(zero, tp.size, tp_rank));
+    }
+    CheckpointMeta meta{mc, config_text, {}, run_id,
+                        {grid.shape.dp, grid.shape.tp, grid.shape.cp}};
+    writer.emplace(world, checkpoints_dir, cfg.keep_checkpoints, std::move(meta),
+                   std::move(pieces), owned.buffer_size, /*pinned=*/gpu.has_value());
+  }
   int64_t last_saved = start_step > 0 ? start_step : -1;
-  auto save = [&](int64_t step, double lr) {
+  auto report_commit = [&](const CheckpointCommit& c) {
+    if (!lead) return;
+    log.print("checkpoint: step {} -> {} ({:.1f} MB{} in {:.2f} s, {:.2f} GB/s)", c.step, c.dir,
+              c.bytes / 1e6, c.async ? ", written in the background" : "", c.write_s,
+              c.bytes / 1e9 / std::max(c.write_s, 1e-9));
+    for (const std::string& removed : c.removed) log.print("checkpoint: removed {}", removed);
+    log.flush();
+    log.record(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{},"async":{},"commit_s":{}}})",
+                           c.step, json_quote(c.dir), c.write_s, c.async, c.total_s));
+  };
+  // async: in the background (periodic saves); otherwise complete when it returns.
+  auto save = [&](int64_t step, double lr, bool async) {
     watch(WatchPhase::checkpoint, step);
     const Clock::time_point t_save = Clock::now();
+    const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
+    const auto fill = [&](float* p, float* m, float* v) {
 #if SAMBAY_HAVE_CUDA
-    if (gpu)
-      gpu_download_state(*gpu, model.params, m_full, v_full);
-    else
-#endif
-      gather_moments(*opt, m_full, v_full);  // every rank takes part
-    gather_whole_tensors(tp, full_layout, model.layout, model.params, p_whole);
-    gather_whole_tensors(tp, full_layout, model.layout, m_full, m_whole);
-    gather_whole_tensors(tp, full_layout, model.layout, v_full, v_whole);
-    last_saved = step;
-    if (lead) {
-      const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
-      const Clock::time_point t0 = Clock::now();
-      SaveResult r;
-      try {
-        r = save_checkpoint(checkpoints_dir,
-                            {mc, config_text, st, p_whole, m_whole, v_whole, run_id},
-                            cfg.keep_checkpoints);
-      } catch (const Error& e) {
-        const std::vector<StepDir> kept = list_checkpoints(checkpoints_dir);
-        fail("the checkpoint of step {} was not written: {}; the checkpoints before it are "
-             "untouched ({})",
-             step, e.what(),
-             kept.empty() ? std::string("there are none yet") : "the newest: " + kept.front().path);
+      if (gpu) {
+        gpu_copy_owned_state(*gpu, p, m, v);
+        return;
       }
-      const double s = seconds_since(t0);
-      log.print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)", step, r.dir,
-                r.bytes / 1e6, s, r.bytes / 1e9 / s);
-      for (const std::string& removed : r.removed) log.print("checkpoint: removed {}", removed);
-      log.flush();
-      log.record(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{}}})", step,
-                             json_quote(r.dir), s));
-    }
-    // No rank moves on (or exits) before the checkpoint is complete.
-    barrier(world);
-    watched(WatchPhase::checkpoint, seconds_since(t_save));
+#endif
+      for (const OwnedRange& r : owned.ranges)
+        std::copy(model.params.begin() + r.begin, model.params.begin() + r.end, p + r.pos);
+      if (m) std::copy(opt->m.begin(), opt->m.end(), m);
+      if (v) std::copy(opt->v.begin(), opt->v.end(), v);
+    };
+    const std::vector<CheckpointCommit> done =
+        opt ? writer->save(st, async, fill, opt->m, opt->v) : writer->save(st, async, fill);
+    last_saved = step;
+    for (const CheckpointCommit& c : done) report_commit(c);
+    const double stall = seconds_since(t_save);
+    if (async)
+      log.print("checkpoint: step {}: training paused {:.3f} s for the snapshot; writing in the "
+                "background",
+                step, stall);
+    watched(WatchPhase::checkpoint, stall);
+  };
+  // Completes a background save still being written (before the run ends or stops).
+  auto complete_saves = [&] {
+    watch(WatchPhase::checkpoint, last_saved);
+    const Clock::time_point t0 = Clock::now();
+    if (std::optional<CheckpointCommit> c = writer->finish()) report_commit(*c);
+    barrier(world);  // no rank exits before the checkpoint is complete
+    watched(WatchPhase::checkpoint, seconds_since(t0));
   };
 
   // Why to stop early, the same on every rank (a signal, or a log that cannot be written).
@@ -503,17 +594,19 @@ int run_training(const TrainConfig& cfg) {
                                log.failure(), step, trained ? " with a checkpoint" : "")
                        .c_str(),
                    stderr);
-      if (trained && last_saved != step) save(step, lr);
+      if (trained && last_saved != step) save(step, lr, false);
+      complete_saves();
       return 2;
     }
     if (trained) {
       log.print("{} received: stopping after step {}", signal_name(code), step);
-      if (last_saved != step) save(step, lr);
+      if (last_saved != step) save(step, lr, false);
     } else {
       log.print("{} received during startup: stopping before training (nothing new to "
                 "checkpoint)",
                 signal_name(code));
     }
+    complete_saves();
     log.print("exiting with code {} (requeue; continue with --resume auto)", kExitRequeue);
     log.flush();
     return kExitRequeue;
@@ -589,37 +682,45 @@ int run_training(const TrainConfig& cfg) {
     if ((step + 1) % cfg.log_every == 0 || last || step == start_step) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
-      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU;
-      // sambay's exact count first, ArchScale's estimate_flops after the slash.
-      const double flops_s = flops_per_token * tok_s;
-      const double archscale_flops_s = archscale_flops_per_token * tok_s;
+      // Per GPU (per rank on the CPU): MFU against one GPU's peak, or achieved GFLOP/s; sambay's
+      // exact count first, ArchScale's estimate_flops after the slash.
+      const Throughput exact = throughput(tok_s, flops_per_token, grid.world_size, peak_tflops);
+      const Throughput est =
+          throughput(tok_s, archscale_flops_per_token, grid.world_size, peak_tflops);
+      const char* unit = gpu ? "GPU" : "rank";
       const std::string rate =
-          gpu ? fmt::format("MFU {:.1f}% exact / {:.1f}% ArchScale-est",
-                            100 * flops_s / kH100PeakFlops,
-                            100 * archscale_flops_s / kH100PeakFlops)
-              : fmt::format("{:.1f} / {:.1f} GFLOP/s exact / ArchScale-est", flops_s / 1e9,
-                            archscale_flops_s / 1e9);
-      log.print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
-                "{:.0f} ms | mem {:.0f} MiB | ETA {}",
-                step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
-                format_duration(eta));
+          exact.mfu ? fmt::format("MFU {:.1f}% exact / {:.1f}% ArchScale-est per GPU",
+                                  100 * *exact.mfu, 100 * *est.mfu)
+                    : fmt::format("{:.1f} / {:.1f} GFLOP/s exact / ArchScale-est per {}",
+                                  exact.flops_per_s_per_gpu / 1e9, est.flops_per_s_per_gpu / 1e9,
+                                  unit);
+      log.print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s ({:.0f} per "
+                "{}) | {} | {:.0f} ms | mem {:.0f} MiB | ETA {}",
+                step + 1, cfg.steps, loss, lr, norm, tok_s, exact.tokens_per_s_per_gpu, unit, rate,
+                dt * 1e3, mem_mib, format_duration(eta));
       log.flush();
       const double tokens = double((step + 1) * tokens_per_step);
       log.record(fmt::format(
-          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"step_ms":{},"elapsed_s":{},"flops_exact":{},"flops_archscale_estimate":{}}})",
-          step + 1, loss, lr, norm, (step + 1) * tokens_per_step, tok_s, dt * 1e3,
-          seconds_since(t_start), flops_per_token * tokens, archscale_flops_per_token * tokens));
+          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"tokens_per_s_per_gpu":{},"step_ms":{},"elapsed_s":{},"flops_exact":{},"flops_archscale_estimate":{}{}}})",
+          step + 1, loss, lr, norm, (step + 1) * tokens_per_step, tok_s,
+          exact.tokens_per_s_per_gpu, dt * 1e3, seconds_since(t_start), flops_per_token * tokens,
+          archscale_flops_per_token * tokens,
+          exact.mfu ? fmt::format(R"(,"mfu":{})", *exact.mfu) : std::string()));
     }
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last))
       last_valid = validate(step + 1);
-    if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
+    if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0)
+      save(step + 1, lr, cfg.async_save && !last);
+    else if (std::optional<CheckpointCommit> c = writer->poll())
+      report_commit(*c);
     // Slurm signals every rank, but not at the same instant: the ranks agree (max over the
     // signal numbers) so that all stop after the same step.
     if (const int code = stop_code()) return stop(code, step + 1, lr);
   }
   // Training time excludes the final checkpoint, which is reported on its own line.
   const double train_s = seconds_since(t_train);
-  if (last_saved != cfg.steps) save(cfg.steps, lr);
+  if (last_saved != cfg.steps) save(cfg.steps, lr, false);
+  complete_saves();
   const int64_t trained = cfg.steps - start_step;
   const std::string valid_text =
       cfg.eval_every > 0 ? fmt::format("; valid loss {:.4f} -> {:.4f}", first_valid, last_valid)
@@ -628,6 +729,18 @@ int run_training(const TrainConfig& cfg) {
             trained * tokens_per_step, format_duration(train_s),
             trained * tokens_per_step / train_s, valid_text,
             format_duration(seconds_since(t_start)));
+  {
+    // What the ranks really held at their peak, against the plan (collective).
+    const double mine = peak_resident_bytes();
+    std::vector<double> peaks(grid.world_size);
+    all_gather(world, &mine, peaks.data(), 1, DType::f64);
+    const auto most = std::max_element(peaks.begin(), peaks.end());
+    log.print("host memory: peak RSS per rank {:.0f} MiB at most (rank {}), {:.0f} MiB at least; "
+              "planned {:.0f} MiB beside the process's own",
+              *most / 1048576.0, most - peaks.begin(),
+              *std::min_element(peaks.begin(), peaks.end()) / 1048576.0,
+              memory_plan.host_bytes() / 1048576.0);
+  }
   log.flush();
   // Training is complete and checkpointed, but a log that failed on the way is incomplete.
   if (const int code = stop_code(); code == kStopForLogFailure) return stop(code, cfg.steps, lr);

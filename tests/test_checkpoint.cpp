@@ -533,7 +533,7 @@ TEST(Checkpoint, FormatVersion1CheckpointsStillLoad) {
   EXPECT_EQ(info.step, 2);
   const LoadedCheckpoint old = load_checkpoint(v1, std::nullopt);
   EXPECT_EQ(old.info.state.consumed_samples, 8);
-  // Saved again it becomes version 2, with the same values.
+  // Saved again it becomes the current version, with the same values.
   ScratchDir dir;
   const std::string again =
       save_checkpoint(dir.file("again"), {old.info.model, old.info.train_config_text,
@@ -541,7 +541,7 @@ TEST(Checkpoint, FormatVersion1CheckpointsStillLoad) {
                       1)
           .dir;
   const LoadedCheckpoint now = load_checkpoint(again, old.info.model);
-  EXPECT_EQ(now.info.format_version, 2);
+  EXPECT_EQ(now.info.format_version, kCheckpointFormatVersion);
   EXPECT_TRUE(same_bits(now.params, old.params));
   EXPECT_TRUE(same_bits(now.adam_m, old.adam_m));
   EXPECT_TRUE(same_bits(now.adam_v, old.adam_v));
