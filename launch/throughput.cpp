@@ -10,8 +10,24 @@ namespace sambay {
 
 namespace {
 
-bool contains(std::string_view text, std::string_view word) {
-  return text.find(word) != std::string_view::npos;
+// The dense bf16 tensor-core peaks of the datasheets (half the "with sparsity" figure), by a
+// word of the CUDA device name. More specific words first: "H100 NVL" before "H100".
+struct PeakEntry {
+  const char* words[2];  // every word must occur (upper case); the second may be null
+  double tflops;
+};
+constexpr PeakEntry kPeaks[] = {
+    {{"H200", "NVL"}, 835.5},   // H200 NVL (PCIe card)
+    {{"H200", nullptr}, 989.4},  // H200 SXM (and GH200): the H100 SXM's tensor cores
+    {{"H100", "PCIE"}, 756.5},  // "NVIDIA H100 PCIe"
+    {{"H100", "NVL"}, 835.5},   // "NVIDIA H100 NVL"
+    {{"H100", nullptr}, 989.4},  // "NVIDIA H100 80GB HBM3": SXM
+    {{"A100", nullptr}, 312.0},  // SXM4 and PCIe alike
+    {{"B200", nullptr}, 2250.0},
+};
+
+bool contains(std::string_view text, const char* word) {
+  return !word || text.find(word) != std::string_view::npos;
 }
 
 }  // namespace
@@ -19,10 +35,8 @@ bool contains(std::string_view text, std::string_view word) {
 std::optional<double> peak_bf16_tflops(std::string_view name) {
   std::string upper(name);
   for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (contains(upper, "H200")) return 989.4;  // the H100 SXM's tensor cores, more memory
-  if (contains(upper, "H100")) return contains(upper, "PCIE") ? 756.0 : 989.4;
-  if (contains(upper, "A100")) return 312.0;  // SXM and PCIe alike
-  if (contains(upper, "B200")) return 2250.0;
+  for (const PeakEntry& e : kPeaks)
+    if (contains(upper, e.words[0]) && contains(upper, e.words[1])) return e.tflops;
   return std::nullopt;
 }
 

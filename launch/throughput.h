@@ -9,8 +9,9 @@
 namespace sambay {
 
 // The dense (no sparsity) bf16 tensor-core peak of a GPU in TFLOP/s, from its CUDA device name
-// (cudaDeviceProp::name, e.g. "NVIDIA H100 80GB HBM3"), per the vendors' datasheets: H100 SXM
-// 989.4, H100 PCIe 756, H200 989.4, A100 312, B200 2250. Nothing for another device.
+// (cudaDeviceProp::name, e.g. "NVIDIA H100 80GB HBM3"), per the vendor's datasheets (half the
+// "with sparsity" figure): H100 SXM and H200 SXM 989.4, H100 PCIe 756.5, H100 NVL and H200 NVL
+// 835.5, A100 312, B200 2250. Nothing for another device (then --peak_tflops gives it).
 std::optional<double> peak_bf16_tflops(std::string_view device_name);
 
 // --peak_tflops: "auto" (nothing: take the table's) or a positive finite number; anything
