@@ -59,17 +59,19 @@ RankMemoryPlan plan_rank_memory(const MemoryPlanInputs& in) {
   const MemoryItem snapshot{in.async_save ? "checkpoint snapshot (weights, m, v)"
                                           : "checkpoint snapshot (weights)",
                             (in.async_save || in.gpu ? 12 : 4) * s};
+  // The padded copy of one bucket that a reduce-scatter or all-gather goes through.
+  const double staging =
+      in.zero_ranks > 1 ? 4.0 * double(zero.buckets.front().piece) * in.zero_ranks : 0;
   if (!in.gpu) {
     plan.host = {{"weights", 4 * n},
                  {"gradients", 4 * n},
                  {"reduced gradient shard", 4 * s},
                  {"AdamW m, v", 8 * s},
+                 {"gradient bucket", staging},
                  {"activations", in.activation_bytes},
                  snapshot};
     return plan;
   }
-  const double staging =
-      in.zero_ranks > 1 ? 4.0 * double(zero.buckets.front().piece) * in.zero_ranks : 0;
   plan.device = {{"weights fp32 + bf16", 6 * n},
                  {"gradients", 4 * n},
                  {"AdamW m, v", 8 * s},

@@ -740,6 +740,10 @@ int run_training(const TrainConfig& cfg) {
               *most / 1048576.0, most - peaks.begin(),
               *std::min_element(peaks.begin(), peaks.end()) / 1048576.0,
               memory_plan.host_bytes() / 1048576.0);
+    std::string list;
+    for (double b : peaks) list += fmt::format("{}{:.0f}", list.empty() ? "" : ",", b);
+    log.record(fmt::format(R"({{"step":{},"peak_rss_bytes":[{}],"planned_host_bytes":{:.0f}}})",
+                           cfg.steps, list, memory_plan.host_bytes()));
   }
   log.flush();
   // Training is complete and checkpointed, but a log that failed on the way is incomplete.

@@ -4,7 +4,10 @@
 // limit is cut short, as on a disk that fills up mid-write) and then fail with ENOSPC (or the
 // errno named by $SAMBAY_FAULT_ERRNO: EIO, EDQUOT). It wraps the calls sambay's writers reach
 // through the dynamic linker: write, pwrite, writev (HDF5's file driver, the C++ streams,
-// sambay's own writers) and fsync. Without $SAMBAY_FAULT_PATH it changes nothing.
+// sambay's own writers) and fsync. With $SAMBAY_FAULT_DELAY_US each such write (and fsync)
+// first sleeps that many microseconds: a slow disk, to catch a background write in flight
+// (without $SAMBAY_FAULT_AFTER_BYTES the writes then all succeed). Without $SAMBAY_FAULT_PATH
+// it changes nothing.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -37,6 +40,11 @@ static ssize_t allowed(int fd, size_t count) {
   path[n] = '\0';
   if (!strstr(path, pattern)) return (ssize_t)count;
   const char* after = getenv("SAMBAY_FAULT_AFTER_BYTES");
+  const char* delay = getenv("SAMBAY_FAULT_DELAY_US");
+  if (delay && *delay) {
+    usleep((useconds_t)atoll(delay));
+    if (!after) return (ssize_t)count;
+  }
   const long long limit = after ? atoll(after) : 0;
   const long long before = atomic_fetch_add(&written, (long long)count);
   if (before >= limit) {

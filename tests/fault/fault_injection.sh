@@ -26,6 +26,10 @@
 #                        always works and the final weights match an uninterrupted run
 #   stopped_rank         a rank stopped with SIGSTOP under mpirun: the watchdog ends the job
 #                        with exit 76 naming the collective
+#   kill_during_async_save  on a slow disk, kill -9 while a background checkpoint is written
+#                        and training has gone on: the previous checkpoint is the newest good
+#                        one and resumes bit-exactly; SIGUSR1 during a background write (under
+#                        mpirun, DP2) completes it, saves synchronously, exits 75, resumes
 # usage: fault_injection.sh CASE|all SAMBAY MPIEXEC FAULT_LIBRARY WORKDIR
 # FAULT_LIBRARY is tests/fault/fault_inject.c built as a shared library (LD_PRELOAD).
 set -uo pipefail
@@ -118,6 +122,25 @@ train_to() {
   train "$@" >"$log" 2>&1
   status=$?
 }
+
+# Final weights and moments of two runs bit for bit (h5py; skipped without it).
+same_final_state() {  # same_final_state STEP_DIR_A STEP_DIR_B
+  $python - "$1" "$2" <<'PY' || fail "the final state of $2 differs from $1"
+import sys
+try:
+    import h5py
+except ImportError:
+    print("note: no h5py: weights not compared"); sys.exit(0)
+a, b = (h5py.File(p + "/index.h5") for p in sys.argv[1:])
+names = []
+a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) and n.startswith(("model", "optim")) else None)
+for n in names:
+    assert (a[n][...] == b[n][...]).all(), n
+print(f"{len(names)} tensors equal bit for bit")
+PY
+}
+# Last loss of a metrics.jsonl, as logged.
+last_loss() { grep -o '"loss":[^,]*' "$1" | tail -n 1; }
 
 case_size_overflow() {
   data
@@ -477,20 +500,82 @@ case_kill_during_save() {
   train_to "$w/final.log" --out_dir "$w/run" --steps 12 --save_every 1
   expect_status 0 $status "$w/final.log"
   "$sambay" ckpt inspect "$w/run" >"$w/inspect.log" 2>&1 || { cat "$w/inspect.log"; fail "inspect failed"; }
-  $python - "$w/ref/checkpoints/step_00000012" "$w/run/checkpoints/step_00000012" <<'PY' || fail "the final weights differ from the uninterrupted run's"
-import sys
-try:
-    import h5py
-except ImportError:
-    print("note: no h5py: weights not compared"); sys.exit(0)
-a, b = (h5py.File(p + "/index.h5") for p in sys.argv[1:])
-names = []
-a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) and n.startswith(("model", "optim")) else None)
-for n in names:
-    assert (a[n][...] == b[n][...]).all(), n
-print(f"{len(names)} tensors equal bit for bit")
-PY
+  same_final_state "$w/ref/checkpoints/step_00000012" "$w/run/checkpoints/step_00000012"
   say "$kills kill -9s during checkpoint writes: every restart resumed, final state bit-exact"
+}
+
+case_kill_during_async_save() {
+  data
+  train_to "$w/ref.log" --out_dir "$w/ref" --steps 30 --save_every 10
+  expect_status 0 $status "$w/ref.log"
+  expect_text "$w/ref.log" "checkpoint: step 10: training paused" "written in the background"
+  # Every write of a rank file sleeps 20 ms: a save takes seconds, training steps milliseconds.
+  export SAMBAY_FAULT_PATH=.tmp/rank_ SAMBAY_FAULT_DELAY_US=20000 LD_PRELOAD=$fault_lib
+  train_bg "$w/log" --out_dir "$w/run" --steps 30 --save_every 10
+  local ck=$w/run/checkpoints deadline=$((SECONDS + 120)) killed=""
+  while kill -0 $pid 2>/dev/null && ((SECONDS < deadline)); do
+    # Step 10 committed, step 20 being written, and training already past step 20.
+    if [ -d "$ck/step_00000010" ] && [ -d "$ck/step_00000020.tmp" ] &&
+       (($(last_step "$w/run/metrics.jsonl") > 20)); then
+      kill -KILL $pid
+      killed=1
+      break
+    fi
+    sleep 0.01
+  done
+  wait $pid
+  [ -n "$killed" ] || { cat "$w/log"; fail "no moment with step 20 written in the background while training went on"; }
+  [ ! -e "$ck/step_00000020" ] || fail "step 20 was committed before the kill: the disk was not slow enough"
+  unset SAMBAY_FAULT_DELAY_US
+  no_faults
+  # The previous checkpoint is the newest good one; the unfinished one is never taken.
+  [ "$(cat "$ck/latest")" = step_00000010 ] || fail "latest is $(cat "$ck/latest"), not step_00000010"
+  "$sambay" ckpt inspect "$ck" >"$w/inspect.log" 2>&1 || { cat "$w/inspect.log"; fail "inspect failed"; }
+  expect_text "$w/inspect.log" "step_00000010"
+  train_to "$w/resumed.log" --out_dir "$w/run" --steps 30 --save_every 10
+  expect_status 0 $status "$w/resumed.log"
+  expect_text "$w/resumed.log" "resume: from $ck/step_00000010 (step 10" "cleanup: removed"
+  same_final_state "$w/ref/checkpoints/step_00000030" "$ck/step_00000030"
+  [ "$(last_loss "$w/run/metrics.jsonl")" = "$(last_loss "$w/ref/metrics.jsonl")" ] ||
+    fail "last loss $(last_loss "$w/run/metrics.jsonl") differs from $(last_loss "$w/ref/metrics.jsonl")"
+
+  # SIGUSR1 (Slurm's warning before a time limit) while a background save is written, under
+  # mpirun with two data-parallel ranks: the
+  # pending save completes, the stop's own save is synchronous, exit 75, and the resume gives
+  # the uninterrupted run's final state.
+  local mpi=("$mpiexec" -n 2 --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1)
+  local opts
+  mapfile -t opts < <(options --out_dir "$w/dp2_ref" --steps 30 --save_every 10 --micro_batch 1)
+  "${mpi[@]}" "$sambay" train "${opts[@]}" >"$w/dp2_ref.log" 2>&1
+  expect_status 0 $? "$w/dp2_ref.log"
+  mapfile -t opts < <(options --out_dir "$w/dp2" --steps 30 --save_every 10 --micro_batch 1)
+  "${mpi[@]}" -x SAMBAY_FAULT_PATH=.tmp/rank_ -x SAMBAY_FAULT_DELAY_US=20000 -x LD_PRELOAD="$fault_lib"     "$sambay" train "${opts[@]}" >"$w/dp2.log" 2>&1 &
+  local launcher=$! signalled=""
+  ck=$w/dp2/checkpoints deadline=$((SECONDS + 120))
+  while kill -0 $launcher 2>/dev/null && ((SECONDS < deadline)); do
+    if [ -d "$ck/step_00000010.tmp" ] && (($(last_step "$w/dp2/metrics.jsonl") > 10)); then
+      kill -USR1 $launcher  # mpirun forwards SIGUSR1 to the ranks (SIGTERM ends the job)
+      signalled=1
+      break
+    fi
+    sleep 0.01
+  done
+  wait $launcher
+  status=$?
+  [ -n "$signalled" ] || { cat "$w/dp2.log"; fail "no moment with step 10 written in the background"; }
+  expect_status 75 $status "$w/dp2.log"
+  local stopped
+  stopped=$(grep -o "stopping after step [0-9]*" "$w/dp2.log" | grep -o "[0-9]*$")
+  [ -n "$stopped" ] || { cat "$w/dp2.log"; fail "no 'stopping after step' line"; }
+  expect_text "$w/dp2.log" "checkpoint: step 10 -> " "checkpoint: step $stopped -> "
+  [ -d "$ck/step_00000010" ] && [ -d "$ck/$(printf 'step_%08d' "$stopped")" ] ||
+    fail "the pending and the stop's checkpoints are not both committed: $(ls "$ck")"
+  mapfile -t opts < <(options --out_dir "$w/dp2" --steps 30 --save_every 10 --micro_batch 1)
+  "${mpi[@]}" "$sambay" train "${opts[@]}" >"$w/dp2_resumed.log" 2>&1
+  expect_status 0 $? "$w/dp2_resumed.log"
+  expect_text "$w/dp2_resumed.log" "resume: from $ck/$(printf 'step_%08d' "$stopped")"
+  same_final_state "$w/dp2_ref/checkpoints/step_00000030" "$ck/step_00000030"
+  say "kill -9 during a background write: step 10 stayed the newest good checkpoint and resumed bit-exactly; SIGUSR1 during one (DP2) committed it, saved step $stopped, exited 75, resumed bit-exactly"
 }
 
 case_stopped_rank() {
@@ -524,7 +609,7 @@ case_stopped_rank() {
 
 cases=(size_overflow truncated_data disk_full_checkpoint foreign_checkpoint nonfinite
        disk_full_metrics refused_start two_trainers bad_token early_signal unwritable stale_tmp
-       start_markers kill_during_save stopped_rank)
+       start_markers kill_during_save kill_during_async_save stopped_rank)
 run_case() {
   case_name=$1
   w=$work/$1
