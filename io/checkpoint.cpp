@@ -413,6 +413,12 @@ CheckpointInfo read_checkpoint_info_unchecked(const std::string& dir) {
          info.step);
   info.tensors = read_virtual_tensors(f, index);
   h5::close_file(f, index);
+  if (version < 3)  // one piece per tensor and rank file, at the tensor's own path
+    for (const GlobalTensor& t : info.tensors)
+      for (const ShardPiece& p : t.pieces)
+        if (!p.dataset.empty() && p.dataset != t.path)
+          fail("{}: tensor {} maps dataset '{}' of {}, which format version {} does not have",
+               index, t.path, p.dataset, p.file, version);
 
   // Every rank file: listed, written for this step and layout, and (version 2) by this run,
   // with the contents the manifest recorded.

@@ -328,14 +328,18 @@ TEST_F(ResumeTest, CkptCommandsInspectExportImportAndTrainFromTheImport) {
   EXPECT_NE(text_of(dir.file("none.log")).find("already holds checkpoints"), std::string::npos);
 }
 
-// A checkpoint written before format version 2 (tests/fixtures/checkpoint_v1, sambay 0.1.0 at
-// git 504c6ee) resumes: the run continues from its step, its new checkpoints are version 2,
-// and the losses of the steps after it are those the old version logged (to 1e-6 relative:
-// the fixture was made on another machine, whose BLAS may round differently; on the machine
-// that made it they are equal bit for bit).
-TEST_F(ResumeTest, ACheckpointOfFormatVersion1Resumes) {
-  const std::string fixture = std::string(SAMBAY_FIXTURES) + "/checkpoint_v1";
-  const std::string out = dir.file("from_v1");
+// Checkpoints written by earlier formats resume: version 1 (tests/fixtures/checkpoint_v1,
+// sambay 0.1.0 at git 504c6ee, before run ids) and version 2 (tests/fixtures/checkpoint_v2, git
+// 6466dc1, before each rank stored its own pieces). The run continues from the fixture's step,
+// its new checkpoints are of the current version, and the losses of the steps after it are
+// those the old version logged (to 1e-6 relative: a fixture made on another machine, whose BLAS
+// may round differently; on the machine that made it they are equal bit for bit).
+class OldFormat : public ResumeTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(OldFormat, ACheckpointOfAnEarlierFormatVersionResumes) {
+  const std::string fixture = std::string(SAMBAY_FIXTURES) + "/checkpoint_v" + std::to_string(GetParam());
+  EXPECT_EQ(read_checkpoint_info(fixture + "/step_00000002").format_version, GetParam());
+  const std::string out = dir.file("from_old");
   std::vector<std::string> args = {
       "train", "--data", data, "--model", "tiny-sambay-da", "--model.vocab", "257",
       "--model.layers", "mamba,sliding_window", "--model.kv_source_layer", "-1",
@@ -343,8 +347,8 @@ TEST_F(ResumeTest, ACheckpointOfFormatVersion1Resumes) {
       "--steps", "4", "--warmup", "2", "--lr", "3e-3", "--log_every", "1", "--eval_every", "0",
       "--threads", "1", "--save_every", "2", "--out_dir", out,
       "--resume", fixture + "/step_00000002"};
-  run(args, dir.file("from_v1.log"));
-  const std::string log = text_of(dir.file("from_v1.log"));
+  run(args, dir.file("from_old.log"));
+  const std::string log = text_of(dir.file("from_old.log"));
   EXPECT_NE(log.find("resume: from " + fixture + "/step_00000002 (step 2, 8 samples consumed)"),
             std::string::npos)
       << log;
@@ -361,7 +365,7 @@ TEST_F(ResumeTest, ACheckpointOfFormatVersion1Resumes) {
   for (const auto& [step, loss] : new_loss) {
     ASSERT_TRUE(old_loss.count(step)) << step;
     EXPECT_NEAR(loss, old_loss[step], 1e-6 * old_loss[step]) << "step " << step;
-    std::printf("step %lld: loss %.17g, version 1 run logged %.17g%s\n",
+    std::printf("step %lld: loss %.17g, the old version logged %.17g%s\n",
                 static_cast<long long>(step), loss, old_loss[step],
                 loss == old_loss[step] ? " (bit for bit)" : "");
   }
@@ -369,6 +373,9 @@ TEST_F(ResumeTest, ACheckpointOfFormatVersion1Resumes) {
   EXPECT_EQ(now.format_version, kCheckpointFormatVersion);
   EXPECT_EQ(now.run_id.size(), 32u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, OldFormat, ::testing::Values(1, 2),
+                         [](const auto& info) { return "Version" + std::to_string(info.param); });
 
 // The markers that start every process's records, and the run id they share.
 TEST_F(ResumeTest, EveryStartAndResumeIsMarkedInTheMetrics) {
