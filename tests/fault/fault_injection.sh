@@ -515,7 +515,9 @@ case_stopped_rank() {
   kill -KILL "$rank1" 2>/dev/null
   expect_status 76 $status "$w/log"
   expect_text "$w/log" "rank 0 of 2: watchdog: the training step of step" "(limit 3 s, --watchdog_s)" \
-              "in all_" "of group '"
+              "over mpi of group 'dp_cp' (2 ranks)"
+  grep -qE "rank 0 of 2: watchdog: .* waiting since [0-9:]+ \([0-9.]+ s\) in (all_reduce|reduce_scatter|all_gather|barrier)" "$w/log" ||
+    { cat "$w/log"; fail "the watchdog did not name the collective rank 0 waited in"; }
   say "a stopped rank: the job ended in $((SECONDS - t0)) s with exit 76, naming the collective"
   train_to "$w/resume.log" --out_dir "$w/run" --steps 12
   expect_status 0 $status "$w/resume.log"
