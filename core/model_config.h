@@ -128,6 +128,14 @@ void set_sambay_pattern(ModelConfig& c, int64_t n_layers, bool gmu);
 
 // Exact parameter count (computed from shapes, nothing allocated); an untied readout counts.
 int64_t parameter_count(const ModelConfig& c);
+// The same count in double precision, which cannot wrap around: what size checks compare
+// before the exact count of a config is formed.
+double parameter_count_estimate(const ModelConfig& c);
+
+// Every integer size field (d_model, vocab, widths, heads, window, ...) is at most this: token
+// ids and the kernels' per-dimension indices are 32-bit.
+constexpr int64_t kMaxModelDimension = 2147483647;
+
 // The parameters outside the embedding and the readout (what 6 N T counts).
 int64_t non_embedding_parameter_count(const ModelConfig& c);
 
