@@ -385,7 +385,7 @@ case_early_signal() {
     for mode in pending handler 20 150 400; do
       rm -rf "$w/run"
       $python "$here/start_with_signal.py" $mode $sig "$sambay" train \
-        $(options --out_dir "$w/run" --steps 50) >"$w/log" 2>&1
+        $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
       expect_text "$w/log" "status 75"
       grep -qE "$sig received( during startup|: stopping after step)" "$w/log" ||
         { cat "$w/log"; fail "$sig ($mode): no report of the signal"; }
@@ -394,12 +394,12 @@ case_early_signal() {
   done
   rm -rf "$w/run"
   $python "$here/start_with_signal.py" pending SIGTERM "$sambay" train \
-    $(options --out_dir "$w/run" --steps 50) >"$w/log" 2>&1
+    $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
   expect_text "$w/log" "status 75" "SIGTERM received during startup: stopping before training"
   rm -rf "$w/run"
   $python "$here/start_with_signal.py" ranks:2 SIGUSR1 "$mpiexec" -n 2 --oversubscribe \
     --allow-run-as-root -x OMP_NUM_THREADS=1 "$sambay" train \
-    $(options --out_dir "$w/run" --steps 50) >"$w/log" 2>&1
+    $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
   expect_text "$w/log" "status 75" "SIGUSR1 received"
   say "$n signals during startup (pending before main, at the handler, 20-400 ms later) and one through mpirun: exit 75 each time"
 }
@@ -600,7 +600,9 @@ case_stopped_rank() {
   kill -KILL "$rank1" 2>/dev/null
   expect_status 76 $status "$w/log"
   expect_text "$w/log" "rank 0 of 2: watchdog: the training step of step" "(limit 3 s, --watchdog_s)" \
-              "in all_" "of group '"
+              "over mpi of group 'dp_cp' (2 ranks)"
+  grep -qE "rank 0 of 2: watchdog: .* waiting since [0-9:]+ \([0-9.]+ s\) in (all_reduce|reduce_scatter|all_gather|barrier)" "$w/log" ||
+    { cat "$w/log"; fail "the watchdog did not name the collective rank 0 waited in"; }
   say "a stopped rank: the job ended in $((SECONDS - t0)) s with exit 76, naming the collective"
   train_to "$w/resume.log" --out_dir "$w/run" --steps 12
   expect_status 0 $status "$w/resume.log"
