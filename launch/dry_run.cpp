@@ -157,10 +157,26 @@ int dry_run(const DryRunInputs& in) {
                   gib(plan.owned_bytes)));
   for (const std::string& line : describe_memory_plan(plan)) say("    " + line);
   if (in.gpu) {
+    if (plan.device_bytes() > *in.gpu_memory)
+      fail("the plan needs {} per GPU and the GPU has {}: lower --micro_batch or --seq_len, "
+           "recompute more (--recompute), or split the model with --tp",
+           gib(plan.device_bytes()), gib(*in.gpu_memory));
     say(fmt::format("    of a GPU of {}: {} free after the plan", gib(*in.gpu_memory),
                     gib(*in.gpu_memory - plan.device_bytes())));
     say(fmt::format("    host RSS target: at most 2 GiB + 1.2 x the owned state = {}",
                     gib(2.0 * double(1 << 30) + 1.2 * plan.owned_bytes)));
+  }
+  // The node's ranks together, against this machine's memory (the node's, when the dry run
+  // runs where the job will: a Slurm batch script's first step).
+  if (const double node = host_memory_total(); node > 0) {
+    const double ranks = plan.host_bytes() * grid.local_size;
+    say(fmt::format("    this node: {} rank{} x {} = {} of host memory, of {} here{}", grid.local_size,
+                    grid.local_size == 1 ? "" : "s", gib(plan.host_bytes()), gib(ranks), gib(node),
+                    in.assumed_device ? " (not checked: the plan is for the GPU machine)" : ""));
+    if (ranks > node && !in.assumed_device)
+      fail("the plan needs {} of host memory for the {} rank{} on this node and the node has {}: "
+           "run fewer ranks per node, or lower --micro_batch or --seq_len",
+           gib(ranks), grid.local_size, grid.local_size == 1 ? "" : "s", gib(node));
   }
   std::string_view log = choice.log;
   while (!log.empty()) {

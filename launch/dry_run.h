@@ -24,6 +24,7 @@ struct DryRunInputs {
   bool gpu = false;                     // the run would train on GPUs
   std::string device;                   // the visible device, or what is assumed
   std::optional<double> gpu_memory;     // bytes per GPU (the visible one, or the assumed H200)
+  bool assumed_device = false;          // no GPU visible: the plan is for another machine
   std::string checkpoints_dir;
 };
 

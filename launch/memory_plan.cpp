@@ -28,9 +28,9 @@ std::string describe(const char* where, const std::vector<MemoryItem>& items) {
   return fmt::format("{} {} GiB ({})", where, gib(sum(items)), parts);
 }
 
-// A line of /proc/self/status such as "VmHWM:   123456 kB", in bytes.
-double status_kib(const char* key) {
-  std::ifstream f("/proc/self/status");
+// A line of a /proc file such as "VmHWM:   123456 kB", in bytes.
+double proc_kib(const char* file, const char* key) {
+  std::ifstream f(file);
   std::string line;
   const std::string prefix = std::string(key) + ":";
   while (std::getline(f, line))
@@ -92,7 +92,8 @@ std::vector<std::string> describe_memory_plan(const RankMemoryPlan& plan) {
   return lines;
 }
 
-double resident_bytes() { return status_kib("VmRSS"); }
-double peak_resident_bytes() { return status_kib("VmHWM"); }
+double resident_bytes() { return proc_kib("/proc/self/status", "VmRSS"); }
+double peak_resident_bytes() { return proc_kib("/proc/self/status", "VmHWM"); }
+double host_memory_total() { return proc_kib("/proc/meminfo", "MemTotal"); }
 
 }  // namespace sambay

@@ -48,5 +48,7 @@ std::vector<std::string> describe_memory_plan(const RankMemoryPlan& plan);
 // in bytes; 0 where unknown.
 double resident_bytes();
 double peak_resident_bytes();
+// This machine's physical memory (/proc/meminfo MemTotal) in bytes; 0 where unknown.
+double host_memory_total();
 
 }  // namespace sambay

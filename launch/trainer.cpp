@@ -241,7 +241,7 @@ int run_training(const TrainConfig& cfg) {
                     use_gpu ? std::optional<double>(gpu_visible ? double(cuda_memory_total())
                                                                 : h200_bytes)
                             : std::nullopt,
-                    checkpoints_dir});
+                    !gpu_visible && use_gpu, checkpoints_dir});
   }
 
   // GPU tensors move over NCCL when each rank of a node has a GPU of its own, and through host

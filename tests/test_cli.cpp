@@ -156,6 +156,121 @@ TEST(Cli, MissingDataIsNamed) {
   EXPECT_NE(r.output.find("/nonexistent/corpus"), std::string::npos) << r.output;
 }
 
+// Every file and directory under `dir`, with its size and modification time: what a dry run
+// must leave as it was.
+std::string tree_state(const fs::path& dir) {
+  std::string out;
+  if (!fs::exists(dir)) return "absent";
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    out += fmt::format("{} {} {}\n", e.path().string(),
+                       e.is_regular_file() ? int64_t(e.file_size()) : int64_t(-1),
+                       e.last_write_time().time_since_epoch().count());
+  return out;
+}
+
+const char* kTinyRun = "--model tiny-sambay-da --model.vocab 257 --seq_len 32 --micro_batch 2 "
+                       "--warmup 1 --eval_every 0 --threads 1";
+
+TEST(Cli, DryRunPlansTheRunChecksItsFilesAndWritesNothing) {
+  const fs::path dir = scratch_dir("dryrun");
+  const std::string data = make_corpus(dir);
+  const fs::path out = dir / "run";
+  // A fresh run: the plan, and the run directory is not even created.
+  RunResult r = run_sambay(fmt::format("train --data {} {} --steps 4 --out_dir {} --dry_run", data,
+                                       kTinyRun, out.string()));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (const char* part :
+       {"sambay train --dry_run: model tiny-sambay-da", "layout: world 1", "memory per rank",
+        "host ", "weights", "AdamW m, v", "activations", "checkpoint snapshot", "this node: 1 rank",
+        "FLOPs per token:", "data: ", "train / ", "run directory", "writable",
+        "a fresh start (no checkpoint in", "dry run: every check passed"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
+  EXPECT_FALSE(fs::exists(out)) << r.output;
+
+  // A run with a checkpoint: the dry run names the checkpoint it would resume and leaves the
+  // run directory exactly as it was.
+  r = run_sambay(fmt::format("train --data {} {} --steps 2 --out_dir {}", data, kTinyRun,
+                             out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string before = tree_state(out);
+  r = run_sambay(fmt::format("train --data {} {} --steps 4 --out_dir {} --dry_run", data, kTinyRun,
+                             out.string()));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resume from " + (out / "checkpoints" / "step_00000002").string() +
+                          " (step 2, format 3"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(tree_state(out), before);
+
+  // What is unusable is named, with exit 2.
+  const std::pair<std::string, std::vector<std::string>> bad[] = {
+      {"--steps 4 --out_dir " + out.string() + " --resume none",
+       {"option --resume none", "already holds checkpoints"}},
+      {"--steps 4 --out_dir " + (dir / "other").string() + " --resume " +
+           (dir / "missing").string(),
+       {(dir / "missing").string()}},
+      {"--steps 4 --out_dir " + (dir / "corpus.bin" / "run").string(),
+       {"the checkpoints directory", "corpus.bin", "is not a directory"}},
+      {"--steps 4 --out_dir " + out.string() + " --model.d_model 16",
+       {"written for a different model", "model.d_model: 12 in the checkpoint, 16 here"}},
+      {"--steps 4 --out_dir " + (dir / "x").string() + " --peak_tflops fast",
+       {"option --peak_tflops"}},
+  };
+  for (const auto& [args, parts] : bad) {
+    r = run_sambay(fmt::format("train --data {} {} {} --dry_run", data, kTinyRun, args));
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    for (const std::string& part : parts)
+      EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
+    EXPECT_EQ(r.output.find("dry run: every check passed"), std::string::npos) << r.output;
+  }
+  r = run_sambay(fmt::format("train --data {}/missing {} --out_dir {} --dry_run", dir.string(),
+                             kTinyRun, out.string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(dir.string() + "/missing"), std::string::npos) << r.output;
+  EXPECT_EQ(tree_state(out), before);
+  fs::remove_all(dir);
+}
+
+// A GPU run planned on a machine without one (a login node, CI): the plan is for an H200, with
+// the expected speed from the measured single-GPU profile of the preset, scaled to a given peak.
+TEST(Cli, DryRunPlansAGpuRunWithTheMeasuredProfile) {
+  const fs::path dir = scratch_dir("dryrun_gpu");
+  const std::string data = make_corpus(dir);
+  const std::string common = fmt::format(
+      "train --data {} --model sambay-da-1b --device cuda --seq_len 4096 --steps 100 "
+      "--out_dir {} --dry_run",
+      data, (dir / "run").string());
+  RunResult r = run_sambay(common + " --micro_batch 4");
+  if (r.output.find("none visible here") == std::string::npos)
+    GTEST_SKIP() << "a GPU is visible: the plan is for it";
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (const char* part :
+       {"planned for an NVIDIA H200", "device ", "weights fp32 + bf16", "of a GPU of 139.80 GiB",
+        "host RSS target", "expected speed: ", "tokens/s per GPU",
+        "from sambay-da-1b at 4 x 4096: 331.9 ms per step", "of 989.4 TFLOP/s"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
+  // A peak given by hand scales the expected tokens/s with it.
+  auto expected = [](const std::string& out) {
+    const size_t at = out.find("expected speed: ");
+    return at == std::string::npos ? 0.0 : std::stod(out.substr(at + 16));
+  };
+  const RunResult b200 = run_sambay(common + " --micro_batch 4 --peak_tflops 2250");
+  EXPECT_EQ(b200.exit_code, 0) << b200.output;
+  EXPECT_NEAR(expected(b200.output) / expected(r.output), 2250 / 989.4, 1e-3) << b200.output;
+  // A micro-batch that cannot fit even with every layer recomputed, and one that does not fit
+  // without recompute, are named.
+  r = run_sambay(common + " --micro_batch 512");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("recompute auto: the activations of micro-batch 512 x 4096"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("lower --micro_batch"), std::string::npos) << r.output;
+  r = run_sambay(common + " --micro_batch 64 --recompute none");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("GiB per GPU and the GPU has 139.80 GiB"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   const fs::path dir = scratch_dir("train");
   const std::string data = make_corpus(dir);
