@@ -65,11 +65,28 @@ expect_grep "requeued job $job" "$log" "the job did not requeue itself"
 expect_grep "SLURM_RESTART_COUNT=1" "$log" "the requeued run did not start"
 expect_grep "run finished" "$log" "the requeued run did not finish"
 [ "$(job_field "$job" Restarts)" = 1 ] || fail "job $job: Restarts=$(job_field "$job" Restarts), want 1"
+# Each start ran the dry run first: the fresh start planned one, the requeued one the resume.
+[ "$(grep -c "dry run: every check passed" "$log")" = 2 ] ||
+  fail "the job's two starts did not each pass the dry run before training"
+expect_grep "resume from $tmp/preempted/checkpoints/step_" "$log" "the requeued start's dry run did not name its checkpoint"
 interrupted_at=$(grep -c '"loss"' "$tmp/preempted/metrics.jsonl")
 say "the preempted run logged $interrupted_at training records over both runs"
 
 /usr/bin/python3 "$repo/tests/slurm/compare_metrics.py" "$tmp/reference/metrics.jsonl" \
   "$tmp/preempted/metrics.jsonl" || fail "the resumed run differs from the uninterrupted one"
+
+say "a run whose data is gone: the dry run ends the job before training"
+sed "s|^data = .*|data = $tmp/no_such_data|" "$tmp/train.ini" >"$tmp/bad.ini"
+bad=$(bash "$repo/slurm/submit.sh" --sambay "$sambay" --cpu-ranks 2 --cpus-per-task 1 \
+        --config "$tmp/bad.ini" "$tmp/bad") || fail "submit.sh of the bad run failed"
+state=$(wait_job_end "$bad" 300)
+log=$tmp/bad/logs/$bad.out
+cat "$log"
+expect_grep "no_such_data" "$log" "the dry run did not name the missing data"
+expect_grep "the dry run found the run unusable" "$log" "the job did not stop after the failed dry run"
+[ "$state" = FAILED ] || fail "job $bad ended $state, want FAILED"
+! grep -q "trainer exited" "$log" || fail "the bad run trained after its dry run failed"
+! [ -e "$tmp/bad/metrics.jsonl" ] || fail "the bad run's dry run wrote metrics.jsonl"
 
 stop_cluster || fail "stop left daemons running"
 say "PASS"
