@@ -742,8 +742,8 @@ int run_training(const TrainConfig& cfg) {
               memory_plan.host_bytes() / 1048576.0);
     std::string list;
     for (double b : peaks) list += fmt::format("{}{:.0f}", list.empty() ? "" : ",", b);
-    log.record(fmt::format(R"({{"step":{},"peak_rss_bytes":[{}],"planned_host_bytes":{:.0f}}})",
-                           cfg.steps, list, memory_plan.host_bytes()));
+    log.record(fmt::format(R"({{"kind":"host_memory","step":{},"peak_rss_bytes":[{}],"planned_host_bytes":{:.0f},"owned_state_bytes":{:.0f}}})",
+                           cfg.steps, list, memory_plan.host_bytes(), memory_plan.owned_bytes));
   }
   log.flush();
   // Training is complete and checkpointed, but a log that failed on the way is incomplete.

@@ -468,7 +468,7 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
     except ValueError:
         continue  # the line cut by kill -9
-    if "kind" in r:
+    if r.get("kind") in ("run_start", "resume"):
         kinds.append((r["kind"], r["step"]))
     elif "loss" in r:
         steps.append(r["step"])
