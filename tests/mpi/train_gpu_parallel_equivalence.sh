@@ -9,8 +9,9 @@
 # heads and channels, fp32 partial sums), so the runs differ by bf16 rounding, not bit for bit:
 # losses and gradient norms must agree to 1e-2 relative (a missing gradient reduction moves the
 # norm by about 40%, a doubled one by 100%). The optimizer state is sharded over the DP ranks
-# (ZeRO-1 on the GPU); checkpoints hold whole tensors: the DP2 run's step-5 checkpoint resumes on
-# one rank and the one-rank run's under DP2, both matching the uninterrupted runs' steps 6-10.
+# (ZeRO-1 on the GPU); each rank checkpoints the values it owns (written in the background): the
+# DP2 run's step-5 checkpoint resumes on one rank and the one-rank run's under DP2, both matching
+# the uninterrupted runs' steps 6-10.
 # Exits 77 (skipped) without a GPU.
 # usage: train_gpu_parallel_equivalence.sh MPIEXEC SAMBAY WORKDIR
 set -euo pipefail

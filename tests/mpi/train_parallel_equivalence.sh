@@ -7,9 +7,10 @@
 #   TP2, TP2 with sequence parallelism, DP2 x TP2 (--tp 2 on 4 ranks), CP2, CP4, TP2 x CP2.
 # fp32 gradients are summed over ranks in another order than one process accumulates them, so
 # losses agree to 1e-5 relative, not bit for bit. Validation losses are compared where the
-# micro-batch (and so the validation set) is the same. Checkpoints hold whole tensors: the
-# DP2 x TP2 run's step-5 checkpoint resumes on one rank, and the one-rank run's resumes under
-# DP2 x TP2, and both give the uninterrupted run's losses for steps 6-10. Also: only rank 0 logs.
+# micro-batch (and so the validation set) is the same. Each rank checkpoints the values it owns
+# (its ZeRO pieces of its TP shard, in the background) and any layout loads them: the DP2 x TP2
+# run's step-5 checkpoint resumes on one rank, and the one-rank run's resumes under DP2 x TP2,
+# and both give the uninterrupted run's losses for steps 6-10. Also: only rank 0 logs.
 # usage: train_parallel_equivalence.sh MPIEXEC SAMBAY WORKDIR
 set -euo pipefail
 mpiexec=$1 sambay=$2 work=$3
