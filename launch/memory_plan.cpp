@@ -77,11 +77,13 @@ RankMemoryPlan plan_rank_memory(const MemoryPlanInputs& in) {
                  {"AdamW m, v", 8 * s},
                  {"activations", in.activation_bytes},
                  {"gradient bucket", staging}};
-  // The snapshot exists from the first save on; one tensor is staged while the run starts
-  // (they are not held together, so the larger counts).
-  const double startup = 4.0 * double(largest);
-  plan.host = {snapshot.bytes >= startup ? snapshot
-                                         : MemoryItem{"startup staging (largest tensor)", startup}};
+  // The snapshot exists from the first save on; while the run starts, one tensor is staged on
+  // its way to the device and a resume reads the owned moments before uploading them (they are
+  // not held together, so the larger counts).
+  const double startup = 4.0 * double(largest) + 8 * s;
+  plan.host = {snapshot.bytes >= startup
+                   ? snapshot
+                   : MemoryItem{"startup staging (largest tensor, owned moments)", startup}};
   plan.host[0].what += " (pinned)";
   return plan;
 }

@@ -5,7 +5,7 @@
 // (parallel/data_parallel.h). On the CPU backend everything is host memory. On the GPU the model,
 // gradients, moments and activations are device memory; the host holds only the checkpoint
 // snapshot of the owned values (pinned) and, while a run starts, one tensor at a time on its way
-// to the device.
+// to the device (and, resuming, the owned moments).
 #pragma once
 
 #include "core/model_config.h"

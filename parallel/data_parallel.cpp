@@ -192,29 +192,4 @@ SAMBAY_INSTANTIATE(float)
 SAMBAY_INSTANTIATE(double)
 #undef SAMBAY_INSTANTIATE
 
-void gather_moments(ShardedAdamW& opt, std::vector<float>& m_full, std::vector<float>& v_full) {
-  m_full.assign(opt.layout.total, 0.0f);
-  v_full.assign(opt.layout.total, 0.0f);
-  for (const ShardSegment& seg : opt.segments)
-    for (int64_t i = 0; i < seg.n; ++i) {
-      m_full[seg.flat + i] = opt.m[seg.shard + i];
-      v_full[seg.flat + i] = opt.v[seg.shard + i];
-    }
-  all_gather_buckets(*opt.comm, opt.layout, m_full.data(), opt.staging);
-  all_gather_buckets(*opt.comm, opt.layout, v_full.data(), opt.staging);
-}
-
-void scatter_moments(ShardedAdamW& opt, const std::vector<float>& m_full,
-                     const std::vector<float>& v_full) {
-  SAMBAY_CHECK(static_cast<int64_t>(m_full.size()) == opt.layout.total &&
-                   static_cast<int64_t>(v_full.size()) == opt.layout.total,
-               "moments of {} and {} values for a model of {}", m_full.size(), v_full.size(),
-               opt.layout.total);
-  for (const ShardSegment& seg : opt.segments)
-    for (int64_t i = 0; i < seg.n; ++i) {
-      opt.m[seg.shard + i] = m_full[seg.flat + i];
-      opt.v[seg.shard + i] = v_full[seg.flat + i];
-    }
-}
-
 }  // namespace sambay

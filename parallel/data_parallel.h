@@ -122,11 +122,4 @@ double sharded_grad_norm(const ShardedAdamW& opt, const Communicator* tp = nullp
 void sharded_adamw_step(ShardedAdamW& opt, float* params, double clip_coef, const AdamWHyper& base,
                         int64_t step);
 
-// Checkpoints hold whole tensors. gather_moments fills m_full and v_full [total] with every
-// rank's moments (a collective: every rank calls it); scatter_moments takes this rank's pieces
-// back from whole tensors (after a load).
-void gather_moments(ShardedAdamW& opt, std::vector<float>& m_full, std::vector<float>& v_full);
-void scatter_moments(ShardedAdamW& opt, const std::vector<float>& m_full,
-                     const std::vector<float>& v_full);
-
 }  // namespace sambay

@@ -5,6 +5,7 @@
 #include "io/checkpoint.h"
 #include "io/checkpoint_shards.h"
 #include "launch/checkpoint_writer.h"
+#include "optim/mup.h"
 #include "parallel/data_parallel.h"
 #include "tests/io_test_util.h"
 
@@ -207,6 +208,36 @@ TEST(CheckpointShards, PiecesOfARangeTileItInFlatOrder) {
       for (int64_t i = 0; i < 60; ++i) EXPECT_EQ(seen[i], i >= a && i < b ? 1 : 0) << a << " " << b;
       EXPECT_LE(pieces.size(), 5u) << a << " " << b;  // head, middle, tail per level
     }
+}
+
+// Each rank initialises its TP shard in place (the GPU trainer a tensor at a time): the values
+// must be those the whole model's initialisation puts there, for every init rule.
+TEST(CheckpointShards, AShardInitialisedInPlaceIsTheShardOfTheWholeModelsInit) {
+  for (const InitRule init : {InitRule::normal, InitRule::archscale}) {
+    ModelConfig c = tp_friendly_model();
+    c.init = init;
+    ParamLayout full = build_param_layout(c);
+    apply_init_rules(full, c);
+    std::vector<float> whole(full.total);
+    init_params(full, whole.data(), 17);
+    for (int tp : {1, 2}) {
+      const ParamLayout shard = build_param_layout(tp > 1 ? tensor_parallel_config(c, tp) : c);
+      for (int rank = 0; rank < tp; ++rank) {
+        SCOPED_TRACE(fmt::format("init rule {}, tp {}, rank {}", int(init), tp, rank));
+        std::vector<float> want(shard.total), in_place(shard.total, -7.0f), tensor;
+        shard_params(full, shard, whole.data(), want.data(), tp, rank);
+        init_params_shard(full, shard, in_place.data(), 17, tp, rank);
+        EXPECT_TRUE(same_bits(in_place.data(), want.data(), shard.total));
+        for (size_t i = 0; i < shard.params.size(); ++i) {
+          tensor.assign(shard.params[i].numel, -7.0f);
+          init_shard_tensor(full.params[i], shard.params[i], tensor.data(), 17, tp, rank);
+          EXPECT_TRUE(same_bits(tensor.data(), want.data() + shard.params[i].offset,
+                                shard.params[i].numel))
+              << shard.params[i].name;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
