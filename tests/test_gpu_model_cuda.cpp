@@ -136,7 +136,7 @@ TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
     GpuEngine e = make_gpu_engine(cpu, param_groups(cpu.layout, mup_config_for(c)), 2, 45, k.mode,
                                   true);
     EXPECT_EQ(e.acts.recompute, k.plan) << recompute_mode_name(k.mode) << "\n" << e.recompute.log;
-    const int64_t capacity = static_cast<int64_t>(e.acts.memory.capacity);
+    const int64_t capacity = static_cast<int64_t>(e.acts.arena.capacity);
     EXPECT_GE(capacity, e.recompute.bytes);  // the plan's bytes, rounded up to the alignment
     EXPECT_LT(capacity, e.recompute.bytes + 256);
     EXPECT_NE(e.recompute.log.find("GiB for activations"), std::string::npos) << e.recompute.log;
