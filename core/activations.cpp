@@ -117,7 +117,8 @@ void allocate_activations(const ModelConfig& c, const ActivationShape& shape,
     acts.tokens = al.take<int32_t>(m.n), acts.targets = al.take<int32_t>(m.n);
     acts.doc = al.take<int32_t>(m.n);
   }
-  if (shape.tp && be.fp32_partials) acts.tp_partial = al.take<float>(m.n * std::max(m.d, m.R + 2 * m.N));
+  if (shape.tp && be.fp32_partials)
+    acts.tp_partial = al.take<float>(m.n * std::max(m.d, m.R + 2 * m.N));
   if (nr < m.n) {
     acts.region_in = act(m.n * m.d);
     if (be.device_batch) acts.tp_scalars = al.take<double>(2);

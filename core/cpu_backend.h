@@ -108,8 +108,8 @@ struct CpuBackend {
     reduce_scatter(*rows.tp, out, mine, rows.nr * m.d, dtype_of<T>(), ReduceOp::sum);
     return mine;
   }
-  T* region_enter_grad(T* da) { return region_exit(da); }
-  const T* block_output_grad(const T* dres, T* dbranch) {
+  T* region_enter_backward(T* da) { return region_exit(da); }
+  const T* region_exit_backward(const T* dres, T* dbranch) {
     T* mine = dbranch + rows.row0 * m.d;
     for (int64_t i = 0; i < rows.nr * m.d; ++i) mine[i] = residual_scale * dres[i];
     if (rows.sp) all_gather(*rows.tp, mine, dbranch, rows.nr * m.d, dtype_of<T>());
@@ -177,7 +177,7 @@ struct CpuBackend {
                        int64_t out) {
     sambay::linear_backward(dy, x, w, dx, dw, db, m.n, k, out);
   }
-  // dx: the region's input gradient (region_enter_grad sums it over TP).
+  // dx: the region's input gradient (region_enter_backward sums it over TP).
   void column_parallel_linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db,
                                        int64_t k, int64_t out, bool /*first*/) {
     linear_backward(dy, x, w, dx, dw, db, k, out);

@@ -112,8 +112,8 @@ struct CudaBackend {
     cuda_stream_synchronize(nullptr);  // the conversion ran on the legacy default stream
     return out;
   }
-  bf16* region_enter_grad(bf16* da) { return region_exit(da); }
-  const bf16* block_output_grad(const bf16* dres, bf16* dbranch) {
+  bf16* region_enter_backward(bf16* da) { return region_exit(da); }
+  const bf16* region_exit_backward(const bf16* dres, bf16* dbranch) {
     bf16* mine = dbranch + rows.row0 * m.d;
     scale_forward_cuda(dres, residual_scale, mine, rows.nr * m.d, st);
     if (rows.sp) {
@@ -152,7 +152,10 @@ struct CudaBackend {
     end_op(profile);
     tp_sum(partial, m.n * width, DType::f32);
     int64_t at = 0;
-    for (const auto& [y, out] : outputs) convert_to_bf16_cuda(partial + m.n * at, y, m.n * out), at += out;
+    for (const auto& [y, out] : outputs) {
+      convert_to_bf16_cuda(partial + m.n * at, y, m.n * out);
+      at += out;
+    }
     cuda_stream_synchronize(nullptr);  // the conversions ran on the legacy default stream
     begin_op(profile, family_);
   }
@@ -162,7 +165,7 @@ struct CudaBackend {
   }
   // The input gradient added into dx (bf16) on one rank; under TP into the region's fp32 partial
   // in acts.tp_partial instead (written by the region's first product, added by the others),
-  // which region_enter_grad sums.
+  // which region_enter_backward sums.
   void column_parallel_linear_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx,
                                        float* dw, float* db, int64_t k, int64_t out, bool first) {
     if (!rows.tp) {

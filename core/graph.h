@@ -15,15 +15,21 @@
 //
 // Parallelism, in Megatron-Core's terms. Tensor parallelism: every mixer and MLP is a region
 // whose first products are column-parallel (each rank its heads or channels of the whole input)
-// and whose last product is row-parallel (each rank a partial sum of the output). The hooks:
+// and whose last product is row-parallel (each rank a partial sum of the output). The hooks, each
+// a forward/backward pair (Megatron's copy-to / reduce-from the tensor-parallel region, and with
+// sequence parallelism gather-from / reduce-scatter-to the sequence-parallel region):
 //   region_enter(a): the region's input, whole (sequence parallel: all-gathered rows);
-//   region_exit(out): this rank's rows of the summed output of the region's row-parallel product
-//     (all-reduce; sequence parallel: reduce-scatter);
-//   region_enter_grad(da): the input gradient summed over the ranks' column-parallel products
-//     (the transpose of region_enter: all-reduce or reduce-scatter);
-//   block_output_grad(dres): the output gradient, whole (the transpose of region_exit);
+//   region_enter_backward(da): the input gradient summed over the ranks' column-parallel
+//     products (all-reduce; sequence parallel: reduce-scatter to this rank's rows);
+//   region_exit(out): this rank's rows of the summed output of the region's row-parallel
+//     product (all-reduce; sequence parallel: reduce-scatter);
+//   region_exit_backward(dres): the residual branch's output gradient rs * dres, whole
+//     (sequence parallel: all-gathered rows);
 //   linear_forward_tp_sum / linear_backward_tp_sum: Mamba's x_proj, a row-parallel product inside
 //     the region whose outputs every rank needs whole at once.
+// The linear ops: linear_forward / linear_backward (a product local to the rank),
+// row_parallel_linear_forward (its output a partial sum for region_exit), and
+// column_parallel_linear_backward (its input gradient a partial sum for region_enter_backward).
 // Context parallelism (parallel/context_parallel.h): a rank holds two chunks of every sample,
 // run as 2B rows of L / 2; attention queries run per chunk over the sample's gathered keys
 // (cp_gather_sequence, cp_reduce_scatter_sequence), RoPE at the chunk's positions, the conv reads
@@ -465,8 +471,8 @@ void mixer_forward(Be& be, int layer, LayerActivations<typename Be::Act, typenam
 }
 
 // Mixer backward: dout [n, d] is the gradient of the mixer's output and `in` its input; adds into
-// acts.grad.da (the input gradient, summed by the caller's region_enter_grad) and the parameter
-// gradients.
+// acts.grad.da (the input gradient, summed by the caller's region_enter_backward) and the
+// parameter gradients.
 template <class Be>
 void mixer_backward(Be& be, int layer,
                     const LayerActivations<typename Be::Act, typename Be::Stat>& a,
@@ -516,23 +522,23 @@ void layer_backward(Be& be, int layer) {
   // MLP region; the identity path leaves dres as it is, the norm's backward adds into it.
   const auto* in2 = be.region_enter(a.a2);
   be.begin(OpFamily::mlp);
-  const auto* dout = be.block_output_grad(g.dres, g.dbranch);
+  const auto* dout = be.region_exit_backward(g.dres, g.dbranch);
   be.zero(g.ds, m.n * m.F), be.zero(g.dh, m.n * 2 * m.F), be.zero(g.da, nd);
   be.linear_backward(dout, a.s, be.W + o.fc2_w, g.ds, G + o.fc2_w, nullptr, m.F, m.d);
   be.swiglu_backward(g.ds, a.h, g.dh);
   be.column_parallel_linear_backward(g.dh, in2, be.W + o.fc1_w, g.da, G + o.fc1_w, nullptr, m.d,
                                      2 * m.F, true);
   be.end();
-  const auto* da = be.region_enter_grad(g.da);
+  const auto* da = be.region_enter_backward(g.da);
   be.begin(OpFamily::norm);
   be.norm_backward(da, a.x_mid, P + o.norm2_w, a.ln2_mean, a.ln2_rstd, g.dres, G + o.norm2_w,
                    param_at(G, o.norm2_b));
   // Mixer region.
-  dout = be.block_output_grad(g.dres, g.dbranch);
+  dout = be.region_exit_backward(g.dres, g.dbranch);
   be.zero(g.da, nd);
   be.end();
   mixer_backward(be, layer, a, be.region_enter(a.a), dout);
-  da = be.region_enter_grad(g.da);
+  da = be.region_enter_backward(g.da);
   be.begin(OpFamily::norm);
   be.norm_backward(da, a.x_in, P + o.norm1_w, a.ln1_mean, a.ln1_rstd, g.dres, G + o.norm1_w,
                    param_at(G, o.norm1_b));
