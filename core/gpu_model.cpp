@@ -57,7 +57,8 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimi
   const int64_t n = cpu.layout.total;
   const int64_t k = optimizer_values < 0 ? n : optimizer_values;
   m.optimizer_values = k;
-  m.memory = Arena(Device::cuda, 4 * (2 * n + 2 * k + 64) + 2 * (n + 128),
+  // Five buffers, each rounded up to the arena's 256-byte alignment.
+  m.memory = Arena(Device::cuda, 4 * (2 * n + 2 * k) + 2 * n + 5 * 256,
                    "parameters and optimizer");
   m.params = m.memory.alloc(DType::f32, {n}).ptr<float>();
   m.params_bf16 = m.memory.alloc(DType::bf16, {n}).ptr<bf16>();
