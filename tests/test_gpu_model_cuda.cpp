@@ -146,6 +146,21 @@ TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
   }
 }
 
+// The parameter arena holds any layout: the tiny presets' odd parameter counts, whole and as
+// tensor-parallel shards (each of its five buffers is rounded up to the arena's alignment).
+TEST(GpuModel, ParameterArenaFitsAnyLayout) {
+  SAMBAY_REQUIRE_GPU();
+  Communicator tp;  // make_gpu_model reads only the group's backend, size and rank
+  tp.backend = CommBackend::nccl, tp.name = "tp", tp.size = 2;
+  for (const char* preset : {"tiny-sambay", "tiny-samba-yoco", "tiny-transformerpp"})
+    for (int rank : {-1, 0, 1}) {
+      ModelSplit split;
+      if (rank >= 0) tp.rank = rank, split.tp = &tp;
+      const Model<float> cpu = make_model_shard<float>(model_preset(preset), 3, split);
+      EXPECT_NO_THROW(make_gpu_model(cpu, nullptr)) << preset << " rank " << rank;
+    }
+}
+
 // The untied μP++ head on the SambaY graph and on Transformer++. Not SambaY+DA with μP++: with
 // this test's weights its gradients are ill-conditioned (on the CPU in fp64, weights moved by
 // 2^-9 relative, the bf16 rounding, move the lambda vectors' gradients by 0.30 and 111 tensors'
