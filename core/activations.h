@@ -79,7 +79,7 @@ struct BackwardScratch {
 template <typename A, typename S>
 struct GraphActivations {
   int64_t B = 0, L = 0;  // the micro-batch as planned (whole B; this rank's L under CP)
-  RecomputePlan recompute;
+  RecomputePlan recompute;  // its layers; its loss chunks on the GPU (the CPU loss keeps no logits)
   Arena arena;
   std::vector<LayerActivations<A, S>> layers;
   BackwardScratch<A> grad;
