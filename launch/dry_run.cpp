@@ -1,7 +1,7 @@
 #include "launch/dry_run.h"
 
+#include "core/activations.h"
 #include "core/check.h"
-#include "core/gpu_activations.h"
 #include "core/model.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"

@@ -407,7 +407,7 @@ int run_training(const TrainConfig& cfg) {
   const double archscale_flops_per_token = archscale_estimated_flops_per_token(mc, L);
   double acts_bytes = double(acts.arena.capacity);
 #if SAMBAY_HAVE_CUDA
-  if (gpu) acts_bytes = double(gpu->acts.memory.capacity);
+  if (gpu) acts_bytes = double(gpu->acts.arena.capacity);
 #endif
   // Memory per rank, as planned (launch/memory_plan.h); the step lines print what is in use.
   const RankMemoryPlan memory_plan = plan_rank_memory(
