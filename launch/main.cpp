@@ -25,7 +25,8 @@ constexpr const char* kUsage = R"(usage: sambay <command> [options]
 
 commands:
   train               train a model (sambay train --help)
-  data tokenize       byte-tokenize text files into a Megatron indexed dataset
+  data tokenize       tokenize a corpus (JSONL or text; byte-level or a tiktoken BPE such as
+                      o200k_base) into a Megatron indexed dataset
   data stats          describe a dataset (.bin/.idx prefix or .tok file)
   data phonebook      generate the synthetic phonebook retrieval dataset
   info                list model presets with parameter counts and FLOPs per token
@@ -52,21 +53,57 @@ bool parse(int argc, const char* const* argv, po::options_description& options,
   return parse_command_line(argc, argv, options, pos, vm, usage);
 }
 
+// "TEXT=ID" of --special.
+SpecialToken parse_special(const std::string& spec) {
+  const size_t eq = spec.rfind('=');
+  SpecialToken s;
+  if (eq != std::string::npos) {
+    s.text = spec.substr(0, eq);
+    char* end = nullptr;
+    const long id = std::strtol(spec.c_str() + eq + 1, &end, 10);
+    if (end && *end == '\0' && eq + 1 < spec.size() && id >= 0 && id < (1L << 31)) s.id = int32_t(id);
+  }
+  if (s.text.empty() || s.id < 0)
+    fail("option --special: '{}' is not TEXT=ID (e.g. '<|endoftext|>=199999')", spec);
+  return s;
+}
+
 int cmd_data_tokenize(int argc, const char* const* argv) {
-  std::vector<std::string> inputs;
-  std::string out, split;
+  std::vector<std::string> inputs, specials;
+  std::string out, split, format;
+  TokenizeOptions t;
   po::options_description o("sambay data tokenize");
-  o.add_options()("out", po::value(&out)->required(), "output prefix (writes PREFIX.bin and PREFIX.idx)")
-      ("split", po::value(&split)->default_value("paragraphs"), "documents are 'files' or 'paragraphs'")
-      ("input", po::value(&inputs)->required(), "text files (positional)");
+  o.add_options()("out", po::value(&out)->required(), "output prefix (writes PREFIX.bin, PREFIX.idx and PREFIX.tokenizer.json)")
+      ("tokenizer", po::value(&t.tokenizer)->default_value(t.tokenizer), "'byte' (257 ids) or a .tiktoken vocabulary (plain or .gz), e.g. o200k_base.tiktoken for phi4-mini-flash")
+      ("format", po::value(&format)->default_value("auto"), "input format: jsonl (one JSON object per line), text, or auto (.jsonl/.json[.gz] are jsonl)")
+      ("json_key", po::value(&t.json_key)->default_value(t.json_key), "jsonl: the field holding each document's text")
+      ("split", po::value(&split)->default_value("paragraphs"), "text: documents are 'files' or 'paragraphs' (runs of non-blank lines)")
+      ("threads", po::value(&t.threads)->default_value(t.threads), "encoding threads (0 = one per core)")
+      ("allow_special", po::bool_switch(&t.allow_special), "encode the text of special tokens (<|endoftext|>, ...) as their ids; by default it is ordinary text")
+      ("eod", po::value(&t.bpe.eod)->default_value(t.bpe.eod), "the special token appended to every document")
+      ("special", po::value(&specials), "TEXT=ID: a special token beyond the vocabulary's known ones (repeatable)")
+      ("pattern", po::value(&t.bpe.pattern), "pre-tokenisation regex (PCRE2 syntax); needed for vocabularies other than o200k_base and cl100k_base")
+      ("input", po::value(&inputs)->required(), "input files (positional; .gz is read as gzip)");
   po::variables_map vm;
-  if (!parse(argc, argv, o, vm, "usage: sambay data tokenize --out PREFIX FILE...", "input"))
+  if (!parse(argc, argv, o, vm, "usage: sambay data tokenize --out PREFIX [--tokenizer FILE] FILE...", "input"))
     return 0;
   if (split != "files" && split != "paragraphs")
     fail("option --split: '{}' is not 'files' or 'paragraphs'", split);
-  TokenizeReport r = tokenize_text_files(
-      inputs, out, split == "files" ? DocSplit::whole_file : DocSplit::paragraphs);
-  fmt::print("{} -> {}.bin/.idx\n", to_string(r), out);
+  t.split = split == "files" ? DocSplit::whole_file : DocSplit::paragraphs;
+  if (format == "jsonl")
+    t.format = CorpusFormat::jsonl;
+  else if (format == "text")
+    t.format = CorpusFormat::text;
+  else if (format != "auto")
+    fail("option --format: '{}' is not jsonl, text or auto", format);
+  if (t.threads < 0) fail("option --threads: must be >= 0, got {}", t.threads);
+  for (const std::string& s : specials) t.bpe.specials.push_back(parse_special(s));
+  if (t.tokenizer == "byte" && (!specials.empty() || !t.bpe.pattern.empty() || t.allow_special))
+    fail("options --special, --pattern and --allow_special need a BPE --tokenizer FILE");
+  t.progress = true;
+  const TokenizeReport r = tokenize_corpus(inputs, out, t);
+  fmt::print("{} -> {}.bin/.idx in {:.1f} s ({:.1f} MB/s)\n", to_string(r), out, r.seconds,
+             r.seconds > 0 ? r.bytes / 1e6 / r.seconds : 0.0);
   return 0;
 }
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""sambay's BPE tokenizer against tiktoken on the same text: MB/s per core, and thread scaling.
+
+usage: bench/tokenizer_bench.py SAMBAY [--mb 32] [--threads 1,2] [--vocab o200k_base] [--work DIR]
+
+The corpus is JSONL: the license texts of /usr/share/common-licenses and the generated
+multilingual documents of the tokenizer test, repeated to about --mb megabytes.
+  tiktoken: Encoding.encode_ordinary on each document, one thread, timed by process CPU time.
+  sambay:   `sambay data tokenize --threads T` on the JSONL file, end to end (vocabulary load,
+            reading, JSON parsing, encoding, writing .bin/.idx), timed by wall clock and by the
+            CPU time of the process (all its threads), so "per core" is MB per CPU-second.
+Both must produce the same number of tokens (the test suite checks the ids themselves).
+Needs tiktoken and bpe-openai for /usr/bin/python3 (scripts/setup.sh installs them).
+"""
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "tokenizer"))
+import tiktoken_reference as ref  # noqa: E402  (exits 77 naming what is missing)
+
+
+def child_cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sambay")
+    ap.add_argument("--mb", type=float, default=32)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--vocab", default="o200k_base")
+    ap.add_argument("--work", default="/tmp/sambay-tokenizer-bench")
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+
+    base = []
+    for name in sorted(os.listdir("/usr/share/common-licenses")):
+        path = os.path.join("/usr/share/common-licenses", name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                base.append(f.read())
+    base += ref.generated_documents(random.Random(1))
+    docs, size = [], 0
+    while size < args.mb * 1e6:
+        for d in base:
+            docs.append(d)
+            size += len(d.encode())
+    corpus = os.path.join(args.work, "corpus.jsonl")
+    with open(corpus, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    print(f"corpus: {len(docs)} documents, {size / 1e6:.1f} MB of text "
+          f"({os.path.getsize(corpus) / 1e6:.1f} MB of JSONL), vocabulary {args.vocab}")
+
+    path, enc = ref.load_encoding(args.vocab)
+    t0, c0 = time.perf_counter(), time.process_time()
+    tiktoken_tokens = sum(len(enc.encode_ordinary(d)) for d in docs)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    tik_rate = size / 1e6 / cpu
+    print(f"tiktoken encode_ordinary, 1 thread: {size / 1e6 / wall:6.2f} MB/s wall, "
+          f"{tik_rate:6.2f} MB/s per core ({tiktoken_tokens} tokens)")
+
+    print("| sambay threads | wall s | MB/s | CPU s | MB/s per core | vs tiktoken per core |")
+    print("|---|---|---|---|---|---|")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        out = os.path.join(args.work, f"out{threads}")
+        c0, t0 = child_cpu_seconds(), time.perf_counter()
+        p = subprocess.run([args.sambay, "data", "tokenize", "--tokenizer", path, "--threads",
+                            str(threads), "--out", out, corpus], capture_output=True, text=True)
+        wall, cpu = time.perf_counter() - t0, child_cpu_seconds() - c0
+        if p.returncode != 0:
+            sys.exit(f"sambay failed:\n{p.stdout}{p.stderr}")
+        with open(out + ".idx", "rb") as f:
+            header = f.read(34)
+        docs_written = int.from_bytes(header[18:26], "little")
+        tokens = os.path.getsize(out + ".bin") // 4 - docs_written  # minus one EOD a document
+        if tokens != tiktoken_tokens:
+            sys.exit(f"token counts differ: sambay {tokens}, tiktoken {tiktoken_tokens}")
+        rate = size / 1e6 / cpu
+        print(f"| {threads} | {wall:.2f} | {size / 1e6 / wall:.2f} | {cpu:.2f} | {rate:.2f} | "
+              f"{rate / tik_rate:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
