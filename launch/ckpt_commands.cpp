@@ -107,7 +107,7 @@ int cmd_export(int argc, const char* const* argv) {
   po::options_description o("sambay ckpt export");
   o.add_options()("format", po::value(&format)->required(), "output format: hf")
       ("dtype", po::value(&dtype)->default_value("f32"), "f32 (exact) or bf16 (as released)")
-      ("force", po::bool_switch(&force), "export a model the release's code cannot run")
+      ("force", flag(&force), "export a model the release's code cannot run")
       ("path", po::value(&path)->required(), "checkpoint (positional)")
       ("out", po::value(&out)->required(), "output directory (positional)");
   po::positional_options_description pos;

@@ -25,16 +25,27 @@ constexpr const char* kUsage = R"(usage: sambay <command> [options]
 
 commands:
   train               train a model (sambay train --help)
-  data tokenize       tokenize a corpus (JSONL or text; byte-level or a tiktoken BPE such as
-                      o200k_base) into a Megatron indexed dataset
-  data stats          describe a dataset (.bin/.idx prefix or .tok file)
-  data phonebook      generate the synthetic phonebook retrieval dataset
+  data                tokenize a corpus into a Megatron indexed dataset (byte-level or o200k
+                      BPE), describe a dataset, make synthetic data (sambay data --help)
   info                list model presets with parameter counts and FLOPs per token
   ckpt                inspect, export (Hugging Face), import checkpoints; I/O bench
+                      (sambay ckpt --help)
   --version           the version and git commit of this build
 
 exit codes: 0 done, 2 error, 3 internal error, 75 stopped by SIGUSR1/SIGTERM after writing a
 checkpoint (requeue the job; it continues with --resume auto)
+)";
+
+constexpr const char* kDataUsage = R"(usage: sambay data <command> [options]
+
+commands:
+  tokenize --out PREFIX FILE...   a corpus (JSONL or text, gzip or not) as a Megatron indexed
+                                  dataset, byte-level or with a tiktoken BPE vocabulary
+                                  (o200k_base for phi4-mini-flash); docs/data.md
+  stats PATH                      what a dataset (.bin/.idx prefix or .tok file) holds
+  phonebook --out PREFIX          the synthetic phonebook retrieval dataset
+
+sambay data <command> --help lists a command's options.
 )";
 
 int cmd_train(int argc, const char* const* argv) {
@@ -79,7 +90,7 @@ int cmd_data_tokenize(int argc, const char* const* argv) {
       ("json_key", po::value(&t.json_key)->default_value(t.json_key), "jsonl: the field holding each document's text")
       ("split", po::value(&split)->default_value("paragraphs"), "text: documents are 'files' or 'paragraphs' (runs of non-blank lines)")
       ("threads", po::value(&t.threads)->default_value(t.threads), "encoding threads (0 = one per core)")
-      ("allow_special", po::bool_switch(&t.allow_special), "encode the text of special tokens (<|endoftext|>, ...) as their ids; by default it is ordinary text")
+      ("allow_special", flag(&t.allow_special), "encode the text of special tokens (<|endoftext|>, ...) as their ids; by default it is ordinary text")
       ("eod", po::value(&t.bpe.eod)->default_value(t.bpe.eod), "the special token appended to every document")
       ("special", po::value(&specials), "TEXT=ID: a special token beyond the vocabulary's known ones (repeatable)")
       ("pattern", po::value(&t.bpe.pattern), "pre-tokenisation regex (PCRE2 syntax); needed for vocabularies other than o200k_base and cl100k_base")
@@ -143,8 +154,10 @@ int cmd_info(int argc, const char* const* argv) {
              "GFLOP/token", "activations(MiB)");
   for (const std::string& name : model_preset_names()) {
     const ModelConfig c = model_preset(name);
-    fmt::print("{:<20} {:>7.3f}B {:>6} {:>6} {:>14.2f} {:>16.0f}\n", name,
-               parameter_count(c) / 1e9, c.n_layers(), c.d_model,
+    const double params = static_cast<double>(parameter_count(c));
+    const std::string count = params >= 1e9 ? fmt::format("{:.2f}B", params / 1e9)
+                                            : fmt::format("{:.2f}M", params / 1e6);
+    fmt::print("{:<20} {:>8} {:>6} {:>6} {:>14.2f} {:>16.0f}\n", name, count, c.n_layers(), c.d_model,
                training_flops_per_token(c, seq_len) / 1e9,
                activation_bytes(c, 1, seq_len, false, 2) / 1048576.0);
   }
@@ -167,7 +180,11 @@ int dispatch(int argc, const char* const* argv) {
   if (cmd == "train") return cmd_train(argc - 1, argv + 1);
   if (cmd == "ckpt") return cmd_ckpt(argc - 1, argv + 1);
   if (cmd == "info") return cmd_info(argc - 1, argv + 1);
-  if (cmd == "data" && argc >= 3) {
+  if (cmd == "data") {
+    if (argc < 3 || !std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h")) {
+      std::cout << kDataUsage;
+      return argc < 3 ? 2 : 0;
+    }
     const std::string sub = argv[2];
     if (sub == "tokenize") return cmd_data_tokenize(argc - 2, argv + 2);
     if (sub == "stats") return cmd_data_stats(argc - 2, argv + 2);

@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "core/param_layout.h"
+#include "launch/command_line.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -21,51 +22,55 @@ po::options_description train_options(TrainConfig& c) {
   run.add_options()
       ("help,h", "print the options and exit")
       ("config", po::value<std::string>(), "INI file with any of these options (flags override it)")
-      ("out_dir", po::value(&c.out_dir)->default_value(c.out_dir), "run directory: config, metrics, checkpoints, logs")
-      ("device", po::value(&c.device)->default_value(c.device), "auto (the GPU when present), cpu or cuda")
-      ("seed", po::value(&c.seed)->default_value(c.seed), "parameter initialisation seed")
-      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "recompute layer internals in backward (less memory)")
-      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
-      ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
-      ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
-      ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run")
-      ("save_every", po::value(&c.save_every)->default_value(c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
-      ("keep_checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
-      ("resume", po::value(&c.resume)->default_value(c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory");
+      ("out_dir", value_with_default(&c.out_dir), "run directory: config, metrics, checkpoints, logs")
+      ("device", value_with_default(&c.device), "auto (the GPU when present), cpu or cuda")
+      ("seed", value_with_default(&c.seed), "parameter initialisation seed")
+      ("recompute", flag(&c.recompute), "recompute layer internals in backward (less memory)")
+      ("threads", value_with_default(&c.threads), "CPU threads (0 = all cores)")
+      ("log_every", value_with_default(&c.log_every), "steps between log lines")
+      ("eval_every", value_with_default(&c.eval_every), "steps between validation runs (0 = never)")
+      ("eval_batches", value_with_default(&c.eval_batches), "micro-batches per validation run")
+      ("save_every", value_with_default(&c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
+      ("keep_checkpoints", value_with_default(&c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
+      ("resume", value_with_default(&c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory");
   po::options_description data("Data");
   data.add_options()
       ("data", po::value(&c.data), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
-      ("valid_fraction", po::value(&c.valid_fraction)->default_value(c.valid_fraction), "fraction of samples held out for validation")
-      ("data_seed", po::value(&c.data_seed)->default_value(c.data_seed), "sample order seed")
-      ("seq_len", po::value(&c.seq_len)->default_value(c.seq_len), "tokens per sequence")
-      ("micro_batch", po::value(&c.micro_batch)->default_value(c.micro_batch), "sequences per micro-batch")
-      ("grad_accum", po::value(&c.grad_accum)->default_value(c.grad_accum), "micro-batches per optimizer step")
-      ("doc_masking", po::value(&c.doc_masking)->default_value(c.doc_masking), "keep packed documents apart (scan/conv reset, attention mask)");
+      ("valid_fraction", value_with_default(&c.valid_fraction), "fraction of samples held out for validation")
+      ("data_seed", value_with_default(&c.data_seed), "sample order seed")
+      ("seq_len", value_with_default(&c.seq_len), "tokens per sequence")
+      ("micro_batch", value_with_default(&c.micro_batch), "sequences per micro-batch")
+      ("grad_accum", value_with_default(&c.grad_accum), "micro-batches per optimizer step")
+      ("doc_masking", flag(&c.doc_masking), "keep packed documents apart (scan/conv reset, attention mask)");
   po::options_description optim("Optimizer");
   optim.add_options()
-      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps")
-      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate")
-      ("min_lr_ratio", po::value(&c.min_lr_ratio)->default_value(c.min_lr_ratio), "final learning rate / peak")
-      ("schedule", po::value(&c.schedule)->default_value(c.schedule), "constant, cosine, linear or wsd")
-      ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warmup steps")
-      ("decay_fraction", po::value(&c.decay_fraction)->default_value(c.decay_fraction), "wsd: fraction of steps that decay")
-      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay (matrices only)")
-      ("beta1", po::value(&c.beta1)->default_value(c.beta1), "AdamW beta1")
-      ("beta2", po::value(&c.beta2)->default_value(c.beta2), "AdamW beta2")
-      ("adam_eps", po::value(&c.adam_eps)->default_value(c.adam_eps), "AdamW epsilon")
-      ("clip", po::value(&c.clip)->default_value(c.clip), "global gradient-norm clip (0 = off)");
-  po::options_description model("Model");
-  model.add_options()("model", po::value(&c.model_preset)->default_value(c.model_preset),
-                      "preset name; model.<field> options override its fields");
-  for (const auto& [key, value] : model_config_fields(ModelConfig{}))
-    model.add_options()(("model." + key).c_str(), po::value<std::string>(),
-                        fmt::format("override the preset's {}", key).c_str());
+      ("steps", value_with_default(&c.steps), "optimizer steps")
+      ("lr", value_with_default(&c.lr), "peak learning rate")
+      ("min_lr_ratio", value_with_default(&c.min_lr_ratio), "final learning rate / peak")
+      ("schedule", value_with_default(&c.schedule), "constant, cosine, linear or wsd")
+      ("warmup", value_with_default(&c.warmup), "linear warmup steps")
+      ("decay_fraction", value_with_default(&c.decay_fraction), "wsd: fraction of steps that decay")
+      ("weight_decay", value_with_default(&c.weight_decay), "AdamW decoupled weight decay (matrices only)")
+      ("beta1", value_with_default(&c.beta1), "AdamW beta1")
+      ("beta2", value_with_default(&c.beta2), "AdamW beta2")
+      ("adam_eps", value_with_default(&c.adam_eps), "AdamW epsilon")
+      ("clip", value_with_default(&c.clip), "global gradient-norm clip (0 = off)");
+  po::options_description model(
+      "Model: --model NAME picks a preset (sambay info lists them); --model.FIELD VALUE changes\n"
+      "one field of it, e.g. --model.d_model 256 --model.window 512. In a config file the same\n"
+      "is 'model.d_model = 256', or 'd_model = 256' under a [model] section. The fields, with\n"
+      "the values of the default preset");
+  model.add_options()("model", value_with_default(&c.model_preset),
+                      "preset name; model.FIELD options override its fields");
+  for (const auto& [key, value] : model_config_fields(model_preset(c.model_preset)))
+    model.add_options()(("model." + key).c_str(), po::value<std::string>()->value_name("VALUE"),
+                        fmt::format("({}: {})", c.model_preset, value).c_str());
   po::options_description parallel("Parallelism (data-parallel ranks = world size / (tp * cp))");
   parallel.add_options()
-      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
-      ("sequence_parallel", po::value(&c.sequence_parallel)->default_value(c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
-      ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (each holds seq_len / cp positions of every sample)")
-      ("dp_bucket_mb", po::value(&c.dp_bucket_mb)->default_value(c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
+      ("tp", value_with_default(&c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
+      ("sequence_parallel", flag(&c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
+      ("cp", value_with_default(&c.cp), "context-parallel ranks (each holds seq_len / cp positions of every sample)")
+      ("dp_bucket_mb", value_with_default(&c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
   po::options_description all("sambay train options");
   all.add(run).add(data).add(optim).add(parallel).add(model);
   return all;
@@ -87,9 +92,14 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   po::variables_map vm;
   std::string source = "command line";
   try {
-    po::store(po::parse_command_line(argc, argv, options), vm);
+    po::store(po::command_line_parser(join_optional_values(argc, argv, options))
+                  .options(options)
+                  .run(),
+              vm);
     if (vm.count("help")) {
-      std::cout << "usage: sambay train [--config FILE] [--option value ...]\n\n" << options;
+      std::cout << "usage: sambay train [--config FILE] [--option value ...]\n"
+                   "A flag (--recompute) stands alone for true or takes true/false.\n\n"
+                << options;
       return false;
     }
     if (vm.count("config")) {

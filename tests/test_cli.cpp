@@ -1,7 +1,10 @@
 // The sambay command end to end: bad input gets an error naming the file and the field, and a
 // short training run on generated data lowers the validation loss.
+#include "core/check.h"
 #include "io/byte_tokenizer.h"
 #include "io/indexed_dataset.h"
+#include "launch/command_line.h"
+#include "launch/train_config.h"
 #include "tests/test_util.h"
 
 #include <fmt/format.h>
@@ -135,6 +138,85 @@ TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   EXPECT_EQ(eval.exit_code, 0) << eval.output;
   EXPECT_NE(eval.output.find("exact-match accuracy"), std::string::npos) << eval.output;
   fs::remove_all(dir);
+}
+
+// Parses `sambay train` flags (after "train") the way the command does.
+TrainConfig parse_train(std::vector<std::string> flags) {
+  flags.insert(flags.begin(), "train");
+  std::vector<const char*> argv;
+  for (const std::string& f : flags) argv.push_back(f.c_str());
+  TrainConfig c;
+  EXPECT_TRUE(parse_train_config(int(argv.size()), argv.data(), c));
+  return c;
+}
+
+TEST(Cli, BooleanOptionsAreBareFlagsOrTakeAValue) {
+  const TrainConfig defaults = parse_train({"--data", "x"});
+  EXPECT_FALSE(defaults.recompute);
+  EXPECT_TRUE(defaults.doc_masking);
+  EXPECT_TRUE(parse_train({"--data", "x", "--recompute"}).recompute);
+  EXPECT_TRUE(parse_train({"--recompute", "--data", "x"}).recompute);
+  EXPECT_TRUE(parse_train({"--data", "x", "--recompute", "true"}).recompute);
+  EXPECT_TRUE(parse_train({"--data", "x", "--recompute=yes"}).recompute);
+  EXPECT_FALSE(parse_train({"--data", "x", "--recompute", "false"}).recompute);
+  EXPECT_FALSE(parse_train({"--data", "x", "--recompute=0"}).recompute);
+  const TrainConfig both = parse_train({"--recompute", "--doc_masking", "off", "--data", "x"});
+  EXPECT_TRUE(both.recompute);
+  EXPECT_FALSE(both.doc_masking);
+  // A word that is no boolean is not taken as the flag's value: it is an error of its own.
+  EXPECT_THROW(parse_train({"--data", "x", "--recompute", "maybe"}), Error);
+}
+
+TEST(Cli, BareFlagBeforeAPositionalArgumentStaysBare) {
+  namespace po = boost::program_options;
+  bool allow = false;
+  int threads = 0;
+  po::options_description o;
+  o.add_options()("allow_special", flag(&allow), "")("threads", po::value(&threads), "");
+  const char* argv[] = {"tokenize", "--allow_special", "corpus.jsonl", "--allow_special",
+                        "false", "--threads", "3", "--allow_special"};
+  EXPECT_EQ(join_optional_values(8, argv, o),
+            (std::vector<std::string>{"--allow_special", "corpus.jsonl", "--allow_special=false",
+                                      "--threads", "3", "--allow_special"}));
+}
+
+TEST(Cli, HelpPrintsDefaultsAsWrittenAndExplainsModelFields) {
+  const RunResult r = run_sambay("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* part : {"--min_lr_ratio arg (=0.1)", "--valid_fraction arg (=0.01)",
+                           "--lr arg (=0.001)", "--recompute [=true|false(=true)] (=false)",
+                           "--model.FIELD VALUE", "--model.d_model VALUE", "[model] section"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << "no \"" << part << "\" in\n" << r.output;
+  EXPECT_EQ(r.output.find("0000000"), std::string::npos) << r.output;
+}
+
+TEST(Cli, DataAndCkptHelpListTheirCommands) {
+  for (const char* args : {"data --help", "data"}) {
+    const RunResult r = run_sambay(args);
+    EXPECT_EQ(r.exit_code, std::string(args) == "data" ? 2 : 0) << args;
+    for (const char* sub : {"tokenize", "stats", "phonebook"})
+      EXPECT_NE(r.output.find(sub), std::string::npos) << args << ":\n" << r.output;
+  }
+  const RunResult ckpt = run_sambay("ckpt --help");
+  EXPECT_EQ(ckpt.exit_code, 0);
+  for (const char* sub : {"inspect", "export", "import", "bench", "phonebook"})
+    EXPECT_NE(ckpt.output.find(sub), std::string::npos) << ckpt.output;
+  const RunResult bad = run_sambay("data tokenise");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("unknown command 'data tokenise'"), std::string::npos) << bad.output;
+}
+
+TEST(Cli, InfoPrintsSmallModelsInMillions) {
+  const RunResult r = run_sambay("info");
+  EXPECT_EQ(r.exit_code, 0);
+  std::istringstream lines(r.output);
+  bool tiny = false, phi = false;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("demo-sambay-da ", 0) == 0) tiny = line.find("1.81M") != std::string::npos;
+    if (line.rfind("phi4-mini-flash ", 0) == 0) phi = line.find("3.85B") != std::string::npos;
+  }
+  EXPECT_TRUE(tiny) << r.output;
+  EXPECT_TRUE(phi) << r.output;
 }
 
 }  // namespace
