@@ -156,7 +156,7 @@ int cmd_info(int argc, const char* const* argv) {
     const ModelConfig c = model_preset(name);
     const double params = static_cast<double>(parameter_count(c));
     const std::string count = params >= 1e9 ? fmt::format("{:.2f}B", params / 1e9)
-                                            : fmt::format("{:.2f}M", params / 1e6);
+                                            : fmt::format("{:.3g}M", params / 1e6);
     fmt::print("{:<20} {:>8} {:>6} {:>6} {:>14.2f} {:>16.0f}\n", name, count, c.n_layers(), c.d_model,
                training_flops_per_token(c, seq_len) / 1e9,
                activation_bytes(c, 1, seq_len, false, 2) / 1048576.0);
