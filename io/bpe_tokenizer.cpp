@@ -41,19 +41,34 @@ constexpr const char* kCl100kPattern =
     "|[" SAMBAY_WS "]";
 #undef SAMBAY_WS
 
+// The patterns for Hugging Face tokenizers' regex engine (Oniguruma): tiktoken's for o200k;
+// for cl100k without possessive quantifiers (Oniguruma reads "{1,3}+" as a repeated group, and
+// here possession changes no match) and with \z for tiktoken's end-of-text $ (Oniguruma's $
+// also matches before every newline).
+constexpr const char* kO200kHf =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+constexpr const char* kCl100kHf =
+    "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s+\\z|\\s*[\\r\\n]|\\s+(?!\\S)|\\s";
+
 struct KnownVocab {
   const char* name;
   int32_t size;
   uint32_t fingerprint;  // BpeVocab::fingerprint
-  const char* pattern;
+  const char* pattern;           // PCRE2
+  const char* hf_pattern;  // for Hugging Face tokenizers
   std::vector<SpecialToken> specials;
 };
 
 const std::vector<KnownVocab>& known_vocabularies() {
   static const std::vector<KnownVocab> known = {
-      {"o200k_base", 199998, 0x05124340u, kO200kPattern,
+      {"o200k_base", 199998, 0x05124340u, kO200kPattern, kO200kHf,
        {{"<|endoftext|>", 199999}, {"<|endofprompt|>", 200018}}},
-      {"cl100k_base", 100256, 0x09c128b2u, kCl100kPattern,
+      {"cl100k_base", 100256, 0x09c128b2u, kCl100kPattern, kCl100kHf,
        {{"<|endoftext|>", 100257},
         {"<|fim_prefix|>", 100258},
         {"<|fim_middle|>", 100259},
@@ -100,9 +115,9 @@ std::shared_ptr<const BpeTokenizer> BpeTokenizer::load(const std::string& path,
   t->name_ = known ? known->name : "custom";
 
   if (!options.pattern.empty())
-    t->pattern_ = options.pattern;
+    t->pattern_ = t->hf_pattern_ = options.pattern;
   else if (known)
-    t->pattern_ = known->pattern;
+    t->pattern_ = known->pattern, t->hf_pattern_ = known->hf_pattern;
   else
     fail("{}: a vocabulary of {} tokens that sambay does not know (fingerprint {:08x}; it knows "
          "o200k_base and cl100k_base): give its pre-tokenisation regex with --pattern",

@@ -50,6 +50,9 @@ class BpeTokenizer {
   const std::string& path() const { return vocab_.path; }
   const BpeVocab& vocab() const { return vocab_; }
   const std::string& pattern() const { return pattern_; }
+  // The pattern for Hugging Face tokenizers' regex engine (exported tokenizer.json); a --pattern
+  // is used as given.
+  const std::string& hf_pattern() const { return hf_pattern_; }
   const std::vector<SpecialToken>& specials() const { return specials_; }
   int32_t eod() const { return eod_; }
   // One past the largest id (BPE ranks and special tokens).
@@ -64,7 +67,7 @@ class BpeTokenizer {
  private:
   BpeTokenizer() = default;
   friend class BpeEncoder;
-  std::string name_, pattern_, regex_engine_;
+  std::string name_, pattern_, hf_pattern_, regex_engine_;
   BpeVocab vocab_;
   std::vector<SpecialToken> specials_;
   int32_t eod_ = -1;

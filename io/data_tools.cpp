@@ -2,12 +2,11 @@
 
 #include "core/check.h"
 #include "io/byte_tokenizer.h"
-#include "io/durable_fs.h"
 #include "io/indexed_dataset.h"
 #include "io/token_source.h"
+#include "io/tokenizer_note.h"
 
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -173,30 +172,6 @@ class Progress {
   double last_ = 0;
 };
 
-// PREFIX.tokenizer.json beside the dataset: which tokenizer made it, so that training can check
-// the model's vocabulary and end-of-document id against it and an export can ship the tokenizer.
-void write_tokenizer_note(const std::string& out_prefix, const TokenizeOptions& options,
-                          const BpeTokenizer* bpe) {
-  nlohmann::json note;
-  if (bpe) {
-    note["tokenizer"] = bpe->name();
-    note["file"] = bpe->path();
-    note["fingerprint"] = fmt::format("{:08x}", bpe->vocab().fingerprint);
-    note["vocab_size"] = bpe->vocab_size();
-    note["eod"] = bpe->eod();
-    note["pattern"] = bpe->pattern();
-    nlohmann::json specials = nlohmann::json::object();
-    for (const SpecialToken& s : bpe->specials()) specials[s.text] = s.id;
-    note["special_tokens"] = specials;
-    note["allow_special"] = options.allow_special;
-  } else {
-    note["tokenizer"] = "byte";
-    note["vocab_size"] = kByteVocab;
-    note["eod"] = kByteEod;
-  }
-  write_file_durably(out_prefix + ".tokenizer.json", note.dump(2) + "\n");
-}
-
 }  // namespace
 
 TokenizeReport tokenize_corpus(const std::vector<std::string>& inputs,
@@ -246,7 +221,7 @@ TokenizeReport tokenize_corpus(const std::vector<std::string>& inputs,
     while (!in_flight.empty()) write_oldest();
   }
   finish_indexed_dataset(writer);
-  write_tokenizer_note(out_prefix, options, bpe.get());
+  write_tokenizer_note(out_prefix, bpe.get(), options.allow_special);
   report.files = reader.stats().files;
   report.empty_skipped += reader.stats().empty_files;
   report.blank_lines = reader.stats().blank_lines;

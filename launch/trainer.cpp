@@ -6,6 +6,7 @@
 #include "io/checkpoint.h"
 #include "io/json.h"
 #include "io/sampler.h"
+#include "io/tokenizer_note.h"
 #include "launch/preemption.h"
 #include "launch/resume.h"
 #include "optim/adamw.h"
@@ -61,21 +62,6 @@ std::string format_duration(double s) {
   if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t % 3600) / 60);
   if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
   return fmt::format("{}s", t);
-}
-
-// "path" or "path:weight" (a trailing ":number" is the weight).
-DataSourceSpec parse_data_entry(const std::string& entry) {
-  const size_t colon = entry.rfind(':');
-  if (colon != std::string::npos && colon + 1 < entry.size()) {
-    const std::string tail = entry.substr(colon + 1);
-    char* end = nullptr;
-    const double w = std::strtod(tail.c_str(), &end);
-    if (end && *end == '\0') {
-      if (!(w > 0)) fail("option --data: weight of '{}' must be positive", entry);
-      return {entry.substr(0, colon), w};
-    }
-  }
-  return {entry, 1.0};
 }
 
 // This rank's part of one micro-batch: tokens, targets, document ids, each [B, L / cp] (under
@@ -212,9 +198,10 @@ int run_training(const TrainConfig& cfg) {
     metrics.open(fs::path(cfg.out_dir) / "metrics.jsonl");
   }
 
-  // Data.
+  // Data, made by the tokenizer the model expects.
+  check_data_tokenizer(cfg.data, cfg.model);
   SamplerConfig sc;
-  for (const std::string& entry : cfg.data) sc.sources.push_back(parse_data_entry(entry));
+  for (const std::string& entry : cfg.data) sc.sources.push_back(parse_data_source(entry));
   sc.seq_len = cfg.seq_len;
   sc.seed = cfg.data_seed;
   sc.valid_fraction = cfg.valid_fraction;
@@ -275,7 +262,7 @@ int run_training(const TrainConfig& cfg) {
                    d);
     }
     metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
-                              json_quote(c->dir)));
+                              Json(c->dir).dump()));
   }
   // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
   // activations live where the model runs.
@@ -380,7 +367,7 @@ int run_training(const TrainConfig& cfg) {
     for (const std::string& removed : r.removed) fmt::print("checkpoint: removed {}\n", removed);
     std::fflush(stdout);
     metrics.write(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{}}})", step,
-                              json_quote(r.dir), s));
+                              Json(r.dir).dump(), s));
   };
 
   if (start_step >= cfg.steps) {

@@ -3,6 +3,7 @@
 // (tests/tokenizer/tiktoken_reference.py; skipped with a message without tiktoken/bpe-openai).
 #include "io/bpe_tokenizer.h"
 #include "io/data_tools.h"
+#include "io/hf_tokenizer.h"
 #include "io/token_source.h"
 #include "tests/io_test_util.h"
 
@@ -273,10 +274,7 @@ std::vector<std::vector<int32_t>> read_ids(const std::string& path) {
   return out;
 }
 
-std::string read_text(const std::string& path) {
-  const std::vector<uint8_t> b = testing::read_bytes(path);
-  return std::string(b.begin(), b.end());
-}
+using testing::read_text;
 
 // Runs the reference script once for the whole program.
 const Reference& reference() {
@@ -367,6 +365,28 @@ TEST_P(AgainstTiktoken, DatasetFromJsonlOnAnyNumberOfThreads) {
   }
   EXPECT_EQ(testing::read_bytes(dir.file("t1.bin")), testing::read_bytes(dir.file("t3.bin")));
   EXPECT_EQ(testing::read_bytes(dir.file("t1.idx")), testing::read_bytes(dir.file("t3.idx")));
+}
+
+TEST_P(AgainstTiktoken, HuggingFaceTokenizerFilesGiveTheSameIds) {
+  ScratchDir dir;
+  const auto t = BpeTokenizer::load(vocab_path());
+  if (GetParam() == "o200k_base")
+    EXPECT_EQ(t->hf_pattern(), read_text(reference().dir + "/" + GetParam() + ".pattern"));
+  const std::vector<std::string> files = write_hf_tokenizer(*t, t->eod(), 4096, dir.path.string());
+  EXPECT_EQ(files, (std::vector<std::string>{"tokenizer.json", "tokenizer_config.json",
+                                             "special_tokens_map.json"}));
+  const nlohmann::json config = nlohmann::json::parse(read_text(dir.file("tokenizer_config.json")));
+  EXPECT_EQ(config["eos_token"], "<|endoftext|>");
+  EXPECT_EQ(config["added_tokens_decoder"][std::to_string(t->eod())]["content"], "<|endoftext|>");
+  const std::string cmd =
+      fmt::format("'{}' '{}/tests/tokenizer/hf_tokenizer_check.py' '{}' {} '{}' > '{}' 2>&1",
+                  SAMBAY_PYTHON3, SAMBAY_SOURCE_DIR, reference().dir, GetParam(),
+                  dir.path.string(), dir.file("check.log"));
+  const int status = std::system(cmd.c_str());
+  const std::string log = read_text(dir.file("check.log"));
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) GTEST_SKIP() << log;
+  EXPECT_EQ(status, 0) << log;
+  std::printf("%s", log.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, AgainstTiktoken,

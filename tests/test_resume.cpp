@@ -104,10 +104,10 @@ std::vector<Entry> read_metrics(const std::string& path) {
       continue;  // a line cut by SIGKILL
     }
     Entry e;
-    for (const auto& [k, v] : j.members) {
-      if (k == "step") e.step = v.as_int("step");
-      if (k == "resumed_from_step") e.resumed_from = v.as_int(k);
-      if (k == "loss" || k == "grad_norm" || k == "valid_loss" || k == "lr") e.numbers[k] = v.text;
+    for (const auto& [k, v] : j.items()) {
+      if (k == "step") e.step = json_int(v, "step");
+      if (k == "resumed_from_step") e.resumed_from = json_int(v, k);
+      if (k == "loss" || k == "grad_norm" || k == "valid_loss" || k == "lr") e.numbers[k] = v.dump();
     }
     if (!e.numbers.empty() || e.resumed_from >= 0) out.push_back(e);
   }

@@ -8,6 +8,7 @@ Writes into OUTDIR:
   ENC.ordinary.ids      per document, tiktoken's encode_ordinary ids, space-separated, a line each
   ENC.special.ids       the same with encode(allowed_special="all")
   ENC.path              the vocabulary file used (the one the bpe-openai wheel ships)
+  ENC.pattern           tiktoken's pre-tokenisation pattern
 for ENC in o200k_base and cl100k_base. The vocabularies are read from the wheel and tiktoken's
 Encoding is built from them here, so nothing is downloaded. Exits 77 naming what is missing
 when tiktoken or bpe-openai is not installed (scripts/setup.sh installs both).
@@ -124,6 +125,8 @@ def main():
         path, enc = load_encoding(name)
         with open(os.path.join(out, f"{name}.path"), "w") as f:
             f.write(path)
+        with open(os.path.join(out, f"{name}.pattern"), "w") as f:
+            f.write(enc._pat_str)
         with open(os.path.join(out, f"{name}.ordinary.ids"), "w") as f:
             for d in docs:
                 f.write(" ".join(map(str, enc.encode_ordinary(d))) + "\n")
