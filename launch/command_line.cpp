@@ -19,23 +19,29 @@ po::typed_value<bool>* flag(bool* target) {
 
 std::vector<std::string> join_optional_values(int argc, const char* const* argv,
                                               const po::options_description& options) {
-  std::vector<std::string> args;
+  std::vector<std::string> args, bare_flags;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    args.push_back(arg);
-    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0 || arg.find('=') != std::string::npos ||
-        i + 1 >= argc || argv[i + 1][0] == '-')
+    const po::option_description* o =
+        arg.size() > 2 && arg.compare(0, 2, "--") == 0 && arg.find('=') == std::string::npos
+            ? options.find_nothrow(arg.substr(2), false)
+            : nullptr;
+    if (!o || o->semantic()->min_tokens() != 0 || o->semantic()->max_tokens() == 0 ||
+        i + 1 >= argc || argv[i + 1][0] == '-') {
+      args.push_back(arg);
       continue;
-    const po::option_description* o = options.find_nothrow(arg.substr(2), false);
-    if (!o || o->semantic()->min_tokens() != 0 || o->semantic()->max_tokens() == 0) continue;
+    }
     try {
       boost::any value;
       o->semantic()->parse(value, {argv[i + 1]}, false);
+      args.push_back(arg + "=" + argv[++i]);
     } catch (const po::error&) {
-      continue;  // not a value of this option: the flag stands alone
+      // Not a value of this option: the flag stands alone. Boost would take the next word as
+      // its value all the same, so the flag moves behind every other argument.
+      bare_flags.push_back(arg);
     }
-    args.back() += std::string("=") + argv[++i];
   }
+  args.insert(args.end(), bare_flags.begin(), bare_flags.end());
   return args;
 }
 

@@ -29,7 +29,8 @@ boost::program_options::typed_value<T>* value_with_default(T* target) {
 }
 
 // argv[1..] with `--name value` rewritten to `--name=value` for options with an implicit value
-// whose parser accepts `value` (see above).
+// whose parser accepts `value`, and such options followed by a word they do not accept (a
+// positional argument) moved to the end, where nothing follows them (see above).
 std::vector<std::string> join_optional_values(
     int argc, const char* const* argv, const boost::program_options::options_description& options);
 

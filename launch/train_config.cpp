@@ -92,8 +92,10 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   po::variables_map vm;
   std::string source = "command line";
   try {
+    // No positional arguments: a stray word is an error, not silently dropped.
     po::store(po::command_line_parser(join_optional_values(argc, argv, options))
                   .options(options)
+                  .positional(po::positional_options_description())
                   .run(),
               vm);
     if (vm.count("help")) {

@@ -163,21 +163,38 @@ TEST(Cli, BooleanOptionsAreBareFlagsOrTakeAValue) {
   const TrainConfig both = parse_train({"--recompute", "--doc_masking", "off", "--data", "x"});
   EXPECT_TRUE(both.recompute);
   EXPECT_FALSE(both.doc_masking);
-  // A word that is no boolean is not taken as the flag's value: it is an error of its own.
+  // A word that is no boolean is not taken as the flag's value: it is an error of its own, as
+  // is any stray word.
   EXPECT_THROW(parse_train({"--data", "x", "--recompute", "maybe"}), Error);
+  EXPECT_THROW(parse_train({"--data", "x", "--steps", "10", "20"}), Error);
 }
 
 TEST(Cli, BareFlagBeforeAPositionalArgumentStaysBare) {
   namespace po = boost::program_options;
   bool allow = false;
   int threads = 0;
+  std::vector<std::string> inputs;
   po::options_description o;
-  o.add_options()("allow_special", flag(&allow), "")("threads", po::value(&threads), "");
+  o.add_options()("allow_special", flag(&allow), "")("threads", po::value(&threads), "")(
+      "input", po::value(&inputs), "");
   const char* argv[] = {"tokenize", "--allow_special", "corpus.jsonl", "--allow_special",
-                        "false", "--threads", "3", "--allow_special"};
+                        "false", "--threads", "3", "b.jsonl"};
   EXPECT_EQ(join_optional_values(8, argv, o),
-            (std::vector<std::string>{"--allow_special", "corpus.jsonl", "--allow_special=false",
-                                      "--threads", "3", "--allow_special"}));
+            (std::vector<std::string>{"corpus.jsonl", "--allow_special=false", "--threads", "3",
+                                      "b.jsonl", "--allow_special"}));
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  for (int n : {3, 4}) {  // the bare flag last, or before "--allow_special false"
+    po::options_description parsed = o;
+    po::variables_map vm;
+    allow = false, inputs.clear();
+    const char* args[] = {"tokenize", "--allow_special", "corpus.jsonl", "--threads", "2"};
+    const char* args_off[] = {"tokenize", "--allow_special", "a.jsonl", "b.jsonl"};
+    ASSERT_TRUE(parse_command_line(n == 3 ? 3 : 4, n == 3 ? args : args_off, parsed, pos, vm, ""));
+    EXPECT_TRUE(allow);
+    EXPECT_EQ(inputs, n == 3 ? std::vector<std::string>{"corpus.jsonl"}
+                             : (std::vector<std::string>{"a.jsonl", "b.jsonl"}));
+  }
 }
 
 TEST(Cli, HelpPrintsDefaultsAsWrittenAndExplainsModelFields) {
@@ -217,6 +234,58 @@ TEST(Cli, InfoPrintsSmallModelsInMillions) {
   }
   EXPECT_TRUE(tiny) << r.output;
   EXPECT_TRUE(phi) << r.output;
+}
+
+TEST(Cli, BpeDataIsCheckedAgainstTheModelAndItsTokenizerExported) {
+  const fs::path dir = scratch_dir("bpe");
+  // A small BPE vocabulary: the 256 bytes and two merges, <|eod|> = 300.
+  const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::ofstream vocab(dir / "v.tiktoken");
+  for (int b = 0; b < 256; ++b) vocab << b64[b >> 2] << b64[(b & 3) << 4] << "== " << b << "\n";
+  vocab << "dGg= 256\nIHRo 257\n";  // "th", " th"
+  vocab.close();
+  std::ofstream corpus(dir / "c.jsonl");
+  for (int i = 0; i < 200; ++i)
+    corpus << fmt::format(R"({{"text": "the other thing {} then that"}})", i % 13) << "\n";
+  corpus.close();
+  const std::string data = (dir / "data").string();
+  RunResult tok = run_sambay(fmt::format(
+      "data tokenize --tokenizer {} --pattern '\\p{{L}}+| ?\\p{{L}}+|\\p{{N}}+|\\s+' "
+      "--special '<|eod|>=300' --eod '<|eod|>' --out {} {}",
+      (dir / "v.tiktoken").string(), data, (dir / "c.jsonl").string()));
+  ASSERT_EQ(tok.exit_code, 0) << tok.output;
+  const std::string model = "--model tiny-sambay-da --model.vocab 301 --model.eod_token 300";
+  RunResult small = run_sambay(fmt::format(
+      "train --data {} --model tiny-sambay-da --model.vocab 257 --steps 1 --warmup 0", data));
+  EXPECT_EQ(small.exit_code, 2) << small.output;
+  EXPECT_NE(small.output.find("data.tokenizer.json has ids up to 300"), std::string::npos)
+      << small.output;
+  EXPECT_NE(small.output.find("--model.vocab 301"), std::string::npos) << small.output;
+  RunResult eod = run_sambay(fmt::format(
+      "train --data {} --model tiny-sambay-da --model.vocab 301 --model.eod_token 7 --steps 1 "
+      "--warmup 0", data));
+  EXPECT_EQ(eod.exit_code, 2) << eod.output;
+  EXPECT_NE(eod.output.find("ends documents with id 300"), std::string::npos) << eod.output;
+  const std::string run = (dir / "run").string();
+  RunResult train = run_sambay(fmt::format(
+      "train --data {} {} --seq_len 16 --micro_batch 2 --steps 2 --warmup 0 --eval_every 0 "
+      "--threads 1 --out_dir {}", data, model, run));
+  ASSERT_EQ(train.exit_code, 0) << train.output;
+  RunResult exp = run_sambay(fmt::format("ckpt export --format hf --force {} {}", run,
+                                         (dir / "hf").string()));
+  ASSERT_EQ(exp.exit_code, 0) << exp.output;
+  EXPECT_NE(exp.output.find("tokenizer.json"), std::string::npos) << exp.output;
+  EXPECT_NE(exp.output.find("warning: vLLM's Phi4Flash cannot load this export"), std::string::npos)
+      << exp.output;
+  std::ifstream tokenizer_json(dir / "hf" / "tokenizer.json");
+  std::string text((std::istreambuf_iterator<char>(tokenizer_json)), {});
+  EXPECT_NE(text.find(R"("<|eod|>":300)"), std::string::npos);
+  EXPECT_NE(text.find(R"("\\p{L}+| ?\\p{L}+|\\p{N}+|\\s+")"), std::string::npos);
+  RunResult none = run_sambay(fmt::format("ckpt export --format hf --force --tokenizer none {} {}",
+                                          run, (dir / "hf2").string()));
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  EXPECT_FALSE(fs::exists(dir / "hf2" / "tokenizer.json"));
+  fs::remove_all(dir);
 }
 
 }  // namespace
