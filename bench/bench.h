@@ -17,6 +17,8 @@ struct Result {
   double ms = 0;      // median milliseconds
   double flops = 0;   // useful floating-point operations per run
   double bytes = 0;   // minimum bytes moved through HBM per run
+  double exps = 0;    // exponentials the run evaluates (set against the measured exp2 rate)
+  std::string anchor;  // key of the PyTorch anchor to print beside it (anchors.h), or empty
 };
 
 struct Context {
@@ -27,6 +29,10 @@ struct Context {
   double time_ms(const std::function<void()>& fn, int warmup = 3, int repeats = 20) const;
   void report(const Result& r) const { results->push_back(r); }
 };
+
+// ex2.approx.f32 evaluations per second on this GPU: a compute-bound kernel of independent
+// exp2 chains (bench/exp2_rate.cu), the throughput limit of the special-function units.
+double measure_exp2_rate(const Context& ctx);
 
 using BenchFn = void (*)(Context&);
 int register_benchmark(const char* name, BenchFn fn);

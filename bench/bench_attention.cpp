@@ -10,10 +10,12 @@
 #include "core/cuda_runtime.h"
 #include "kernels/attention.h"
 #include "kernels/diff_attention.h"
+#include "kernels/sm90/attention_sm90.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -80,17 +82,35 @@ void run_attention(Context& ctx, const AttentionShape& s) {
     attention_forward_cuda(q->ptr, k->ptr, v->ptr, nullptr, out->ptr, lse->ptr, s, scale,
                            ctx.stream);
   });
-  ctx.report({"attention fwd " + shape, fwd_ms, 2 * pairs * (s.dk + s.dv),
-              2.0 * (nq + nk + nv + no) + 4.0 * s.B * s.H * s.L});
+  // The anchors: cuDNN's SDPA for causal attention (k and v repeated to H heads: the same FLOPs),
+  // flex_attention with a block mask for the window.
+  const std::string anchor =
+      s.window ? fmt::format("attention flex w{} B{} L{} H{} d{}", s.window, s.B, s.L, s.H, s.dk)
+               : fmt::format("attention cudnn B{} L{} H{} d{} dv{}", s.B, s.L, s.H, s.dk, s.dv);
+  ctx.report({.name = "attention fwd " + shape,
+              .ms = fwd_ms,
+              .flops = 2 * pairs * (s.dk + s.dv),
+              .bytes = 2.0 * (nq + nk + nv + no) + 4.0 * s.B * s.H * s.L,
+              .anchor = anchor + " fwd"});
   const double bwd_ms = ctx.time_ms([&] {
     attention_backward_cuda(dout->ptr, q->ptr, k->ptr, v->ptr, nullptr, out->ptr, lse->ptr,
                             dq->ptr, dk->ptr, dv->ptr, s, scale, ctx.stream);
   });
-  ctx.report({"attention bwd " + shape, bwd_ms, 2 * pairs * (3 * s.dk + 2 * s.dv),
-              2.0 * (nq + nk + nv + 2 * no) + 4.0 * (nq + nk + nv) + 4.0 * s.B * s.H * s.L});
+  ctx.report({.name = "attention bwd " + shape,
+              .ms = bwd_ms,
+              .flops = 2 * pairs * (3 * s.dk + 2 * s.dv),
+              .bytes = 2.0 * (nq + nk + nv + 2 * no) + 4.0 * (nq + nk + nv) + 4.0 * s.B * s.H * s.L,
+              .anchor = anchor + " bwd"});
 }
 
 void bench_attention_full(Context& ctx) {
+  // SAMBAY_BENCH_FWD_SCHEDULE=serial|overlap|pingpong: the Hopper forward's consumer schedule.
+  if (const char* v = std::getenv("SAMBAY_BENCH_FWD_SCHEDULE")) {
+    const std::string name(v);
+    sm90::attention_sm90_forward_schedule(name == "serial"     ? sm90::ForwardSchedule::serial
+                                          : name == "pingpong" ? sm90::ForwardSchedule::pingpong
+                                                               : sm90::ForwardSchedule::overlap);
+  }
   run_attention(ctx, {1, 4096, 16, 8, 128, 128, 0});
   run_attention(ctx, {1, 8192, 16, 8, 128, 128, 0});
 }
@@ -136,11 +156,21 @@ void run_diff_attention(Context& ctx, const DiffAttentionShape& s) {
   });
   ctx.report({"diff_attention bwd " + shape, bwd_ms, 2 * pairs * (3 * s.h + 4 * s.h),
               2.0 * (2 * nq + 2 * nk) + 4.0 * (2 * nq + 2 * nk) + 8.0 * (sizes.a1 + sizes.a2)});
+  // The anchor: cuDNN's SDPA over H heads of dk h and dv 2h, the same FLOPs as the two maps
+  // (causal only; the windowed layers have no such anchor).
+  if (s.window == 0)
+    ctx.report({.name = "diff_attention fwd+bwd " + shape,
+                .ms = fwd_ms + bwd_ms,
+                .flops = 2 * pairs * (3 * s.h) + 2 * pairs * (7 * s.h),
+                .anchor = fmt::format("attention cudnn B{} L{} H{} d{} dv{} fwd+bwd", s.B, s.L,
+                                      s.H, s.h, 2 * s.h)});
 }
 
 void bench_diff_attention(Context& ctx) {
   run_diff_attention(ctx, {1, 4096, 40, 20, 64, 0});
   run_diff_attention(ctx, {1, 4096, 40, 20, 64, 512});
+  // sambay-da-1b's shape: 16 query heads of h 128 (dv 256), 8 kv heads.
+  run_diff_attention(ctx, {1, 4096, 16, 8, 128, 0});
 }
 
 }  // namespace

@@ -31,6 +31,14 @@ std::string cuda_device_description() {
                      p.totalGlobalMem / 1073741824.0, p.major, p.minor);
 }
 
+int cuda_compute_capability() {
+  int dev = 0, major = 0, minor = 0;
+  SAMBAY_CUDA_CHECK(cudaGetDevice(&dev));
+  SAMBAY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  SAMBAY_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return 10 * major + minor;
+}
+
 void cuda_set_device(int device) { SAMBAY_CUDA_CHECK(cudaSetDevice(device)); }
 
 void* cuda_malloc(size_t bytes, const std::string& what) {

@@ -17,6 +17,8 @@ bool built_with_cuda();
 int cuda_device_count();
 // "NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB, cc 9.0" for the current device.
 std::string cuda_device_description();
+// Compute capability of the current device as 10 major + minor (90 for an H100 or H200).
+int cuda_compute_capability();
 void cuda_set_device(int device);
 
 void* cuda_malloc(size_t bytes, const std::string& what);

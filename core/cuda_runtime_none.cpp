@@ -13,6 +13,7 @@ namespace sambay {
 bool built_with_cuda() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_description() { no_cuda("cuda_device_description"); }
+int cuda_compute_capability() { no_cuda("cuda_compute_capability"); }
 void cuda_set_device(int) { no_cuda("cuda_set_device"); }
 void* cuda_malloc(size_t, const std::string&) { no_cuda("cuda_malloc"); }
 void cuda_free(void*) { no_cuda("cuda_free"); }

@@ -32,7 +32,9 @@
 #include "kernels/attention_strided.h"
 
 #include "core/cuda_check.h"
+#include "core/cuda_runtime.h"
 #include "kernels/cuda_errors.h"
+#include "kernels/sm90/attention_sm90.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -51,7 +53,7 @@ using bf16_t = __nv_bfloat16;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-std::atomic<bool> g_force_simple{false};
+std::atomic<AttentionKernels> g_kernels{AttentionKernels::automatic};
 
 // ---------------------------------------------------------------------------------------------
 // PTX helpers.
@@ -923,28 +925,72 @@ void dispatch_bwd(const BwdParams& p, cudaStream_t stream) {
   return launch_bwd<128, 256, 4, 2, 64>(p, stream);  // dk == 128 && dv == 256
 }
 
-}  // namespace
-
-void attention_cuda_force_simple_kernels(bool force) { g_force_simple = force; }
-
-AttentionStrides contiguous_attention_strides(const AttentionShape& s) {
-  return {s.H * s.dk, s.dk, s.G * s.dk, s.dk, s.G * s.dv, s.dv, s.H * s.dv, s.dv};
+// D = <dout, out> per row, [B, H, L].
+void launch_delta(const bf16* dout, const void* out, bool out_f32, float* delta,
+                  const AttentionShape& s, const AttentionStrides& st, cudaStream_t stream) {
+  const unsigned blocks = warp_blocks(s.B * s.H * s.L, 8);
+  if (out_f32)
+    attention_delta_kernel<float><<<blocks, 256, 0, stream>>>(
+        reinterpret_cast<const bf16_t*>(dout), static_cast<const float*>(out), delta, st.o_pos,
+        st.o_head, int(s.B), int(s.L), int(s.H), int(s.dv));
+  else
+    attention_delta_kernel<bf16_t><<<blocks, 256, 0, stream>>>(
+        reinterpret_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(out), delta, st.o_pos,
+        st.o_head, int(s.B), int(s.L), int(s.H), int(s.dv));
+  SAMBAY_CUDA_CHECK_LAUNCH();
 }
 
-void check_attention_shape_cuda(const AttentionShape& s) {
-  check_attention_shape(s);
+// The Hopper kernels (kernels/sm90/) serve every case they cover on an sm_90 device; the
+// mma.sync and simple kernels below serve other GPUs, other head dims and unaligned views.
+bool use_sm90(const AttentionShape& s, const AttentionStrides& st, bool backward,
+              std::initializer_list<const void*> ptrs) {
+  if (g_kernels != AttentionKernels::automatic) return false;
+  if (backward ? !sm90::attention_sm90_backward_supports(s.dk, s.dv)
+               : !sm90::attention_sm90_supports(s.dk, s.dv))
+    return false;
+  if (!strides_aligned(st)) return false;
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  static const bool sm90_device = cuda_compute_capability() == 90;  // sm_90a code runs there
+  return sm90_device;
+}
+
+sm90::HeadTensor head_tensor(const void* base, int64_t d, int64_t heads, int64_t positions,
+                             int64_t B, int64_t pos_stride, int64_t head_stride) {
+  return {base, d, heads, positions, B, head_stride, pos_stride, positions * pos_stride};
+}
+
+void check_no_query_slice(const AttentionShape& s) {
   SAMBAY_CUDA_ARG_CHECK(attention_keys(s) == s.L && s.q_offset == 0,
                         "attention: query slices (L=" + std::to_string(s.L) +
                             " queries at q_offset=" + std::to_string(s.q_offset) + " over Lk=" +
                             std::to_string(attention_keys(s)) +
-                            " keys) are not supported by the CUDA kernels yet");
+                            " keys) need the Hopper kernels: an sm_90 GPU, head dims (64, 64), "
+                            "(64, 128), (128, 128) or (128, 256) and 16-byte aligned views");
+}
+
+}  // namespace
+
+void attention_cuda_force_kernels(AttentionKernels kernels) { g_kernels = kernels; }
+
+AttentionStrides contiguous_attention_strides(const AttentionShape& s) {
+  return {s.H * s.dk, s.dk, s.G * s.dk, s.dk, s.G * s.dv, s.dv, s.H * s.dv, s.dv};
 }
 
 void attention_forward_strided_cuda(const bf16* q, const bf16* k, const bf16* v,
                                     const int32_t* doc, void* out, bool out_f32, float* lse,
                                     const AttentionShape& s, const AttentionStrides& st,
                                     float scale, cudaStream_t stream) {
-  check_attention_shape_cuda(s);
+  check_attention_shape(s);
+  const int64_t Lk = attention_keys(s);
+  if (use_sm90(s, st, false, {q, k, v, out})) {
+    sm90::attention_forward_sm90(head_tensor(q, s.dk, s.H, s.L, s.B, st.q_pos, st.q_head),
+                                 head_tensor(k, s.dk, s.G, Lk, s.B, st.k_pos, st.k_head),
+                                 head_tensor(v, s.dv, s.G, Lk, s.B, st.v_pos, st.v_head), doc, out,
+                                 out_f32, st.o_pos, st.o_head, lse, s, scale, stream);
+    return;
+  }
+  check_no_query_slice(s);
   FwdParams p{};
   p.q = reinterpret_cast<const bf16_t*>(q);
   p.k = reinterpret_cast<const bf16_t*>(k);
@@ -960,8 +1006,8 @@ void attention_forward_strided_cuda(const bf16* q, const bf16* k, const bf16* v,
   p.window = s.window >= s.L ? 0 : static_cast<int>(s.window);
   p.scale_log2 = scale * kLog2e;
 
-  const bool fast = !g_force_simple && tensor_core_dims(s) && strides_aligned(st) &&
-                    aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  const bool fast = g_kernels != AttentionKernels::simple && tensor_core_dims(s) &&
+                    strides_aligned(st) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
   if (fast) {
     if (out_f32)
       dispatch_fwd<true>(p, static_cast<int>(s.dk), static_cast<int>(s.dv), stream);
@@ -984,11 +1030,34 @@ void attention_backward_strided_cuda(const bf16* dout, const bf16* q, const bf16
                                      bool out_f32, const float* lse, bf16* dq, bf16* dk, bf16* dv,
                                      const AttentionShape& s, const AttentionStrides& st,
                                      float scale, cudaStream_t stream) {
-  check_attention_shape_cuda(s);
+  check_attention_shape(s);
   if (!dq && !dk && !dv) return;
   keep_pool_memory();
-  const bool fast = !g_force_simple && tensor_core_dims(s) && strides_aligned(st) &&
-                    aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) &&
+  const int64_t Lk = attention_keys(s);
+  if (use_sm90(s, st, true, {q, k, v, dout, dq, dk, dv})) {
+    // Workspace: the fp32 dq tiles (when dq is wanted), then D [B, H, L].
+    const int64_t rows = s.B * s.H * s.L;
+    const int64_t dq_floats = dq ? sm90::attention_sm90_dq_floats(s) : 0;
+    void* ws = nullptr;
+    SAMBAY_CUDA_CHECK(cudaMallocAsync(&ws, sizeof(float) * (dq_floats + rows), stream));
+    float* dq_acc = static_cast<float*>(ws);
+    float* delta = dq_acc + dq_floats;
+    if (dq_floats) SAMBAY_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * dq_floats, stream));
+    launch_delta(dout, out, out_f32, delta, s, st, stream);
+    if (dq || dk || dv)
+      sm90::attention_backward_sm90(
+          head_tensor(q, s.dk, s.H, s.L, s.B, st.q_pos, st.q_head),
+          head_tensor(k, s.dk, s.G, Lk, s.B, st.k_pos, st.k_head),
+          head_tensor(v, s.dv, s.G, Lk, s.B, st.v_pos, st.v_head),
+          head_tensor(dout, s.dv, s.H, s.L, s.B, st.o_pos, st.o_head), doc, lse, delta,
+          dq_floats ? dq_acc : nullptr, dk, dv, s, scale, stream);
+    if (dq) sm90::attention_sm90_dq_finish(dq_acc, dq, st.q_pos, st.q_head, s, scale, stream);
+    SAMBAY_CUDA_CHECK(cudaFreeAsync(ws, stream));
+    return;
+  }
+  check_no_query_slice(s);
+  const bool fast = g_kernels != AttentionKernels::simple && tensor_core_dims(s) &&
+                    strides_aligned(st) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) &&
                     aligned16(dq) && aligned16(dk) && aligned16(dv);
 
   // Workspace: (tensor-core path with dq) the fp32 dq buffer [B, L, H, dk] first, where the
@@ -1002,16 +1071,7 @@ void attention_backward_strided_cuda(const bf16* dout, const bf16* q, const bf16
   if (dq_acc)
     SAMBAY_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * dq_elems, stream));
 
-  const unsigned delta_blocks = warp_blocks(rows, 8);
-  if (out_f32)
-    attention_delta_kernel<float><<<delta_blocks, 256, 0, stream>>>(
-        reinterpret_cast<const bf16_t*>(dout), static_cast<const float*>(out), delta, st.o_pos,
-        st.o_head, int(s.B), int(s.L), int(s.H), int(s.dv));
-  else
-    attention_delta_kernel<bf16_t><<<delta_blocks, 256, 0, stream>>>(
-        reinterpret_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(out), delta, st.o_pos,
-        st.o_head, int(s.B), int(s.L), int(s.H), int(s.dv));
-  SAMBAY_CUDA_CHECK_LAUNCH();
+  launch_delta(dout, out, out_f32, delta, s, st, stream);
 
   BwdParams p{};
   p.q = reinterpret_cast<const bf16_t*>(q);

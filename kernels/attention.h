@@ -47,14 +47,17 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 void check_attention_shape(const AttentionShape& s);
 
 // ---- CUDA (kernels/attention.cu). All pointers are device memory; same layouts and masks as
-// above, without query slices: Lk other than L and q_offset other than 0 are rejected. q, k, v,
-// out, dout bf16; lse [B, H, L] fp32. FlashAttention-style: tiles of queries and keys with an
-// online softmax, nothing of size L x L in memory, key tiles outside the causal band or the
-// window skipped (so cost grows with L * window). Doc masking is applied per element and does
-// not skip tiles.
-// Tensor-core kernels (mma.sync bf16, fp32 accumulate) cover (dk, dv) in {(64, 64), (64, 128),
-// (128, 128), (128, 256)} with 16-byte aligned pointers; any other head dims (or misaligned
-// pointers) fall back to simple one-warp-per-row kernels that are correct but slow.
+// above, query slices (Lk, q_offset) included. q, k, v, out, dout bf16; lse [B, H, L] fp32.
+// FlashAttention-style: tiles of queries and keys with an online softmax, nothing of size L x L
+// in memory, key tiles outside the causal band or the window skipped (so cost grows with
+// L * window). Doc masking is applied per element and does not skip tiles.
+// Three implementations, chosen per call:
+//   Hopper (kernels/sm90/: wgmma, TMA, warp-specialised; an sm_90 GPU) for (dk, dv) in
+//     {(64, 64), (64, 128), (128, 128), (128, 256)};
+//   mma.sync tensor-core kernels (any GPU from Ampere on) for those dims on other GPUs;
+//   simple one-warp-per-row kernels, correct but slow, for any other head dims or unaligned
+//     (not 16-byte) pointers or strides.
+// Query slices need the Hopper kernels; elsewhere they are refused, naming why.
 // Backward: dq, dk, dv are bf16 and ADDED into (computed in fp32, rounded once when written; a
 // null pointer skips that gradient). dq goes through an fp32 buffer taken from the stream-ordered
 // allocator (cudaMallocAsync) for the duration of the call; the first backward raises the default
@@ -67,8 +70,10 @@ void attention_backward_cuda(const bf16* dout, const bf16* q, const bf16* k, con
                              bf16* dk, bf16* dv, const AttentionShape& s, float scale,
                              cudaStream_t stream);
 
-// Forces the simple kernels for every head dim (true) or restores the automatic choice (false).
-// For tests, which check both implementations, and for bisecting a suspected kernel bug.
-void attention_cuda_force_simple_kernels(bool force);
+// Which implementation the CUDA entry points use: the automatic choice above, or one forced for
+// every call (where it cannot serve a call, the next simpler one does). For tests, which hold each
+// implementation to the reference, and for bisecting a suspected kernel bug.
+enum class AttentionKernels { automatic, mma_sync, simple };
+void attention_cuda_force_kernels(AttentionKernels kernels);
 
 }  // namespace sambay

@@ -23,10 +23,6 @@ struct AttentionStrides {
 // Contiguous [B, L, heads, d] tensors.
 AttentionStrides contiguous_attention_strides(const AttentionShape& s);
 
-// check_attention_shape, and throws for what the kernels do not support yet: query slices (Lk
-// other than L, q_offset other than 0). Every CUDA attention entry point calls it first.
-void check_attention_shape_cuda(const AttentionShape& s);
-
 // out is bf16, or fp32 when out_f32 (differential attention keeps its two maps in fp32 because
 // it subtracts them). lse [B, H, L] fp32 as in attention.h.
 void attention_forward_strided_cuda(const bf16* q, const bf16* k, const bf16* v,

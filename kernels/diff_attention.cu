@@ -172,7 +172,7 @@ void diff_attention_forward_cuda(const bf16* q, const bf16* k, const bf16* v, co
                                  cudaStream_t stream) {
   const DiffAttentionSavedSizes sizes = diff_attention_saved_sizes(s);  // validates s
   const AttentionShape inner = map_shape(s);
-  check_attention_shape_cuda(inner);  // before anything is launched
+  check_attention_shape(inner);  // before anything is launched
   const AttentionStrides st = map_strides(s);
   const int h = static_cast<int>(s.h);
 
@@ -201,7 +201,7 @@ void diff_attention_backward_cuda(const bf16* dout, const bf16* q, const bf16* k
                                   float* dlq2, float* dlk2, float* dnorm_weight,
                                   const DiffAttentionShape& s, float scale, cudaStream_t stream) {
   const DiffAttentionSavedSizes sizes = diff_attention_saved_sizes(s);  // validates s
-  check_attention_shape_cuda(map_shape(s));  // before anything is launched
+  check_attention_shape(map_shape(s));  // before anything is launched
   const bool lambda_grads = dlq1 || dlk1 || dlq2 || dlk2;
   if (!dq && !dk && !dv && !lambda_grads && !dnorm_weight) return;
   const int h = static_cast<int>(s.h), n = 2 * h;

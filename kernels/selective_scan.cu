@@ -1,166 +1,136 @@
-// Mamba-1 selective scan on the GPU (contract in selective_scan.h).
+// Mamba-1 selective scan on the GPU, chunk-parallel (contract in selective_scan.h).
 //
-// Work split: a block owns one batch row b and kChannels = 32 channels; each channel is owned by
-// G = N/4 adjacent lanes, each holding 4 of its N states in registers (N = 16: 128 threads).
-// The sequence is walked in chunks of T = 32 tokens. Per chunk the block
-//   1. has the chunk's x, dt, z (and in the backward dout, dy_extra) tiles and its B, C rows
-//      copied into shared memory with cp.async, one chunk ahead of the compute (double buffer);
-//   2. computes the per-token, per-channel scalars (delta = softplus(dt + dt_bias), delta * x,
-//      the gate) with all threads, 8 channels per thread;
-//   3. runs the recurrence, one lane per (channel, 4 states), B and C read from shared memory
-//      (every channel of the block shares them); the readout <s_t, C_t> is summed over the G
-//      lanes of a channel with shuffles;
-//   4. finishes the per-token outputs with all threads and writes them as 16-byte vectors.
-// Cost per (token, channel, state): one exp2 on the special-function unit and ~5 flops forward;
-// the backward recomputes the chunk's states from the checkpoint (one exp2 each) and walks back
-// (one more exp2, ~12 flops). Bytes: forward reads x, dt, z (6 per token-channel) and writes y,
-// out (4) plus the checkpoint (4N/T = 2 at N = 16); the backward reads x, dt, z, dout, dy_extra,
-// dx, ddt, dz (16), writes dx, ddt, dz (6), reads the checkpoint (2). With B*E*N states in flight
-// there are only B*E/8 warps, so the kernels lean on instruction-level parallelism (4
-// independent states per lane, loads issued a chunk ahead).
+// Each batch row is cut into chunks of T = 64 tokens. The state after a chunk is linear in the
+// state before it (the ScanCarry algebra), so every chunk is scanned at once and the chunks are
+// joined through their carried states; at B1 L4096 E5120 there are 64 x 5120 independent
+// (chunk, channel) walks instead of 5120, enough to fill every SM.
 //
-// Backward reductions: dBc[b, t, n] and dCc sum over all E channels. Each walk step reduces the 8
-// values of a lane (4 states of dB, 4 of dC) over the warp's channels with a reduce-scatter of
-// shuffles (7 shuffles leave each lane one distinct total); the warps of a block are added in
-// shared memory, the 8 blocks of a thread-block cluster (256 channels) through distributed shared
-// memory, and the clusters (E/256 of them) by a final kernel, all in fixed order. dA_log, dD and
-// dt_bias sum over tokens in registers, then over the batch in the final kernel.
-#include <cooperative_groups.h>
-
+// Forward, three kernels:
+//   F1 chunk_state   every chunk from a zero state: its last state h_c, and S_c = sum of its
+//                    steps delta (-1 where a document starts inside the chunk: the state
+//                    entering it does not pass, its decay is 0). One thread per channel.
+//   F2 fold          one thread per (b, e, n), chunks in order: H_0 = state_in,
+//                    H_{c+1} = h_c + exp(A S_c) H_c. H_c overwrites h_c in the checkpoint (the
+//                    state entering every chunk, what the backward restarts from); the last H
+//                    is state_out, exp(A sum_c S_c) (0 after a reset) is decay_out.
+//   F3 chunk_output  every chunk again from its true H_c: y and out. One thread per channel.
+// Backward, three kernels and two reductions:
+//   B1 chunk_dstate  every chunk walked back from a zero gradient at its end: gl_c, the
+//                    gradient of the state entering it from the chunk's own outputs.
+//   B2 fold          one thread per (b, e, n), last chunk first: G_{C-1} = dstate_out,
+//                    G_{c-1} = gl_c + exp(A S_c) G_c. G_c (the gradient arriving at chunk c's last
+//                    state) overwrites gl_c; the last value is added into dstate_in.
+//   B3 chunk_grad    every chunk with its true H_c and G_c, all gradients (below).
+//   R1, R2           dBc, dCc summed over the channel parts; dA_log, dD, dt_bias summed over the
+//                    (row, chunk) partials. Every sum in a fixed order.
+//
+// B3 needs, at every token t, the state s_{t-1} (forward direction) and the gradient g_t
+// (backward direction). A block owns one chunk and 4 groups of 32 channels, one group at a time;
+// a channel is owned by G = N/4 lanes holding 4 states each. Per group:
+//   P  per (token, channel): delta = softplus(dt + dt_bias), delta x, gy = dout silu(z) +
+//      dy_extra, x into shared memory (lane = channel: coalesced loads);
+//   W2 walk the chunk forward from H_c, saving each lane's 4 states at the start of every span of
+//      8 tokens (shared memory);
+//   W3 per span, last first: recompute its 8 decays a_t and states s_t into registers from the
+//      saved start, then walk back through it carrying g:
+//        gn = g + gy C_t,  p1 = sum_n gn B_t,  p2 = sum_n gn A a_t s_{t-1},  y' = sum_n s_t C_t,
+//        dA[n] += gn delta a_t s_{t-1},  dB_t[n] += gn delta x,  dC_t[n] += gy s_t[n],
+//        g = gn a_t  (a_t = 0 at a document start);
+//      p1, p2, y' are summed over the channel's G lanes (reduce-scatter, 3 shuffles), dB and dC
+//      over the warp's channels (reduce-scatter, 7 shuffles), then over the warps and the groups
+//      in shared memory; then per (token, channel) dx, ddt, dz are added into global memory and
+//      dD, dt_bias summed.
+// With the entering states saved by the forward, the backward's only extra walk is W2's 7/8 of
+// a chunk (the earlier kernel walked every chunk twice from the previous chunk's checkpoint).
+//
+// Cost per state and token (a "state-token", B L E N of them), N = 16:
+//   exponentials  forward 2 (F1, F3), backward 2.875 (B1, W2 7/8, W3), plus per (token, channel)
+//                 softplus and sigmoids (1/4 to 1/2 of an exp per state-token). F1 and B1 are
+//                 bound by the special-function unit (1 exp against 3 FMAs), so they run a
+//                 quarter of their exps as exp2_fma on the FMA units; F3 and B3 have more FMA
+//                 work than exps (4 and ~8 FMA-pipe ops per exp) and keep ex2.approx.
+//   FMA-pipe ops  F1 3, F3 4, B1 3, B3 ~16 (+ ~10 for the two reduce-scatters).
+//   bytes         per (token, channel), beyond the minimum (x, dt, z in, out out; dout, x, dt, z
+//                 in, dx, ddt, dz read and written): x and dt read twice in the forward (F1,
+//                 F3), dt, z, dout twice in the backward (B1, B3) and a third time, mostly from
+//                 L2, in B3's per-token step; and the chunk tensors: 4N/T = 1 byte
+//                 for each [B, chunks, E, N] fp32 pass (F1 write, F2 read+write, F3 read; B1
+//                 write, B2 read+write, B3 read 2), the dB|dC partials 32 bytes per token per 128
+//                 channels, the parameter partials 4(N+2)/T bytes.
+// At B1 L4096 E5120 N16 (3.4e8 state-tokens): exps 6.7e8 forward, 9.6e8 backward (0.41 ms at
+// 4e12/s, less the quarter of F1's and B1's on the FMA units); bytes about 0.32 GB forward and
+// 0.75 GB backward (0.25 ms at 4.2 TB/s, most of it overlapped with the walks).
 #include <algorithm>
+#include <string>
 
 #include "kernels/bf16_vec.cuh"
+#include "kernels/exp2_fma.h"
 #include "kernels/selective_scan.h"
 
 namespace sambay {
 namespace {
 
-namespace cg = cooperative_groups;
-
 constexpr int kChunk = int(kSelectiveScanChunk);  // T
-constexpr int kChannels = 32;                     // per block
-constexpr int kSegments = kChannels / 8;          // 8-channel vectors per token row
-constexpr int kCluster = 8;                       // blocks per cluster in the backward
-static_assert(kCluster * kChannels == kSelectiveScanClusterChannels);
+constexpr int kRowThreads = 128;                  // F1, F3, B1: one channel per thread
+constexpr int kGroupChannels = 32;                // B3: channels per group
+constexpr int kGroups = int(kSelectiveScanPartChannels) / kGroupChannels;  // B3: per block
+constexpr int kSpan = 8;                          // B3: tokens held in registers at once
+constexpr int kSpans = kChunk / kSpan;
+constexpr int kFoldThreads = 256;
+constexpr int kFoldBatch = 8;  // F2, B2: chunks whose loads are issued together
+constexpr int kReduceThreads = 256;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kChunk % kSpan == 0 && kChunk % 4 == 0);
 
 // ---- small device helpers ----
-
-__device__ inline void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ inline void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-__device__ inline bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
 
 // log(1 + e^v) without overflow: max(v, 0) + log1p(e^-|v|).
 __device__ inline float softplus(float v) { return fmaxf(v, 0.f) + log1pf(__expf(-fabsf(v))); }
 
-// Eight bf16 from 16-byte aligned shared memory.
-__device__ inline void unpack8(const bf16* p, float v[8]) { cuda::load_vec<8>(p, 8, true, v); }
-
-// Eight floats to / from 16-byte aligned shared memory as two 16-byte accesses (the per-token
-// phases give the lanes of a warp different rows; scalar accesses would conflict 8 ways).
-__device__ inline void store8f(float* p, const float v[8]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-__device__ inline void load8f(const float* p, float v[8]) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+// dLoss/dy = dout * silu(z) + dy_extra: the same expression in B1 and B3.
+__device__ inline float gate_gradient(float dout, float z, float dy_extra) {
+  return dout * z * cuda::sigmoid(z) + dy_extra;
 }
 
-// Copies `len` rows of the [rows, width] bf16 tile whose first row starts at src (row stride
-// `stride` elements) into dst[len][kChannels]; only the first `width` channels exist. 16-byte
-// cp.async where source and destination allow it, plain copies otherwise (ragged E).
-__device__ inline void stage_tile(bf16* dst, const bf16* src, int64_t stride, int len, int width) {
-  for (int i = threadIdx.x; i < len * kSegments; i += blockDim.x) {
-    const int t = i / kSegments, c = (i % kSegments) * 8;
-    const int count = min(8, width - c);
-    if (count <= 0) continue;
-    bf16* d = dst + t * kChannels + c;
-    const bf16* s = src + t * stride + c;
-    if (count == 8 && aligned16(s))
-      cp_async16(d, s);
-    else
-      for (int k = 0; k < count; ++k) d[k] = s[k];
-  }
-}
+// A = -exp(A_log) in log2 units, so that exp(delta A) = 2^(delta A2).
+__device__ inline float log2_decay_rate(float A_log) { return -expf(A_log) * kLog2e; }
 
-// Copies n contiguous bf16 (a chunk's rows of Bc or Cc) from src to dst.
-__device__ inline void stage_span(bf16* dst, const bf16* src, int n) {
-  for (int i = threadIdx.x; i * 8 < n; i += blockDim.x) {
-    const int count = min(8, n - i * 8);
-    if (count == 8 && aligned16(src + i * 8))
-      cp_async16(dst + i * 8, src + i * 8);
-    else
-      for (int k = 0; k < count; ++k) dst[i * 8 + k] = src[i * 8 + k];
-  }
-}
-
-// True where token t of the row starts a new document (the state restarts from zero).
-__device__ inline int starts_document(const int32_t* doc_row, int t) {
-  return t == 0 || (doc_row && doc_row[t] != doc_row[t - 1]);
-}
-
-// Sum of v over the G adjacent lanes that own one channel; every lane of the group gets it.
-template <int G>
-__device__ inline float group_sum(float v) {
-#pragma unroll
-  for (int m = 1; m < G; m <<= 1) v += __shfl_xor_sync(kFullMask, v, m);
-  return v;
-}
-
-// ---- shared memory layouts ----
-
+// exp(delta A) of state n in F1 and B1: the last quarter of the states on the FMA units (see
+// the cost note at the top), the rest on the special-function unit. Unrolled loops make n a
+// constant, so the choice costs nothing.
 template <int N>
-struct ForwardShared {
-  alignas(16) bf16 x[2][kChunk][kChannels];
-  alignas(16) bf16 dt[2][kChunk][kChannels];
-  alignas(16) bf16 z[2][kChunk][kChannels];
-  alignas(16) bf16 B16[2][kChunk * N];
-  alignas(16) bf16 C16[2][kChunk * N];
-  alignas(16) float B[kChunk][N];
-  alignas(16) float C[kChunk][N];
-  alignas(16) float delta[kChunk][kChannels];
-  alignas(16) float delta_x[kChunk][kChannels];
-  alignas(16) float readout[kChunk][kChannels];  // <s_t, C_t>
-  int fresh[kChunk];
-};
+__device__ inline float summary_decay(int n, float log2_decay) {
+  return n >= N - N / 4 ? exp2_fma(log2_decay) : cuda::exp2_approx(log2_decay);
+}
 
+// exp(delta A) in F3 and B3, 0 where token t starts a document (the state before it is dropped).
+__device__ inline float walk_decay(bool fresh, float delta, float A2) {
+  return fresh ? 0.f : cuda::exp2_approx(delta * A2);
+}
+
+// True where token t >= 1 of the row starts a new document. Token 0 never does: it continues
+// state_in (the caller zeroes rows whose token 0 starts a document).
+__device__ inline bool starts_document(const int32_t* doc_row, int t) {
+  return doc_row && t > 0 && doc_row[t] != doc_row[t - 1];
+}
+
+// The chunk's rows of Bc (or Cc) as fp32 in shared memory, zero past the end of the sequence;
+// and which of its tokens start a document. Called by every thread of the block.
 template <int N>
-struct BackwardShared {
-  static constexpr int kThreads = kChannels * N / 4;
-  static constexpr int kWarps = kThreads / 32;
-  alignas(16) bf16 x[2][kChunk][kChannels];
-  alignas(16) bf16 dt[2][kChunk][kChannels];
-  alignas(16) bf16 z[2][kChunk][kChannels];
-  alignas(16) bf16 dout[2][kChunk][kChannels];
-  alignas(16) bf16 dy_extra[2][kChunk][kChannels];
-  alignas(16) bf16 B16[2][kChunk * N];
-  alignas(16) bf16 C16[2][kChunk * N];
-  alignas(16) float B[kChunk][N];
-  alignas(16) float C[kChunk][N];
-  alignas(16) float delta[kChunk][kChannels];
-  alignas(16) float delta_x[kChunk][kChannels];
-  alignas(16) float gy[kChunk][kChannels];       // dLoss/dy, both paths
-  alignas(16) float readout[kChunk][kChannels];  // <s_t, C_t>
-  alignas(16) float p1[kChunk][kChannels];       // sum_n g_t[n] B_t[n]
-  alignas(16) float p2[kChunk][kChannels];       // sum_n g_t[n] A[n] a_t[n] s_{t-1}[n]
-  // The chunk's recomputed states, per thread (its 4 states), reused at the end of the kernel
-  // for the per-channel sums.
-  alignas(16) float4 states[kChunk][kThreads];
-  alignas(16) float warp_dBC[kWarps][kChunk][2 * N];  // [dB | dC] summed over a warp's channels
-  alignas(16) float block_dBC[2][kChunk][2 * N];      // over the block; read by the cluster
-  int fresh[kChunk];
-};
+__device__ inline void stage_rows(float (*dst)[N], const bf16* src, int len) {
+  for (int i = threadIdx.x; i < kChunk * N; i += blockDim.x)
+    dst[i / N][i % N] = i < len * N ? to_float(src[i]) : 0.f;
+}
+__device__ inline void stage_fresh(int* fresh, const int32_t* doc_row, int t0, int len) {
+  for (int t = threadIdx.x; t < kChunk; t += blockDim.x)
+    fresh[t] = t < len && starts_document(doc_row, t0 + t);
+}
+
+__device__ inline float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ inline void store4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
 
 // ---- forward ----
 
@@ -169,136 +139,286 @@ struct ForwardArgs {
   const float *dt_bias, *A_log, *D;
   const int32_t* doc;
   bf16 *y, *out;
-  float* checkpoint;
-  int L, E;
+  float* chunk_state;  // [B, chunks, E, N]: h_c after F1, H_c after F2
+  float* chunk_sum;    // [B, chunks, E]: S_c, or -1 where a document starts inside the chunk
+  const float* state_in;
+  float *state_out, *decay_out;
+  int B, L, E, chunks;
 };
 
+// F1. One thread per channel, its N states in registers; a block is 128 channels of one chunk.
 template <int N>
-__global__ void __launch_bounds__(kChannels* N / 4) scan_forward_kernel(const ForwardArgs a) {
-  constexpr int G = N / 4;
-  constexpr int kThreads = kChannels * G;
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  ForwardShared<N>& sh = *reinterpret_cast<ForwardShared<N>*>(shared_raw);
+__global__ void __launch_bounds__(kRowThreads) scan_chunk_state_kernel(const ForwardArgs a) {
+  __shared__ __align__(16) float Bs[kChunk][N];
+  __shared__ int fresh[kChunk];
+  const int c = blockIdx.y, b = blockIdx.z, t0 = c * kChunk, len = min(kChunk, a.L - t0);
+  const int64_t row0 = int64_t(b) * a.L;
+  stage_rows<N>(Bs, a.Bc + (row0 + t0) * N, len);
+  stage_fresh(fresh, a.doc ? a.doc + row0 : nullptr, t0, len);
+  __syncthreads();
+  const int e = blockIdx.x * kRowThreads + threadIdx.x;
+  if (e >= a.E) return;  // no barrier follows
 
-  const int tid = threadIdx.x, j = tid / G, g = tid % G;
-  const int b = blockIdx.y, e0 = blockIdx.x * kChannels;
-  const int width = min(kChannels, a.E - e0);  // channels of this block that exist
-  const bool owns_channel = j < width;
-  const int L = a.L, E = a.E;
-  const int chunks = (L + kChunk - 1) / kChunk;
-  const int64_t row0 = int64_t(b) * L;  // token index of (b, 0)
-  const int32_t* doc_row = a.doc ? a.doc + row0 : nullptr;
-
-  // This lane's 4 states: A in log2 units, so that exp(delta * A) = 2^(delta * A2).
-  float A2[4];
+  float A2[N];
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    A2[k] = owns_channel ? -expf(a.A_log[int64_t(e0 + j) * N + 4 * g + k]) * kLog2e : 0.f;
-  // The 8 channels this thread handles in the per-token phases (same for every chunk).
-  const int seg = (tid % kSegments) * 8;
-  const int seg_count = min(8, width - seg);
-  float bias8[8], D8[8];
+  for (int n = 0; n < N; ++n) A2[n] = log2_decay_rate(a.A_log[int64_t(e) * N + n]);
+  const float bias = a.dt_bias[e];
+  const bf16* x = a.x + (row0 + t0) * a.E + e;
+  const bf16* dt = a.dt + (row0 + t0) * a.E + e;
+  float s[N] = {};
+  float delta_sum = 0.f;
+  bool reset = false;
+  for (int tb = 0; tb < len; tb += 4) {
+    // Four tokens' loads issued together (past the end: the last token again, unused).
+    float xv[4], dtv[4];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    bias8[k] = k < seg_count ? a.dt_bias[e0 + seg + k] : 0.f;
-    D8[k] = k < seg_count ? a.D[e0 + seg + k] : 0.f;
+    for (int u = 0; u < 4; ++u) {
+      const int64_t at = int64_t(min(tb + u, len - 1)) * a.E;
+      xv[u] = to_float(x[at]);
+      dtv[u] = to_float(dt[at]);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int t = tb + u;
+      if (t >= len) break;
+      const float delta = softplus(dtv[u] + bias), delta_x = delta * xv[u];
+      if (fresh[t]) {  // the same for the whole block: no divergence
+        reset = true;
+#pragma unroll
+        for (int n = 0; n < N; ++n) s[n] = 0.f;
+      }
+#pragma unroll
+      for (int n = 0; n < N; ++n)
+        s[n] = fmaf(summary_decay<N>(n, delta * A2[n]), s[n], delta_x * Bs[t][n]);
+      delta_sum += delta;
+    }
   }
-
-  auto stage = [&](int chunk, int buf) {
-    const int t0 = chunk * kChunk, len = min(kChunk, L - t0);
-    const int64_t at = (row0 + t0) * E + e0;
-    stage_tile(&sh.x[buf][0][0], a.x + at, E, len, width);
-    stage_tile(&sh.dt[buf][0][0], a.dt + at, E, len, width);
-    stage_tile(&sh.z[buf][0][0], a.z + at, E, len, width);
-    stage_span(sh.B16[buf], a.Bc + (row0 + t0) * N, len * N);
-    stage_span(sh.C16[buf], a.Cc + (row0 + t0) * N, len * N);
-    cp_async_commit();
-  };
-
-  float s[4] = {0.f, 0.f, 0.f, 0.f};
-  stage(0, 0);
-  for (int c = 0; c < chunks; ++c) {
-    const int buf = c & 1, t0 = c * kChunk, len = min(kChunk, L - t0);
-    cp_async_wait_all();
-    __syncthreads();  // chunk c staged; everyone is done with chunk c-1
-    if (c + 1 < chunks) stage(c + 1, buf ^ 1);
-
-    // Per-token scalars; channels that do not exist get zeros (their states stay zero).
-    for (int i = tid; i < len * kSegments; i += kThreads) {
-      const int t = i / kSegments;
-      float xv[8], dtv[8], delta[8], delta_x[8];
-      unpack8(&sh.x[buf][t][seg], xv);
-      unpack8(&sh.dt[buf][t][seg], dtv);
+  const int64_t row = (int64_t(b) * a.chunks + c) * a.E + e;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        delta[k] = k < seg_count ? softplus(dtv[k] + bias8[k]) : 0.f;
-        delta_x[k] = k < seg_count ? delta[k] * xv[k] : 0.f;
-      }
-      store8f(&sh.delta[t][seg], delta);
-      store8f(&sh.delta_x[t][seg], delta_x);
-    }
-    for (int i = tid; i < len * N; i += kThreads) {
-      (&sh.B[0][0])[i] = to_float(sh.B16[buf][i]);
-      (&sh.C[0][0])[i] = to_float(sh.C16[buf][i]);
-    }
-    for (int t = tid; t < len; t += kThreads) sh.fresh[t] = starts_document(doc_row, t0 + t);
-    __syncthreads();
+  for (int n = 0; n < N; n += 4)
+    store4(a.chunk_state + row * N + n, s[n], s[n + 1], s[n + 2], s[n + 3]);
+  a.chunk_sum[row] = reset ? -1.f : delta_sum;
+}
 
-    // The recurrence: s = exp(delta A) s + delta x B (s = delta x B where a document starts).
-#pragma unroll 2
-    for (int t = 0; t < len; ++t) {
-      const float delta = sh.delta[t][j], dx = sh.delta_x[t][j];
-      const float4 Bv = *reinterpret_cast<const float4*>(&sh.B[t][4 * g]);
-      const float4 Cv = *reinterpret_cast<const float4*>(&sh.C[t][4 * g]);
-      const bool fresh = sh.fresh[t];
-      const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Ck[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
-      float partial = 0.f;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float decay = fresh ? 0.f : cuda::exp2_approx(delta * A2[k]);
-        s[k] = fmaf(decay, s[k], dx * Bk[k]);
-        partial = fmaf(s[k], Ck[k], partial);
-      }
-      partial = group_sum<G>(partial);
-      if (g == 0) sh.readout[t][j] = partial;
-    }
-    if (a.checkpoint && owns_channel)
-      *reinterpret_cast<float4*>(
-          &a.checkpoint[((int64_t(b) * chunks + c) * E + e0 + j) * N + 4 * g]) =
-          make_float4(s[0], s[1], s[2], s[3]);
-    __syncthreads();
+// The decay of a whole chunk from its summed steps (0 where a document starts inside it).
+__device__ inline float chunk_decay(float A2, float S) { return S < 0.f ? 0.f : exp2f(A2 * S); }
 
-    // y = readout + D x, out = y silu(z).
-    if (seg_count > 0)
-      for (int i = tid; i < len * kSegments; i += kThreads) {
-        const int t = i / kSegments;
-        float xv[8], zv[8], yv[8], ov[8];
-        unpack8(&sh.x[buf][t][seg], xv);
-        unpack8(&sh.z[buf][t][seg], zv);
-        load8f(&sh.readout[t][seg], yv);
+// F2. One thread per (b, e, n).
+template <int N>
+__global__ void __launch_bounds__(kFoldThreads) scan_fold_forward_kernel(const ForwardArgs a) {
+  const int64_t idx = blockIdx.x * int64_t(kFoldThreads) + threadIdx.x;  // (b * E + e) * N + n
+  if (idx >= int64_t(a.B) * a.E * N) return;
+  const int n = int(idx % N), e = int(idx / N % a.E);
+  const int64_t b = idx / N / a.E;
+  const float A2 = log2_decay_rate(a.A_log[int64_t(e) * N + n]);
+  float* state = a.chunk_state + (b * a.chunks * a.E + e) * N + n;  // chunk c: + c * E * N
+  const float* sum = a.chunk_sum + b * a.chunks * a.E + e;          // chunk c: + c * E
+  const int64_t state_stride = int64_t(a.E) * N;
+  float H = a.state_in ? a.state_in[idx] : 0.f, total = 0.f;
+  bool reset = false;
+  for (int c0 = 0; c0 < a.chunks; c0 += kFoldBatch) {
+    float h[kFoldBatch], S[kFoldBatch];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          yv[k] = fmaf(D8[k], xv[k], yv[k]);
-          ov[k] = yv[k] * zv[k] * cuda::sigmoid(zv[k]);
-        }
-        const int64_t at = (row0 + t0 + t) * E + e0 + seg;
-        if (a.y) cuda::store_vec<8>(a.y + at, seg_count, aligned16(a.y + at), yv);
-        cuda::store_vec<8>(a.out + at, seg_count, aligned16(a.out + at), ov);
+    for (int k = 0; k < kFoldBatch; ++k) {
+      const int c = min(c0 + k, a.chunks - 1);  // past the end: a chunk of this batch again
+      h[k] = state[c * state_stride];
+      S[k] = sum[int64_t(c) * a.E];
+    }
+#pragma unroll
+    for (int k = 0; k < kFoldBatch; ++k) {
+      if (c0 + k >= a.chunks) break;
+      state[(c0 + k) * state_stride] = H;
+      reset = reset || S[k] < 0.f;
+      total += fmaxf(S[k], 0.f);
+      H = fmaf(chunk_decay(A2, S[k]), H, h[k]);
+    }
+  }
+  if (a.state_out) a.state_out[idx] = H;
+  if (a.decay_out) a.decay_out[idx] = reset ? 0.f : exp2f(A2 * total);
+}
+
+// F3. One thread per channel, from the state entering the chunk.
+template <int N>
+__global__ void __launch_bounds__(kRowThreads) scan_chunk_output_kernel(const ForwardArgs a) {
+  __shared__ __align__(16) float Bs[kChunk][N];
+  __shared__ __align__(16) float Cs[kChunk][N];
+  __shared__ int fresh[kChunk];
+  const int c = blockIdx.y, b = blockIdx.z, t0 = c * kChunk, len = min(kChunk, a.L - t0);
+  const int64_t row0 = int64_t(b) * a.L;
+  stage_rows<N>(Bs, a.Bc + (row0 + t0) * N, len);
+  stage_rows<N>(Cs, a.Cc + (row0 + t0) * N, len);
+  stage_fresh(fresh, a.doc ? a.doc + row0 : nullptr, t0, len);
+  __syncthreads();
+  const int e = blockIdx.x * kRowThreads + threadIdx.x;
+  if (e >= a.E) return;  // no barrier follows
+
+  float A2[N], s[N];
+  const float* H = a.chunk_state + ((int64_t(b) * a.chunks + c) * a.E + e) * N;
+#pragma unroll
+  for (int n = 0; n < N; n += 4) {
+    const float4 h = load4(H + n);
+    s[n] = h.x, s[n + 1] = h.y, s[n + 2] = h.z, s[n + 3] = h.w;
+  }
+#pragma unroll
+  for (int n = 0; n < N; ++n) A2[n] = log2_decay_rate(a.A_log[int64_t(e) * N + n]);
+  const float bias = a.dt_bias[e], Dv = a.D[e];
+  const int64_t first = (row0 + t0) * a.E + e;  // (b, t0, e)
+  for (int tb = 0; tb < len; tb += 4) {
+    float xv[4], dtv[4], zv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t at = first + int64_t(min(tb + u, len - 1)) * a.E;
+      xv[u] = to_float(a.x[at]);
+      dtv[u] = to_float(a.dt[at]);
+      zv[u] = to_float(a.z[at]);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int t = tb + u;
+      if (t >= len) break;
+      const float delta = softplus(dtv[u] + bias), delta_x = delta * xv[u];
+      const bool f = fresh[t];
+      float readout[2] = {0.f, 0.f};  // two partial sums: half the dependent chain
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        s[n] = fmaf(walk_decay(f, delta, A2[n]), s[n], delta_x * Bs[t][n]);
+        readout[n & 1] = fmaf(s[n], Cs[t][n], readout[n & 1]);
       }
+      const float yv = fmaf(Dv, xv[u], readout[0] + readout[1]);
+      const int64_t at = first + int64_t(t) * a.E;
+      if (a.y) a.y[at] = to_bf16(yv);
+      if (a.out) a.out[at] = to_bf16(yv * zv[u] * cuda::sigmoid(zv[u]));
+    }
   }
 }
 
 // ---- backward ----
 
-struct BackwardArgs {
+struct GradArgs {
   const bf16 *dout, *dy_extra, *x, *dt, *Bc, *Cc, *z;
-  const float *dt_bias, *A_log, *D, *checkpoint;
+  const float *dt_bias, *A_log, *D;
   const int32_t* doc;
+  const float* chunk_state;  // H_c [B, chunks, E, N] (the checkpoint)
+  const float* chunk_sum;    // S_c [B, chunks, E] (the checkpoint)
+  float* chunk_dstate;       // [B, chunks, E, N]: gl_c after B1, G_c after B2
+  const float* dstate_out;
+  float* dstate_in;
   bf16 *dx, *ddt, *dz;
-  float* dBC_partial;    // [B, clusters, L, 2N]
-  float* param_partial;  // [B, E, N + 2]: dA_log, dD, ddt_bias of one batch row
-  int L, E, clusters;
+  float* dBC_partial;    // [B, parts, L, 2N]
+  float* param_partial;  // [B, chunks, E, N + 2]: dA_log | dD | ddt_bias
+  int B, L, E, chunks, parts;
 };
+
+// B1. One thread per channel, walking its chunk back from a zero gradient.
+template <int N>
+__global__ void __launch_bounds__(kRowThreads) scan_chunk_dstate_kernel(const GradArgs a) {
+  __shared__ __align__(16) float Cs[kChunk][N];
+  __shared__ int fresh[kChunk];
+  const int c = blockIdx.y, b = blockIdx.z, t0 = c * kChunk, len = min(kChunk, a.L - t0);
+  const int64_t row0 = int64_t(b) * a.L;
+  stage_rows<N>(Cs, a.Cc + (row0 + t0) * N, len);
+  stage_fresh(fresh, a.doc ? a.doc + row0 : nullptr, t0, len);
+  __syncthreads();
+  const int e = blockIdx.x * kRowThreads + threadIdx.x;
+  if (e >= a.E) return;  // no barrier follows
+
+  float A2[N];
+#pragma unroll
+  for (int n = 0; n < N; ++n) A2[n] = log2_decay_rate(a.A_log[int64_t(e) * N + n]);
+  const float bias = a.dt_bias[e];
+  const int64_t first = (row0 + t0) * a.E + e;
+  float g[N] = {};
+  for (int tb = (len - 1) / 4 * 4; tb >= 0; tb -= 4) {
+    float dtv[4], zv[4], dov[4], dyv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t at = first + int64_t(min(tb + u, len - 1)) * a.E;
+      dtv[u] = to_float(a.dt[at]);
+      zv[u] = to_float(a.z[at]);
+      dov[u] = to_float(a.dout[at]);
+      dyv[u] = a.dy_extra ? to_float(a.dy_extra[at]) : 0.f;
+    }
+#pragma unroll
+    for (int u = 3; u >= 0; --u) {
+      const int t = tb + u;
+      if (t >= len) continue;
+      const float delta = softplus(dtv[u] + bias);
+      const float gy = gate_gradient(dov[u], zv[u], dyv[u]);
+#pragma unroll
+      for (int n = 0; n < N; ++n)
+        g[n] = fmaf(gy, Cs[t][n], g[n]) * summary_decay<N>(n, delta * A2[n]);
+      if (fresh[t]) {  // the state before t does not reach s_t: no gradient flows back
+#pragma unroll
+        for (int n = 0; n < N; ++n) g[n] = 0.f;
+      }
+    }
+  }
+  float* out = a.chunk_dstate + ((int64_t(b) * a.chunks + c) * a.E + e) * N;
+#pragma unroll
+  for (int n = 0; n < N; n += 4) store4(out + n, g[n], g[n + 1], g[n + 2], g[n + 3]);
+}
+
+// B2. One thread per (b, e, n), last chunk first.
+template <int N>
+__global__ void __launch_bounds__(kFoldThreads) scan_fold_backward_kernel(const GradArgs a) {
+  const int64_t idx = blockIdx.x * int64_t(kFoldThreads) + threadIdx.x;  // (b * E + e) * N + n
+  if (idx >= int64_t(a.B) * a.E * N) return;
+  const int n = int(idx % N), e = int(idx / N % a.E);
+  const int64_t b = idx / N / a.E;
+  const float A2 = log2_decay_rate(a.A_log[int64_t(e) * N + n]);
+  float* dstate = a.chunk_dstate + (b * a.chunks * a.E + e) * N + n;  // chunk c: + c * E * N
+  const float* sum = a.chunk_sum + b * a.chunks * a.E + e;            // chunk c: + c * E
+  const int64_t state_stride = int64_t(a.E) * N;
+  float G = a.dstate_out ? a.dstate_out[idx] : 0.f;
+  for (int c0 = a.chunks - 1; c0 >= 0; c0 -= kFoldBatch) {
+    float gl[kFoldBatch], S[kFoldBatch];
+#pragma unroll
+    for (int k = 0; k < kFoldBatch; ++k) {
+      const int c = max(c0 - k, 0);  // past the start: a chunk of this batch again
+      gl[k] = dstate[c * state_stride];
+      S[k] = sum[int64_t(c) * a.E];
+    }
+#pragma unroll
+    for (int k = 0; k < kFoldBatch; ++k) {
+      if (c0 - k < 0) break;
+      dstate[(c0 - k) * state_stride] = G;
+      G = fmaf(chunk_decay(A2, S[k]), G, gl[k]);
+    }
+  }
+  if (a.dstate_in) a.dstate_in[idx] += G;
+}
+
+// B3's shared memory (N = 16: 73 KB, three blocks per SM).
+template <int N>
+struct GradShared {
+  static constexpr int kThreads = kGroupChannels * N / 4;
+  static constexpr int kWarps = kThreads / 32;
+  float4 walk[kChunk][kGroupChannels];   // delta, delta x, gy, x; zero past the chunk or group
+  alignas(16) float B[kChunk][N];
+  alignas(16) float C[kChunk][N];
+  float4 span_start[kSpans][kThreads];   // a thread's 4 states entering each span
+  float4 psum[kSpan][kGroupChannels];    // p1, p2, y' (minus D x) per token of the span, channel
+  alignas(16) float warp_dBC[kWarps][kSpan][2 * N];  // [dB | dC] summed over a warp's channels
+  alignas(16) float chunk_dBC[kChunk][2 * N];        // ... over the block's channels
+  float2 param[kThreads];                            // each thread's dD and dt_bias sums
+  int fresh[kChunk];
+};
+
+// Reduce-scatter of v[4] over the G lanes of a channel (lane bits below log2 G): afterwards
+// v[0 .. 4/G) of lane g hold the channel's totals of values g * 4/G .. (g + 1) * 4/G - 1.
+template <int G>
+__device__ inline void channel_reduce_scatter4(float v[4], int g) {
+#pragma unroll
+  for (int half = 2, mask = G / 2; mask >= 1; half >>= 1, mask >>= 1) {
+    const bool upper = g & mask;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float send = upper ? v[i] : v[i + half];
+      const float keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(kFullMask, send, mask);
+    }
+  }
+}
 
 // Reduce-scatter of v[8] (a lane's dB for its 4 states, then its dC) over the lanes of a warp
 // that own different channels (lane bits >= log2 G). Each halving step trades half of the
@@ -322,261 +442,203 @@ __device__ inline float warp_reduce_scatter8(float v[8], int lane) {
   return v[0];
 }
 
+// B3. Block (part, c, b): chunk c of row b, channels part * 128 + [0, 128) in groups of 32.
 template <int N>
-__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kChannels* N / 4, 1)
-    scan_backward_kernel(const BackwardArgs a) {
-  constexpr int G = N / 4;
-  using Shared = BackwardShared<N>;
-  constexpr int kThreads = Shared::kThreads;
+__global__ void __launch_bounds__(GradShared<N>::kThreads, N == 16 ? 3 : 1)
+    scan_chunk_grad_kernel(const GradArgs a) {
+  constexpr int G = N / 4;  // lanes per channel in the walks
+  using Shared = GradShared<N>;
+  constexpr int kThreads = Shared::kThreads, kWarps = Shared::kWarps;
+  static_assert(kSpan % kWarps == 0);
   extern __shared__ __align__(16) unsigned char shared_raw[];
   Shared& sh = *reinterpret_cast<Shared*>(shared_raw);
-  cg::cluster_group cluster = cg::this_cluster();
 
-  const int tid = threadIdx.x, j = tid / G, g = tid % G, lane = tid & 31, warp = tid >> 5;
-  const int b = blockIdx.y, e0 = blockIdx.x * kChannels;
-  const int width = max(0, min(kChannels, a.E - e0));  // blocks past E (cluster padding): 0
-  const bool owns_channel = j < width;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int j = tid / G, g = tid % G;  // walks: channel j of the group, states 4g .. 4g + 3
+  const int part = blockIdx.x, c = blockIdx.y, b = blockIdx.z;
   const int L = a.L, E = a.E;
-  const int chunks = (L + kChunk - 1) / kChunk;
+  const int t0 = c * kChunk, len = min(kChunk, L - t0);
   const int64_t row0 = int64_t(b) * L;
-  const int32_t* doc_row = a.doc ? a.doc + row0 : nullptr;
-  const int rank = int(cluster.block_rank()), cluster_index = blockIdx.x / kCluster;
-  const float* block_dBC_of[kCluster];
-#pragma unroll
-  for (int r = 0; r < kCluster; ++r)
-    block_dBC_of[r] = cluster.map_shared_rank(&sh.block_dBC[0][0][0], r);
+  const int64_t chunk_row = int64_t(b) * a.chunks + c;  // row of the [B, chunks, ...] tensors
 
-  float A[4], A2[4];
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    A[k] = owns_channel ? -expf(a.A_log[int64_t(e0 + j) * N + 4 * g + k]) : 0.f;
-    A2[k] = A[k] * kLog2e;
-  }
-  const int seg = (tid % kSegments) * 8;
-  const int seg_count = min(8, width - seg);
-  float bias8[8], D8[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    bias8[k] = k < seg_count ? a.dt_bias[e0 + seg + k] : 0.f;
-    D8[k] = k < seg_count ? a.D[e0 + seg + k] : 0.f;
-  }
+  stage_rows<N>(sh.B, a.Bc + (row0 + t0) * N, len);
+  stage_rows<N>(sh.C, a.Cc + (row0 + t0) * N, len);
+  stage_fresh(sh.fresh, a.doc ? a.doc + row0 : nullptr, t0, len);
+  for (int i = tid; i < kChunk * 2 * N; i += kThreads) (&sh.chunk_dBC[0][0])[i] = 0.f;
 
-  auto stage = [&](int chunk, int buf) {
-    const int t0 = chunk * kChunk, len = min(kChunk, L - t0);
-    const int64_t at = (row0 + t0) * E + e0;
-    stage_tile(&sh.x[buf][0][0], a.x + at, E, len, width);
-    stage_tile(&sh.dt[buf][0][0], a.dt + at, E, len, width);
-    stage_tile(&sh.z[buf][0][0], a.z + at, E, len, width);
-    stage_tile(&sh.dout[buf][0][0], a.dout + at, E, len, width);
-    if (a.dy_extra) stage_tile(&sh.dy_extra[buf][0][0], a.dy_extra + at, E, len, width);
-    stage_span(sh.B16[buf], a.Bc + (row0 + t0) * N, len * N);
-    stage_span(sh.C16[buf], a.Cc + (row0 + t0) * N, len * N);
-    cp_async_commit();
-  };
+  for (int group = 0; group < kGroups; ++group) {
+    const int e0 = (part * kGroups + group) * kGroupChannels;
+    const int width = min(kGroupChannels, E - e0);  // channels of the group that exist
+    if (width <= 0) break;                          // the same for the whole block
 
-  float g_state[4] = {0.f, 0.f, 0.f, 0.f};  // dLoss/ds at the end of the chunk, from the right
-  float dA_sum[4] = {0.f, 0.f, 0.f, 0.f};   // sum of g delta a s_{t-1}, times A at the end
-  float dD_sum[8] = {}, ddt_bias_sum[8] = {};
-
-  stage(chunks - 1, 0);
-  for (int step = 0; step < chunks; ++step) {
-    const int c = chunks - 1 - step, buf = step & 1;
-    const int t0 = c * kChunk, len = min(kChunk, L - t0);
-    // The state before the chunk: the previous chunk's checkpoint.
-    float4 h0 = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c > 0 && owns_channel)
-      h0 = *reinterpret_cast<const float4*>(
-          &a.checkpoint[((int64_t(b) * chunks + c - 1) * E + e0 + j) * N + 4 * g]);
-    cp_async_wait_all();
-    __syncthreads();  // chunk c staged; everyone is done with the previous chunk
-    if (step + 1 < chunks) stage(c - 1, buf ^ 1);
-
-    // Per-token scalars. gy = dLoss/dy = dout * silu(z) + dy_extra.
-    for (int i = tid; i < len * kSegments; i += kThreads) {
-      const int t = i / kSegments;
-      float xv[8], dtv[8], zv[8], dov[8], dyv[8] = {}, delta[8], delta_x[8], gy[8];
-      unpack8(&sh.x[buf][t][seg], xv);
-      unpack8(&sh.dt[buf][t][seg], dtv);
-      unpack8(&sh.z[buf][t][seg], zv);
-      unpack8(&sh.dout[buf][t][seg], dov);
-      if (a.dy_extra) unpack8(&sh.dy_extra[buf][t][seg], dyv);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const bool exists = k < seg_count;
-        delta[k] = exists ? softplus(dtv[k] + bias8[k]) : 0.f;
-        delta_x[k] = exists ? delta[k] * xv[k] : 0.f;
-        gy[k] = exists ? dov[k] * zv[k] * cuda::sigmoid(zv[k]) + dyv[k] : 0.f;
+    // P: lane = channel, warps split the tokens. The previous group's last reads of `walk`
+    // came before its last barrier.
+    const bool lane_exists = lane < width;
+    const float bias = lane_exists ? a.dt_bias[e0 + lane] : 0.f;
+    const float Dv = lane_exists ? a.D[e0 + lane] : 0.f;
+#pragma unroll 4
+    for (int t = warp; t < kChunk; t += kWarps) {
+      float4 w = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (lane_exists && t < len) {
+        const int64_t at = (row0 + t0 + t) * E + e0 + lane;
+        const float xv = to_float(a.x[at]), delta = softplus(to_float(a.dt[at]) + bias);
+        const float gy = gate_gradient(to_float(a.dout[at]), to_float(a.z[at]),
+                                       a.dy_extra ? to_float(a.dy_extra[at]) : 0.f);
+        w = make_float4(delta, delta * xv, gy, xv);
       }
-      store8f(&sh.delta[t][seg], delta);
-      store8f(&sh.delta_x[t][seg], delta_x);
-      store8f(&sh.gy[t][seg], gy);
+      sh.walk[t][lane] = w;
     }
-    for (int i = tid; i < len * N; i += kThreads) {
-      (&sh.B[0][0])[i] = to_float(sh.B16[buf][i]);
-      (&sh.C[0][0])[i] = to_float(sh.C16[buf][i]);
-    }
-    for (int t = tid; t < len; t += kThreads) sh.fresh[t] = starts_document(doc_row, t0 + t);
-    __syncthreads();
+    __syncthreads();  // walk (and at the first group B, C, fresh, chunk_dBC) ready
 
-    // Recompute the chunk's states from h0, exactly as the forward did; keep them per thread.
+    // The lane's 4 states: rates, the state entering the chunk, the gradient leaving it.
+    // Channels past E hold zeros throughout (their walk entries are zero).
+    const bool owns = j < width;
+    float A[4], A2[4], s[4], gs[4], dA[4] = {0.f, 0.f, 0.f, 0.f};
     {
-      float s[4] = {h0.x, h0.y, h0.z, h0.w};
-#pragma unroll 2
-      for (int t = 0; t < len; ++t) {
-        const float delta = sh.delta[t][j], dx = sh.delta_x[t][j];
-        const float4 Bv = *reinterpret_cast<const float4*>(&sh.B[t][4 * g]);
-        const float4 Cv = *reinterpret_cast<const float4*>(&sh.C[t][4 * g]);
-        const bool fresh = sh.fresh[t];
-        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Ck[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
-        float partial = 0.f;
+      const int64_t at = (chunk_row * E + e0 + j) * N + 4 * g;
+      const float4 h = owns ? load4(a.chunk_state + at) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 d = owns ? load4(a.chunk_dstate + at) : make_float4(0.f, 0.f, 0.f, 0.f);
+      s[0] = h.x, s[1] = h.y, s[2] = h.z, s[3] = h.w;
+      gs[0] = d.x, gs[1] = d.y, gs[2] = d.z, gs[3] = d.w;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float decay = fresh ? 0.f : cuda::exp2_approx(delta * A2[k]);
-          s[k] = fmaf(decay, s[k], dx * Bk[k]);
-          partial = fmaf(s[k], Ck[k], partial);
-        }
-        sh.states[t][tid] = make_float4(s[0], s[1], s[2], s[3]);
-        partial = group_sum<G>(partial);
-        if (g == 0) sh.readout[t][j] = partial;
+      for (int k = 0; k < 4; ++k) {
+        A[k] = owns ? -expf(a.A_log[int64_t(e0 + j) * N + 4 * g + k]) : 0.f;
+        A2[k] = A[k] * kLog2e;
       }
     }
 
-    // Walk back through the chunk carrying g = dLoss/ds_t (this thread's states only).
-    // At token t, with gn = g + gy C_t (all paths into s_t) and a = exp(delta A):
-    //   dx    = gy D + delta sum_n gn B          (p1 = sum_n gn B)
-    //   ddelta = x p1 + sum_n gn A a s_{t-1}     (p2)
-    //   dB_t[n] += gn delta x,  dC_t[n] += gy s_t[n],  dA[n] += gn delta a s_{t-1}
-    //   g <- gn a (0 across a document start, where s_{t-1} does not reach s_t).
-    {
-      float4 cur = sh.states[len - 1][tid];
-#pragma unroll 2
-      for (int t = len - 1; t >= 0; --t) {
-        const float4 prev = t > 0 ? sh.states[t - 1][tid] : h0;
-        const float delta = sh.delta[t][j], dx = sh.delta_x[t][j], gy = sh.gy[t][j];
-        const float4 Bv = *reinterpret_cast<const float4*>(&sh.B[t][4 * g]);
-        const float4 Cv = *reinterpret_cast<const float4*>(&sh.C[t][4 * g]);
-        const bool fresh = sh.fresh[t];
-        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Ck[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
-        const float sp[4] = {prev.x, prev.y, prev.z, prev.w}, sc[4] = {cur.x, cur.y, cur.z, cur.w};
-        float p1 = 0.f, p2 = 0.f, v[8];
+    // W2: the states entering every span (the last span's start is the last one needed).
+#pragma unroll 1
+    for (int span = 0; span < kSpans; ++span) {
+      sh.span_start[span][tid] = make_float4(s[0], s[1], s[2], s[3]);
+      if (span + 1 == kSpans) break;
+#pragma unroll
+      for (int u = 0; u < kSpan; ++u) {
+        const int t = span * kSpan + u;
+        const float4 w = sh.walk[t][j];
+        const float4 Bv = load4(&sh.B[t][4 * g]);
+        const bool f = sh.fresh[t];
+        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s[k] = fmaf(walk_decay(f, w.x, A2[k]), s[k], w.y * Bk[k]);
+      }
+    }
+
+    float dD_sum = 0.f, ddt_bias_sum = 0.f;  // of channel `lane`, over this thread's tokens
+    // W3: spans last to first.
+#pragma unroll 1
+    for (int span = kSpans - 1; span >= 0; --span) {
+      // The span's decays and states, recomputed exactly as W2 (and F3) computed them.
+      float decay[kSpan][4], state[kSpan][4], start[4];
+      {
+        const float4 h = sh.span_start[span][tid];
+        start[0] = h.x, start[1] = h.y, start[2] = h.z, start[3] = h.w;
+      }
+#pragma unroll
+      for (int u = 0; u < kSpan; ++u) {
+        const int t = span * kSpan + u;
+        const float4 w = sh.walk[t][j];
+        const float4 Bv = load4(&sh.B[t][4 * g]);
+        const bool f = sh.fresh[t];
+        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const float gn = fmaf(gy, Ck[k], g_state[k]);
-          const float decay = fresh ? 0.f : cuda::exp2_approx(delta * A2[k]);
-          const float carried = gn * decay * sp[k];  // gn * a * s_{t-1}
-          p1 = fmaf(gn, Bk[k], p1);
-          p2 = fmaf(carried, A[k], p2);
-          dA_sum[k] = fmaf(carried, delta, dA_sum[k]);
-          v[k] = gn * dx;
-          v[4 + k] = gy * sc[k];
-          g_state[k] = gn * decay;
+          decay[u][k] = walk_decay(f, w.x, A2[k]);
+          state[u][k] = fmaf(decay[u][k], u > 0 ? state[u - 1][k] : start[k], w.y * Bk[k]);
         }
-        // p1 and p2 summed over the channel's G lanes: lanes with g < G/2 end with p1.
-        if constexpr (G == 1) {
-          sh.p1[t][j] = p1;
-          sh.p2[t][j] = p2;
-        } else {
-          const bool upper = g & (G / 2);
-          float keep = upper ? p2 : p1;
-          keep += __shfl_xor_sync(kFullMask, upper ? p1 : p2, G / 2);
+      }
+      // Walk back through the span.
 #pragma unroll
-          for (int m = G / 4; m >= 1; m >>= 1) keep += __shfl_xor_sync(kFullMask, keep, m);
-          if (g == 0) sh.p1[t][j] = keep;
-          if (g == G / 2) sh.p2[t][j] = keep;
+      for (int u = kSpan - 1; u >= 0; --u) {
+        const int t = span * kSpan + u;
+        const float4 w = sh.walk[t][j];  // delta, delta x, gy, x
+        const float4 Bv = load4(&sh.B[t][4 * g]), Cv = load4(&sh.C[t][4 * g]);
+        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Ck[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
+        float p[4] = {0.f, 0.f, 0.f, 0.f}, v[8];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float gn = fmaf(w.z, Ck[k], gs[k]);  // dLoss/ds_t, all paths
+          const float prev = u > 0 ? state[u - 1][k] : start[k];
+          const float carried = gn * (decay[u][k] * prev);  // gn a_t s_{t-1}
+          p[0] = fmaf(gn, Bk[k], p[0]);
+          p[1] = fmaf(carried, A[k], p[1]);
+          p[2] = fmaf(state[u][k], Ck[k], p[2]);
+          dA[k] = fmaf(carried, w.x, dA[k]);
+          gs[k] = gn * decay[u][k];
+          v[k] = gn * w.y;             // dB_t[n]
+          v[4 + k] = w.z * state[u][k];  // dC_t[n]
         }
+        channel_reduce_scatter4<G>(p, g);
+        float* ps = reinterpret_cast<float*>(&sh.psum[u][j]);
+#pragma unroll
+        for (int q = 0; q < 4 / G; ++q)
+          if (g * (4 / G) + q < 3) ps[g * (4 / G) + q] = p[q];
         const float total = warp_reduce_scatter8<G>(v, lane);
         if ((lane & 3 & ~(G - 1)) == 0) {
           const int idx = (lane >> 2) & 7;  // value index: dB of state idx, or dC of idx - 4
-          const int n = 4 * (lane & (G - 1)) + (idx & 3);
-          sh.warp_dBC[warp][t][(idx >> 2) * N + n] = total;
+          sh.warp_dBC[warp][u][(idx >> 2) * N + 4 * (lane & (G - 1)) + (idx & 3)] = total;
         }
-        cur = prev;
       }
+      __syncthreads();  // psum and warp_dBC of the span complete
+
+      // Per (token, channel) gradients: lane = channel, warps split the span's tokens.
+#pragma unroll
+      for (int r = 0; r < kSpan / kWarps; ++r) {
+        const int u = warp + r * kWarps, t = span * kSpan + u;
+        if (!lane_exists || t >= len) continue;
+        const float4 w = sh.walk[t][lane], p = sh.psum[u][lane];  // p: p1, p2, y'
+        const int64_t at = (row0 + t0 + t) * E + e0 + lane;
+        const float zv = to_float(a.z[at]), dov = to_float(a.dout[at]);
+        // ddelta = x p1 + p2; softplus' = sigmoid.
+        const float ddtv = fmaf(w.w, p.x, p.y) * cuda::sigmoid(to_float(a.dt[at]) + bias);
+        const float sz = cuda::sigmoid(zv);
+        const float yv = fmaf(Dv, w.w, p.z);
+        dD_sum = fmaf(w.z, w.w, dD_sum);
+        ddt_bias_sum += ddtv;
+        if (a.dx) a.dx[at] = to_bf16(to_float(a.dx[at]) + fmaf(w.z, Dv, w.x * p.x));
+        if (a.ddt) a.ddt[at] = to_bf16(to_float(a.ddt[at]) + ddtv);
+        if (a.dz) a.dz[at] = to_bf16(to_float(a.dz[at]) + dov * yv * sz * (1.f + zv * (1.f - sz)));
+      }
+      // dB, dC of the span summed over the block's warps, added to the chunk's sums.
+      for (int i = tid; i < kSpan * 2 * N; i += kThreads) {
+        const int u = i / (2 * N), v = i % (2 * N);
+        float total = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total += sh.warp_dBC[w][u][v];
+        sh.chunk_dBC[span * kSpan + u][v] += total;
+      }
+      __syncthreads();  // psum and warp_dBC free for the next span
     }
+
+    // Per-channel parameter gradients of this chunk: dA_log = dA * A from the walking lanes,
+    // dD and dt_bias summed over the kWarps threads that handled a channel's tokens.
+    float* params = a.param_partial + (chunk_row * E + e0) * (N + 2);
+    if (owns)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) params[j * (N + 2) + 4 * g + k] = dA[k] * A[k];
+    sh.param[tid] = make_float2(dD_sum, ddt_bias_sum);
     __syncthreads();
-
-    // Per-token gradients, added into dx, ddt, dz; dD and dt_bias summed per thread.
-    if (seg_count > 0)
-      for (int i = tid; i < len * kSegments; i += kThreads) {
-        const int t = i / kSegments;
-        float xv[8], dtv[8], zv[8], dov[8], gy[8], p1[8], p2[8], delta[8], readout[8];
-        unpack8(&sh.x[buf][t][seg], xv);
-        unpack8(&sh.dt[buf][t][seg], dtv);
-        unpack8(&sh.z[buf][t][seg], zv);
-        unpack8(&sh.dout[buf][t][seg], dov);
-        load8f(&sh.gy[t][seg], gy);
-        load8f(&sh.p1[t][seg], p1);
-        load8f(&sh.p2[t][seg], p2);
-        load8f(&sh.delta[t][seg], delta);
-        load8f(&sh.readout[t][seg], readout);
-        float dxv[8], ddtv[8], dzv[8];
+    if (tid < width) {
+      float dD = 0.f, ddt_bias = 0.f;
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const float y = fmaf(D8[k], xv[k], readout[k]);
-          dxv[k] = fmaf(gy[k], D8[k], delta[k] * p1[k]);
-          // softplus' = sigmoid
-          ddtv[k] = fmaf(xv[k], p1[k], p2[k]) * cuda::sigmoid(dtv[k] + bias8[k]);
-          const float sz = cuda::sigmoid(zv[k]);
-          dzv[k] = dov[k] * y * sz * (1.f + zv[k] * (1.f - sz));
-          if (k < seg_count) {
-            dD_sum[k] = fmaf(gy[k], xv[k], dD_sum[k]);
-            ddt_bias_sum[k] += ddtv[k];
-          }
-        }
-        const int64_t at = (row0 + t0 + t) * E + e0 + seg;
-        if (a.dx) cuda::accumulate_vec<8>(a.dx + at, seg_count, aligned16(a.dx + at), dxv);
-        if (a.ddt) cuda::accumulate_vec<8>(a.ddt + at, seg_count, aligned16(a.ddt + at), ddtv);
-        if (a.dz) cuda::accumulate_vec<8>(a.dz + at, seg_count, aligned16(a.dz + at), dzv);
+      for (int w = 0; w < kWarps; ++w) {
+        dD += sh.param[tid + 32 * w].x;
+        ddt_bias += sh.param[tid + 32 * w].y;
       }
-    // dB, dC of the chunk summed over the block's warps.
-    for (int i = tid; i < len * 2 * N; i += kThreads) {
-      float total = 0.f;
-#pragma unroll
-      for (int w = 0; w < Shared::kWarps; ++w) total += (&sh.warp_dBC[w][0][0])[i];
-      (&sh.block_dBC[buf][0][0])[i] = total;
+      params[tid * (N + 2) + N] = dD;
+      params[tid * (N + 2) + N + 1] = ddt_bias;
     }
-    // ... and over the cluster's blocks: rank r adds up every kCluster-th slice. The buffer is
-    // double: the next chunk fills the other one, and the one after that comes after the next
-    // cluster barrier, which every block reaches only when done reading this one.
-    cluster.sync();
-    float* out = a.dBC_partial + ((int64_t(b) * a.clusters + cluster_index) * L + t0) * 2 * N;
-    for (int i = rank * kThreads + tid; i < len * 2 * N; i += kCluster * kThreads) {
-      float total = 0.f;
-#pragma unroll
-      for (int r = 0; r < kCluster; ++r) total += block_dBC_of[r][buf * kChunk * 2 * N + i];
-      out[i] = total;
-    }
+    // The next group writes `param` again only after two more barriers.
   }
-  cluster.sync();  // no block leaves while another still reads its shared memory
 
-  // Per-channel parameter gradients of this batch row.
-  float* params = a.param_partial + (int64_t(b) * E + e0) * (N + 2);
-  if (owns_channel)
-#pragma unroll
-    for (int k = 0; k < 4; ++k) params[j * (N + 2) + 4 * g + k] = dA_sum[k] * A[k];
-  // dD and ddt_bias: threads with the same `seg` hold sums over different tokens.
-  float* per_thread = reinterpret_cast<float*>(&sh.states[0][0]);  // [kThreads][16], free now
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    per_thread[tid * 16 + k] = dD_sum[k];
-    per_thread[tid * 16 + 8 + k] = ddt_bias_sum[k];
-  }
-  __syncthreads();
-  if (tid < width) {
-    const int owner_seg = tid / 8, k = tid % 8;
-    float dD = 0.f, ddt_bias = 0.f;
-    for (int r = owner_seg; r < kThreads; r += kSegments) {
-      dD += per_thread[r * 16 + k];
-      ddt_bias += per_thread[r * 16 + 8 + k];
-    }
-    params[tid * (N + 2) + N] = dD;
-    params[tid * (N + 2) + N + 1] = ddt_bias;
-  }
+  // The chunk's dB | dC partial of this part (chunk_dBC last written before a barrier).
+  float* out = a.dBC_partial + ((int64_t(b) * a.parts + part) * L + t0) * 2 * N;
+  for (int i = tid; i < len * 2 * N; i += kThreads) out[i] = (&sh.chunk_dBC[0][0])[i];
 }
 
-// dBc[b, t, n] += sum over clusters (in order), likewise dCc.
-__global__ void scan_reduce_dBC_kernel(const float* __restrict__ partial, int clusters, int L,
-                                       int N, int64_t total, bf16* __restrict__ dBc,
+// R1. dBc[b, t, n] += sum over parts (in order), likewise dCc.
+__global__ void scan_reduce_dBC_kernel(const float* __restrict__ partial, int parts, int L, int N,
+                                       int64_t total, bf16* __restrict__ dBc,
                                        bf16* __restrict__ dCc) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // over [B, L, 2N]
   if (i >= total) return;
@@ -584,23 +646,23 @@ __global__ void scan_reduce_dBC_kernel(const float* __restrict__ partial, int cl
   const int64_t b = i / per_row, rest = i % per_row;
   const int64_t t = rest / (2 * N);
   const int v = int(rest % (2 * N));
-  float sum = 0.f;
-  for (int c = 0; c < clusters; ++c) sum += partial[(b * clusters + c) * per_row + rest];
   bf16* dst = v < N ? dBc : dCc;
   if (!dst) return;
+  float sum = 0.f;
+  for (int p = 0; p < parts; ++p) sum += partial[(b * parts + p) * per_row + rest];
   const int64_t at = (b * L + t) * N + (v % N);
   dst[at] = to_bf16(to_float(dst[at]) + sum);
 }
 
-// dA_log[e, n], dD[e], ddt_bias[e] += sums over the batch (in order).
-__global__ void scan_reduce_params_kernel(const float* __restrict__ partial, int B, int E, int N,
-                                          float* __restrict__ dA_log, float* __restrict__ dD,
-                                          float* __restrict__ ddt_bias) {
+// R2. dA_log[e, n], dD[e], ddt_bias[e] += sums over the (row, chunk) partials (in order).
+__global__ void scan_reduce_params_kernel(const float* __restrict__ partial, int64_t rows, int E,
+                                          int N, float* __restrict__ dA_log,
+                                          float* __restrict__ dD, float* __restrict__ ddt_bias) {
   const int64_t width = int64_t(E) * (N + 2);
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= width) return;
   float sum = 0.f;
-  for (int b = 0; b < B; ++b) sum += partial[b * width + i];
+  for (int64_t r = 0; r < rows; ++r) sum += partial[r * width + i];
   const int64_t e = i / (N + 2);
   const int k = int(i % (N + 2));
   if (k < N) {
@@ -614,39 +676,59 @@ __global__ void scan_reduce_params_kernel(const float* __restrict__ partial, int
 
 // ---- host side ----
 
-void check_shape(const char* fn, const SelectiveScanShape& s) {
-  const std::string shape = " B=" + std::to_string(s.B) + " L=" + std::to_string(s.L) +
-                            " E=" + std::to_string(s.E) + " N=" + std::to_string(s.N);
-  cuda::require(s.B > 0 && s.L > 0 && s.E > 0,
-                std::string(fn) + " needs positive sizes, got" + shape);
-  cuda::require(s.N == 4 || s.N == 8 || s.N == 16,
-                std::string(fn) + " supports N = 4, 8 or 16, got" + shape);
-  cuda::require(s.B <= 65535 && s.L * s.E < (int64_t(1) << 31) && s.E < (int64_t(1) << 24),
-                std::string(fn) + ": shape too large," + shape);
+std::string describe(const SelectiveScanShape& s) {
+  return " B=" + std::to_string(s.B) + " L=" + std::to_string(s.L) + " E=" + std::to_string(s.E) +
+         " N=" + std::to_string(s.N);
 }
 
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    SAMBAY_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+void check_shape(const char* fn, const SelectiveScanShape& s) {
+  cuda::require(s.B > 0 && s.L > 0 && s.E > 0,
+                std::string(fn) + " needs positive sizes, got" + describe(s));
+  cuda::require(s.N == 4 || s.N == 8 || s.N == 16,
+                std::string(fn) + " supports N = 4, 8 or 16, got" + describe(s));
+  // Grid limits (rows and chunks are grid dimensions) and 32-bit token and channel indices.
+  cuda::require(s.B <= 65535 && selective_scan_chunks(s) <= 65535 &&
+                    s.L * s.E < (int64_t(1) << 31) && s.B * s.E * s.N < (int64_t(1) << 31),
+                std::string(fn) + ": shape too large," + describe(s));
+}
+
+void check_buffer(const char* fn, const char* what, const void* p) {
+  cuda::require(p != nullptr, std::string(fn) + " needs " + what + " (got a null pointer)");
+  cuda::require(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+                std::string(fn) + ": " + what + " must be 16-byte aligned");
+}
+
+unsigned blocks(int64_t work, int per_block) {
+  return unsigned((work + per_block - 1) / per_block);
 }
 
 template <int N>
-void launch_forward(const ForwardArgs& args, int64_t B, cudaStream_t stream) {
-  const size_t shared = sizeof(ForwardShared<N>);
-  allow_shared(scan_forward_kernel<N>, shared);
-  const dim3 grid(unsigned((args.E + kChannels - 1) / kChannels), unsigned(B));
-  scan_forward_kernel<N><<<grid, kChannels * N / 4, shared, stream>>>(args);
+void launch_forward(const ForwardArgs& a, bool outputs, cudaStream_t stream) {
+  const dim3 rows(blocks(a.E, kRowThreads), unsigned(a.chunks), unsigned(a.B));
+  scan_chunk_state_kernel<N><<<rows, kRowThreads, 0, stream>>>(a);
+  SAMBAY_CUDA_CHECK_LAUNCH();
+  scan_fold_forward_kernel<N>
+      <<<blocks(int64_t(a.B) * a.E * N, kFoldThreads), kFoldThreads, 0, stream>>>(a);
+  SAMBAY_CUDA_CHECK_LAUNCH();
+  if (!outputs) return;
+  scan_chunk_output_kernel<N><<<rows, kRowThreads, 0, stream>>>(a);
   SAMBAY_CUDA_CHECK_LAUNCH();
 }
 
 template <int N>
-void launch_backward(const BackwardArgs& args, int64_t B, cudaStream_t stream) {
-  const size_t shared = sizeof(BackwardShared<N>);
-  allow_shared(scan_backward_kernel<N>, shared);
-  const dim3 grid(unsigned(args.clusters * kCluster), unsigned(B));
-  scan_backward_kernel<N><<<grid, kChannels * N / 4, shared, stream>>>(args);
+void launch_backward(const GradArgs& a, bool gradients, cudaStream_t stream) {
+  const dim3 rows(blocks(a.E, kRowThreads), unsigned(a.chunks), unsigned(a.B));
+  scan_chunk_dstate_kernel<N><<<rows, kRowThreads, 0, stream>>>(a);
+  SAMBAY_CUDA_CHECK_LAUNCH();
+  scan_fold_backward_kernel<N>
+      <<<blocks(int64_t(a.B) * a.E * N, kFoldThreads), kFoldThreads, 0, stream>>>(a);
+  SAMBAY_CUDA_CHECK_LAUNCH();
+  if (!gradients) return;
+  const size_t shared = sizeof(GradShared<N>);
+  SAMBAY_CUDA_CHECK(cudaFuncSetAttribute(scan_chunk_grad_kernel<N>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  const dim3 grid(unsigned(a.parts), unsigned(a.chunks), unsigned(a.B));
+  scan_chunk_grad_kernel<N><<<grid, GradShared<N>::kThreads, shared, stream>>>(a);
   SAMBAY_CUDA_CHECK_LAUNCH();
 }
 
@@ -671,11 +753,20 @@ void selective_scan_forward_cuda(const bf16* x, const bf16* dt, const float* dt_
                                  const float* A_log, const bf16* Bc, const bf16* Cc, const float* D,
                                  const bf16* z, const int32_t* doc, bf16* y, bf16* out,
                                  float* checkpoint, const SelectiveScanShape& s,
-                                 cudaStream_t stream) {
-  check_shape("selective_scan_forward_cuda", s);
-  const ForwardArgs args{x, dt,  Bc, Cc,  z,          dt_bias,  A_log,
-                         D, doc, y,  out, checkpoint, int(s.L), int(s.E)};
-  dispatch_n(s.N, [&]<int N>() { launch_forward<N>(args, s.B, stream); });
+                                 cudaStream_t stream, const ScanCarry<float>& carry) {
+  const char* fn = "selective_scan_forward_cuda";
+  check_shape(fn, s);
+  check_buffer(fn, "the checkpoint buffer", checkpoint);
+  const int64_t chunks = selective_scan_chunks(s);
+  ForwardArgs a{};
+  a.x = x, a.dt = dt, a.Bc = Bc, a.Cc = Cc, a.z = z;
+  a.dt_bias = dt_bias, a.A_log = A_log, a.D = D, a.doc = doc;
+  a.y = y, a.out = out;
+  a.chunk_state = checkpoint;
+  a.chunk_sum = checkpoint + s.B * chunks * s.E * s.N;
+  a.state_in = carry.state_in, a.state_out = carry.state_out, a.decay_out = carry.decay_out;
+  a.B = int(s.B), a.L = int(s.L), a.E = int(s.E), a.chunks = int(chunks);
+  dispatch_n(s.N, [&]<int N>() { launch_forward<N>(a, y || out, stream); });
 }
 
 void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const bf16* x,
@@ -684,32 +775,45 @@ void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const 
                                   const int32_t* doc, const float* checkpoint, bf16* dx, bf16* ddt,
                                   float* ddt_bias, float* dA_log, bf16* dBc, bf16* dCc, float* dD,
                                   bf16* dz, float* workspace, const SelectiveScanShape& s,
-                                  cudaStream_t stream) {
-  check_shape("selective_scan_backward_cuda", s);
-  cuda::require(checkpoint && workspace,
-                "selective_scan_backward_cuda needs the forward's checkpoint and a workspace");
-  const int clusters =
-      int((s.E + kSelectiveScanClusterChannels - 1) / kSelectiveScanClusterChannels);
-  float* dBC_partial = workspace;
-  float* param_partial = workspace + s.B * clusters * s.L * 2 * s.N;
-  const BackwardArgs args{dout,          dy_extra, x,          dt,      Bc, Cc,  z,  dt_bias,
-                          A_log,         D,        checkpoint, doc,     dx, ddt, dz, dBC_partial,
-                          param_partial, int(s.L), int(s.E),   clusters};
-  dispatch_n(s.N, [&]<int N>() { launch_backward<N>(args, s.B, stream); });
+                                  cudaStream_t stream, const ScanCarry<float>& carry) {
+  const char* fn = "selective_scan_backward_cuda";
+  check_shape(fn, s);
+  check_buffer(fn, "the forward's checkpoint", checkpoint);
+  check_buffer(fn, "a workspace", workspace);
+  const int64_t chunks = selective_scan_chunks(s), parts = selective_scan_parts(s);
+  GradArgs a{};
+  a.dout = dout, a.dy_extra = dy_extra, a.x = x, a.dt = dt, a.Bc = Bc, a.Cc = Cc, a.z = z;
+  a.dt_bias = dt_bias, a.A_log = A_log, a.D = D, a.doc = doc;
+  a.chunk_state = checkpoint;
+  a.chunk_sum = checkpoint + s.B * chunks * s.E * s.N;
+  a.chunk_dstate = workspace;
+  a.dBC_partial = a.chunk_dstate + s.B * chunks * s.E * s.N;
+  a.param_partial = a.dBC_partial + s.B * parts * s.L * 2 * s.N;
+  a.dstate_out = carry.dstate_out, a.dstate_in = carry.dstate_in;
+  a.dx = dx, a.ddt = ddt, a.dz = dz;
+  a.B = int(s.B), a.L = int(s.L), a.E = int(s.E), a.chunks = int(chunks), a.parts = int(parts);
+  const bool gradients = dx || ddt || ddt_bias || dA_log || dBc || dCc || dD || dz;
+  dispatch_n(s.N, [&]<int N>() { launch_backward<N>(a, gradients, stream); });
+  if (!gradients) return;
 
-  const int threads = 256;
   if (dBc || dCc) {
     const int64_t total = s.B * s.L * 2 * s.N;
-    scan_reduce_dBC_kernel<<<unsigned((total + threads - 1) / threads), threads, 0, stream>>>(
-        dBC_partial, clusters, int(s.L), int(s.N), total, dBc, dCc);
+    scan_reduce_dBC_kernel<<<blocks(total, kReduceThreads), kReduceThreads, 0, stream>>>(
+        a.dBC_partial, int(parts), int(s.L), int(s.N), total, dBc, dCc);
     SAMBAY_CUDA_CHECK_LAUNCH();
   }
   if (dA_log || dD || ddt_bias) {
     const int64_t width = s.E * (s.N + 2);
-    scan_reduce_params_kernel<<<unsigned((width + threads - 1) / threads), threads, 0, stream>>>(
-        param_partial, int(s.B), int(s.E), int(s.N), dA_log, dD, ddt_bias);
+    scan_reduce_params_kernel<<<blocks(width, kReduceThreads), kReduceThreads, 0, stream>>>(
+        a.param_partial, s.B * chunks, int(s.E), int(s.N), dA_log, dD, ddt_bias);
     SAMBAY_CUDA_CHECK_LAUNCH();
   }
+}
+
+int64_t selective_scan_cuda_exp2_count(const SelectiveScanShape& s, bool backward) {
+  const int64_t state_tokens = s.B * s.L * s.E * s.N;
+  // Forward: F1 and F3 once each. Backward: B1 and W3 once each, W2 over all spans but the last.
+  return backward ? 2 * state_tokens + state_tokens * (kSpans - 1) / kSpans : 2 * state_tokens;
 }
 
 }  // namespace sambay

@@ -62,38 +62,52 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
                              const SelectiveScanShape& s, const ScanCarry<T>& carry = {});
 
 // ---- CUDA ----
-// No carried state (ScanCarry) yet: every row starts from zero.
-// x, dt, z, y, out, Bc, Cc and their gradients bf16; dt_bias, A_log, D and their gradients fp32.
-// N must be 4, 8 or 16 (each thread keeps 4 states in registers, N/4 threads per channel).
-// Same semantics as the CPU op, computed in fp32; activation gradients are added in fp32 and
-// rounded once to bf16, parameter gradients are added in fp32. Results are deterministic.
+// x, dt, z, y, out, Bc, Cc and their gradients bf16; dt_bias, A_log, D and their gradients fp32;
+// the carried states of `carry` fp32 [B, E, N] on the device. N must be 4, 8 or 16. Same
+// semantics as the CPU op, computed in fp32; activation gradients are added in fp32 and rounded
+// once to bf16, parameter gradients and carry.dstate_in are added in fp32. Every sum runs in a
+// fixed order (no atomics): the same inputs give the same bits.
 //
-// The forward walks the sequence in chunks of kSelectiveScanChunk tokens and saves the state
-// after the last token of every chunk to `checkpoint`, fp32 laid out [B, chunks, E, N] (chunk
-// outer so that a block's writes are contiguous), selective_scan_checkpoint_floats of them. The
-// backward restarts each chunk from the previous chunk's checkpoint, so it needs the checkpoint
-// of a forward on the same inputs; nothing of size [B, L, E, N] is ever stored. Pass a null
-// checkpoint to the forward when no backward follows. y may be null (not written).
-inline constexpr int64_t kSelectiveScanChunk = 32;
+// Chunk-parallel: each row is cut into chunks of kSelectiveScanChunk tokens (the last one may
+// be shorter) that are scanned at once and joined through their carried states, the ScanCarry
+// algebra above applied between chunks (design and cost in selective_scan.cu).
+//
+// The forward stores in `checkpoint` (fp32, selective_scan_checkpoint_floats of them) the state
+// entering every chunk, [B, chunks, E, N], then every chunk's summed steps, [B, chunks, E]. The
+// backward restarts each chunk from it, so it needs the checkpoint of a forward on the same
+// inputs and state_in; nothing of size [B, L, E, N] is ever stored. y and out may each be null
+// (not written); with both null the forward computes only the checkpoint and carry.state_out /
+// carry.decay_out (the first pass of context parallelism).
+inline constexpr int64_t kSelectiveScanChunk = 64;
+inline int64_t selective_scan_chunks(const SelectiveScanShape& s) {
+  return (s.L + kSelectiveScanChunk - 1) / kSelectiveScanChunk;
+}
 inline int64_t selective_scan_checkpoint_floats(const SelectiveScanShape& s) {
-  return s.B * ((s.L + kSelectiveScanChunk - 1) / kSelectiveScanChunk) * s.E * s.N;
+  return s.B * selective_scan_chunks(s) * s.E * (s.N + 1);
 }
 
 void selective_scan_forward_cuda(const bf16* x, const bf16* dt, const float* dt_bias,
                                  const float* A_log, const bf16* Bc, const bf16* Cc,
                                  const float* D, const bf16* z, const int32_t* doc, bf16* y,
                                  bf16* out, float* checkpoint, const SelectiveScanShape& s,
-                                 cudaStream_t stream);
+                                 cudaStream_t stream, const ScanCarry<float>& carry = {});
 
-// The backward sums dBc and dCc over channels in three fixed-order stages (a warp, then the
-// blocks of a thread-block cluster of kSelectiveScanClusterChannels channels through distributed
-// shared memory, then the clusters), and the per-channel parameter gradients over the batch,
-// through `workspace` (fp32, selective_scan_backward_workspace_floats of them, overwritten).
-inline constexpr int64_t kSelectiveScanClusterChannels = 256;
+// The backward reads the state before token 0 from the checkpoint (the forward stored
+// carry.state_in there), so it does not read carry.state_in; it reads carry.dstate_out and adds
+// into carry.dstate_in. With every gradient pointer null it computes carry.dstate_in alone (a
+// third of the work). dBc and dCc are summed over channels in parts of
+// kSelectiveScanPartChannels, then over the parts; the per-channel parameter gradients per chunk,
+// then over chunks and rows, through `workspace` (fp32, selective_scan_backward_workspace_floats
+// of them, overwritten): the gradient arriving at every chunk's last state [B, chunks, E, N],
+// the dBc|dCc partials [B, parts, L, 2N], the dA_log|dD|ddt_bias partials [B, chunks, E, N + 2].
+inline constexpr int64_t kSelectiveScanPartChannels = 128;
+inline int64_t selective_scan_parts(const SelectiveScanShape& s) {
+  return (s.E + kSelectiveScanPartChannels - 1) / kSelectiveScanPartChannels;
+}
 inline int64_t selective_scan_backward_workspace_floats(const SelectiveScanShape& s) {
-  const int64_t clusters =
-      (s.E + kSelectiveScanClusterChannels - 1) / kSelectiveScanClusterChannels;
-  return s.B * clusters * s.L * 2 * s.N + s.B * s.E * (s.N + 2);
+  const int64_t chunks = selective_scan_chunks(s);
+  return s.B * chunks * s.E * s.N + s.B * selective_scan_parts(s) * s.L * 2 * s.N +
+         s.B * chunks * s.E * (s.N + 2);
 }
 
 void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const bf16* x,
@@ -102,6 +116,11 @@ void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const 
                                   const int32_t* doc, const float* checkpoint, bf16* dx,
                                   bf16* ddt, float* ddt_bias, float* dA_log, bf16* dBc, bf16* dCc,
                                   float* dD, bf16* dz, float* workspace,
-                                  const SelectiveScanShape& s, cudaStream_t stream);
+                                  const SelectiveScanShape& s, cudaStream_t stream,
+                                  const ScanCarry<float>& carry = {});
+
+// Decay exponentials exp(delta A) the CUDA kernels evaluate in a forward or a backward, on the
+// special-function or the FMA units (the benchmark sets them against the GPU's exp2 rate).
+int64_t selective_scan_cuda_exp2_count(const SelectiveScanShape& s, bool backward);
 
 }  // namespace sambay

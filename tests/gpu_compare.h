@@ -109,18 +109,4 @@ inline std::vector<int32_t> make_docs(int64_t B, int64_t L) {
   return doc;
 }
 
-// Each attention test case twice: on the tensor-core kernels (simple = false) and forced onto the
-// simple kernels (simple = true), so a failure points at one implementation.
-template <typename Case>
-std::vector<Case> with_both_kernels(const std::vector<Case>& cases) {
-  std::vector<Case> all;
-  for (Case c : cases) {
-    c.simple = false;
-    all.push_back(c);
-    c.simple = true;
-    all.push_back(c);
-  }
-  return all;
-}
-
 }  // namespace sambay::testing

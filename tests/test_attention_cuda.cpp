@@ -1,13 +1,15 @@
 // GPU attention against the CPU reference (attention.cpp, fp64) on the same bf16-rounded inputs.
-// Every case runs twice: with the tensor-core kernels (where the head dims have them) and with
-// the simple kernels forced, so both implementations are held to the reference.
+// Every case runs once per implementation (the automatic choice, which is the Hopper kernels on
+// an sm_90 GPU; the mma.sync kernels; the simple kernels), so each is held to the reference.
 #include "kernels/attention.h"
+#include "tests/attention_kernels.h"
 #include "tests/gpu_buffer.h"
 #include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 #include "tests/test_util.h"
 
 #include "core/check.h"
+#include "core/cuda_runtime.h"
 
 #include <fmt/format.h>
 
@@ -34,13 +36,15 @@ constexpr double kFp32Tolerance = 1e-5;
 struct CudaAttnCase {
   int64_t B, L, H, G, dk, dv, window;
   bool doc;
-  bool simple;  // force the simple kernels
+  int64_t Lk = 0, q_offset = 0;  // a query slice (context parallelism): L queries of Lk keys
+  AttentionKernels kernels = AttentionKernels::automatic;
 };
 
 std::string name_of(const CudaAttnCase& c) {
-  return fmt::format("B{}_L{}_H{}_G{}_dk{}_dv{}_{}{}_{}", c.B, c.L, c.H, c.G, c.dk, c.dv,
+  return fmt::format("B{}_L{}_H{}_G{}_dk{}_dv{}_{}{}{}_{}", c.B, c.L, c.H, c.G, c.dk, c.dv,
                      c.window ? fmt::format("w{}", c.window) : "full", c.doc ? "_doc" : "",
-                     c.simple ? "simple" : "auto");
+                     c.Lk ? fmt::format("_Lk{}_at{}", c.Lk, c.q_offset) : "",
+                     testing::kernels_name(c.kernels));
 }
 void PrintTo(const CudaAttnCase& c, std::ostream* os) { *os << name_of(c); }
 
@@ -72,11 +76,7 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
     EXPECT_LT(relative_error(got, want), kBf16Tolerance) << what;
 }
 
-// Sets the kernel choice for one test and restores the default when the test ends.
-struct KernelChoice {
-  explicit KernelChoice(bool simple) { attention_cuda_force_simple_kernels(simple); }
-  ~KernelChoice() { attention_cuda_force_simple_kernels(false); }
-};
+using testing::KernelChoice;
 
 // Host inputs (bf16-rounded) and the fp64 CPU reference forward on them.
 struct HostAttn {
@@ -86,12 +86,14 @@ struct HostAttn {
   std::vector<int32_t> doc;
 
   HostAttn(const CudaAttnCase& c, uint64_t seed)
-      : s{c.B, c.L, c.H, c.G, c.dk, c.dv, c.window}, scale(1.0 / std::sqrt(double(c.dk))) {
+      : s{c.B, c.L, c.H, c.G, c.dk, c.dv, c.window, c.Lk, c.q_offset},
+        scale(1.0 / std::sqrt(double(c.dk))) {
+    const int64_t Lk = attention_keys(s);
     q = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.dk, seed + 1));
-    k = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.dk, seed + 2));
-    v = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.dv, seed + 3));
+    k = round_to_bf16(testing::random_normal(c.B * Lk * c.G * c.dk, seed + 2));
+    v = round_to_bf16(testing::random_normal(c.B * Lk * c.G * c.dv, seed + 3));
     dout = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.dv, seed + 4));
-    if (c.doc) doc = testing::make_docs(c.B, c.L);
+    if (c.doc) doc = testing::make_docs(c.B, Lk);
     out.resize(dout.size());
     lse.resize(c.B * c.H * c.L);
     attention_forward(q.data(), k.data(), v.data(), doc_ptr(), out.data(), lse.data(), s, scale);
@@ -144,7 +146,7 @@ class AttentionCudaTest : public ::testing::TestWithParam<CudaAttnCase> {};
 
 TEST_P(AttentionCudaTest, ForwardMatchesCpu) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostAttn host(GetParam(), 100);
   DeviceAttn dev(host);
   dev.forward();
@@ -156,7 +158,7 @@ TEST_P(AttentionCudaTest, ForwardMatchesCpu) {
 // is written exactly once).
 TEST_P(AttentionCudaTest, BackwardAccumulatesCpuGradients) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostAttn host(GetParam(), 200);
   const HostAttn::Grads want = host.backward();
   DeviceAttn dev(host);
@@ -173,7 +175,7 @@ TEST_P(AttentionCudaTest, BackwardAccumulatesCpuGradients) {
 // A null gradient pointer skips that gradient and leaves the others right.
 TEST_P(AttentionCudaTest, NullGradientsAreSkipped) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostAttn host(GetParam(), 300);
   const HostAttn::Grads want = host.backward();
   DeviceAttn dev(host);
@@ -190,27 +192,34 @@ TEST_P(AttentionCudaTest, NullGradientsAreSkipped) {
   expect_close(bf16_to_f64(dv.download()), want.dv, "dv");
 }
 
-// Tiles are 128 queries x 64 keys (forward, consumed 32 or 64 at a time) and 64 x 64 (backward),
-// so L = 1, 17, 65, 100, 130, 257, 1000 cover partial tiles, one tile and many. Windows: 1 (every
-// query sees only itself), smaller than a tile, not a multiple of it, equal to L and beyond L.
+// Tiles: Hopper 128 queries x 128 keys forward (64 keys at dv 256), 128 keys x 64 queries
+// backward; mma.sync 128 x 64 forward and 64 x 64 backward. So L = 1, 17, 65, 100, 127, 129,
+// 130, 191, 257, 1000 cover partial tiles, a tile and one more, and many tiles. Windows: 1 (every
+// query sees only itself), smaller than a tile, crossing tile edges (17, 63, 127, 129, 200), equal
+// to L and beyond L. Documents (make_docs: lengths 1 to 40ish) start inside tiles.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCudaTest,
-    ::testing::ValuesIn(testing::with_both_kernels<CudaAttnCase>({
-        {1, 1, 2, 2, 64, 64, 0, false, false},       // a single token
-        {2, 17, 4, 2, 64, 64, 0, true, false},       // GQA 2, docs
-        {1, 100, 4, 4, 64, 128, 0, false, false},    // GQA 1, dv = 2 dk
-        {2, 257, 4, 1, 128, 128, 0, true, false},    // H = 4 G
-        {1, 257, 2, 1, 128, 256, 64, false, false},  // window < L, dv = 2 dk
-        {1, 100, 4, 2, 128, 128, 100, true, false},  // window = L
-        {2, 130, 8, 2, 64, 128, 17, true, false},    // small odd window, H = 4 G
-        {1, 200, 2, 2, 64, 64, 300, false, false},   // window > L
-        {1, 65, 2, 1, 128, 256, 0, true, false},
-        {1, 1000, 2, 1, 128, 128, 0, true, false},   // many tiles
-        {1, 1000, 4, 2, 64, 128, 200, false, false}, // many tiles, window
-        {1, 70, 2, 1, 64, 64, 1, true, false},       // window 1: exact dq = dk = 0
-        {1, 33, 2, 1, 32, 48, 0, true, false},       // head dims without tensor-core kernels
-        {2, 20, 3, 1, 80, 160, 7, false, false},
-        {1, 50, 2, 2, 128, 64, 0, false, false},
+    ::testing::ValuesIn(testing::with_every_kernel<CudaAttnCase>({
+        {1, 1, 2, 2, 64, 64, 0, false},       // a single token
+        {2, 17, 4, 2, 64, 64, 0, true},       // GQA 2, docs
+        {1, 100, 4, 4, 64, 128, 0, false},    // GQA 1, dv = 2 dk
+        {2, 257, 4, 1, 128, 128, 0, true},    // H = 4 G
+        {1, 257, 2, 1, 128, 256, 64, false},  // window < L, dv = 2 dk
+        {1, 100, 4, 2, 128, 128, 100, true},  // window = L
+        {2, 130, 8, 2, 64, 128, 17, true},    // small odd window, H = 4 G
+        {1, 200, 2, 2, 64, 64, 300, false},   // window > L
+        {1, 65, 2, 1, 128, 256, 0, true},
+        {1, 1000, 2, 1, 128, 128, 0, true},   // many tiles
+        {1, 1000, 4, 2, 64, 128, 200, false}, // many tiles, window
+        {1, 70, 2, 1, 64, 64, 1, true},       // window 1: exact dq = dk = 0
+        {1, 127, 2, 2, 128, 128, 0, false},   // one short of a tile
+        {2, 129, 4, 2, 128, 128, 127, false}, // one past a tile; window one short of a tile
+        {1, 191, 8, 1, 64, 128, 129, true},   // GQA 8, window one past a tile, docs
+        {1, 300, 2, 1, 128, 256, 63, true},   // dv 256 (64-key tiles), window crossing them
+        {1, 520, 4, 2, 128, 128, 0, true},    // docs across many tiles
+        {1, 33, 2, 1, 32, 48, 0, true},       // head dims without tensor-core kernels
+        {2, 20, 3, 1, 80, 160, 7, false},
+        {1, 50, 2, 2, 128, 64, 0, false},
     })),
     [](const auto& info) { return name_of(info.param); });
 
@@ -246,27 +255,53 @@ TEST(AttentionCuda, RejectsBadShapes) {
                Error);
 }
 
-// Query slices (context parallelism) exist on the CPU only so far: the CUDA entry points refuse
-// them before touching any memory.
-TEST(AttentionCuda, RejectsQuerySlices) {
-  SAMBAY_REQUIRE_GPU();
-  const AttentionShape slices[] = {{1, 4, 2, 2, 64, 64, 0, 8, 4},   // queries [4, 8) of 8 keys
-                                   {1, 4, 2, 2, 64, 64, 0, 8, 0},   // more keys than queries
-                                   {1, 4, 2, 2, 64, 64, 0, 0, 0}};  // the plain shape
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_THROW(attention_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                        slices[i], 1.f, nullptr),
-                 Error);
-    EXPECT_THROW(attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                         nullptr, nullptr, nullptr, nullptr, slices[i], 1.f,
-                                         nullptr),
-                 Error);
-  }
-  // No gradient wanted: the plain shape returns at once, so only the slices above threw.
-  EXPECT_NO_THROW(attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                          nullptr, nullptr, nullptr, nullptr, slices[2], 1.f,
-                                          nullptr));
+// Query slices (context parallelism): L queries standing at q_offset among Lk keys. The Hopper
+// kernels compute them (checked against the CPU's slices, which its own tests tie to the
+// unsliced op); the other implementations refuse them before touching any memory.
+class AttentionCudaSliceTest : public ::testing::TestWithParam<CudaAttnCase> {};
+
+bool hopper_runs(const CudaAttnCase& c) {
+  const bool dims = (c.dk == 64 && (c.dv == 64 || c.dv == 128)) ||
+                    (c.dk == 128 && (c.dv == 128 || c.dv == 256));
+  return cuda_compute_capability() == 90 && dims && c.kernels == AttentionKernels::automatic;
 }
+
+TEST_P(AttentionCudaSliceTest, MatchesCpuOrIsRefused) {
+  SAMBAY_REQUIRE_GPU();
+  KernelChoice choice(GetParam().kernels);
+  HostAttn host(GetParam(), 600);
+  DeviceAttn dev(host);
+  if (!hopper_runs(GetParam())) {
+    EXPECT_THROW(dev.forward(), Error);
+    EXPECT_THROW(dev.backward(nullptr, nullptr, dev.dout.ptr), Error);
+    return;
+  }
+  dev.forward();
+  EXPECT_LT(relative_error(bf16_to_f64(dev.out.download()), host.out), kBf16Tolerance);
+  EXPECT_LT(relative_error(dev.lse.download(), host.lse), kFp32Tolerance);
+  const HostAttn::Grads want = host.backward();
+  const auto dq0 = prefill_like(want.dq, 601), dk0 = prefill_like(want.dk, 602),
+             dv0 = prefill_like(want.dv, 603);
+  DeviceBuffer<bf16> dq(to_bf16_vector(dq0)), dk(to_bf16_vector(dk0)), dv(to_bf16_vector(dv0));
+  dev.backward(dq.ptr, dk.ptr, dv.ptr);
+  expect_close(minus(bf16_to_f64(dq.download()), dq0), want.dq, "dq");
+  expect_close(minus(bf16_to_f64(dk.download()), dk0), want.dk, "dk");
+  expect_close(minus(bf16_to_f64(dv.download()), dv0), want.dv, "dv");
+}
+
+// Slices of the load-balanced chunking (a rank's first and second chunk), keys beyond the last
+// query, offsets inside a tile, windows and documents across the slice edge.
+INSTANTIATE_TEST_SUITE_P(
+    Slices, AttentionCudaSliceTest,
+    ::testing::ValuesIn(testing::with_every_kernel<CudaAttnCase>({
+        {1, 128, 4, 2, 128, 128, 0, false, 512, 128},  // chunk 1 of 4
+        {1, 128, 4, 2, 128, 128, 0, true, 512, 384},   // chunk 3 of 4, docs
+        {2, 100, 4, 4, 64, 128, 0, true, 300, 37},     // offset inside a tile
+        {1, 90, 2, 1, 64, 64, 50, false, 400, 200},    // window, keys beyond the queries
+        {1, 200, 4, 2, 128, 128, 129, true, 450, 250}, // window crossing the slice edge
+        {1, 150, 2, 1, 128, 256, 0, true, 400, 190},   // dv 256
+    })),
+    [](const auto& info) { return name_of(info.param); });
 
 }  // namespace
 }  // namespace sambay

@@ -1,12 +1,14 @@
 // GPU differential attention against the CPU reference (diff_attention.cpp, fp64) on the same
 // bf16-rounded inputs (fp32 lambda vectors and norm weight, exactly representable in double).
 #include "kernels/diff_attention.h"
+#include "tests/attention_kernels.h"
 #include "tests/gpu_buffer.h"
 #include "tests/gpu_compare.h"
 #include "tests/gpu_test.h"
 #include "tests/test_util.h"
 
 #include "core/check.h"
+#include "core/cuda_runtime.h"
 
 #include <fmt/format.h>
 
@@ -31,13 +33,15 @@ constexpr double kEps = 1e-5;
 struct CudaDiffCase {
   int64_t B, L, H, G, h, window;
   bool doc;
-  bool simple;  // force the simple attention kernels for the two maps
+  int64_t Lk = 0, q_offset = 0;  // a query slice (context parallelism): L queries of Lk keys
+  AttentionKernels kernels = AttentionKernels::automatic;  // for the two maps
 };
 
 std::string name_of(const CudaDiffCase& c) {
-  return fmt::format("B{}_L{}_H{}_G{}_h{}_{}{}_{}", c.B, c.L, c.H, c.G, c.h,
+  return fmt::format("B{}_L{}_H{}_G{}_h{}_{}{}{}_{}", c.B, c.L, c.H, c.G, c.h,
                      c.window ? fmt::format("w{}", c.window) : "full", c.doc ? "_doc" : "",
-                     c.simple ? "simple" : "auto");
+                     c.Lk ? fmt::format("_Lk{}_at{}", c.Lk, c.q_offset) : "",
+                     testing::kernels_name(c.kernels));
 }
 void PrintTo(const CudaDiffCase& c, std::ostream* os) { *os << name_of(c); }
 
@@ -52,10 +56,7 @@ std::vector<double> minus(const std::vector<double>& a, const std::vector<double
 std::vector<double> to_f64(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 std::vector<float> to_f32(const std::vector<double>& v) { return {v.begin(), v.end()}; }
 
-struct KernelChoice {
-  explicit KernelChoice(bool simple) { attention_cuda_force_simple_kernels(simple); }
-  ~KernelChoice() { attention_cuda_force_simple_kernels(false); }
-};
+using testing::KernelChoice;
 
 // Host inputs and the fp64 CPU reference forward with its saved buffers.
 struct HostDiff {
@@ -67,12 +68,13 @@ struct HostDiff {
   std::vector<double> a1, a2, lse1, lse2, rstd;
 
   HostDiff(const CudaDiffCase& c, uint64_t seed)
-      : s{c.B, c.L, c.H, c.G, c.h, c.window},
+      : s{c.B, c.L, c.H, c.G, c.h, c.window, c.Lk, c.q_offset},
         scale(1.0 / std::sqrt(double(c.h))),
         lambda_init(0.8 - 0.6 * std::exp(-0.3 * 3)) {  // the model's value at layer 3
     q = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.h, seed + 1));
-    k = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.h, seed + 2));
-    v = round_to_bf16(testing::random_normal(c.B * c.L * c.G * c.h, seed + 3));
+    const int64_t Lk = c.Lk ? c.Lk : c.L;
+    k = round_to_bf16(testing::random_normal(c.B * Lk * c.G * c.h, seed + 2));
+    v = round_to_bf16(testing::random_normal(c.B * Lk * c.G * c.h, seed + 3));
     // Small lambda vectors keep lambda near lambda_init (~0.56): a lambda near 1 would make
     // o = a1 - lambda a2 cancel and the head norm ill-conditioned for any implementation.
     lq1 = fp32(testing::random_normal(c.h, seed + 4, 0.1));
@@ -81,7 +83,7 @@ struct HostDiff {
     lk2 = fp32(testing::random_normal(c.h, seed + 7, 0.1));
     norm_weight = fp32(testing::random_uniform(2 * c.h, seed + 8, 0.5, 1.5));
     dout = round_to_bf16(testing::random_normal(c.B * c.L * c.H * c.h, seed + 9));
-    if (c.doc) doc = testing::make_docs(c.B, c.L);
+    if (c.doc) doc = testing::make_docs(c.B, Lk);
     lambda_init = static_cast<float>(lambda_init);
     const DiffAttentionSavedSizes n = diff_attention_saved_sizes(s);
     a1.resize(n.a1), a2.resize(n.a2), lse1.resize(n.lse1), lse2.resize(n.lse2);
@@ -176,7 +178,7 @@ class DiffAttentionCudaTest : public ::testing::TestWithParam<CudaDiffCase> {};
 
 TEST_P(DiffAttentionCudaTest, ForwardMatchesCpu) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostDiff host(GetParam(), 100);
   DeviceDiff dev(host);
   dev.forward();
@@ -193,7 +195,7 @@ TEST_P(DiffAttentionCudaTest, ForwardMatchesCpu) {
 // Every gradient is added into a buffer that already holds values of its own size.
 TEST_P(DiffAttentionCudaTest, BackwardAccumulatesCpuGradients) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostDiff host(GetParam(), 200);
   DeviceDiff dev(host);
   dev.forward();
@@ -236,7 +238,7 @@ TEST_P(DiffAttentionCudaTest, BackwardAccumulatesCpuGradients) {
 // Null gradient pointers skip only those gradients.
 TEST_P(DiffAttentionCudaTest, NullGradientsAreSkipped) {
   SAMBAY_REQUIRE_GPU();
-  KernelChoice choice(GetParam().simple);
+  KernelChoice choice(GetParam().kernels);
   HostDiff host(GetParam(), 300);
   DeviceDiff dev(host);
   dev.forward();
@@ -260,15 +262,15 @@ TEST_P(DiffAttentionCudaTest, NullGradientsAreSkipped) {
 // and the exact dlambda is O(eps) (the norm's eps), below fp32 rounding of its terms.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DiffAttentionCudaTest,
-    ::testing::ValuesIn(testing::with_both_kernels<CudaDiffCase>({
-        {1, 3, 2, 2, 64, 0, false, false},     // three tokens, one pair
-        {2, 17, 4, 2, 64, 0, true, false},     // GQA 2, docs
-        {1, 100, 4, 4, 64, 16, false, false},  // GQA 1, window < L
-        {1, 257, 8, 2, 64, 0, true, false},    // H = 4 G
-        {1, 130, 4, 2, 128, 50, true, false},  // h = 128, window
-        {2, 70, 2, 2, 128, 200, false, false}, // window > L
-        {1, 300, 4, 2, 64, 128, true, false},
-        {1, 33, 4, 2, 32, 0, true, false},     // no tensor-core kernel for h = 32
+    ::testing::ValuesIn(testing::with_every_kernel<CudaDiffCase>({
+        {1, 3, 2, 2, 64, 0, false},     // three tokens, one pair
+        {2, 17, 4, 2, 64, 0, true},     // GQA 2, docs
+        {1, 100, 4, 4, 64, 16, false},  // GQA 1, window < L
+        {1, 257, 8, 2, 64, 0, true},    // H = 4 G
+        {1, 130, 4, 2, 128, 50, true},  // h = 128, window
+        {2, 70, 2, 2, 128, 200, false}, // window > L
+        {1, 300, 4, 2, 64, 128, true},
+        {1, 33, 4, 2, 32, 0, true},     // no tensor-core kernel for h = 32
     })),
     [](const auto& info) { return name_of(info.param); });
 
@@ -281,22 +283,53 @@ TEST(DiffAttentionCuda, RejectsBadShapes) {
                Error);  // odd head counts
 }
 
-// Query slices (context parallelism) exist on the CPU only so far: the CUDA entry points refuse
-// them before launching anything.
-TEST(DiffAttentionCuda, RejectsQuerySlices) {
+// Query slices (context parallelism): the forward, and the backward against the CPU backward at
+// the GPU's saved state, where the Hopper kernels run (an sm_90 GPU, h = 64 or 128); elsewhere the entry
+// points refuse slices.
+class DiffAttentionCudaSliceTest : public ::testing::TestWithParam<CudaDiffCase> {};
+
+TEST_P(DiffAttentionCudaSliceTest, MatchesCpuOrIsRefused) {
   SAMBAY_REQUIRE_GPU();
-  DiffAttentionSaved saved{};
-  const DiffAttentionShape slice{1, 4, 2, 2, 64, 0, 8, 4};  // queries [4, 8) of 8 keys
-  EXPECT_THROW(diff_attention_forward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                           nullptr, nullptr, 0.5f, nullptr, nullptr, saved, slice,
-                                           1.f, 1e-5f, nullptr),
-               Error);
-  EXPECT_THROW(diff_attention_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, nullptr, 0.5f, nullptr, saved,
-                                            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, slice, 1.f, nullptr),
-               Error);
+  const CudaDiffCase c = GetParam();
+  KernelChoice choice(c.kernels);
+  HostDiff host(c, 700);
+  DeviceDiff dev(host);
+  DeviceBuffer<bf16> dq(static_cast<int64_t>(host.q.size())), dk(static_cast<int64_t>(host.k.size())),
+      dv(static_cast<int64_t>(host.v.size()));
+  auto backward = [&] {
+    diff_attention_backward_cuda(dev.dout.ptr, dev.q.ptr, dev.k.ptr, dev.v.ptr, dev.doc_ptr(),
+                                 dev.lq1.ptr, dev.lk1.ptr, dev.lq2.ptr, dev.lk2.ptr,
+                                 static_cast<float>(host.lambda_init), dev.norm_weight.ptr,
+                                 dev.saved(), dq.ptr, dk.ptr, dv.ptr, nullptr, nullptr, nullptr,
+                                 nullptr, nullptr, host.s, static_cast<float>(host.scale), nullptr);
+  };
+  if (!(cuda_compute_capability() == 90 && (c.h == 64 || c.h == 128) &&
+        c.kernels == AttentionKernels::automatic)) {
+    EXPECT_THROW(dev.forward(), Error);
+    return;
+  }
+  dev.forward();
+  EXPECT_LT(relative_error(bf16_to_f64(dev.out.download()), host.out), kBf16Tolerance);
+  EXPECT_LT(relative_error(dev.lse1.download(), host.lse1), kFp32Tolerance);
+  EXPECT_LT(relative_error(dev.lse2.download(), host.lse2), kFp32Tolerance);
+  adopt_saved_state(host, dev);
+  const HostDiff::Grads want = host.backward();
+  dq.zero(), dk.zero(), dv.zero();
+  backward();
+  EXPECT_LT(relative_error(bf16_to_f64(dq.download()), want.dq), kBf16Tolerance);
+  EXPECT_LT(relative_error(bf16_to_f64(dk.download()), want.dk), kBf16Tolerance);
+  EXPECT_LT(relative_error(bf16_to_f64(dv.download()), want.dv), kBf16Tolerance);
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Slices, DiffAttentionCudaSliceTest,
+    ::testing::ValuesIn(testing::with_every_kernel<CudaDiffCase>({
+        {1, 128, 4, 2, 64, 0, false, 512, 128},  // chunk 1 of 4
+        {2, 100, 8, 2, 64, 0, true, 300, 137},   // offset inside a tile, docs, GQA 2
+        {1, 90, 4, 4, 64, 50, true, 400, 200},   // window, keys beyond the queries
+        {1, 100, 4, 2, 128, 0, true, 300, 150},  // h 128: values 256 wide
+    })),
+    [](const auto& info) { return name_of(info.param); });
 
 }  // namespace
 }  // namespace sambay
