@@ -65,7 +65,7 @@ std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
 std::vector<std::string> resume_differences(const CheckpointInfo& info, const TrainConfig& cfg,
                                             int threads) {
   static const std::set<std::string> ignored = {
-      "out_dir", "device", "threads", "log_every", "eval_every", "eval_batches",
+      "out_dir", "device", "threads", "log_every", "tensorboard", "eval_every", "eval_batches",
       "save_every", "keep_checkpoints", "resume"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
   std::vector<std::string> out;

@@ -27,7 +27,8 @@ po::options_description train_options(TrainConfig& c) {
       ("seed", value_with_default(&c.seed), "parameter initialisation seed")
       ("recompute", flag(&c.recompute), "recompute layer internals in backward (less memory)")
       ("threads", value_with_default(&c.threads), "CPU threads (0 = all cores)")
-      ("log_every", value_with_default(&c.log_every), "steps between log lines")
+      ("log_every", value_with_default(&c.log_every), "steps between log lines (and metrics records)")
+      ("tensorboard", flag(&c.tensorboard), "also write the metrics as TensorBoard event files in out_dir/tensorboard")
       ("eval_every", value_with_default(&c.eval_every), "steps between validation runs (0 = never)")
       ("eval_batches", value_with_default(&c.eval_batches), "micro-batches per validation run")
       ("save_every", value_with_default(&c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
@@ -190,6 +191,7 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("recompute", c.recompute);
   line("threads", c.threads);
   line("log_every", c.log_every);
+  line("tensorboard", c.tensorboard);
   line("eval_every", c.eval_every);
   line("eval_batches", c.eval_batches);
   line("tp", c.tp);

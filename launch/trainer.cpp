@@ -4,11 +4,11 @@
 #include "core/cuda_runtime.h"
 #include "core/model.h"
 #include "io/checkpoint.h"
-#include "io/json.h"
 #include "io/sampler.h"
 #include "io/tokenizer_note.h"
 #include "launch/preemption.h"
 #include "launch/resume.h"
+#include "launch/run_metrics.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/mup.h"
@@ -16,6 +16,7 @@
 #include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
+#include "sambay_version.h"
 #if SAMBAY_HAVE_CUDA
 #include "launch/gpu_engine.h"
 #endif
@@ -27,6 +28,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -105,26 +107,6 @@ void gather_whole_tensors(const Communicator& tp, const ParamLayout& full_layout
                    r);
 }
 
-struct Metrics {
-  std::ofstream file;  // open on rank 0 only
-  void open(const std::filesystem::path& path) {
-    // A run killed mid-line leaves a partial last line; start on a fresh one.
-    bool partial = false;
-    if (std::ifstream old(path, std::ios::binary | std::ios::ate); old && old.tellg() > 0) {
-      old.seekg(-1, std::ios::end);
-      partial = old.get() != '\n';
-    }
-    file.open(path, std::ios::app);
-    if (!file) fail("{}: cannot open for writing", path.string());
-    if (partial) file << '\n';
-  }
-  void write(const std::string& json_line) {
-    if (!file.is_open()) return;
-    file << json_line << '\n';
-    file.flush();
-  }
-};
-
 const char* signal_name(int sig) {
   return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal";
 }
@@ -189,13 +171,13 @@ int run_training(const TrainConfig& cfg) {
   const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
 
   namespace fs = std::filesystem;
-  Metrics metrics;
+  RunMetrics metrics;
   if (lead) {
     fs::create_directories(cfg.out_dir);
     std::ofstream resolved(fs::path(cfg.out_dir) / "config.ini");
     resolved << train_config_to_text(cfg);
     if (!resolved) fail("{}: cannot write config.ini", cfg.out_dir);
-    metrics.open(fs::path(cfg.out_dir) / "metrics.jsonl");
+    metrics.open(cfg.out_dir, cfg.tensorboard);
   }
 
   // Data, made by the tokenizer the model expects.
@@ -238,6 +220,7 @@ int run_training(const TrainConfig& cfg) {
   const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
   const std::string config_text = train_config_to_text(cfg);
   int64_t start_step = 0, consumed_samples = 0;
+  std::string resumed_from;  // the checkpoint directory, when resuming
   // Checkpoints hold whole tensors: the sharded moments are gathered over the dp_cp ranks and
   // the TP shards over the tp ranks for a save; on resume each rank takes its pieces back, so a
   // checkpoint resumes under any layout.
@@ -261,8 +244,7 @@ int run_training(const TrainConfig& cfg) {
                    "uninterrupted run: {}\n",
                    d);
     }
-    metrics.write(fmt::format(R"({{"resumed_from_step":{},"checkpoint":{}}})", start_step,
-                              Json(c->dir).dump()));
+    resumed_from = c->dir;
   }
   // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
   // activations live where the model runs.
@@ -327,6 +309,25 @@ int run_training(const TrainConfig& cfg) {
                mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
                acts.arena.capacity / 1048576.0, cfg.recompute ? ", recompute" : "",
                omp_get_max_threads(), cfg.out_dir);
+    // Where this process's records start: what it runs, where, and from which build.
+    Json start = metrics_record(resumed_from.empty() ? "run_start" : "resume", start_step);
+    if (!resumed_from.empty()) {
+      start["resumed_from_step"] = start_step;
+      start["checkpoint"] = resumed_from;
+    }
+    start["sambay_version"] = SAMBAY_VERSION;
+    start["git_commit"] = SAMBAY_GIT_COMMIT;
+    if (const char* job = std::getenv("SLURM_JOB_ID")) start["slurm_job_id"] = job;
+    Json hosts = Json::array();
+    for (std::string_view line : split_lines(placement)) hosts.push_back(std::string(line));
+    start["placement"] = {{"world_size", grid.world_size}, {"dp", grid.shape.dp},
+                          {"tp", grid.shape.tp},           {"cp", grid.shape.cp},
+                          {"device", device_line},         {"ranks", describe(grid) + gpu_collectives},
+                          {"threads_per_rank", threads},   {"hosts", hosts}};
+    start["model"] = {{"name", mc.name}, {"parameters", full_layout.total}};
+    start["config"] = train_config_json(cfg);
+    start["memory_mib"] = mem_mib;
+    metrics.write(start);
   }
 
   auto validation_loss = [&]() {
@@ -366,14 +367,28 @@ int run_training(const TrainConfig& cfg) {
                r.bytes / 1e6, s, r.bytes / 1e9 / s);
     for (const std::string& removed : r.removed) fmt::print("checkpoint: removed {}\n", removed);
     std::fflush(stdout);
-    metrics.write(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{}}})", step,
-                              Json(r.dir).dump(), s));
+    Json record = metrics_record("checkpoint", step);
+    record["dir"] = r.dir;
+    record["seconds"] = s;
+    record["bytes"] = r.bytes;
+    metrics.write(record);
   };
 
+  // The last record of this process: why it ended, and what it trained.
+  auto end_record = [&](const std::string& reason, int64_t step, double train_s) {
+    Json end = metrics_record("end", step);
+    end["reason"] = reason;
+    end["steps_trained"] = step - start_step;
+    end["tokens_trained"] = (step - start_step) * tokens_per_step;
+    end["train_s"] = train_s;
+    end["elapsed_s"] = seconds_since(t_start);
+    metrics.write(end);
+  };
   if (start_step >= cfg.steps) {
     if (lead)
       fmt::print("done: the checkpoint is at step {}, --steps is {}; nothing to train\n", start_step,
                cfg.steps);
+    end_record("nothing to train", start_step, 0);
     return 0;
   }
   std::vector<MicroBatch> micro(cfg.grad_accum);
@@ -381,7 +396,9 @@ int run_training(const TrainConfig& cfg) {
   if (cfg.eval_every > 0 && start_step == 0) {
     first_valid = last_valid = validation_loss();
     if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
-    metrics.write(fmt::format(R"({{"step":0,"valid_loss":{}}})", first_valid));
+    Json record = metrics_record("valid", 0);
+    record["valid_loss"] = first_valid;
+    metrics.write(record);
   }
   const Clock::time_point t_train = Clock::now();
   double step_seconds_avg = 0;
@@ -419,9 +436,16 @@ int run_training(const TrainConfig& cfg) {
       reduce_gradients(*opt, model.grads.data());
       norm = sharded_grad_norm(*opt, &tp);
     }
-    if (!std::isfinite(loss) || !std::isfinite(norm))
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      Json record = metrics_record("step", step + 1);
+      record["loss"] = loss, record["grad_norm"] = norm;  // NaN and inf are written as null
+      metrics.write(record);
+      Json end = metrics_record("end", step);
+      end["reason"] = std::isfinite(loss) ? "non-finite gradient norm" : "non-finite loss";
+      metrics.write(end);
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
            std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss);
+    }
     const double coef = clip_coefficient(norm, cfg.clip);
     // The schedule is evaluated at the update's 1-based number: the first update gets
     // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
@@ -448,15 +472,25 @@ int run_training(const TrainConfig& cfg) {
                  step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
                  format_duration(eta));
       std::fflush(stdout);
-      metrics.write(fmt::format(
-          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"step_ms":{},"elapsed_s":{}}})",
-          step + 1, loss, lr, norm, (step + 1) * tokens_per_step, tok_s, dt * 1e3,
-          seconds_since(t_start)));
+      Json record = metrics_record("step", step + 1);
+      record["loss"] = loss;
+      record["lr"] = lr;
+      record["grad_norm"] = norm;
+      record["tokens"] = (step + 1) * tokens_per_step;
+      record["tokens_per_s"] = tok_s;
+      record["step_ms"] = dt * 1e3;
+      record["elapsed_s"] = seconds_since(t_start);
+      record["flops_per_s"] = flops_s;
+      if (gpu) record["mfu"] = flops_s / kH100PeakFlops;
+      record["memory_mib"] = mem_mib;
+      metrics.write(record);
     }
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last)) {
       last_valid = validation_loss();
       if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
-      metrics.write(fmt::format(R"({{"step":{},"valid_loss":{}}})", step + 1, last_valid));
+      Json record = metrics_record("valid", step + 1);
+      record["valid_loss"] = last_valid;
+      metrics.write(record);
     }
     if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
     // Slurm signals every rank, but not at the same instant: the ranks agree (max over the
@@ -467,6 +501,7 @@ int run_training(const TrainConfig& cfg) {
       if (lead)
         fmt::print("exiting with code {} (requeue; continue with --resume auto)\n", kExitRequeue);
       std::fflush(stdout);
+      end_record(fmt::format("signal {}", signal_name(sig)), step + 1, seconds_since(t_train));
       return kExitRequeue;
     }
   }
@@ -482,6 +517,7 @@ int run_training(const TrainConfig& cfg) {
                trained * tokens_per_step, format_duration(train_s),
                trained * tokens_per_step / train_s, valid_text,
                format_duration(seconds_since(t_start)));
+  end_record("done", cfg.steps, train_s);
   return 0;
 }
 

@@ -37,9 +37,10 @@ fi
 
 # PyPI packages some tests compare against (those tests skip with a message without them), for
 # the same python3 as python3-h5py: tiktoken and bpe-openai (whose wheel ships the o200k_base and
-# cl100k_base vocabularies) check the BPE tokenizer, tokenizers the exported tokenizer files.
-pip_packages=(tiktoken bpe-openai tokenizers)
-pip_modules=(tiktoken bpe_openai tokenizers)
+# cl100k_base vocabularies) check the BPE tokenizer, tokenizers the exported tokenizer files,
+# tensorboard (its event reader) the training's event files.
+pip_packages=(tiktoken bpe-openai tokenizers tensorboard)
+pip_modules=(tiktoken bpe_openai tokenizers tensorboard)
 pip_missing=()
 for i in "${!pip_packages[@]}"; do
   /usr/bin/python3 -c "import ${pip_modules[$i]}" 2>/dev/null || pip_missing+=("${pip_packages[$i]}")

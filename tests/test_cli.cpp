@@ -3,6 +3,7 @@
 #include "core/check.h"
 #include "io/byte_tokenizer.h"
 #include "io/indexed_dataset.h"
+#include "io/json.h"
 #include "launch/command_line.h"
 #include "launch/train_config.h"
 #include "tests/test_util.h"
@@ -11,6 +12,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -117,20 +119,60 @@ TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   RunResult r = run_sambay(fmt::format(
       "train --model tiny-sambay-da --model.vocab 257 --model.d_model 16 --data {} "
       "--seq_len 32 --micro_batch 4 --steps 60 --warmup 5 --lr 1e-2 --eval_every 60 "
-      "--eval_batches 4 --log_every 20 --threads 1 --out_dir {}",
+      "--eval_batches 4 --log_every 20 --threads 1 --tensorboard --out_dir {}",
       data, (dir / "run").string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  // The run directory holds the resolved config and one JSON line per logged step.
+  // The run directory holds the resolved config and one JSON record per line: the run's start
+  // (config, placement, commit), logged steps, validations, the checkpoint and the end.
   EXPECT_TRUE(fs::exists(dir / "run" / "config.ini"));
   std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::vector<Json> records;
+  for (std::string line; std::getline(metrics, line);)
+    records.push_back(parse_json(line, "metrics.jsonl"));
+  ASSERT_GE(records.size(), 7u);
   std::vector<double> valid;
-  for (std::string line; std::getline(metrics, line);) {
-    const size_t at = line.find("\"valid_loss\":");
-    if (at != std::string::npos) valid.push_back(std::stod(line.substr(at + 13)));
+  std::vector<std::string> kinds;
+  for (const Json& j : records) {
+    kinds.push_back(j["kind"]);
+    EXPECT_TRUE(j["wall_time"].is_number()) << j.dump();
+    if (j["kind"] == "valid") valid.push_back(j["valid_loss"]);
   }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"run_start", "valid", "step", "step", "step",
+                                             "step", "valid", "checkpoint", "end"}));
+  const Json& start = records.front();
+  EXPECT_EQ(start["config"]["steps"], 60);
+  EXPECT_EQ(start["config"]["model.d_model"], 16);
+  EXPECT_EQ(start["placement"]["world_size"], 1);
+  EXPECT_EQ(start["placement"]["device"], "cpu");
+  EXPECT_EQ(start["git_commit"].get<std::string>().size(), 40u);
+  EXPECT_EQ(records.back()["reason"], "done");
+  EXPECT_EQ(records.back()["steps_trained"], 60);
   ASSERT_EQ(valid.size(), 2u) << r.output;
   EXPECT_NEAR(valid[0], std::log(257.0), 0.3);  // near uniform at initialisation
   EXPECT_LT(valid[1], valid[0] - 1.0) << r.output;
+  // TensorBoard's reader sees the same numbers (as float32).
+  const std::string events = (dir / "events.json").string();
+  const int status = std::system(
+      fmt::format("'{}' '{}/tests/tensorboard/read_events.py' '{}' > '{}' 2>&1", SAMBAY_PYTHON3,
+                  SAMBAY_SOURCE_DIR, (dir / "run" / "tensorboard").string(), events)
+          .c_str());
+  std::ifstream events_in(events);
+  const std::string events_text((std::istreambuf_iterator<char>(events_in)), {});
+  if (WEXITSTATUS(status) == 77) {
+    std::printf("TensorBoard check skipped: %s", events_text.c_str());
+  } else {
+    ASSERT_EQ(status, 0) << events_text;
+    const Json tb = parse_json(events_text, events);
+    std::vector<Json> loss;
+    for (const Json& j : records)
+      if (j["kind"] == "step")
+        loss.push_back(Json{j["step"], j["wall_time"], double(float(j["loss"].get<double>()))});
+    EXPECT_EQ(tb["tags"]["train/loss"], Json(loss));
+    EXPECT_EQ(tb["tags"]["valid/loss"].size(), 2u);
+    for (const char* tag : {"train/lr", "train/grad_norm", "train/tokens_per_s",
+                            "train/flops_per_s", "train/memory_mib"})
+      EXPECT_EQ(tb["tags"][tag].size(), 4u) << tag;
+  }
   // The run's final checkpoint answers the phonebook eval (accuracy is near 0 for this model;
   // the command's decoding is checked in test_model's greedy test).
   RunResult eval = run_sambay(fmt::format("ckpt phonebook {} --queries 2 --entries 3",
