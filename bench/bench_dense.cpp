@@ -205,9 +205,14 @@ void bench_elementwise(Context& ctx) {
   }
 }
 
-// ---- Tied cross-entropy, n 8192, V 200064, d 2560.
+// ---- Cross-entropy through the tied head, n 8192, V 200064, d 2560 (phi4-mini-flash's head),
+// in vocabulary chunks of c rows, all kept from forward to backward or all recomputed.
+// FLOPs count the three GEMMs (2 n V d each: logits, dh, dw), the target's denominator; with no
+// chunk kept the backward also recomputes the logits (a fourth GEMM, not counted). Bytes: the
+// operands once, the bf16 logits written and read by the passes (kernels/cross_entropy.h).
+// "3 GEMMs alone" runs the same GEMMs per chunk without the passes: the ceiling of this shape.
 void bench_cross_entropy(Context& ctx) {
-  const int64_t n = kTokens, V = 200064, d = 2560, chunk = 8192;
+  const int64_t n = kTokens, V = 200064, d = 2560;
   std::vector<int32_t> host_targets(n);
   std::mt19937 rng(11);
   for (int32_t& t : host_targets) t = int32_t(rng() % V);
@@ -217,23 +222,58 @@ void bench_cross_entropy(Context& ctx) {
       cudaMemcpy(targets, host_targets.data(), sizeof(int32_t) * n, cudaMemcpyHostToDevice));
   DeviceArray<bf16> h(n * d), emb(V * d, 0.02), dh(n * d);
   DeviceArray<float> lse(n), demb(V * d, 0.001);
-  const double gemm_flops = 2.0 * n * V * d;
-  double ms = ctx.time_ms(
+  const double gemm = 2.0 * n * V * d;
+  const double operands = 2.0 * (n * d + V * d), dw_bytes = 8.0 * V * d, dh_bytes = 4.0 * n * d;
+  auto run = [&](int64_t chunk, bool keep_all) {
+    CrossEntropyPlan plan{n, d, V, chunk, 0};
+    const int64_t chunks = cross_entropy_chunks(plan);
+    plan.kept_chunks = keep_all ? chunks : 0;
+    void* workspace = nullptr;
+    SAMBAY_CUDA_CHECK(cudaMalloc(&workspace, cross_entropy_workspace(plan).bytes));
+    const std::string what = fmt::format("c{} {}", chunk, keep_all ? "kept" : "recomputed");
+    auto forward = [&] {
+      tied_cross_entropy_forward_cuda(h.ptr, emb.ptr, targets, lse.ptr, plan, 1.0f, workspace,
+                                      nullptr, ctx.stream);
+    };
+    auto backward = [&] {
+      tied_cross_entropy_backward_cuda(h.ptr, emb.ptr, targets, lse.ptr, dh.ptr, demb.ptr, plan,
+                                       1.0f, 1.0f / n, workspace, ctx.stream);
+    };
+    // The backward consumes the kept logits: each timed backward follows its own forward, and
+    // the backward's time is the pair's less the forward's.
+    const double fwd = ctx.time_ms(forward, 2, 5);
+    const double both = ctx.time_ms([&] { forward(), backward(); }, 2, 5);
+    const double logits_bytes = 2.0 * n * V;
+    ctx.report({"xent fwd " + what, fwd, gemm, operands + 2 * logits_bytes});
+    ctx.report({"xent bwd " + what, both - fwd, 2 * gemm,
+                operands + (keep_all ? 2 : 3) * logits_bytes + dw_bytes + 3 * dh_bytes});
+    ctx.report({"xent fwd+bwd " + what, both, 3 * gemm,
+                operands + (keep_all ? 4 : 5) * logits_bytes + dw_bytes + 3 * dh_bytes});
+    cudaFree(workspace);
+  };
+  run(8192, true);
+  run(8192, false);
+  run(16384, true);
+  run(32768, true);
+
+  // The same GEMMs per chunk of 8192, without the passes between them.
+  const int64_t chunk = 8192;
+  DeviceArray<bf16> logits(n * chunk);
+  DeviceArray<float> dh_f32(n * d);
+  const double ms = ctx.time_ms(
       [&] {
-        tied_cross_entropy_forward_cuda(h.ptr, emb.ptr, targets, lse.ptr, n, d, V, 1.0f, chunk,
-                                        nullptr, ctx.stream);
+        for (int64_t first = 0; first < V; first += chunk) {
+          const int64_t cols = std::min(chunk, V - first);
+          gemm_bf16_cuda(false, true, n, cols, d, 1.0f, h.ptr, d, emb.ptr + first * d, d, 0.0f,
+                         logits.ptr, chunk, nullptr, ctx.stream);
+          gemm_bf16_cuda(false, false, n, d, cols, 1.0f, logits.ptr, chunk, emb.ptr + first * d,
+                         d, first == 0 ? 0.0f : 1.0f, dh_f32.ptr, d, nullptr, ctx.stream);
+          gemm_bf16_cuda(true, false, cols, d, n, 1.0f, logits.ptr, chunk, h.ptr, d, 1.0f,
+                         demb.ptr + first * d, d, nullptr, ctx.stream);
+        }
       },
       2, 5);
-  ctx.report({fmt::format("xent fwd n{} V{} d{} chunk{}", n, V, d, chunk), ms, gemm_flops,
-              2.0 * (n * d + V * d) + 8.0 * n * V});
-  ms = ctx.time_ms(
-      [&] {
-        tied_cross_entropy_backward_cuda(h.ptr, emb.ptr, targets, lse.ptr, dh.ptr, demb.ptr, n, d,
-                                         V, 1.0f, chunk, 1.0f / n, ctx.stream);
-      },
-      2, 5);
-  ctx.report({fmt::format("xent bwd n{} V{} d{} chunk{}", n, V, d, chunk), ms, 3 * gemm_flops,
-              2.0 * (n * d + V * d) + 8.0 * V * d + 4.0 * n * d + 10.0 * n * V});
+  ctx.report({fmt::format("xent 3 GEMMs alone c{}", chunk), ms, 3 * gemm, 0});
   cudaFree(targets);
 }
 

@@ -17,27 +17,41 @@ namespace {
 
 constexpr double kH100DenseBf16Tflops = 989.4;  // datasheet, SXM, dense
 
+// anchor: the PyTorch anchor's key for the same model and batch (anchors.h), or empty.
 void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int64_t L,
-                         bool recompute) {
+                         RecomputeMode recompute, const std::string& anchor = "") {
   const ModelConfig c = model_preset(preset);
-  const std::string name = fmt::format("step {} B{} L{}{}", preset, B, L, recompute ? " rc" : "");
+  const std::string name =
+      fmt::format("step {} B{} L{} rc-{}", preset, B, L, recompute_mode_name(recompute));
   const int64_t params = parameter_count(c);
   const double state_bytes = params * (4.0 * 4 + 2);  // fp32 params, grads, m, v + bf16 copy
-  const double act_bytes = gpu_activation_bytes(c, B, L, recompute);
-  const double free_bytes = cuda_memory_total() - cuda_memory_used();
-  if (state_bytes + act_bytes > free_bytes * 0.97) {
-    fmt::print("{}: does not fit: needs {:.2f} GiB (state {:.2f} + activations {:.2f}), "
-               "{:.2f} GiB free: {:.2f} GiB short\n",
-               name, (state_bytes + act_bytes) / 1073741824.0, state_bytes / 1073741824.0,
-               act_bytes / 1073741824.0, free_bytes / 1073741824.0,
-               (state_bytes + act_bytes - free_bytes * 0.97) / 1073741824.0);
+  if (state_bytes > 0.97 * double(cuda_memory_total() - cuda_memory_used())) {
+    fmt::print("{}: does not fit: the state alone needs {:.2f} GiB\n", name,
+               state_bytes / 1073741824.0);
     return;
   }
   Model<float> cpu = make_model<float>(c, 1);
   cpu.grads = {};  // the CPU copy only seeds the GPU parameters
   GpuModel gpu = make_gpu_model(cpu, ctx.stream);
   cpu.params = {};
-  GpuActivations acts = plan_gpu_activations(gpu, B, L, recompute);
+  // The activations' plan as `sambay train` makes it: the free memory next to the state, less
+  // the headroom.
+  const int64_t total = static_cast<int64_t>(cuda_memory_total());
+  const int64_t budget = total - static_cast<int64_t>(cuda_memory_used()) -
+                         gpu_recompute_headroom(total);
+  const RecomputeChoice choice =
+      resolve_recompute(recompute, c, B, L, budget, [&](const RecomputePlan& plan) {
+        return planned_gpu_activation_bytes(gpu, B, L, plan);
+      });
+  fmt::print("{}: recompute {}, {:.2f} GiB for activations\n{}\n", name,
+             recompute_mode_name(recompute), budget / 1073741824.0, choice.log);
+  if (!choice.fits) {
+    fmt::print("{}: does not fit: activations {:.2f} GiB, {:.2f} GiB short\n", name,
+               choice.bytes / 1073741824.0, (choice.bytes - budget) / 1073741824.0);
+    return;
+  }
+  const double act_bytes = double(choice.bytes);
+  GpuActivations acts = plan_gpu_activations(gpu, B, L, choice.plan);
   std::vector<int32_t> tokens(B * L), targets(B * L), doc(B * L, 0);
   for (int64_t i = 0; i < B * L; ++i) {
     tokens[i] = static_cast<int32_t>(philox_below(3, 0, i, c.vocab));
@@ -98,22 +112,34 @@ void bench_training_step(Context& ctx, const std::string& preset, int64_t B, int
   fmt::print("  time split by op family (sum {:.1f} ms per step; gaps between families are the "
              "rest):\n{}",
              profiled, split);
-  ctx.report({name, ms, flops, 0});
+  ctx.report({.name = name, .ms = ms, .flops = flops, .anchor = anchor});
   cuda_free(groups_device);
 }
 
-void step_1b(Context& ctx) {
-  bench_training_step(ctx, "sambay-da-1b", 1, 4096, false);
-  bench_training_step(ctx, "sambay-da-1b", 2, 4096, false);
-  bench_training_step(ctx, "sambay-da-1b", 4, 4096, false);
-  bench_training_step(ctx, "sambay-da-1b", 1, 8192, false);
+// The 150-line PyTorch Transformer++ of the anchor script has these shapes (torch.compile, cuDNN
+// attention, fused AdamW): the whole step beside it.
+void step_transformerpp(Context& ctx) {
+  for (int64_t B : {1, 2, 4})
+    bench_training_step(ctx, "transformerpp-1b", B, 4096, RecomputeMode::none,
+                        fmt::format("tpp B{} L4096 step", B));
 }
+
+void step_1b(Context& ctx) {
+  for (int64_t B : {1, 2, 4})
+    bench_training_step(ctx, "sambay-da-1b", B, 4096, RecomputeMode::none);
+  bench_training_step(ctx, "sambay-da-1b", 1, 8192, RecomputeMode::none);
+}
+// auto: the plan `sambay train` chooses on this GPU (none for B1 x 8192 on a 141 GB H200); all:
+// the old full recompute, for comparison.
 void step_3_8b(Context& ctx) {
-  bench_training_step(ctx, "phi4-mini-flash", 1, 4096, true);
-  bench_training_step(ctx, "phi4-mini-flash", 1, 8192, true);
+  bench_training_step(ctx, "phi4-mini-flash", 1, 4096, RecomputeMode::auto_choice);
+  bench_training_step(ctx, "phi4-mini-flash", 1, 8192, RecomputeMode::auto_choice);
+  bench_training_step(ctx, "phi4-mini-flash", 2, 8192, RecomputeMode::auto_choice);
+  bench_training_step(ctx, "phi4-mini-flash", 1, 8192, RecomputeMode::all);
 }
 
 SAMBAY_BENCHMARK("step_1b", step_1b);
+SAMBAY_BENCHMARK("step_transformerpp", step_transformerpp);
 SAMBAY_BENCHMARK("step_3.8b", step_3_8b);
 
 }  // namespace

@@ -25,108 +25,6 @@ namespace sambay {
 
 namespace {
 
-constexpr int64_t kLossVocabChunk = 8192;
-
-// Typed buffers from a device arena (or only counted, when it measures).
-struct Allocator {
-  Arena& arena;
-  bf16* half(int64_t n) { return static_cast<bf16*>(arena.alloc(DType::bf16, {n}).data); }
-  float* f32(int64_t n) { return static_cast<float*>(arena.alloc(DType::f32, {n}).data); }
-  double* f64(int64_t n) { return static_cast<double*>(arena.alloc(DType::f64, {n}).data); }
-  int32_t* i32(int64_t n) { return static_cast<int32_t*>(arena.alloc(DType::i32, {n}).data); }
-};
-
-// nr: the residual-stream rows this rank keeps (m.n, or m.n / tp under sequence parallelism).
-void allocate_internals(const ModelConfig& c, LayerKind kind, const GraphDims& m, int64_t nr,
-                        Allocator& al, GpuLayerActivations& a) {
-  a.ln1_mean = al.f32(nr), a.ln1_rstd = al.f32(nr), a.a = al.half(nr * m.d);
-  a.x_mid = al.half(nr * m.d);
-  a.ln2_mean = al.f32(nr), a.ln2_rstd = al.f32(nr), a.a2 = al.half(nr * m.d);
-  a.h = al.half(m.n * 2 * m.F), a.s = al.half(m.n * m.F);
-  switch (kind) {
-    case LayerKind::mamba:
-      a.xin = al.half(m.n * m.E), a.z = al.half(m.n * m.E), a.xs = al.half(m.n * m.E);
-      a.dl = al.half(m.n * m.R), a.bc = al.half(m.n * m.N), a.cc = al.half(m.n * m.N);
-      a.dt = al.half(m.n * m.E), a.y = al.half(m.n * m.E), a.sout = al.half(m.n * m.E);
-      a.scan_checkpoint = al.f32(selective_scan_checkpoint_floats({m.B, m.L, m.E, m.N}));
-      break;
-    case LayerKind::sliding_window:
-    case LayerKind::full_attention:
-    case LayerKind::cross_attention:
-      a.q = al.half(m.n * m.Hh), a.o = al.half(m.n * m.Hh);
-      if (kind != LayerKind::cross_attention) a.k = al.half(m.n * m.Gh), a.v = al.half(m.n * m.Gh);
-      if (c.differential) {
-        const DiffAttentionSavedSizes sz =
-            diff_attention_saved_sizes({m.B, m.L, m.H, m.G, m.h, c.window});
-        a.diff.lambda = al.f64(1);
-        a.diff.a1 = al.f32(sz.a1), a.diff.a2 = al.f32(sz.a2);
-        a.diff.lse1 = al.f32(sz.lse1), a.diff.lse2 = al.f32(sz.lse2), a.diff.rstd = al.f32(sz.rstd);
-      } else {
-        a.lse = al.f32(m.B * m.H * m.L);
-      }
-      break;
-    case LayerKind::gmu:
-      a.g = al.half(m.n * m.E), a.gm = al.half(m.n * m.E);
-      if (c.normalized_gmu) a.gmu_rstd = al.f32(m.n);
-      break;
-  }
-}
-
-// tp: a TP group of several ranks runs the model (its fp32 partial-sum buffer is planned); nr:
-// the residual-stream rows this rank keeps (B L, or B L / tp under sequence parallelism: the
-// residual stream, the norms and the loss then hold nr rows, and the regions read their normed
-// input gathered whole into region_in).
-void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, bool recompute, bool tp,
-                          int64_t nr, Arena& arena, GpuActivations& acts) {
-  const GraphDims m = graph_dims(c, B, L);
-  Allocator al{arena};
-  const int n_layers = static_cast<int>(c.layers.size());
-  acts.layers.assign(n_layers, GpuLayerActivations{});
-  std::vector<GpuLayerActivations> shared(5);
-  std::vector<bool> have_shared(5, false);
-  for (int i = 0; i < n_layers; ++i) {
-    GpuLayerActivations& a = acts.layers[i];
-    a.x_in = al.half(nr * m.d);
-    const int kind = static_cast<int>(c.layers[i]);
-    if (!recompute) {
-      allocate_internals(c, c.layers[i], m, nr, al, a);
-    } else {
-      if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, nr, al, shared[kind]);
-      have_shared[kind] = true;
-      bf16* x_in = a.x_in;
-      a = shared[kind];
-      a.x_in = x_in;
-    }
-    if (recompute && i == c.kv_source_layer) a.k = al.half(m.n * m.Gh), a.v = al.half(m.n * m.Gh);
-    if (recompute && i == c.memory_layer) a.y = al.half(m.n * m.E);
-  }
-  acts.mixer_out = al.half(nr * m.d), acts.mlp_out = al.half(nr * m.d);
-  acts.final_x = al.half(nr * m.d), acts.final_out = al.half(nr * m.d);
-  acts.final_mean = al.f32(nr), acts.final_rstd = al.f32(nr), acts.ce_lse = al.f32(nr);
-  acts.tokens = al.i32(m.n), acts.targets = al.i32(m.n), acts.doc = al.i32(m.n);
-  if (tp) acts.tp_partial = al.f32(m.n * std::max(m.d, m.R + 2 * m.N));
-  if (nr < m.n) acts.region_in = al.half(m.n * m.d), acts.tp_scalars = al.f64(2);
-
-  GpuBackwardScratch& g = acts.grad;
-  g.dres = al.half(nr * m.d), g.dbranch = al.half(m.n * m.d), g.da = al.half(m.n * m.d);
-  g.dh = al.half(m.n * 2 * m.F), g.ds = al.half(m.n * m.F);
-  const LayerKindsPresent kinds = layer_kinds_present(c);
-  if (kinds.mamba) {
-    g.dxin = al.half(m.n * m.E), g.dz = al.half(m.n * m.E), g.dxs = al.half(m.n * m.E);
-    g.ddl = al.half(m.n * m.R), g.dbc = al.half(m.n * m.N), g.dcc = al.half(m.n * m.N);
-    g.ddt = al.half(m.n * m.E), g.dsout = al.half(m.n * m.E);
-    g.conv_workspace = al.f32(causal_conv1d_silu_backward_workspace_floats(m.B, m.L, m.E, m.K));
-    g.scan_workspace = al.f32(selective_scan_backward_workspace_floats({m.B, m.L, m.E, m.N}));
-  }
-  if (kinds.attention) {
-    g.dq = al.half(m.n * m.Hh), g.do_ = al.half(m.n * m.Hh);
-    g.dk = al.half(m.n * m.Gh), g.dv = al.half(m.n * m.Gh);
-    if (c.rope) g.dq_rot = al.half(m.n * m.Hh), g.dk_rot = al.half(m.n * m.Gh);
-  }
-  if (c.kv_source_layer >= 0) g.dk_shared = al.half(m.n * m.Gh), g.dv_shared = al.half(m.n * m.Gh);
-  if (kinds.gmu) g.dg = al.half(m.n * m.E), g.dgm = al.half(m.n * m.E), g.dmemory = al.half(m.n * m.E);
-}
-
 void zero(bf16* p, int64_t n, cudaStream_t s) { cuda_memset_zero_async(p, sizeof(bf16) * n, s); }
 
 // ---- Tensor parallelism ----
@@ -699,25 +597,24 @@ void refresh_bf16_params(GpuModel& m) {
   cuda_synchronize();
 }
 
-GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L, bool recompute) {
-  SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
-  Arena measure = Arena::measuring("activations");
-  GpuActivations dry;
-  const bool tp = model.split.tp && model.split.tp->size > 1;
-  const int64_t nr = gpu_row_split(model.split, B * L).nr;
-  allocate_activations(model.config, B, L, recompute, tp, nr, measure, dry);
+GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
+                                    const RecomputePlan& recompute) {
+  const int64_t bytes = planned_gpu_activation_bytes(model, B, L, recompute);
+  const bool tp = tensor_parallel_group(model.split) != nullptr;
   GpuActivations acts;
   acts.B = B, acts.L = L, acts.recompute = recompute;
-  acts.memory = Arena(Device::cuda, measure.used, "activations");
-  allocate_activations(model.config, B, L, recompute, tp, nr, acts.memory, acts);
+  acts.memory = Arena(Device::cuda, static_cast<size_t>(bytes), "activations");
+  allocate_gpu_activations(model.config, B, L, recompute, tp, gpu_row_split(model.split, B * L).nr,
+                           acts.memory, acts);
   return acts;
 }
 
-int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute) {
-  Arena measure = Arena::measuring("activations");
-  GpuActivations dry;
-  allocate_activations(config, B, L, recompute, false, B * L, measure, dry);
-  return static_cast<int64_t>(measure.used);
+int64_t planned_gpu_activation_bytes(const GpuModel& model, int64_t B, int64_t L,
+                                     const RecomputePlan& recompute) {
+  SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
+  const bool tp = tensor_parallel_group(model.split) != nullptr;
+  return gpu_activation_bytes(model.config, B, L, recompute, tp,
+                              gpu_row_split(model.split, B * L).nr);
 }
 
 void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* tokens,
@@ -786,9 +683,8 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   ForwardResult r;
   OpScope loss(prof, OpFamily::loss);
   r.loss_sum = tied_cross_entropy_forward_cuda(
-      acts.final_out, model.params_bf16 + lay.embedding, acts.targets + rows.row0, acts.ce_lse, nr,
-      m.d, c.vocab, static_cast<float>(model.logit_scale),
-      std::min<int64_t>(kLossVocabChunk, c.vocab), &r.valid_rows, st);
+      acts.final_out, model.params_bf16 + lay.embedding, acts.targets + rows.row0, acts.ce_lse,
+      acts.loss, static_cast<float>(model.logit_scale), acts.loss_workspace, &r.valid_rows, st);
   if (rows.sp) {  // each SP rank scored its own rows: the sums over the group, through the device
     double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
     cuda_copy_to_device(acts.tp_scalars, sums, sizeof(sums));
@@ -829,8 +725,8 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   zero(g.da, nr * m.d, st), zero(g.dres, nr * m.d, st);
   tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding,
                                    acts.targets + rows.row0, acts.ce_lse, g.da, G + lay.embedding,
-                                   nr, m.d, c.vocab, static_cast<float>(model.logit_scale),
-                                   std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale, st);
+                                   acts.loss, static_cast<float>(model.logit_scale), grad_scale,
+                                   acts.loss_workspace, st);
   end_op(prof);
   begin_op(prof, OpFamily::norm);
   norm_backward(c, g.da, acts.final_x, model.params + lay.final_norm_w, acts.final_mean,
@@ -843,7 +739,7 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
           tp_rank, rows.sp, nr, rows.row0};
     GpuLayerActivations& a = acts.layers[i];
-    if (acts.recompute) {
+    if (acts.recompute.layers[i]) {
       // Re-run the layer from its saved input with the same kernels as the forward (the first
       // norm unfused: it computes the same statistics from the same stored input).
       begin_op(prof, OpFamily::norm);

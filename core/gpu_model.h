@@ -34,6 +34,7 @@
 #include "core/arena.h"
 #include "core/bf16.h"
 #include "core/cuda_stream.h"
+#include "core/gpu_activations.h"
 #include "core/gpu_profile.h"
 #include "core/model.h"
 
@@ -85,61 +86,18 @@ std::vector<float> download_grads(const GpuModel& m);
 // Refreshes the bf16 compute copy from the fp32 master (after loading parameters).
 void refresh_bf16_params(GpuModel& m);
 
-// One layer's stored activations on the device. bf16 activations, fp32 statistics.
-struct GpuLayerActivations {
-  bf16* x_in = nullptr;
-  float *ln1_mean = nullptr, *ln1_rstd = nullptr;
-  bf16* a = nullptr;
-  bf16* x_mid = nullptr;
-  float *ln2_mean = nullptr, *ln2_rstd = nullptr;
-  bf16 *a2 = nullptr, *h = nullptr, *s = nullptr;
-  // Mamba: xs = silu(conv(xin)) (the conv output is recomputed in backward), scan checkpoint.
-  bf16 *xin = nullptr, *z = nullptr, *xs = nullptr, *dl = nullptr, *bc = nullptr, *cc = nullptr,
-       *dt = nullptr, *y = nullptr, *sout = nullptr;
-  float* scan_checkpoint = nullptr;
-  // Attention.
-  bf16 *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
-  float* lse = nullptr;
-  DiffAttentionSaved diff{};
-  // GMU.
-  bf16 *g = nullptr, *gm = nullptr;
-  float* gmu_rstd = nullptr;
-};
-
-struct GpuBackwardScratch {
-  bf16 *dres = nullptr, *dbranch = nullptr, *da = nullptr, *dh = nullptr, *ds = nullptr;
-  bf16 *dxin = nullptr, *dz = nullptr, *dxs = nullptr, *ddl = nullptr, *dbc = nullptr,
-       *dcc = nullptr, *ddt = nullptr, *dsout = nullptr;
-  bf16 *dq = nullptr, *dk = nullptr, *dv = nullptr, *do_ = nullptr, *dq_rot = nullptr,
-       *dk_rot = nullptr;
-  bf16 *dg = nullptr, *dgm = nullptr;
-  bf16 *dk_shared = nullptr, *dv_shared = nullptr, *dmemory = nullptr;
-  float *conv_workspace = nullptr, *scan_workspace = nullptr;
-};
-
-struct GpuActivations {
-  int64_t B = 0, L = 0;
-  bool recompute = false;
-  Arena memory;
-  std::vector<GpuLayerActivations> layers;
-  GpuBackwardScratch grad;
-  bf16 *mixer_out = nullptr, *mlp_out = nullptr, *final_x = nullptr, *final_out = nullptr;
-  float *final_mean = nullptr, *final_rstd = nullptr, *ce_lse = nullptr;
-  int32_t *tokens = nullptr, *targets = nullptr, *doc = nullptr;  // the micro-batch, on the device
-  // Under TP (a group of several ranks): fp32 partial sums before their reduction over the group,
-  // [n, max(d, R + 2N)]; null otherwise.
-  float* tp_partial = nullptr;
-  // Under SP: a region's input gathered whole, [n, d] bf16, and the loss sum and valid count
-  // summed over the TP group (2 values); null otherwise. The residual-stream buffers (x_in,
-  // x_mid, the normed a and a2, their statistics, mixer_out, mlp_out, final_*, ce_lse, dres)
-  // then hold this rank's n / tp rows.
-  bf16* region_in = nullptr;
-  double* tp_scalars = nullptr;
-};
-
-GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L, bool recompute);
-// Bytes the activations need (nothing allocated), without TP's partial-sum buffer.
-int64_t gpu_activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute);
+// Plans the activations for micro-batches [B, L] (core/gpu_activations.h) on this model's split
+// (its TP partial-sum buffer and sequence-parallel rows) and allocates them on the device.
+GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
+                                    const RecomputePlan& recompute);
+// Bytes of that plan (nothing allocated).
+int64_t planned_gpu_activation_bytes(const GpuModel& model, int64_t B, int64_t L,
+                                     const RecomputePlan& recompute);
+// Every layer recomputed and no loss chunk kept, or nothing recomputed.
+inline GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
+                                           bool recompute) {
+  return plan_gpu_activations(model, B, L, uniform_recompute(model.config, recompute));
+}
 
 // Copies the host micro-batch (tokens, targets, doc; [B, L]; doc may be null) to the device,
 // checking every token against the vocabulary first (the GPU embedding does not check).

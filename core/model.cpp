@@ -113,19 +113,23 @@ GraphDims local_dims(const ModelConfig& c, int64_t B, int64_t L, int cp) {
 // nr: the residual-stream rows this rank keeps (RowSplit); cp: context-parallel ranks.
 template <typename T>
 void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr, int cp,
-                          bool recompute, Arena& arena, Activations<T>& acts) {
+                          const RecomputePlan& recompute, Arena& arena, Activations<T>& acts) {
   const GraphDims m = local_dims(c, B, L, cp);
   Allocator<T> al{arena};
   const int n_layers = static_cast<int>(c.layers.size());
   acts.layers.assign(n_layers, LayerActivations<T>{});
-  // In recompute mode one set of internals per layer kind serves every layer of that kind.
+  SAMBAY_CHECK(recompute.layers.size() == c.layers.size(),
+               "recompute plan of {} layers for a model of {}", recompute.layers.size(),
+               c.layers.size());
+  // One set of internals per layer kind serves every recomputed layer of that kind.
   std::vector<LayerActivations<T>> shared(5);
   std::vector<bool> have_shared(5, false);
   for (int i = 0; i < n_layers; ++i) {
     LayerActivations<T>& a = acts.layers[i];
     a.x_in = al.take(nr * m.d);
     const int kind = static_cast<int>(c.layers[i]);
-    if (!recompute) {
+    const bool rc = recompute.layers[i];
+    if (!rc) {
       allocate_internals(c, c.layers[i], m, nr, al, a);
     } else {
       if (!have_shared[kind]) allocate_internals(c, c.layers[i], m, nr, al, shared[kind]);
@@ -135,9 +139,8 @@ void allocate_activations(const ModelConfig& c, int64_t B, int64_t L, int64_t nr
       a.x_in = const_cast<T*>(x_in);
     }
     // What other layers read must outlive the layer: the kv layer's k, v and the memory.
-    if (recompute && i == c.kv_source_layer)
-      a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
-    if (recompute && i == c.memory_layer) a.y = al.take(m.n * m.E);
+    if (rc && i == c.kv_source_layer) a.k = al.take(m.n * m.Gh), a.v = al.take(m.n * m.Gh);
+    if (rc && i == c.memory_layer) a.y = al.take(m.n * m.E);
     if (cp > 1 && c.layers[i] == LayerKind::mamba)  // kept: the backward folds with them
       a.scan_state_in = al.take(m.B * m.E * m.N), a.scan_decay = al.take(m.B * m.E * m.N);
   }
@@ -801,7 +804,8 @@ void reduce_tensor_parallel_grads(Model<T>& model) {
 }
 
 template <typename T>
-Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L,
+                                const RecomputePlan& recompute) {
   SAMBAY_CHECK(B > 0 && L > 0, "micro-batch shape must be positive, got B={} L={}", B, L);
   const int64_t nr = row_split(model.split, B * L).nr;
   const int cp = model.split.cp ? model.split.cp->size : 1;
@@ -819,8 +823,8 @@ Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, boo
   return acts;
 }
 
-int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
-                         size_t element_size) {
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L,
+                         const RecomputePlan& recompute, size_t element_size) {
   Arena measure = Arena::measuring("activations");
   if (element_size == sizeof(double)) {
     Activations<double> dry;
@@ -895,7 +899,7 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
   for (int i = n_layers - 1; i >= 0; --i) {
     LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner,
                       context_parallel_group(model.split)};
-    if (acts.recompute) {
+    if (acts.recompute.layers[i]) {
       // Re-run the layer from its saved input. Its output is not needed again and lands in
       // mlp_out (updated in place), so the next layer's saved input stays intact.
       layer_forward(x, acts.layers[i], acts.mlp_out, acts.mixer_out, acts.mlp_out,
@@ -931,38 +935,44 @@ int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int
   return best;  // the logit scale is positive: it does not change the argmax
 }
 
-double training_flops_per_token(const ModelConfig& c, int64_t L) {
-  // Matrix products: 2 FLOPs per multiply-add, x3 for forward + two backward products.
+double layer_forward_flops_per_token(const ModelConfig& c, int layer, int64_t L) {
+  // Matrix products: 2 FLOPs per multiply-add.
   const double d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
   const double Hh = double(c.n_heads) * c.head_dim, Gh = double(c.n_kv_heads) * c.head_dim;
-  double matmul = c.vocab * d;  // output head (the embedding gather is not a product)
-  double attention = 0;         // scores and values per token, forward
-  for (size_t i = 0; i < c.layers.size(); ++i) {
-    matmul += 3 * d * c.d_ff;
-    switch (c.layers[i]) {
-      case LayerKind::mamba:
-        matmul += d * 2 * E + E * (R + 2 * N) + R * E + E * d;
-        break;
-      case LayerKind::sliding_window:
-      case LayerKind::full_attention:
-      case LayerKind::cross_attention: {
-        const bool cross = c.layers[i] == LayerKind::cross_attention;
-        matmul += d * (cross ? Hh : Hh + 2 * Gh) + Hh * d;
-        // Average keys seen per query under the causal (and window) mask.
-        const double keys = c.layers[i] == LayerKind::sliding_window && c.window < L
-                                ? c.window - (c.window - 1) * c.window / (2.0 * L)
-                                : (L + 1) / 2.0;
-        // q k^T and p v; differential attention runs two maps whose values are twice as wide.
-        const double per_key = c.differential ? 2 * (Hh / 2) * (1 + 2) : Hh * 2;
-        attention += 2 * keys * per_key;
-        break;
-      }
-      case LayerKind::gmu:
-        matmul += 2 * d * E;
-        break;
+  double matmul = 3 * d * c.d_ff;
+  double attention = 0;  // scores and values
+  switch (c.layers[layer]) {
+    case LayerKind::mamba:
+      matmul += d * 2 * E + E * (R + 2 * N) + R * E + E * d;
+      break;
+    case LayerKind::sliding_window:
+    case LayerKind::full_attention:
+    case LayerKind::cross_attention: {
+      const bool cross = c.layers[layer] == LayerKind::cross_attention;
+      matmul += d * (cross ? Hh : Hh + 2 * Gh) + Hh * d;
+      // Average keys seen per query under the causal (and window) mask.
+      const double keys = c.layers[layer] == LayerKind::sliding_window && c.window < L
+                              ? c.window - (c.window - 1) * c.window / (2.0 * L)
+                              : (L + 1) / 2.0;
+      // q k^T and p v; differential attention runs two maps whose values are twice as wide.
+      const double per_key = c.differential ? 2 * (Hh / 2) * (1 + 2) : Hh * 2;
+      attention += 2 * keys * per_key;
+      break;
     }
+    case LayerKind::gmu:
+      matmul += 2 * d * E;
+      break;
   }
-  return 3 * (2 * matmul + attention);
+  return 2 * matmul + attention;
+}
+
+double training_flops_per_token(const ModelConfig& c, int64_t L) {
+  // x3 for forward + two backward products; the output head (the embedding gather is not a
+  // product) and every layer.
+  double forward = 2.0 * c.vocab * c.d_model;
+  for (int i = 0; i < static_cast<int>(c.layers.size()); ++i)
+    forward += layer_forward_flops_per_token(c, i, L);
+  return 3 * forward;
 }
 
 template Model<float> make_model<float>(const ModelConfig&, uint64_t);
@@ -971,9 +981,10 @@ template Model<float> make_model_shard<float>(const ModelConfig&, uint64_t, cons
 template Model<double> make_model_shard<double>(const ModelConfig&, uint64_t, const ModelSplit&);
 template void reduce_tensor_parallel_grads<float>(Model<float>&);
 template void reduce_tensor_parallel_grads<double>(Model<double>&);
-template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t, bool);
+template Activations<float> plan_activations<float>(const Model<float>&, int64_t, int64_t,
+                                                    const RecomputePlan&);
 template Activations<double> plan_activations<double>(const Model<double>&, int64_t, int64_t,
-                                                      bool);
+                                                      const RecomputePlan&);
 template ForwardResult model_forward<float>(const Model<float>&, Activations<float>&,
                                             const int32_t*, const int32_t*, const int32_t*);
 template ForwardResult model_forward<double>(const Model<double>&, Activations<double>&,

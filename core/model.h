@@ -4,14 +4,16 @@
 // optional document id per token [B, L] (variable-length training: documents packed in a row
 // neither attend to each other nor share scan or conv state).
 //
-// Activations live in one arena planned for (B, L) before the first step. With recompute on,
-// only each layer's input is kept and backward re-runs the layer's forward before its
-// backward; both modes run the same code on the same inputs, so gradients are bit-identical.
+// Activations live in one arena planned for (B, L) before the first step. For a layer planned for
+// recompute (core/recompute_plan.h), only its input is kept and backward re-runs the layer's
+// forward before its backward; both ways run the same code on the same inputs, so gradients are
+// bit-identical whichever layers are recomputed.
 #pragma once
 
 #include "core/arena.h"
 #include "core/model_config.h"
 #include "core/param_layout.h"
+#include "core/recompute_plan.h"
 #include "kernels/diff_attention.h"
 #include "parallel/communicator.h"
 
@@ -62,8 +64,8 @@ void reduce_tensor_parallel_grads(Model<T>& model);
 // One layer's stored activations (pointers into the activation arena; null where the layer
 // kind has none). n = B * L rows; under sequence parallelism the residual-stream tensors (x_in,
 // the norms' statistics and outputs a, a2, x_mid) hold only this rank's nr = n / tp rows, noted
-// [nr, d]. In recompute mode the internals of every layer of a kind
-// point at one shared set, refilled when backward re-runs the layer.
+// [nr, d]. The internals of every recomputed layer of a kind point at one shared set, refilled
+// when backward re-runs the layer.
 template <typename T>
 struct LayerActivations {
   T* x_in = nullptr;  // [nr, d] the layer's input (always kept)
@@ -109,7 +111,7 @@ struct BackwardScratch {
 template <typename T>
 struct Activations {
   int64_t B = 0, L = 0;
-  bool recompute = false;
+  RecomputePlan recompute;  // its layers (the CPU loss keeps no logits: loss chunks unused)
   Arena arena;
   std::vector<LayerActivations<T>> layers;
   BackwardScratch<T> grad;
@@ -130,11 +132,21 @@ struct Activations {
 };
 
 template <typename T>
-Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute);
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L,
+                                const RecomputePlan& recompute);
+// Every layer recomputed, or none.
+template <typename T>
+Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L, bool recompute) {
+  return plan_activations(model, B, L, uniform_recompute(model.config, recompute));
+}
 
 // Bytes the activation arena needs for this config and micro-batch shape (nothing allocated).
-int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
-                         size_t element_size);
+int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L,
+                         const RecomputePlan& recompute, size_t element_size);
+inline int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L, bool recompute,
+                                size_t element_size) {
+  return activation_bytes(config, B, L, uniform_recompute(config, recompute), element_size);
+}
 
 struct ForwardResult {
   double loss_sum = 0;     // sum over valid targets of -log p(target)
@@ -162,5 +174,7 @@ int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int
 // Model FLOPs per token for training (forward + backward, matrix products and attention
 // scores/values), the numerator of MFU. Counted exactly from the shapes for sequence length L.
 double training_flops_per_token(const ModelConfig& config, int64_t L);
+// One layer's forward FLOPs per token (its matrix products and attention), the same count.
+double layer_forward_flops_per_token(const ModelConfig& config, int layer, int64_t L);
 
 }  // namespace sambay

@@ -20,17 +20,21 @@ static void check_arguments(const int32_t* targets, int64_t n, int64_t d, int64_
                               targets[i], i, V);
 }
 
-// logits[n, cols] = logit_scale * h[n, d] emb[first .. first + cols, d]^T
+// logits[n, cols] = logit_scale * h[n, d] w[first .. first + cols, d]^T, each value rounded to
+// bf16 (through fp32, as the GPU rounds its fp32 accumulation) when asked.
 template <typename T>
-static void chunk_logits(const T* h, const T* emb, T* logits, int64_t n, int64_t d,
-                         int64_t first, int64_t cols, T logit_scale) {
-  gemm<T>(false, true, n, cols, d, logit_scale, h, d, emb + first * d, d, T(0), logits, cols);
+static void chunk_logits(const T* h, const T* w, T* logits, int64_t n, int64_t d, int64_t first,
+                         int64_t cols, T logit_scale, LogitRounding rounding) {
+  gemm<T>(false, true, n, cols, d, logit_scale, h, d, w + first * d, d, T(0), logits, cols);
+  if (rounding == LogitRounding::bf16)
+    for (int64_t i = 0; i < n * cols; ++i)
+      logits[i] = T(to_float(to_bf16(static_cast<float>(logits[i]))));
 }
 
 template <typename T>
-double tied_cross_entropy_forward(const T* h, const T* emb, const int32_t* targets, T* lse,
+double tied_cross_entropy_forward(const T* h, const T* w, const int32_t* targets, T* lse,
                                   int64_t n, int64_t d, int64_t V, T logit_scale, int64_t chunk,
-                                  int64_t* valid_rows) {
+                                  int64_t* valid_rows, LogitRounding rounding) {
   check_arguments(targets, n, d, V, chunk);
   chunk = std::min(chunk, V);
   std::vector<T> logits(n * chunk);
@@ -41,7 +45,7 @@ double tied_cross_entropy_forward(const T* h, const T* emb, const int32_t* targe
 
   for (int64_t first = 0; first < V; first += chunk) {
     const int64_t cols = std::min(chunk, V - first);
-    chunk_logits(h, emb, logits.data(), n, d, first, cols, logit_scale);
+    chunk_logits(h, w, logits.data(), n, d, first, cols, logit_scale, rounding);
 #pragma omp parallel for
     for (int64_t i = 0; i < n; ++i) {
       if (targets[i] < 0) continue;
@@ -75,11 +79,11 @@ double tied_cross_entropy_forward(const T* h, const T* emb, const int32_t* targe
 }
 
 template <typename T>
-void tied_cross_entropy_backward(const T* h, const T* emb, const int32_t* targets, const T* lse,
-                                 T* dh, T* demb, int64_t n, int64_t d, int64_t V, T logit_scale,
-                                 int64_t chunk, T grad_scale) {
+void tied_cross_entropy_backward(const T* h, const T* w, const int32_t* targets, const T* lse,
+                                 T* dh, T* dw, int64_t n, int64_t d, int64_t V, T logit_scale,
+                                 int64_t chunk, T grad_scale, LogitRounding rounding) {
   check_arguments(targets, n, d, V, chunk);
-  if (!dh && !demb) return;
+  if (!dh && !dw) return;
   chunk = std::min(chunk, V);
   // d(loss)/d(logit) = softmax - onehot(target); the chain through logit = s <h, e> brings s.
   const double scale = double(logit_scale) * double(grad_scale);
@@ -87,7 +91,7 @@ void tied_cross_entropy_backward(const T* h, const T* emb, const int32_t* target
 
   for (int64_t first = 0; first < V; first += chunk) {
     const int64_t cols = std::min(chunk, V - first);
-    chunk_logits(h, emb, grad_logits.data(), n, d, first, cols, logit_scale);
+    chunk_logits(h, w, grad_logits.data(), n, d, first, cols, logit_scale, rounding);
     // Turn the recomputed logits into d(scaled loss)/d(logits) in place; ignored rows get 0.
 #pragma omp parallel for
     for (int64_t i = 0; i < n; ++i) {
@@ -102,27 +106,61 @@ void tied_cross_entropy_backward(const T* h, const T* emb, const int32_t* target
         row[c] = T(p * scale);
       }
     }
-    // dh[n, d] += G[n, cols] emb_chunk[cols, d];  demb_chunk[cols, d] += G^T h[n, d]
+    // dh[n, d] += G[n, cols] w_chunk[cols, d];  dw_chunk[cols, d] += G^T h[n, d]
     if (dh)
-      gemm<T>(false, false, n, d, cols, T(1), grad_logits.data(), cols, emb + first * d, d, T(1),
+      gemm<T>(false, false, n, d, cols, T(1), grad_logits.data(), cols, w + first * d, d, T(1),
               dh, d);
-    if (demb)
+    if (dw)
       gemm<T>(true, false, cols, d, n, T(1), grad_logits.data(), cols, h, d, T(1),
-              demb + first * d, d);
+              dw + first * d, d);
   }
+}
+
+int64_t cross_entropy_chunks(const CrossEntropyPlan& p) {
+  SAMBAY_CHECK(p.V >= 1 && p.chunk >= 1, "cross-entropy: V = {} and chunk = {} must be >= 1", p.V,
+               p.chunk);
+  return (p.V + p.chunk - 1) / p.chunk;
+}
+
+CrossEntropyWorkspace cross_entropy_workspace(const CrossEntropyPlan& p) {
+  SAMBAY_CHECK(p.n >= 0 && p.d >= 1, "cross-entropy: bad shape n={} d={}", p.n, p.d);
+  const int64_t chunks = cross_entropy_chunks(p);
+  SAMBAY_CHECK(p.kept_chunks >= 0 && p.kept_chunks <= chunks,
+               "cross-entropy: kept_chunks = {} is outside [0, {}] (V = {}, chunk = {})",
+               p.kept_chunks, chunks, p.V, p.chunk);
+  auto rounded = [](int64_t bytes) { return static_cast<size_t>((bytes + 255) / 256 * 256); };
+  const int64_t cols = std::min(p.chunk, p.V);  // no slot is wider than the vocabulary
+  CrossEntropyWorkspace w;
+  w.slot_bytes = rounded(2 * p.n * cols);
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t offset = at;
+    at += bytes;
+    return offset;
+  };
+  w.kept = take(w.slot_bytes * p.kept_chunks);
+  w.shared = take(p.kept_chunks < chunks ? w.slot_bytes : 0);
+  w.row_max = take(rounded(4 * p.n));
+  w.row_sum = take(rounded(4 * p.n));
+  w.target_logit = take(rounded(4 * p.n));
+  w.result = take(256);
+  w.dh = take(rounded(4 * p.n * p.d));
+  w.bytes = at;
+  return w;
 }
 
 template double tied_cross_entropy_forward<float>(const float*, const float*, const int32_t*,
                                                   float*, int64_t, int64_t, int64_t, float,
-                                                  int64_t, int64_t*);
+                                                  int64_t, int64_t*, LogitRounding);
 template double tied_cross_entropy_forward<double>(const double*, const double*, const int32_t*,
                                                    double*, int64_t, int64_t, int64_t, double,
-                                                   int64_t, int64_t*);
+                                                   int64_t, int64_t*, LogitRounding);
 template void tied_cross_entropy_backward<float>(const float*, const float*, const int32_t*,
                                                  const float*, float*, float*, int64_t, int64_t,
-                                                 int64_t, float, int64_t, float);
+                                                 int64_t, float, int64_t, float, LogitRounding);
 template void tied_cross_entropy_backward<double>(const double*, const double*, const int32_t*,
                                                   const double*, double*, double*, int64_t,
-                                                  int64_t, int64_t, double, int64_t, double);
+                                                  int64_t, int64_t, double, int64_t, double,
+                                                  LogitRounding);
 
 }  // namespace sambay

@@ -4,6 +4,8 @@
 #include "core/cuda_runtime.h"
 #include "optim/clip.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -15,6 +17,7 @@ GpuEngine::GpuEngine(GpuEngine&& o) noexcept { *this = std::move(o); }
 GpuEngine& GpuEngine::operator=(GpuEngine&& o) noexcept {
   std::swap(model, o.model);
   std::swap(acts, o.acts);
+  std::swap(recompute, o.recompute);
   std::swap(use_doc, o.use_doc);
   std::swap(grads_group, o.grads_group);
   std::swap(tp, o.tp);
@@ -149,7 +152,7 @@ double sum_over(GpuEngine& e, const Communicator* c, double value) {
 }  // namespace
 
 GpuEngine make_gpu_engine(const Model<float>& cpu, std::vector<ParamGroup> groups, int64_t B,
-                          int64_t L, bool recompute, bool use_doc,
+                          int64_t L, RecomputeMode recompute, bool use_doc,
                           const Communicator* grads_group, const Communicator* tp,
                           int64_t bucket) {
   SAMBAY_CHECK(bucket > 0, "gradient bucket of {} values", bucket);
@@ -162,7 +165,40 @@ GpuEngine make_gpu_engine(const Model<float>& cpu, std::vector<ParamGroup> group
                  ? make_shard_layout(total, bucket, e.grads_group->size, e.grads_group->rank)
                  : make_shard_layout(total, total, 1, 0);
   e.model = make_gpu_model(cpu, cuda_stream_create(), e.shards.shard_size);
-  e.acts = plan_gpu_activations(e.model, B, L, recompute);
+  // The activations' budget: the free memory next to the model's state, less the headroom and
+  // the gradient staging bucket allocated below.
+  const int64_t staging_bytes =
+      e.grads_group ? int64_t(kF) * e.shards.buckets.front().piece * e.grads_group->size : 0;
+  const int64_t gpu_total = static_cast<int64_t>(cuda_memory_total());
+  const int64_t free_bytes = gpu_total - static_cast<int64_t>(cuda_memory_used());
+  const int64_t headroom = gpu_recompute_headroom(gpu_total);
+  const int64_t budget = free_bytes - headroom - staging_bytes;
+  auto gib = [](int64_t bytes) { return double(bytes) / double(int64_t(1) << 30); };
+  e.recompute = resolve_recompute(
+      recompute, e.model.config, B, L, budget, [&](const RecomputePlan& plan) {
+        return planned_gpu_activation_bytes(e.model, B, L, plan);
+      });
+  e.recompute.log = fmt::format(
+                        "recompute {}: {:.2f} GiB free on the GPU next to the model's state "
+                        "({:.2f} GiB), less {:.2f} GiB headroom{}: {:.2f} GiB for activations\n",
+                        recompute_mode_name(recompute), gib(free_bytes),
+                        gib(static_cast<int64_t>(e.model.memory.capacity)), gib(headroom),
+                        staging_bytes ? fmt::format(" and the {:.2f} GiB gradient staging bucket",
+                                                    gib(staging_bytes))
+                                      : std::string(),
+                        gib(budget)) +
+                    e.recompute.log;
+  if (recompute == RecomputeMode::auto_choice && !e.recompute.fits)
+    fail("recompute auto: the activations of micro-batch {} x {} need {:.2f} GiB even with every "
+         "layer recomputed, and {:.2f} GiB are free for them on this GPU; lower --micro_batch or "
+         "--seq_len, or split the model with --tp\n{}",
+         B, L, gib(e.recompute.bytes), gib(budget), e.recompute.log);
+  if (recompute != RecomputeMode::auto_choice && e.recompute.bytes > free_bytes - staging_bytes)
+    fail("option --recompute {}: the activations of micro-batch {} x {} need {:.2f} GiB and "
+         "{:.2f} GiB are free on this GPU; --recompute auto chooses what fits",
+         recompute_mode_name(recompute), B, L, gib(e.recompute.bytes),
+         gib(free_bytes - staging_bytes));
+  e.acts = plan_gpu_activations(e.model, B, L, e.recompute.plan);
   e.groups = std::move(groups);
   e.segments = shard_segments(e.shards, e.groups);
   size_t k = 0;

@@ -26,6 +26,7 @@ namespace sambay {
 struct GpuEngine {
   GpuModel model;
   GpuActivations acts;
+  RecomputeChoice recompute;  // the activations' recompute plan, and why (for the run's log)
   bool use_doc = true;
   const Communicator* grads_group = nullptr;  // gradient sums (dp x cp ranks); null: one rank
   const Communicator* tp = nullptr;           // tensor-parallel group; null: one rank
@@ -47,11 +48,14 @@ struct GpuEngine {
   ~GpuEngine();
 };
 
-// Uploads the CPU model's parameters (the fp32 master copy) and plans activations for [B, L].
-// grads_group and tp (GPU-buffer communicators, not owned) may be null for one rank; bucket:
-// values per gradient bucket.
+// Uploads the CPU model's parameters (the fp32 master copy) and plans activations for [B, L]
+// with the recompute mode (core/recompute_plan.h): auto takes the least recompute whose
+// activations fit the GPU's free memory once the model's state is allocated, less
+// gpu_recompute_headroom (core/gpu_activations.h) and the gradient staging bucket; the choice
+// and why land in `recompute`. grads_group and tp (GPU-buffer communicators, not owned) may be
+// null for one rank; bucket: values per gradient bucket.
 GpuEngine make_gpu_engine(const Model<float>& cpu, std::vector<ParamGroup> groups, int64_t B,
-                          int64_t L, bool recompute, bool use_doc,
+                          int64_t L, RecomputeMode recompute, bool use_doc,
                           const Communicator* grads_group = nullptr,
                           const Communicator* tp = nullptr, int64_t bucket = 1 << 22);
 

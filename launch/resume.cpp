@@ -64,9 +64,11 @@ std::optional<CheckpointInfo> find_resume_checkpoint(const TrainConfig& cfg,
 
 std::vector<std::string> resume_differences(const CheckpointInfo& info, const TrainConfig& cfg,
                                             int threads) {
+  // Options that cannot change the numbers (recompute gives bit-identical gradients).
   static const std::set<std::string> ignored = {
-      "out_dir", "device", "threads", "log_every", "tensorboard", "eval_every", "eval_batches",
-      "save_every", "keep_checkpoints", "resume"};
+      "out_dir",      "device",     "threads",          "log_every", "tensorboard",
+      "eval_every",   "eval_batches", "save_every",     "keep_checkpoints", "resume",
+      "recompute"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
   std::vector<std::string> out;
   if (before.empty()) return out;  // an imported checkpoint: no run to compare with

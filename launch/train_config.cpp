@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "core/param_layout.h"
+#include "core/recompute_plan.h"
 #include "launch/command_line.h"
 
 #include <boost/program_options.hpp>
@@ -25,7 +26,7 @@ po::options_description train_options(TrainConfig& c) {
       ("out_dir", value_with_default(&c.out_dir), "run directory: config, metrics, checkpoints, logs")
       ("device", value_with_default(&c.device), "auto (the GPU when present), cpu or cuda")
       ("seed", value_with_default(&c.seed), "parameter initialisation seed")
-      ("recompute", flag(&c.recompute), "recompute layer internals in backward (less memory)")
+      ("recompute", value_with_default(&c.recompute)->implicit_value("all"), "activation recompute in backward: none, auto (the least that fits the GPU's memory; none on the CPU) or all (alone: all; true/false: all/none)")
       ("threads", value_with_default(&c.threads), "CPU threads (0 = all cores)")
       ("log_every", value_with_default(&c.log_every), "steps between log lines (and metrics records)")
       ("tensorboard", flag(&c.tensorboard), "also write the metrics as TensorBoard event files in out_dir/tensorboard")
@@ -118,6 +119,7 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   }
   apply_model_overrides(vm, c, source);
   validate_train_config(c);
+  c.recompute = recompute_mode_name(parse_recompute_mode(c.recompute, "recompute"));
   return true;
 }
 
@@ -146,6 +148,7 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("must be in [0, 1), got {}", c.valid_fraction));
   need(c.device == "auto" || c.device == "cpu" || c.device == "cuda", "device",
        fmt::format("'{}' is not auto, cpu or cuda", c.device));
+  parse_recompute_mode(c.recompute, "recompute");  // throws naming the option
   need(c.log_every > 0, "log_every", fmt::format("must be positive, got {}", c.log_every));
   need(c.eval_every >= 0, "eval_every", fmt::format("must be >= 0, got {}", c.eval_every));
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));

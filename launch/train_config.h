@@ -42,7 +42,10 @@ struct TrainConfig {
   uint64_t seed = 42;  // parameter initialisation
   std::string out_dir = "runs/default";
   std::string device = "auto";  // auto (GPU when present), cpu, cuda
-  bool recompute = false;
+  // Activation recompute (core/recompute_plan.h): none, auto (the least recompute that fits the
+  // GPU's memory; none on the CPU) or all. The old booleans true/false are read as all/none;
+  // parse_train_config stores one of the three names.
+  std::string recompute = "auto";
   bool doc_masking = true;  // reset scan/conv state and mask attention at document boundaries
   int64_t log_every = 10;
   bool tensorboard = false;  // also write TensorBoard event files in out_dir/tensorboard

@@ -249,19 +249,30 @@ int run_training(const TrainConfig& cfg) {
   // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
   // activations live where the model runs.
   Activations<float> acts;
+  const RecomputeMode recompute_mode = parse_recompute_mode(cfg.recompute, "recompute");
+  RecomputeChoice recompute;  // where the activations live, what they recompute and why
 #if SAMBAY_HAVE_CUDA
   std::optional<GpuEngine> gpu;
   if (use_gpu) {
-    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, cfg.recompute,
+    gpu.emplace(make_gpu_engine(model, param_groups(model.layout, mup), B, Lc, recompute_mode,
                                 cfg.doc_masking, grads_gpu ? &*grads_gpu : nullptr,
                                 tp_gpu ? &*tp_gpu : nullptr, bucket));
     if (start_step > 0) gpu_upload_state(*gpu, model.params, m_full, v_full);
+    recompute = gpu->recompute;
   }
 #else
   struct NoGpu {};
   std::optional<NoGpu> gpu;
 #endif
-  if (!gpu) acts = plan_activations(model, B, Lc, cfg.recompute);
+  if (!gpu) {
+    recompute = resolve_recompute(recompute_mode, mc, B, Lc, std::nullopt,
+                                  [&](const RecomputePlan& plan) {
+                                    return activation_bytes(model.config, B, Lc, plan, 4);
+                                  });
+    recompute.log = fmt::format("recompute {}: the CPU backend\n{}",
+                                recompute_mode_name(recompute_mode), recompute.log);
+    acts = plan_activations(model, B, Lc, recompute.plan);
+  }
   // One micro-batch through the model where it lives (backward too when grad_scale > 0).
   // last_of_step: the GPU hands the gradient buckets to the data-parallel group during it.
   auto run_micro_batch = [&](const MicroBatch& mb, float grad_scale,
@@ -286,8 +297,12 @@ int run_training(const TrainConfig& cfg) {
   const double state_bytes =
       4.0 * (2 * model.params.size() + 3 * (opt ? opt->layout.shard_size : 0));
   double mem_mib = (state_bytes + acts.arena.capacity) / 1048576.0;
+  double acts_mib = acts.arena.capacity / 1048576.0;
 #if SAMBAY_HAVE_CUDA
-  if (gpu) mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+  if (gpu) {
+    mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
+    acts_mib = gpu->acts.memory.capacity / 1048576.0;
+  }
 #endif
 
   if (lead) {
@@ -304,11 +319,13 @@ int run_training(const TrainConfig& cfg) {
                samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
                L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
     fmt::print("  {} steps, lr {:.2e} {} (warmup {}), muP++ {}, memory {:.1f} MiB "
-               "(activations {:.1f} MiB{}), {} threads, run dir {}\n",
+               "(activations {:.1f} MiB), {} threads, run dir {}\n",
                cfg.steps, cfg.lr, cfg.schedule, cfg.warmup,
                mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
-               acts.arena.capacity / 1048576.0, cfg.recompute ? ", recompute" : "",
-               omp_get_max_threads(), cfg.out_dir);
+               acts_mib, omp_get_max_threads(), cfg.out_dir);
+    for (std::string_view line : split_lines(recompute.log)) fmt::print("  {}\n", line);
+    if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
+      fmt::print("  {}\n", describe_recompute(mc, recompute.plan, gpu.has_value()));
     // Where this process's records start: what it runs, where, and from which build.
     Json start = metrics_record(resumed_from.empty() ? "run_start" : "resume", start_step);
     if (!resumed_from.empty()) {

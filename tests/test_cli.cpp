@@ -17,6 +17,7 @@
 #include <fstream>
 #include <sstream>
 #include <sys/wait.h>
+#include <tuple>
 
 namespace sambay {
 namespace {
@@ -107,6 +108,53 @@ TEST(Cli, ImpossibleParallelLayoutsAreNamed) {
   fs::remove_all(dir);
 }
 
+// --recompute takes none, auto (the default) and all, and the old booleans of earlier configs
+// (true = all, false = none); the saved config holds the mode's name, the log says what was
+// chosen, and recompute does not change a bit of the training (CPU runs of 3 steps).
+TEST(Cli, RecomputeOptionTakesModesAndOldBooleans) {
+  const fs::path dir = scratch_dir("recompute");
+  const std::string data = make_corpus(dir);
+  RunResult bad = run_sambay(fmt::format("train --data {} --recompute sometimes", data));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("option --recompute: 'sometimes' is not none, auto or all"),
+            std::string::npos)
+      << bad.output;
+
+  auto train = [&](const std::string& name, const std::string& recompute_line) {
+    const fs::path ini = dir / (name + ".ini");
+    std::ofstream(ini) << recompute_line;
+    RunResult r = run_sambay(fmt::format(
+        "train --config {} --device cpu --model tiny-sambay-da --model.vocab 257 --data {} "
+        "--seq_len 16 --micro_batch 2 --steps 3 --warmup 0 --log_every 1 --eval_every 0 "
+        "--threads 1 --out_dir {}",
+        ini.string(), data, (dir / name).string()));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream saved(dir / name / "config.ini");
+    std::stringstream config, metrics;
+    config << saved.rdbuf();
+    metrics << std::ifstream(dir / name / "metrics.jsonl").rdbuf();
+    std::string losses;  // the logged losses, as printed
+    for (std::string line; std::getline(metrics, line);)
+      if (size_t at = line.find("\"loss\":"); at != std::string::npos)
+        losses += line.substr(at, line.find(',', at) - at) + " ";
+    return std::tuple{r.output, config.str(), losses};
+  };
+  const auto [old_true, old_true_config, all_losses] = train("old_true", "recompute = true\n");
+  EXPECT_NE(old_true_config.find("recompute = all\n"), std::string::npos) << old_true_config;
+  EXPECT_NE(old_true.find("recompute all: the CPU backend"), std::string::npos) << old_true;
+  EXPECT_NE(old_true.find("recomputed layers: mamba 0, 2, 4 (3 of 3)"), std::string::npos)
+      << old_true;
+  const auto [old_false, old_false_config, none_losses] = train("old_false", "recompute = false\n");
+  EXPECT_NE(old_false_config.find("recompute = none\n"), std::string::npos) << old_false_config;
+  const auto [automatic, auto_config, auto_losses] = train("auto", "");
+  EXPECT_NE(auto_config.find("recompute = auto\n"), std::string::npos) << auto_config;
+  EXPECT_NE(automatic.find("keeps everything: none"), std::string::npos) << automatic;
+  EXPECT_FALSE(all_losses.empty());
+  EXPECT_EQ(all_losses, none_losses);
+  EXPECT_EQ(auto_losses, none_losses);
+  fs::remove_all(dir);
+}
+
 TEST(Cli, MissingDataIsNamed) {
   RunResult r = run_sambay("train --data /nonexistent/corpus --steps 1 --warmup 0");
   EXPECT_EQ(r.exit_code, 2) << r.output;
@@ -194,21 +242,32 @@ TrainConfig parse_train(std::vector<std::string> flags) {
 
 TEST(Cli, BooleanOptionsAreBareFlagsOrTakeAValue) {
   const TrainConfig defaults = parse_train({"--data", "x"});
-  EXPECT_FALSE(defaults.recompute);
+  EXPECT_FALSE(defaults.tensorboard);
   EXPECT_TRUE(defaults.doc_masking);
-  EXPECT_TRUE(parse_train({"--data", "x", "--recompute"}).recompute);
-  EXPECT_TRUE(parse_train({"--recompute", "--data", "x"}).recompute);
-  EXPECT_TRUE(parse_train({"--data", "x", "--recompute", "true"}).recompute);
-  EXPECT_TRUE(parse_train({"--data", "x", "--recompute=yes"}).recompute);
-  EXPECT_FALSE(parse_train({"--data", "x", "--recompute", "false"}).recompute);
-  EXPECT_FALSE(parse_train({"--data", "x", "--recompute=0"}).recompute);
-  const TrainConfig both = parse_train({"--recompute", "--doc_masking", "off", "--data", "x"});
-  EXPECT_TRUE(both.recompute);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--tensorboard", "--data", "x"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard", "true"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard=yes"}).tensorboard);
+  EXPECT_FALSE(parse_train({"--data", "x", "--tensorboard", "false"}).tensorboard);
+  EXPECT_FALSE(parse_train({"--data", "x", "--tensorboard=0"}).tensorboard);
+  const TrainConfig both = parse_train({"--tensorboard", "--doc_masking", "off", "--data", "x"});
+  EXPECT_TRUE(both.tensorboard);
   EXPECT_FALSE(both.doc_masking);
   // A word that is no boolean is not taken as the flag's value: it is an error of its own, as
   // is any stray word.
-  EXPECT_THROW(parse_train({"--data", "x", "--recompute", "maybe"}), Error);
+  EXPECT_THROW(parse_train({"--data", "x", "--tensorboard", "maybe"}), Error);
   EXPECT_THROW(parse_train({"--data", "x", "--steps", "10", "20"}), Error);
+}
+
+TEST(Cli, ChoiceWithAValueWhenBare) {
+  // --recompute is none, auto or all; alone it means all, and true/false mean all/none.
+  EXPECT_EQ(parse_train({"--data", "x"}).recompute, "auto");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute"}).recompute, "all");
+  EXPECT_EQ(parse_train({"--recompute", "--data", "x"}).recompute, "all");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute", "none"}).recompute, "none");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute=auto"}).recompute, "auto");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute", "true"}).recompute, "all");
+  EXPECT_THROW(parse_train({"--data", "x", "--recompute", "some"}), Error);
 }
 
 TEST(Cli, BareFlagBeforeAPositionalArgumentStaysBare) {
@@ -243,7 +302,8 @@ TEST(Cli, HelpPrintsDefaultsAsWrittenAndExplainsModelFields) {
   const RunResult r = run_sambay("train --help");
   EXPECT_EQ(r.exit_code, 0);
   for (const char* part : {"--min_lr_ratio arg (=0.1)", "--valid_fraction arg (=0.01)",
-                           "--lr arg (=0.001)", "--recompute [=true|false(=true)] (=false)",
+                           "--lr arg (=0.001)", "--tensorboard [=true|false(=true)] (=false)",
+                           "--recompute [=arg(=all)] (=auto)",
                            "--model.FIELD VALUE", "--model.d_model VALUE", "[model] section"})
     EXPECT_NE(r.output.find(part), std::string::npos) << "no \"" << part << "\" in\n" << r.output;
   EXPECT_EQ(r.output.find("0000000"), std::string::npos) << r.output;

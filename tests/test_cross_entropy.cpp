@@ -183,6 +183,93 @@ INSTANTIATE_TEST_SUITE_P(
                          c.ignore_every ? fmt::format("_ignore{}", c.ignore_every) : "");
     });
 
+// LogitRounding::bf16 (the GPU's stored logits) is the plain definition on the logits rounded
+// to bf16: the full-logits reference fed those rounded values reproduces it.
+TEST_P(CrossEntropyTest, Bf16LogitsAreTheLossOfTheRoundedLogits) {
+  const auto [n, d, V, chunk, s, ignore_every] = GetParam();
+  auto h = testing::random_normal(n * d, 23);
+  auto emb = testing::random_normal(V * d, 24, 0.5);
+  auto targets = make_targets(n, V, ignore_every, 25);
+  const double grad_scale = 0.8;
+  // The rounded logits as rows of a one-hot "embedding": h' = rounded logits [n, V], emb' = I_V,
+  // scale 1, so the reference sees exactly the rounded values. Its dh' is the gradient of the
+  // logits, from which dh = s dlogits emb and demb = s dlogits^T h follow.
+  std::vector<double> logits(n * V), eye(V * V, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t v = 0; v < V; ++v) {
+      double z = 0;
+      for (int64_t k = 0; k < d; ++k) z += h[i * d + k] * emb[v * d + k];
+      logits[i * V + v] = to_float(to_bf16(static_cast<float>(s * z)));
+    }
+  for (int64_t v = 0; v < V; ++v) eye[v * V + v] = 1.0;
+  Reference ref = full_logits_cross_entropy(logits, eye, targets, n, V, V, 1.0, grad_scale);
+  std::vector<double> ref_dh(n * d, 0.0), ref_demb(V * d, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t k = 0; k < d; ++k) {
+        ref_dh[i * d + k] += s * ref.dh[i * V + v] * emb[v * d + k];
+        ref_demb[v * d + k] += s * ref.dh[i * V + v] * h[i * d + k];
+      }
+
+  std::vector<double> lse(n), dh(n * d), demb(V * d);
+  const double loss =
+      tied_cross_entropy_forward(h.data(), emb.data(), targets.data(), lse.data(), n, d, V, s,
+                                 chunk, nullptr, LogitRounding::bf16);
+  tied_cross_entropy_backward(h.data(), emb.data(), targets.data(), lse.data(), dh.data(),
+                              demb.data(), n, d, V, s, chunk, grad_scale, LogitRounding::bf16);
+  EXPECT_NEAR(loss, ref.loss, 1e-12 * std::abs(ref.loss));
+  EXPECT_LT(testing::relative_error(lse, ref.lse), 1e-13);
+  EXPECT_LT(testing::relative_error(dh, ref_dh), 1e-12);
+  EXPECT_LT(testing::relative_error(demb, ref_demb), 1e-12);
+  // And the rounding is real: the exact loss differs (these logits are not all bf16 values).
+  const double exact = tied_cross_entropy_forward(h.data(), emb.data(), targets.data(),
+                                                  lse.data(), n, d, V, s, chunk, nullptr);
+  if (count_valid(targets) > 0) {
+    EXPECT_NE(exact, loss);
+  }
+}
+
+// The GPU workspace: kept slots, the shared slot only when some chunk is recomputed, every part
+// 256-byte aligned and disjoint; a bad plan is refused naming the field.
+TEST(CrossEntropy, WorkspaceLayout) {
+  CrossEntropyPlan p{.n = 5, .d = 3, .V = 10, .chunk = 4, .kept_chunks = 2};
+  EXPECT_EQ(cross_entropy_chunks(p), 3);
+  CrossEntropyWorkspace w = cross_entropy_workspace(p);
+  EXPECT_EQ(w.slot_bytes, 256u);  // 5 x 4 bf16, rounded up
+  EXPECT_EQ(w.kept, 0u);
+  EXPECT_EQ(w.shared, 2 * w.slot_bytes);
+  EXPECT_EQ(w.row_max, 3 * w.slot_bytes);
+  for (size_t offset : {w.kept, w.shared, w.row_max, w.row_sum, w.target_logit, w.result, w.dh})
+    EXPECT_EQ(offset % 256, 0u);
+  EXPECT_LT(w.result, w.dh);
+  EXPECT_EQ(w.bytes, w.dh + 256);  // 5 x 3 fp32, rounded up
+
+  p.kept_chunks = 3;  // every chunk kept: no shared slot
+  w = cross_entropy_workspace(p);
+  EXPECT_EQ(w.shared, w.row_max);
+  EXPECT_EQ(w.shared, 3 * w.slot_bytes);
+
+  // A chunk wider than the vocabulary gives slots of V columns.
+  p = {.n = 8192, .d = 2560, .V = 100, .chunk = 8192, .kept_chunks = 1};
+  EXPECT_EQ(cross_entropy_workspace(p).slot_bytes, size_t(2) * 8192 * 100);
+
+  // n 8192, V 200064, chunk 8192: 25 chunks of 128 MiB; all kept is 3.05 GiB of logits.
+  p = {.n = 8192, .d = 2560, .V = 200064, .chunk = 8192, .kept_chunks = 25};
+  EXPECT_EQ(cross_entropy_chunks(p), 25);
+  EXPECT_EQ(cross_entropy_workspace(p).kept + 25 * (size_t(2) * 8192 * 8192),
+            cross_entropy_workspace(p).row_max);
+
+  p.kept_chunks = 26;
+  try {
+    cross_entropy_workspace(p);
+    ADD_FAILURE() << "kept_chunks 26 of 25 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kept_chunks = 26"), std::string::npos) << e.what();
+  }
+  p.kept_chunks = 0, p.chunk = 0;
+  EXPECT_THROW(cross_entropy_workspace(p), Error);
+}
+
 TEST(CrossEntropy, BackwardAccumulatesAndSkipsNullGradients) {
   const int64_t n = 4, d = 3, V = 9, chunk = 4;
   auto h = testing::random_normal(n * d, 13);

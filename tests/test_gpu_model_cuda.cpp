@@ -1,9 +1,11 @@
 // The whole model on the GPU against the CPU model (fp64) on the same parameters and batch:
-// the loss and every parameter tensor's gradient, for each architecture; recompute on the GPU
-// gives bit-identical gradients.
+// the loss and every parameter tensor's gradient, for each architecture; any recompute plan on
+// the GPU (per layer, and the loss's logits) gives bit-identical gradients.
 #include "core/cuda_runtime.h"
 #include "core/gpu_model.h"
 #include "core/model.h"
+#include "launch/gpu_engine.h"
+#include "optim/mup.h"
 #include "tests/gpu_test.h"
 #include "tests/model_test_data.h"
 #include "tests/test_util.h"
@@ -74,27 +76,71 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   cuda_stream_destroy(stream);
 }
 
+// Any recompute plan gives the bits of no recompute: every layer recomputed, alternate layers,
+// the kv-source and memory layers alone (later layers read their outputs), all but those; with
+// the loss's logits kept or recomputed (its one vocabulary chunk here; the kernel's test covers
+// several).
 TEST_P(GpuModelTest, RecomputeGivesBitIdenticalGradients) {
   SAMBAY_REQUIRE_GPU();
   const ModelConfig c = testing::gpu_test_config(GetParam());
   Model<float> cpu = make_model<float>(c, 9);
   Batch b = make_batch(c, 2, 45, 10);
-  std::vector<float> grads[2];
-  double loss[2];
+  const int n_layers = static_cast<int>(c.layers.size());
+  RecomputePlan alternate = no_recompute(c), sources = no_recompute(c),
+                all_but_sources = full_recompute(c), logits_only = no_recompute(c);
+  for (int i = 0; i < n_layers; ++i) alternate.layers[i] = i % 2 == 0;
+  alternate.loss_kept_chunks = 0;
+  for (int i : {c.kv_source_layer, c.memory_layer})
+    if (i >= 0) sources.layers[i] = true, all_but_sources.layers[i] = false;
+  logits_only.loss_kept_chunks = 0;
+  const std::vector<RecomputePlan> plans = {no_recompute(c), full_recompute(c), alternate,
+                                            sources,         all_but_sources,   logits_only};
+  std::vector<float> grads0;
+  double loss0 = 0;
   cudaStream_t stream = cuda_stream_create();
-  for (int recompute = 0; recompute < 2; ++recompute) {
+  for (size_t p = 0; p < plans.size(); ++p) {
     GpuModel gpu = make_gpu_model(cpu, stream);
-    GpuActivations acts = plan_gpu_activations(gpu, 2, 45, recompute == 1);
+    GpuActivations acts = plan_gpu_activations(gpu, 2, 45, plans[p]);
     upload_batch(gpu, acts, b.tokens.data(), b.targets.data(), b.doc.data());
     ForwardResult r = gpu_model_forward(gpu, acts, true);
     gpu_model_backward(gpu, acts, true, 1.0f / r.valid_rows);
-    grads[recompute] = download_grads(gpu);
-    loss[recompute] = r.loss_sum;
+    const std::vector<float> grads = download_grads(gpu);
+    if (p == 0) {
+      grads0 = grads, loss0 = r.loss_sum;
+      continue;
+    }
+    const std::string what = describe_recompute(c, plans[p], true);
+    EXPECT_EQ(r.loss_sum, loss0) << what;
+    for (size_t i = 0; i < grads0.size(); ++i)
+      ASSERT_EQ(grads[i], grads0[i]) << what << ": gradient element " << i;
   }
-  EXPECT_EQ(loss[0], loss[1]);
-  for (size_t i = 0; i < grads[0].size(); ++i)
-    ASSERT_EQ(grads[0][i], grads[1][i]) << "gradient element " << i;
   cuda_stream_destroy(stream);
+}
+
+// The engine resolves --recompute on the device: auto keeps everything when the GPU has room (a
+// small model on a large GPU), all and none are taken as given; the log names the budget.
+TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
+  SAMBAY_REQUIRE_GPU();
+  const ModelConfig c = testing::gpu_test_config("sambay-da");
+  Model<float> cpu = make_model<float>(c, 9);
+  const struct {
+    RecomputeMode mode;
+    RecomputePlan plan;
+  } cases[] = {{RecomputeMode::auto_choice, no_recompute(c)},
+               {RecomputeMode::none, no_recompute(c)},
+               {RecomputeMode::all, full_recompute(c)}};
+  for (const auto& k : cases) {
+    GpuEngine e = make_gpu_engine(cpu, param_groups(cpu.layout, mup_config_for(c)), 2, 45, k.mode,
+                                  true);
+    EXPECT_EQ(e.acts.recompute, k.plan) << recompute_mode_name(k.mode) << "\n" << e.recompute.log;
+    const int64_t capacity = static_cast<int64_t>(e.acts.memory.capacity);
+    EXPECT_GE(capacity, e.recompute.bytes);  // the plan's bytes, rounded up to the alignment
+    EXPECT_LT(capacity, e.recompute.bytes + 256);
+    EXPECT_NE(e.recompute.log.find("GiB for activations"), std::string::npos) << e.recompute.log;
+    if (k.mode == RecomputeMode::auto_choice) {
+      EXPECT_NE(e.recompute.log.find("(chosen)"), std::string::npos) << e.recompute.log;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, GpuModelTest,

@@ -181,27 +181,41 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// Recomputing any set of layers gives the same bits as recomputing none: every layer, none, and
+// mixed plans (every other layer; the kv-source and memory layers alone, whose outputs later
+// layers read; all but those).
 template <typename T>
 void expect_recompute_identical(const std::string& preset) {
   const ModelConfig c = model_preset(preset);
   Batch batch = random_batch(c, 2, 9, 5, true);
-  std::vector<T> grads[2];
-  double losses[2];
-  for (int recompute = 0; recompute < 2; ++recompute) {
+  const int n_layers = static_cast<int>(c.layers.size());
+  std::vector<RecomputePlan> plans = {no_recompute(c), full_recompute(c)};
+  RecomputePlan alternate = no_recompute(c), sources = no_recompute(c),
+                all_but_sources = full_recompute(c);
+  for (int i = 0; i < n_layers; ++i) alternate.layers[i] = i % 2 == 1;
+  for (int i : {c.kv_source_layer, c.memory_layer})
+    if (i >= 0) sources.layers[i] = true, all_but_sources.layers[i] = false;
+  plans.push_back(alternate), plans.push_back(sources), plans.push_back(all_but_sources);
+  std::vector<T> grads0;
+  double loss0 = 0;
+  for (size_t p = 0; p < plans.size(); ++p) {
     Model<T> model = make_model<T>(c, 3);
     perturb(model, 4, 0.1);
-    Activations<T> acts = plan_activations(model, 2, 9, recompute == 1);
+    Activations<T> acts = plan_activations(model, 2, 9, plans[p]);
     ForwardResult r = model_forward(model, acts, batch.tokens.data(), batch.targets.data(),
                                     batch.doc.data());
     model_backward(model, acts, batch.tokens.data(), batch.targets.data(), batch.doc.data(),
                    T(1) / T(r.valid_rows));
-    grads[recompute] = model.grads;
-    losses[recompute] = r.loss_sum;
+    if (p == 0) {
+      grads0 = model.grads, loss0 = r.loss_sum;
+      continue;
+    }
+    const std::string what = preset + ", " + describe_recompute(c, plans[p], false);
+    EXPECT_EQ(r.loss_sum, loss0) << what;
+    ASSERT_EQ(model.grads.size(), grads0.size());
+    for (size_t i = 0; i < grads0.size(); ++i)
+      ASSERT_EQ(model.grads[i], grads0[i]) << what << ": gradient element " << i << " differs";
   }
-  EXPECT_EQ(losses[0], losses[1]);
-  ASSERT_EQ(grads[0].size(), grads[1].size());
-  for (size_t i = 0; i < grads[0].size(); ++i)
-    ASSERT_EQ(grads[0][i], grads[1][i]) << preset << ": gradient element " << i << " differs";
 }
 
 TEST(Model, RecomputeGivesBitIdenticalGradients) {
@@ -209,6 +223,29 @@ TEST(Model, RecomputeGivesBitIdenticalGradients) {
     expect_recompute_identical<float>(preset);
     expect_recompute_identical<double>(preset);
   }
+}
+
+// Each further recomputed layer of a kind frees one set of internals; the first frees none (it
+// moves into the kind's shared set), and the kv-source layer keeps its keys and values.
+TEST(Model, RecomputedLayersShareOneSetOfInternalsPerKind) {
+  const ModelConfig c = model_preset("phi4-mini-flash");  // planning only: nothing is allocated
+  std::vector<int> mamba;
+  for (int i = 0; i < static_cast<int>(c.layers.size()); ++i)
+    if (c.layers[i] == LayerKind::mamba && i != c.memory_layer) mamba.push_back(i);
+  ASSERT_GE(mamba.size(), 3u);
+  RecomputePlan plan = no_recompute(c);
+  const int64_t none = activation_bytes(c, 2, 16, plan, 4);
+  plan.layers[mamba[0]] = true;
+  const int64_t one = activation_bytes(c, 2, 16, plan, 4);
+  plan.layers[mamba[1]] = true;
+  const int64_t two = activation_bytes(c, 2, 16, plan, 4);
+  plan.layers[mamba[2]] = true;
+  const int64_t three = activation_bytes(c, 2, 16, plan, 4);
+  EXPECT_EQ(one, none);
+  EXPECT_LT(two, one);
+  EXPECT_EQ(two - three, one - two);
+  EXPECT_EQ(activation_bytes(c, 2, 16, full_recompute(c), 4),
+            activation_bytes(c, 2, 16, true, 4));
 }
 
 TEST(Model, RecomputeNeedsLessActivationMemory) {
