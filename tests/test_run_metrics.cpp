@@ -82,13 +82,15 @@ TEST(RunMetrics, ConfigAsTypedJson) {
   TrainConfig c;
   c.data = {"a:0.7", "b:0.3"};
   c.model = model_preset(c.model_preset);
-  c.recompute = true;
+  c.recompute = "all";
+  c.tensorboard = true;
   const Json j = train_config_json(c);
   EXPECT_EQ(j["data"], (Json{"a:0.7", "b:0.3"}));
   EXPECT_EQ(j["lr"], 0.001);
   EXPECT_EQ(j["min_lr_ratio"], 0.1);
   EXPECT_EQ(j["steps"], 1000);
-  EXPECT_EQ(j["recompute"], true);
+  EXPECT_EQ(j["recompute"], "all");
+  EXPECT_EQ(j["tensorboard"], true);
   EXPECT_EQ(j["schedule"], "cosine");
   EXPECT_EQ(j["model"], "demo-sambay-da");
   EXPECT_EQ(j["model.d_model"], 128);
