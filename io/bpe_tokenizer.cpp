@@ -90,7 +90,7 @@ constexpr size_t kShortPiece = 64;
 
 constexpr int32_t kNoRank = INT32_MAX;
 
-constexpr int kCacheBits = 14;
+constexpr int kCacheBits = 16;
 
 }  // namespace
 
