@@ -107,8 +107,8 @@ class BpeEncoder {
   // merge_short: boundaries of the parts and the rank of each adjacent pair.
   std::vector<uint32_t> part_start_;
   std::vector<int32_t> pair_rank_;
-  // The ids of recently seen short pieces, direct-mapped by hash: words recur, and this 1 MiB
-  // stays in the core's cache where the vocabulary's table does not.
+  // The ids of recently seen short pieces, direct-mapped by hash (4 MiB): words recur, and a hit
+  // costs one probe of this table instead of the vocabulary's merges.
   struct CachedPiece {
     uint64_t hash = 0;
     uint8_t length = 0;  // 0: empty
