@@ -299,14 +299,12 @@ void bench_optimizer(Context& ctx) {
   int64_t step = 1;
   double ms = ctx.time_ms([&] {
     adamw_update_cuda(p.ptr, g.ptr, m.ptr, v.ptr, p16.ptr, n, groups, num_groups, 0.9, 0.95, 1e-8,
-                      step++, ctx.stream);
+                      step++, 1.f, ctx.stream);
   });
   ctx.report({fmt::format("adamw {:.2f}e9 params, {} groups", n / 1e9, num_groups), ms, 15.0 * n,
               30.0 * n});
   ms = ctx.time_ms([&] { global_grad_norm_cuda(g.ptr, n, ctx.stream); });
   ctx.report({fmt::format("grad norm {:.2f}e9", n / 1e9), ms, 2.0 * n, 4.0 * n});
-  ms = ctx.time_ms([&] { scale_gradients_cuda(g.ptr, n, 0.999f, ctx.stream); });
-  ctx.report({fmt::format("grad scale {:.2f}e9", n / 1e9), ms, 1.0 * n, 8.0 * n});
   cudaFree(groups);
 }
 

@@ -90,6 +90,7 @@ struct Ctx {
   bool sp;       // sequence parallel (under TP)
   int64_t nr;    // residual-stream rows this rank keeps: m.n, or m.n / tp under SP
   int64_t row0;  // the first of them among the micro-batch's m.n rows
+  float attention_scale;  // GpuModel::attention_scale
 };
 
 // Where this rank stands among the micro-batch's n rows (the CPU model's RowSplit): all of them,
@@ -291,7 +292,7 @@ void mixer_forward(const Ctx& x, GpuLayerActivations& a, const bf16* in, bf16* o
       }
       end_op(x.profile);
       begin_op(x.profile, OpFamily::attention);
-      const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const float scale = x.attention_scale;
       const int64_t window = window_of(c, kind);
       if (c.differential) {
         diff_attention_forward_cuda(a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
@@ -348,9 +349,10 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* in, 
       end_op(x.profile);
       begin_op(x.profile, OpFamily::scan);
       const bf16* dmemory = x.layer == c.memory_layer ? g.dmemory : nullptr;
+      // a.y: the forward's y (kept for every Mamba layer), so the backward need not rebuild it.
       selective_scan_backward_cuda(g.dsout, dmemory, a.xs, a.dt, P + o.dt_proj_b, P + o.a_log,
-                                   a.bc, a.cc, P + o.d_skip, a.z, x.doc, a.scan_checkpoint, g.dxs,
-                                   g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
+                                   a.bc, a.cc, P + o.d_skip, a.z, a.y, x.doc, a.scan_checkpoint,
+                                   g.dxs, g.ddt, G + o.dt_proj_b, G + o.a_log, g.dbc, g.dcc,
                                    G + o.d_skip, g.dz, g.scan_workspace, {m.B, m.L, m.E, m.N},
                                    st);
       end_op(x.profile);
@@ -422,7 +424,7 @@ void mixer_backward(const Ctx& x, const GpuLayerActivations& a, const bf16* in, 
         zero(g.dq_rot, m.n * m.Hh, st), zero(g.dk_rot, m.n * m.Gh, st);
         dq_attn = g.dq_rot, dk_attn = g.dk_rot;
       }
-      const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const float scale = x.attention_scale;
       const int64_t window = window_of(c, kind);
       if (c.differential) {
         diff_attention_backward_cuda(g.do_, a.q, k, v, x.doc, P + o.lambda_q1, P + o.lambda_k1,
@@ -540,6 +542,7 @@ GpuModel make_gpu_model(const Model<T>& cpu, cudaStream_t stream, int64_t optimi
   m.layout = cpu.layout;
   m.residual_scale = cpu.residual_scale;
   m.logit_scale = cpu.logit_scale;
+  m.attention_scale = cpu.attention_scale;
   m.stream = stream;
   const int64_t n = cpu.layout.total;
   const int64_t k = optimizer_values < 0 ? n : optimizer_values;
@@ -662,7 +665,7 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   const int tp_rank = tp ? tp->rank : 0;
   for (int i = 0; i < n_layers; ++i) {
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
-          tp_rank, rows.sp, nr, rows.row0};
+          tp_rank, rows.sp, nr, rows.row0, static_cast<float>(model.attention_scale)};
     GpuLayerActivations& a = acts.layers[i];
     layer_body_forward(x, a, acts.mixer_out, acts.mlp_out, rs);
     const bf16* mlp = region_sum(x, acts.mlp_out);  // the MLP region's exit
@@ -682,8 +685,9 @@ ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, boo
   }
   ForwardResult r;
   OpScope loss(prof, OpFamily::loss);
+  const int64_t head = output_head_offset(lay);  // the embedding when tied
   r.loss_sum = tied_cross_entropy_forward_cuda(
-      acts.final_out, model.params_bf16 + lay.embedding, acts.targets + rows.row0, acts.ce_lse,
+      acts.final_out, model.params_bf16 + head, acts.targets + rows.row0, acts.ce_lse,
       acts.loss, static_cast<float>(model.logit_scale), acts.loss_workspace, &r.valid_rows, st);
   if (rows.sp) {  // each SP rank scored its own rows: the sums over the group, through the device
     double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
@@ -723,8 +727,9 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   const int64_t nr = rows.nr;
   begin_op(prof, OpFamily::loss);
   zero(g.da, nr * m.d, st), zero(g.dres, nr * m.d, st);
-  tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + lay.embedding,
-                                   acts.targets + rows.row0, acts.ce_lse, g.da, G + lay.embedding,
+  const int64_t head = output_head_offset(lay);  // the embedding when tied
+  tied_cross_entropy_backward_cuda(acts.final_out, model.params_bf16 + head,
+                                   acts.targets + rows.row0, acts.ce_lse, g.da, G + head,
                                    acts.loss, static_cast<float>(model.logit_scale), grad_scale,
                                    acts.loss_workspace, st);
   end_op(prof);
@@ -737,7 +742,7 @@ void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, flo
   const int tp_rank = tp ? tp->rank : 0;
   for (int i = n_layers - 1; i >= 0; --i) {
     Ctx x{c, m, i, model.params, model.params_bf16, lay.layers[i], doc, acts, st, prof, tp,
-          tp_rank, rows.sp, nr, rows.row0};
+          tp_rank, rows.sp, nr, rows.row0, static_cast<float>(model.attention_scale)};
     GpuLayerActivations& a = acts.layers[i];
     if (acts.recompute.layers[i]) {
       // Re-run the layer from its saved input with the same kernels as the forward (the first

@@ -48,7 +48,7 @@ struct GpuModel {
   ModelConfig config;       // what this rank runs: the configured model or its TP shard
   ModelConfig full_config;  // the model as configured
   ParamLayout layout;       // of config
-  double residual_scale = 1, logit_scale = 1;
+  double residual_scale = 1, logit_scale = 1, attention_scale = 1;
   Arena memory;  // the device buffers below
   float* params = nullptr;
   bf16* params_bf16 = nullptr;
@@ -66,8 +66,8 @@ struct GpuModel {
 };
 
 // Allocates the device buffers and copies the parameters of a CPU model (fp32 master) to them;
-// zeroes gradients and moments. The CPU model's residual and logit scales, configs and split
-// carry over (a shard from make_model_shard gives a TP shard on the GPU). Throws sambay::Error,
+// zeroes gradients and moments. The CPU model's residual, logit and attention scales, configs and
+// split carry over (a shard from make_model_shard gives a TP shard on the GPU). Throws sambay::Error,
 // before touching the GPU, for what the GPU model does not run yet: context parallelism, the
 // nGMU under TP, or a TP group whose backend reduces host buffers (mpi).
 template <typename T>

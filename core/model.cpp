@@ -214,6 +214,7 @@ struct LayerContext {
   const RowSplit& split;
   int64_t E_full;  // the inner width over all TP ranks (the nGMU's norm spans it)
   const Communicator* cp;  // context-parallel group; null: this rank holds whole rows
+  double attention_scale;  // Model::attention_scale
 };
 
 // ---- Context parallelism: this rank holds two chunks of every sample, run as the m.B = 2B rows
@@ -485,7 +486,7 @@ void mixer_forward(const LayerContext<T>& x, LayerActivations<T>& a, const T* in
       }
       const AttentionInputs<T> kv = attention_inputs(x, k, v);
       const int64_t Lk = kv.Lk ? kv.Lk : m.L;
-      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const T scale = static_cast<T>(x.attention_scale);
       const int64_t window = window_of(c, kind);
       for (const QueryRun& r : query_runs(x)) {
         const T* q = a.q + r.row0 * m.Hh;
@@ -602,7 +603,7 @@ void mixer_backward(const LayerContext<T>& x, const LayerActivations<T>& a, cons
         dk_keys = x.acts.dk_whole, dv_keys = x.acts.dv_whole;
         zero_n(dk_keys, m.B / 2 * Lk * m.Gh), zero_n(dv_keys, m.B / 2 * Lk * m.Gh);
       }
-      const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m.h)));
+      const T scale = static_cast<T>(x.attention_scale);
       const int64_t window = window_of(c, kind);
       for (const QueryRun& r : query_runs(x)) {
         const int64_t kv0 = r.sample * Lk * m.Gh;
@@ -765,13 +766,12 @@ Model<T> make_model(const ModelConfig& config, uint64_t seed) {
   Model<T> model;
   model.config = model.full_config = config;
   model.layout = build_param_layout(config);
-  // muP++: width-aware init of hidden matrices, residual and logit multipliers.
+  // The config's init rule and muP++'s residual, logit and attention multipliers.
+  apply_init_rules(model.layout, config);
   const MupConfig mup = mup_config_for(config);
-  for (ParamSpec& p : model.layout.params)
-    if (p.cls == ParamClass::hidden_matrix && p.init == InitKind::normal)
-      p.init_scale = mup_init_std(p.cls, p.shape[1], mup, p.init_scale);
   model.residual_scale = mup_residual_scale(mup);
   model.logit_scale = mup_logit_scale(mup);
+  model.attention_scale = mup_attention_scale(mup, config.head_dim > 0 ? config.head_dim : 1);
   model.params.resize(model.layout.total);
   model.grads.assign(model.layout.total, T(0));
   init_params(model.layout, model.params.data(), seed);
@@ -851,18 +851,18 @@ ForwardResult model_forward(const Model<T>& model, Activations<T>& acts, const i
                     c.vocab, m.d);
   for (int i = 0; i < n_layers; ++i) {
     LayerContext<T> x{c, m, i, P, model.layout.layers[i], doc, acts, sp,
-                      model.full_config.d_inner, cp};
+                      model.full_config.d_inner, cp, model.attention_scale};
     T* x_out = i + 1 < n_layers ? acts.layers[i + 1].x_in : acts.final_x;
     layer_forward(x, acts.layers[i], x_out, acts.mixer_out, acts.mlp_out, model.residual_scale);
   }
   norm_forward(c, acts.final_x, P + model.layout.final_norm_w, param_at(P, model.layout.final_norm_b),
                acts.final_out, acts.final_mean, acts.final_rstd, sp.nr);
   ForwardResult r;
-  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + model.layout.embedding,
+  r.loss_sum = tied_cross_entropy_forward(acts.final_out, P + output_head_offset(model.layout),
                                           targets + sp.row0, acts.ce_lse, sp.nr, m.d, c.vocab,
                                           static_cast<T>(model.logit_scale),
                                           std::min<int64_t>(kLossVocabChunk, c.vocab),
-                                          &r.valid_rows);
+                                          &r.valid_rows, model.logit_rounding);
   if (sp.sp) {  // each SP rank scored its own rows
     double sums[2] = {r.loss_sum, static_cast<double>(r.valid_rows)};
     all_reduce(*sp.tp, sums, 2);
@@ -889,16 +889,18 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
 
   // Loss and final norm: dres = d(loss)/d(final_x).
   zero_n(g.da, sp.nr * m.d), zero_n(g.dres, sp.nr * m.d);
-  tied_cross_entropy_backward(acts.final_out, P + lay.embedding, targets + sp.row0, acts.ce_lse,
-                              g.da, G + lay.embedding, sp.nr, m.d, c.vocab,
+  const int64_t head = output_head_offset(lay);  // the embedding's gradient too when tied
+  tied_cross_entropy_backward(acts.final_out, P + head, targets + sp.row0, acts.ce_lse, g.da,
+                              G + head, sp.nr, m.d, c.vocab,
                               static_cast<T>(model.logit_scale),
-                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale);
+                              std::min<int64_t>(kLossVocabChunk, c.vocab), grad_scale,
+                              model.logit_rounding);
   norm_backward(c, g.da, acts.final_x, P + lay.final_norm_w, acts.final_mean, acts.final_rstd,
                 g.dres, G + lay.final_norm_w, param_at(G, lay.final_norm_b), sp.nr);
 
   for (int i = n_layers - 1; i >= 0; --i) {
     LayerContext<T> x{c, m, i, P, lay.layers[i], doc, acts, sp, model.full_config.d_inner,
-                      context_parallel_group(model.split)};
+                      context_parallel_group(model.split), model.attention_scale};
     if (acts.recompute.layers[i]) {
       // Re-run the layer from its saved input. Its output is not needed again and lands in
       // mlp_out (updated in place), so the next layer's saved input stays intact.
@@ -924,12 +926,12 @@ int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int
   model_forward(model, acts, tokens.data(), targets.data(), nullptr);
   const ModelConfig& c = model.config;
   const T* h = acts.final_out + (len - 1) * c.d_model;
-  const T* emb = model.params.data() + model.layout.embedding;
+  const T* head = model.params.data() + output_head_offset(model.layout);
   int32_t best = 0;
   double best_logit = -INFINITY;
   for (int64_t v = 0; v < c.vocab; ++v) {
     double logit = 0;
-    for (int64_t j = 0; j < c.d_model; ++j) logit += double(h[j]) * emb[v * c.d_model + j];
+    for (int64_t j = 0; j < c.d_model; ++j) logit += double(h[j]) * head[v * c.d_model + j];
     if (logit > best_logit) best_logit = logit, best = static_cast<int32_t>(v);
   }
   return best;  // the logit scale is positive: it does not change the argmax
@@ -973,6 +975,15 @@ double training_flops_per_token(const ModelConfig& c, int64_t L) {
   for (int i = 0; i < static_cast<int>(c.layers.size()); ++i)
     forward += layer_forward_flops_per_token(c, i, L);
   return 3 * forward;
+}
+
+double archscale_estimated_flops_per_token(const ModelConfig& c, int64_t L) {
+  return 3.0 * (2.0 * double(parameter_count(c)) +
+                4.0 * double(c.n_layers()) * double(c.d_model) * double(L));
+}
+
+double six_n_flops_per_token(const ModelConfig& c) {
+  return 6.0 * double(non_embedding_parameter_count(c));
 }
 
 template Model<float> make_model<float>(const ModelConfig&, uint64_t);

@@ -14,6 +14,7 @@
 #include "core/model_config.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/diff_attention.h"
 #include "parallel/communicator.h"
 
@@ -42,7 +43,11 @@ struct Model {
   std::vector<T> params;  // layout.total values
   std::vector<T> grads;   // same layout; backward adds into it
   double residual_scale = 1;  // each block's output is multiplied by this before the residual add
-  double logit_scale = 1;     // output logits = logit_scale * <h, embedding>
+  double logit_scale = 1;     // output logits = logit_scale * <h, output head row>
+  double attention_scale = 1;  // attention scores = attention_scale * <q, k> (make_model sets it)
+  // How the loss treats each logit: exactly, or rounded to bf16 as the GPU model stores it (the
+  // GPU model's tests compare against the CPU model on the GPU's function).
+  LogitRounding logit_rounding = LogitRounding::exact;
   ModelSplit split;
 };
 
@@ -166,15 +171,25 @@ void model_backward(Model<T>& model, Activations<T>& acts, const int32_t* tokens
 
 // The most likely next token after context[0, len) (greedy decoding): the forward over the
 // context right-padded to the planned length (acts.B must be 1; the model is causal, so the
-// padding cannot change the last context position), then the tied head's logits there.
+// padding cannot change the last context position), then the output head's logits there.
 template <typename T>
 int32_t greedy_next_token(const Model<T>& model, Activations<T>& acts, const int32_t* context,
                           int64_t len);
 
 // Model FLOPs per token for training (forward + backward, matrix products and attention
 // scores/values), the numerator of MFU. Counted exactly from the shapes for sequence length L.
+// sambay's convention ("exact") in logs and sweep results.
 double training_flops_per_token(const ModelConfig& config, int64_t L);
 // One layer's forward FLOPs per token (its matrix products and attention), the same count.
 double layer_forward_flops_per_token(const ModelConfig& config, int layer, int64_t L);
+
+// ArchScale's conventions (the SambaY paper's code), per training token at sequence length L,
+// to compare with its MFU and compute axes:
+//   estimate_flops (speed_monitor.py): 3 (2 N + 4 layers d L) with N every parameter (the
+//   embedding, and an untied readout, included) and every layer counted as full attention of
+//   width d, whatever its kind, head count or window;
+//   6 N (its scaling plots' C = 6 N T): N the non-embedding parameters.
+double archscale_estimated_flops_per_token(const ModelConfig& config, int64_t L);
+double six_n_flops_per_token(const ModelConfig& config);
 
 }  // namespace sambay

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 
@@ -49,8 +51,10 @@ ModelConfig phi4_mini_flash() {
   return c;
 }
 
-// The scaling-study family: width 128 per layer of depth, head dim 128, H = depth, GQA ratio 2,
-// F = 4d, E = 2d. depth 16 gives the ~1B model (1.0B without the 200K-token embedding).
+// The Phi4-flavoured depth family (Phi4-mini-Flash's vocabulary, LayerNorm, attention biases,
+// window 512): width 128 per layer of depth, head dim 128, H = depth, GQA ratio 2, F = 4d,
+// E = 2d. depth 16 gives the ~1B model (1.0B without the 200K-token embedding). The paper's
+// own scaling family is archscale_model.
 ModelConfig scaled_by_depth(const std::string& name, int64_t depth, bool differential) {
   ModelConfig c;
   c.name = name;
@@ -100,6 +104,20 @@ ModelConfig tiny(const std::string& name) {
   return c;
 }
 
+// The SambaY paper's scaling families (ArchScale's lit_gpt/config.py at the paper's release):
+// see archscale_model in the header.
+constexpr const char* kArchScaleFamilies[] = {"sambay", "sambay-da", "samba-yoco", "transformerpp"};
+constexpr int64_t kArchScaleDepths[] = {8, 12, 16, 20, 24};
+
+// Differential attention splits key/value heads into pairs: the even divisor of `heads` nearest
+// to `wanted` (the larger one on a tie).
+int64_t even_divisor_nearest(int64_t heads, int64_t wanted) {
+  int64_t best = 0;
+  for (int64_t g = 2; g <= heads; g += 2)
+    if (heads % g == 0 && (best == 0 || std::abs(g - wanted) <= std::abs(best - wanted))) best = g;
+  return best;
+}
+
 ModelConfig demo() {
   ModelConfig c;
   c.name = "demo-sambay-da";
@@ -147,13 +165,78 @@ void set_sambay_pattern(ModelConfig& c, int64_t n, bool gmu) {
   c.kv_source_layer = static_cast<int>(half + 1);
 }
 
+const char* archscale_family_names() { return "sambay, sambay-da, samba-yoco, transformerpp"; }
+
+int64_t archscale_aspect_ratio(const std::string& family) {
+  if (family == "sambay" || family == "sambay-da") return 124;
+  if (family == "samba-yoco") return 126;
+  if (family == "transformerpp") return 128;
+  fail("unknown ArchScale family '{}' (valid: {})", family, archscale_family_names());
+}
+
+ModelConfig archscale_model(const std::string& family, int64_t depth,
+                            const ArchScaleShape& s) {
+  const int64_t family_ar = archscale_aspect_ratio(family);  // also checks the name
+  const int64_t ar = s.aspect_ratio > 0 ? s.aspect_ratio : family_ar;
+  SAMBAY_CHECK(depth >= 4 && depth % 4 == 0,
+               "ArchScale's {} family needs a depth that is a multiple of 4 (its layer pattern and "
+               "D / 4 key/value heads), got {}",
+               family, depth);
+  SAMBAY_CHECK(s.aspect_ratio >= 0 && s.head_dim > 0 && s.base_depth > 0 && s.base_head_dim > 0,
+               "ArchScale shape: aspect ratio {}, head dim {}, base depth {} and base head dim {} "
+               "must be positive",
+               s.aspect_ratio, s.head_dim, s.base_depth, s.base_head_dim);
+  ModelConfig c;
+  c.name = fmt::format("archscale-{}-d{}{}", family, depth, s.tied ? "-tied" : "");
+  c.d_model = ar * depth;
+  c.vocab = 32000;
+  c.eod_token = 2;
+  c.n_heads = depth;
+  c.n_kv_heads = depth / 4;
+  c.head_dim = s.head_dim;
+  c.window = 128;
+  c.d_ff = 4 * c.d_model;
+  c.attention_bias = false;
+  c.norm = NormKind::rmsnorm;
+  c.norm_eps = 1e-5;
+  c.tied_embedding = s.tied;
+  c.init = InitRule::archscale;
+  c.mup_base_width = ar * s.base_depth;
+  c.mup_base_depth = s.base_depth;
+  c.mup_base_head_dim = s.base_head_dim;
+  if (family == "transformerpp") {
+    c.layers.assign(depth, LayerKind::full_attention);
+    c.rope = true;
+    c.rope_theta = 10000;
+    return c;
+  }
+  set_mamba_widths(c);
+  set_sambay_pattern(c, depth, /*gmu=*/family != "samba-yoco");
+  if (family == "sambay-da") {
+    c.differential = true;
+    c.n_kv_heads = even_divisor_nearest(depth, depth / 4);
+  }
+  return c;
+}
+
 std::vector<std::string> model_preset_names() {
-  return {"phi4-mini-flash", "sambay-da-1b",   "sambay-1b",     "samba-yoco-1b",
-          "transformerpp-1b", "tiny-sambay-da", "tiny-sambay",   "tiny-samba-yoco",
-          "tiny-transformerpp", "tiny-ngmu",    "demo-sambay-da"};
+  std::vector<std::string> names = {
+      "phi4-mini-flash", "sambay-da-1b",   "sambay-1b",       "samba-yoco-1b",
+      "transformerpp-1b", "tiny-sambay-da", "tiny-sambay",    "tiny-samba-yoco",
+      "tiny-transformerpp", "tiny-ngmu",    "demo-sambay-da"};
+  for (const char* family : kArchScaleFamilies)
+    for (int64_t depth : kArchScaleDepths)
+      for (const char* tie : {"", "-tied"})
+        names.push_back(fmt::format("archscale-{}-d{}{}", family, depth, tie));
+  return names;
 }
 
 ModelConfig model_preset(const std::string& name) {
+  for (const char* family : kArchScaleFamilies)
+    for (int64_t depth : kArchScaleDepths)
+      for (bool tied : {false, true})
+        if (name == fmt::format("archscale-{}-d{}{}", family, depth, tied ? "-tied" : ""))
+          return archscale_model(family, depth, {.tied = tied});
   if (name == "phi4-mini-flash") return phi4_mini_flash();
   if (name == "sambay-da-1b") return scaled_by_depth(name, 16, true);
   if (name == "sambay-1b") return scaled_by_depth(name, 16, false);
@@ -260,6 +343,18 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
            fmt::format("GMU layer {} comes before its memory layer {}", i, c.memory_layer));
   }
   need(c.mup_base_width >= 0, "mup_base_width", "must be >= 0 (0 disables muP++)");
+  need(c.mup_base_depth >= 0, "mup_base_depth", "must be >= 0 (0: no depth transfer of the lr)");
+  need(c.mup_base_head_dim >= 0, "mup_base_head_dim",
+       "must be >= 0 (0: attention scores scaled by 1 / sqrt(head_dim))");
+  // Without muP++ these would silently do nothing.
+  need(c.mup_base_width > 0 || c.mup_base_depth == 0, "mup_base_depth",
+       fmt::format("is {} but muP++ is off (mup_base_width = 0): set it to 0 too, or enable muP++",
+                   c.mup_base_depth));
+  need(c.mup_base_width > 0 || c.mup_base_head_dim == 0, "mup_base_head_dim",
+       fmt::format("is {} but muP++ is off (mup_base_width = 0): set it to 0 too, or enable muP++",
+                   c.mup_base_head_dim));
+  need(c.init_multiplier > 0 && std::isfinite(c.init_multiplier), "init_multiplier",
+       fmt::format("must be positive, got {}", c.init_multiplier));
 }
 
 int64_t parameter_count(const ModelConfig& c) {
@@ -268,7 +363,8 @@ int64_t parameter_count(const ModelConfig& c) {
   const int64_t bias = c.attention_bias ? 1 : 0;
   const int64_t norm = c.norm == NormKind::layernorm ? 2 * d : d;
   const int64_t diff = c.differential ? 4 * c.head_dim + 2 * c.head_dim : 0;
-  int64_t total = c.vocab * d + norm;  // tied embedding + final norm
+  // Embedding (and an untied readout), final norm.
+  int64_t total = c.vocab * d * (c.tied_embedding ? 1 : 2) + norm;
   for (LayerKind k : c.layers) {
     total += 2 * norm + 3 * d * c.d_ff;  // two norms + SwiGLU MLP (fc1: d -> 2F, fc2: F -> d)
     switch (k) {
@@ -289,6 +385,12 @@ int64_t parameter_count(const ModelConfig& c) {
   }
   return total;
 }
+
+int64_t non_embedding_parameter_count(const ModelConfig& c) {
+  return parameter_count(c) - c.vocab * c.d_model * (c.tied_embedding ? 1 : 2);
+}
+
+const char* init_rule_name(InitRule r) { return r == InitRule::normal ? "normal" : "archscale"; }
 
 namespace {
 
@@ -396,6 +498,20 @@ const std::vector<Field>& fields() {
       INT_FIELD(kv_source_layer),
       INT_FIELD(memory_layer),
       INT_FIELD(mup_base_width),
+      INT_FIELD(mup_base_depth),
+      INT_FIELD(mup_base_head_dim),
+      BOOL_FIELD(tied_embedding),
+      {"init", [](const ModelConfig& c) { return std::string(init_rule_name(c.init)); },
+       [](ModelConfig& c, const std::string& v) {
+         if (v == "normal")
+           c.init = InitRule::normal;
+         else if (v == "archscale")
+           c.init = InitRule::archscale;
+         else
+           fail("'{}' is not an init rule (normal, archscale)", v);
+       }},
+      {"init_multiplier", [](const ModelConfig& c) { return fmt::format("{}", c.init_multiplier); },
+       [](ModelConfig& c, const std::string& v) { c.init_multiplier = parse_double(v); }},
       INT_FIELD(eod_token),
   };
   return f;

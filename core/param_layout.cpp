@@ -30,6 +30,9 @@ struct LayoutBuilder {
     return offset;
   }
 
+  // Marks the parameter added last as writing a residual branch.
+  void output_projection() { layout.params.back().output_projection = true; }
+
   // Marks the parameter added last as split along dim (parts: see ParamSpec::tp_parts).
   void split(int dim, std::vector<int64_t> parts = {}) {
     ParamSpec& p = layout.params.back();
@@ -94,6 +97,7 @@ ParamLayout build_param_layout(const ModelConfig& c) {
         o.out_proj_w = add("mixer.out_proj.weight", {d, E}, PC::hidden_matrix, IK::normal,
                            kInitStd);
         b.split(1);
+        b.output_projection();
         break;
       }
       case LayerKind::sliding_window:
@@ -113,6 +117,7 @@ ParamLayout build_param_layout(const ModelConfig& c) {
         }
         o.o_w = add("mixer.out_proj.weight", {d, Hh}, PC::hidden_matrix, IK::normal, kInitStd);
         b.split(1);
+        b.output_projection();
         if (c.attention_bias) o.o_b = add("mixer.out_proj.bias", {d}, PC::vector, IK::zeros, 0);
         if (c.differential) {
           // lambda vectors start small so lambda starts near lambda_init (Diff Transformer).
@@ -139,6 +144,7 @@ ParamLayout build_param_layout(const ModelConfig& c) {
         o.gmu_out_w =
             add("mixer.out_proj.weight", {d, E}, PC::hidden_matrix, IK::normal, kInitStd);
         b.split(1);
+        b.output_projection();
         break;
     }
     o.norm2_w = add("norm2.weight", {d}, PC::vector, IK::ones, 0);
@@ -147,11 +153,15 @@ ParamLayout build_param_layout(const ModelConfig& c) {
     b.split(0, {c.d_ff, c.d_ff});
     o.fc2_w = add("mlp.fc2.weight", {d, c.d_ff}, PC::hidden_matrix, IK::normal, kInitStd);
     b.split(1);
+    b.output_projection();
     b.layout.layers.push_back(o);
   }
   b.layout.final_norm_w = b.add("final_norm.weight", {d}, PC::vector, IK::ones, 0, -1);
   if (layernorm)
     b.layout.final_norm_b = b.add("final_norm.bias", {d}, PC::vector, IK::zeros, 0, -1);
+  if (!c.tied_embedding)
+    b.layout.readout =
+        b.add("lm_head.weight", {c.vocab, d}, PC::embedding, IK::normal, kInitStd, -1);
   return b.layout;
 }
 

@@ -14,9 +14,9 @@ namespace sambay {
 
 // How the optimizer and muP++ treat a parameter.
 enum class ParamClass {
-  embedding,      // the tied embedding / output head
+  embedding,      // the embedding and an untied output head (vector-like under muP++)
   hidden_matrix,  // projection matrices
-  vector,         // norms, biases, A_log, D, lambda vectors: no weight decay
+  vector,         // norms, biases, A_log, D, lambda vectors, conv (vector-like under muP++)
 };
 
 enum class InitKind {
@@ -34,6 +34,9 @@ struct ParamSpec {
   ParamClass cls;
   InitKind init;
   double init_scale;  // std for normal, bound for uniform
+  // A projection whose output is a residual branch (mixer out_proj, MLP fc2): the init rules
+  // that scale these (GPT-2's 1 / sqrt(2 layers), optim/mup.h) find them by this.
+  bool output_projection = false;
   int64_t offset;     // elements from the start of the flat buffer
   int64_t numel;
   int layer;          // -1 for embedding and final norm
@@ -67,14 +70,22 @@ struct LayerOffsets {
 struct ParamLayout {
   std::vector<ParamSpec> params;
   std::vector<LayerOffsets> layers;
-  int64_t embedding = -1;  // [vocab, d], tied with the output head
+  int64_t embedding = -1;  // [vocab, d]; also the output head when tied
   int64_t final_norm_w = -1, final_norm_b = -1;
-  int64_t total = 0;  // elements in the flat buffer
+  int64_t readout = -1;  // [vocab, d] untied output head lm_head.weight, last in the buffer
+  int64_t total = 0;     // elements in the flat buffer
 };
 
-// The layout of a validated config; init scales follow the standard (non-muP) rules unless the
-// config enables muP++ (see optim/mup.h).
+// The layout of a validated config. Tensors come in the order embedding, layers, final norm,
+// readout (an untied head adds a tensor at the end, so a tied model's offsets do not depend on
+// the option). Init scales here are sambay's standard rules; make_model applies the config's
+// init rule and muP++ (optim/mup.h apply_init_rules).
 ParamLayout build_param_layout(const ModelConfig& c);
+
+// Where the output head's weights [vocab, d] are: the readout, or the embedding when tied.
+inline int64_t output_head_offset(const ParamLayout& layout) {
+  return layout.readout >= 0 ? layout.readout : layout.embedding;
+}
 
 // Index of the parameter with this name, or -1.
 int find_param(const ParamLayout& layout, const std::string& name);

@@ -91,6 +91,10 @@ ModelConfig model_config_from_hf_keys(const Json& j, const std::string& where) {
     c.norm_eps = json_number(*eps, where + ": layer_norm_eps");
   if (const Json* eos = json_find(j, "eos_token_id"); eos && eos->is_number_integer())
     c.eod_token = static_cast<int32_t>(json_int(*eos, where + ": eos_token_id"));
+  if (const Json* tie = json_find(j, "tie_word_embeddings"); tie && !tie->is_null()) {
+    if (!tie->is_boolean()) fail("{}: tie_word_embeddings is not true or false", where);
+    c.tied_embedding = tie->get<bool>();
+  }
   set_sambay_pattern(c, int_key(j, "num_hidden_layers", where), /*gmu=*/true);
   validate_model_config(c, where);
   return c;
@@ -102,6 +106,8 @@ HfTensorName hf_tensor_for(const ParamSpec& p) {
   HfTensorName out{"", p.shape};
   if (p.name == "embedding.weight") {
     out.name = "model.embed_tokens.weight";
+  } else if (p.name == "lm_head.weight") {
+    out.name = "lm_head.weight";  // an untied head (tie_word_embeddings false)
   } else if (has_prefix(p.name, "final_norm.")) {
     out.name = "model.final_layernorm." + p.name.substr(11);
   } else {
@@ -142,7 +148,7 @@ std::vector<std::string> hf_incompatibilities(const ModelConfig& c) {
     out.push_back(fmt::format("d_inner: {} is not a multiple of d_model {} (mamba_expand)",
                               c.d_inner, c.d_model));
   if (c.mup_base_width != 0) out.push_back("mup_base_width: muP++ scaling is not in the release");
-  return out;
+  return out;  // an untied head is expressible: tie_word_embeddings false and lm_head.weight
 }
 
 std::vector<std::string> vllm_incompatibilities(const ModelConfig& c) {
@@ -193,7 +199,7 @@ std::string hf_config_json(const ModelConfig& c, bool bf16) {
       {"bos_token_id", eod},
       {"eos_token_id", eod},
       {"pad_token_id", eod},
-      {"tie_word_embeddings", true},
+      {"tie_word_embeddings", c.tied_embedding},
       {"mlp_bias", false},
       {"lm_head_bias", false},
       {"attention_dropout", 0.0},
@@ -231,6 +237,10 @@ ModelConfig model_config_from_hf(const Json& j, const std::string& where) {
     if (int_key(j, key, where) != value)
       fail("{}: {} is {} but sambay_model_config says {}", where, key, int_key(j, key, where),
            value);
+  if (const Json* tie = json_find(j, "tie_word_embeddings");
+      tie && tie->is_boolean() && tie->get<bool>() != c.tied_embedding)
+    fail("{}: tie_word_embeddings is {} but sambay_model_config says tied_embedding = {}", where,
+         tie->get<bool>(), c.tied_embedding);
   return c;
 }
 
@@ -349,15 +359,17 @@ HfImport import_hf(const std::string& dir) {
     file->read_f32(*t, out.params.data() + p.offset);
     tensors.erase(it);
   }
-  // The release ties the output head to the embedding; an explicit copy is accepted.
-  if (auto head = tensors.find("lm_head.weight"); head != tensors.end()) {
+  // A tied head (the release's) may come with an explicit copy of the embedding as lm_head.weight.
+  if (auto head = tensors.find("lm_head.weight"); head != tensors.end() && out.model.tied_embedding) {
     const auto [file, t] = head->second;
     const ParamSpec& emb = layout.params[find_param(layout, "embedding.weight")];
     std::vector<float> values(emb.numel);
     if (t->shape != emb.shape) fail("{}: lm_head.weight has the wrong shape", file->path());
     file->read_f32(*t, values.data());
     if (std::memcmp(values.data(), out.params.data() + emb.offset, values.size() * 4) != 0)
-      fail("{}: lm_head.weight differs from the embedding; sambay ties them", file->path());
+      fail("{}: lm_head.weight differs from the embedding, but the config ties them "
+           "(tie_word_embeddings)",
+           file->path());
     tensors.erase(head);
   }
   if (!tensors.empty())

@@ -2,6 +2,7 @@
 // (model_type "phi4flash", architecture Phi4FlashForCausalLM, its own modeling code loaded with
 // trust_remote_code). Our parameters map one to one onto its tensors:
 //   embedding.weight                    model.embed_tokens.weight (tied: no lm_head.weight)
+//   lm_head.weight (untied head)        lm_head.weight, with tie_word_embeddings false
 //   final_norm.{weight,bias}            model.final_layernorm.{weight,bias}
 //   layers.i.norm1.*  / norm2.*         model.layers.i.input_layernorm.* / post_attention_layernorm.*
 //   layers.i.mlp.fc1/fc2.weight         model.layers.i.mlp.fc1/fc2.weight
@@ -80,7 +81,8 @@ struct HfImport {
 };
 // Reads dir/config.json and dir/model.safetensors, or the shards a
 // model.safetensors.index.json lists. Every tensor must be present with its shape; an unknown
-// tensor is an error (lm_head.weight is accepted only when equal to the embedding).
+// tensor is an error (a tied model's lm_head.weight is accepted only when equal to the
+// embedding; an untied model's is its readout).
 HfImport import_hf(const std::string& dir);
 
 }  // namespace sambay

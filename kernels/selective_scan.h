@@ -64,8 +64,9 @@ void selective_scan_backward(const T* dout, const T* dy_extra, const T* x, const
 // ---- CUDA ----
 // x, dt, z, y, out, Bc, Cc and their gradients bf16; dt_bias, A_log, D and their gradients fp32;
 // the carried states of `carry` fp32 [B, E, N] on the device. N must be 4, 8 or 16. Same
-// semantics as the CPU op, computed in fp32; activation gradients are added in fp32 and rounded
-// once to bf16, parameter gradients and carry.dstate_in are added in fp32. Every sum runs in a
+// semantics as the CPU op, computed in fp32 (dBc and dCc: their terms enter the sum over
+// channels as tf32); activation gradients are added in fp32 and rounded once to bf16, parameter
+// gradients and carry.dstate_in are added in fp32. Every sum runs in a
 // fixed order (no atomics): the same inputs give the same bits.
 //
 // Chunk-parallel: each row is cut into chunks of kSelectiveScanChunk tokens (the last one may
@@ -95,11 +96,13 @@ void selective_scan_forward_cuda(const bf16* x, const bf16* dt, const float* dt_
 // The backward reads the state before token 0 from the checkpoint (the forward stored
 // carry.state_in there), so it does not read carry.state_in; it reads carry.dstate_out and adds
 // into carry.dstate_in. With every gradient pointer null it computes carry.dstate_in alone (a
-// third of the work). dBc and dCc are summed over channels in parts of
-// kSelectiveScanPartChannels, then over the parts; the per-channel parameter gradients per chunk,
-// then over chunks and rows, through `workspace` (fp32, selective_scan_backward_workspace_floats
-// of them, overwritten): the gradient arriving at every chunk's last state [B, chunks, E, N],
-// the dBc|dCc partials [B, parts, L, 2N], the dA_log|dD|ddt_bias partials [B, chunks, E, N + 2].
+// third of the work). y: the forward's y output for the same inputs, or null; given, dz uses it
+// (as stored, bf16) instead of recomputing y in the backward's walk. dBc and dCc are summed over
+// channels in parts of kSelectiveScanPartChannels, then over the parts; the per-channel
+// parameter gradients per chunk, then over chunks and rows, through `workspace` (fp32,
+// selective_scan_backward_workspace_floats of them, overwritten): the gradient arriving at every
+// chunk's last state [B, chunks, E, N], the dBc|dCc partials [B, parts, L, 2N], the
+// dA_log|dD|ddt_bias partials [B, chunks, E, N + 2].
 inline constexpr int64_t kSelectiveScanPartChannels = 128;
 inline int64_t selective_scan_parts(const SelectiveScanShape& s) {
   return (s.E + kSelectiveScanPartChannels - 1) / kSelectiveScanPartChannels;
@@ -113,11 +116,18 @@ inline int64_t selective_scan_backward_workspace_floats(const SelectiveScanShape
 void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const bf16* x,
                                   const bf16* dt, const float* dt_bias, const float* A_log,
                                   const bf16* Bc, const bf16* Cc, const float* D, const bf16* z,
-                                  const int32_t* doc, const float* checkpoint, bf16* dx,
-                                  bf16* ddt, float* ddt_bias, float* dA_log, bf16* dBc, bf16* dCc,
-                                  float* dD, bf16* dz, float* workspace,
+                                  const bf16* y, const int32_t* doc, const float* checkpoint,
+                                  bf16* dx, bf16* ddt, float* ddt_bias, float* dA_log, bf16* dBc,
+                                  bf16* dCc, float* dD, bf16* dz, float* workspace,
                                   const SelectiveScanShape& s, cudaStream_t stream,
                                   const ScanCarry<float>& carry = {});
+
+// Temporary, while the backward's chunk-gradient kernel is measured (issue 13): which of its two
+// variants runs (design and cost in selective_scan.cu): 0 sums dB and dC over channels with
+// per-token shuffles, 1 (the default) with tf32 mma.sync. Tests run both; sambay_bench times both.
+// Process-wide; the slower variant and this switch go once the H200 has timed them.
+inline constexpr int kSelectiveScanBackwardVariants = 2;
+void selective_scan_cuda_set_backward_variant(int variant);
 
 // Decay exponentials exp(delta A) the CUDA kernels evaluate in a forward or a backward, on the
 // special-function or the FMA units (the benchmark sets them against the GPU's exp2 rate).

@@ -278,14 +278,12 @@ void gpu_adamw_step(GpuEngine& e, double clip_coef, const AdamWHyper& base, int6
     const FlatRange own = owned_range(s, bucket, s.rank);
     const int64_t n = own.end - own.begin;
     if (n == 0) continue;
-    if (clip_coef < 1)
-      scale_gradients_cuda(m.grads + own.begin, n, static_cast<float>(clip_coef), m.stream);
     const int64_t first = e.bucket_segments[b];
     adamw_update_cuda(m.params + own.begin, m.grads + own.begin, m.adam_m + bucket.shard_offset,
                       m.adam_v + bucket.shard_offset, m.params_bf16 + own.begin, n,
                       e.groups_device + first,
                       static_cast<int>(e.bucket_segments[b + 1] - first), base.beta1, base.beta2,
-                      base.eps, step, m.stream);
+                      base.eps, step, static_cast<float>(std::min(clip_coef, 1.0)), m.stream);
   }
   if (e.grads_group) {
     const Communicator& c = *e.grads_group;

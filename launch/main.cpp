@@ -150,19 +150,21 @@ int cmd_info(int argc, const char* const* argv) {
   o.add_options()("seq_len", po::value(&seq_len)->default_value(4096), "sequence length for FLOPs");
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay info [--seq_len L]")) return 0;
-  fmt::print("{:<20} {:>8} {:>6} {:>6} {:>14} {:>16}\n", "preset", "params", "layers", "d",
-             "GFLOP/token", "activations(MiB)");
+  fmt::print("{:<32} {:>8} {:>6} {:>6} {:>6} {:>12} {:>12} {:>16}\n", "preset", "params", "layers",
+             "d", "head", "GFLOP/token", "ArchScale", "activations(MiB)");
   for (const std::string& name : model_preset_names()) {
     const ModelConfig c = model_preset(name);
     const double params = static_cast<double>(parameter_count(c));
     const std::string count = params >= 1e9 ? fmt::format("{:.2f}B", params / 1e9)
                                             : fmt::format("{:.3g}M", params / 1e6);
-    fmt::print("{:<20} {:>8} {:>6} {:>6} {:>14.2f} {:>16.0f}\n", name, count, c.n_layers(), c.d_model,
+    fmt::print("{:<32} {:>8} {:>6} {:>6} {:>6} {:>12.2f} {:>12.2f} {:>16.0f}\n", name, count,
+               c.n_layers(), c.d_model, c.tied_embedding ? "tied" : "untied",
                training_flops_per_token(c, seq_len) / 1e9,
+               archscale_estimated_flops_per_token(c, seq_len) / 1e9,
                activation_bytes(c, 1, seq_len, false, 2) / 1048576.0);
   }
-  fmt::print("(training FLOPs per token and bf16 activations for one sequence of {} tokens, "
-             "no recompute)\n",
+  fmt::print("(training FLOPs per token for sequences of {} tokens: sambay's exact count, and "
+             "ArchScale's estimate_flops; bf16 activations for one sequence, no recompute)\n",
              seq_len);
   return 0;
 }

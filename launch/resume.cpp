@@ -70,12 +70,20 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
       "eval_every",   "eval_batches", "save_every",     "keep_checkpoints", "resume",
       "recompute"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
+  // A model field newer than the checkpoint is absent from its text; read back, it took the
+  // field's default (io/checkpoint.h parse_model_config_text), so that is its old value.
+  std::map<std::string, std::string> model_defaults;
+  for (const auto& [key, value] : model_config_fields(ModelConfig{}))
+    model_defaults["model." + key] = value;
   std::vector<std::string> out;
   if (before.empty()) return out;  // an imported checkpoint: no run to compare with
   for (const auto& [key, value] : now) {
     if (ignored.count(key)) continue;
     auto it = before.find(key);
-    const std::string old = it == before.end() ? "(not set)" : it->second;
+    auto fallback = model_defaults.find(key);
+    const std::string old = it != before.end()        ? it->second
+                            : fallback != model_defaults.end() ? fallback->second
+                                                               : "(not set)";
     if (old != value) out.push_back(fmt::format("{}: {} -> {}", key, old, value));
   }
   if (info.state.threads != 0 && info.state.threads != threads)

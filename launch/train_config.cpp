@@ -52,7 +52,7 @@ po::options_description train_options(TrainConfig& c) {
       ("schedule", value_with_default(&c.schedule), "constant, cosine, linear or wsd")
       ("warmup", value_with_default(&c.warmup), "linear warmup steps")
       ("decay_fraction", value_with_default(&c.decay_fraction), "wsd: fraction of steps that decay")
-      ("weight_decay", value_with_default(&c.weight_decay), "AdamW decoupled weight decay (matrices only)")
+      ("weight_decay", value_with_default(&c.weight_decay), "AdamW decoupled weight decay: every parameter without muP++; hidden matrices only with muP++ (model.mup_base_width > 0)")
       ("beta1", value_with_default(&c.beta1), "AdamW beta1")
       ("beta2", value_with_default(&c.beta2), "AdamW beta2")
       ("adam_eps", value_with_default(&c.adam_eps), "AdamW epsilon")

@@ -292,7 +292,10 @@ int run_training(const TrainConfig& cfg) {
   ScheduleConfig sched{parse_lr_schedule(cfg.schedule), cfg.warmup, cfg.steps, cfg.min_lr_ratio,
                        cfg.decay_fraction};
   const int64_t tokens_per_step = global_batch * L;
+  // FLOPs per token in sambay's exact count (the MFU basis) and in ArchScale's estimate_flops,
+  // logged side by side so that either side's numbers can be compared (core/model.h).
   const double flops_per_token = training_flops_per_token(mc, L);
+  const double archscale_flops_per_token = archscale_estimated_flops_per_token(mc, L);
   // fp32 params and grads, and the shards of the reduced gradient and the AdamW moments.
   const double state_bytes =
       4.0 * (2 * model.params.size() + 3 * (opt ? opt->layout.shard_size : 0));
@@ -318,14 +321,31 @@ int run_training(const TrainConfig& cfg) {
                "({} ranks x {} x {} x {})\n",
                samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
                L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
-    fmt::print("  {} steps, lr {:.2e} {} (warmup {}), muP++ {}, memory {:.1f} MiB "
+    fmt::print("  {} steps, lr {:.2e} {} (warmup {}), memory {:.1f} MiB "
                "(activations {:.1f} MiB), {} threads, run dir {}\n",
-               cfg.steps, cfg.lr, cfg.schedule, cfg.warmup,
-               mup.enabled ? fmt::format("base width {}", mup.base_width) : "off", mem_mib,
-               acts_mib, omp_get_max_threads(), cfg.out_dir);
+               cfg.steps, cfg.lr, cfg.schedule, cfg.warmup, mem_mib, acts_mib,
+               omp_get_max_threads(), cfg.out_dir);
     for (std::string_view line : split_lines(recompute.log)) fmt::print("  {}\n", line);
     if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
       fmt::print("  {}\n", describe_recompute(mc, recompute.plan, gpu.has_value()));
+    fmt::print("  muP++ {}; {} head, init {} (x{}); residual scale {:.4g}, logit scale {:.4g}, "
+               "attention scale {:.4g}\n",
+               mup.enabled ? fmt::format("base width {}, depth {}, head dim {}", mup.base_width,
+                                         mup.base_depth ? fmt::format("{}", mup.base_depth)
+                                                        : std::string("off"),
+                                         mup.base_head_dim ? fmt::format("{}", mup.base_head_dim)
+                                                           : std::string("off"))
+                           : std::string("off (standard parameterisation)"),
+               mc.tied_embedding ? "tied" : "untied", init_rule_name(mc.init), mc.init_multiplier,
+               model.residual_scale, model.logit_scale, model.attention_scale);
+    fmt::print("  FLOPs per token: {:.4g} exact (sambay's count, the MFU basis), {:.4g} ArchScale "
+               "estimate_flops, {:.4g} 6N (non-embedding)\n",
+               flops_per_token, archscale_flops_per_token, six_n_flops_per_token(mc));
+    fmt::print("  parameter groups (peak lr and AdamW weight decay):\n");
+    ParamLayout initialised = full_layout;
+    apply_init_rules(initialised, mc);
+    for (const std::string& line : describe_param_groups(initialised, mup, cfg.lr, cfg.weight_decay))
+      fmt::print("    {}\n", line);
     // Where this process's records start: what it runs, where, and from which build.
     Json start = metrics_record(resumed_from.empty() ? "run_start" : "resume", start_step);
     if (!resumed_from.empty()) {
@@ -480,10 +500,16 @@ int run_training(const TrainConfig& cfg) {
     if (lead && ((step + 1) % cfg.log_every == 0 || last || step == start_step)) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
-      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU.
+      // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU;
+      // sambay's exact count first, ArchScale's estimate_flops after the slash.
       const double flops_s = flops_per_token * tok_s;
-      const std::string rate = gpu ? fmt::format("MFU {:.1f}%", 100 * flops_s / kH100PeakFlops)
-                                   : fmt::format("{:.1f} GFLOP/s", flops_s / 1e9);
+      const double archscale_flops_s = archscale_flops_per_token * tok_s;
+      const std::string rate =
+          gpu ? fmt::format("MFU {:.1f}% exact / {:.1f}% ArchScale-est",
+                            100 * flops_s / kH100PeakFlops,
+                            100 * archscale_flops_s / kH100PeakFlops)
+              : fmt::format("{:.1f} / {:.1f} GFLOP/s exact / ArchScale-est", flops_s / 1e9,
+                            archscale_flops_s / 1e9);
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
                  "{:.0f} ms | mem {:.0f} MiB | ETA {}\n",
                  step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
@@ -498,6 +524,10 @@ int run_training(const TrainConfig& cfg) {
       record["step_ms"] = dt * 1e3;
       record["elapsed_s"] = seconds_since(t_start);
       record["flops_per_s"] = flops_s;
+      // Compute so far, in both conventions (the sweep collector and the scaling fits read them).
+      const double tokens = double((step + 1) * tokens_per_step);
+      record["flops_exact"] = flops_per_token * tokens;
+      record["flops_archscale_estimate"] = archscale_flops_per_token * tokens;
       if (gpu) record["mfu"] = flops_s / kH100PeakFlops;
       record["memory_mib"] = mem_mib;
       metrics.write(record);

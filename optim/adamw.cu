@@ -23,7 +23,7 @@ struct Moments {
 __global__ __launch_bounds__(kThreads) void adamw_kernel(
     float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
     float* __restrict__ v, __nv_bfloat16* __restrict__ param_bf16, int64_t n,
-    const AdamWGroup* __restrict__ groups, int num_groups, Moments h) {
+    const AdamWGroup* __restrict__ groups, int num_groups, Moments h, float grad_scale) {
   const int64_t tile_begin = blockIdx.x * kTile;
   const int64_t tile_end = tile_begin + kTile < n ? tile_begin + kTile : n;
   // The first group that ends after tile_begin (group ends increase with the offsets).
@@ -43,7 +43,7 @@ __global__ __launch_bounds__(kThreads) void adamw_kernel(
     const int64_t end = group_end < tile_end ? group_end : tile_end;
     const float decay = 1.0f - group.lr * group.weight_decay;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const float g = grad[i];
+      const float g = grad[i] * grad_scale;
       const float mi = h.beta1 * m[i] + h.one_minus_beta1 * g;
       const float vi = h.beta2 * v[i] + h.one_minus_beta2 * g * g;
       const float step = group.lr * (mi * h.inv_m_correction) /
@@ -61,7 +61,8 @@ __global__ __launch_bounds__(kThreads) void adamw_kernel(
 
 void adamw_update_cuda(float* param, const float* grad, float* m, float* v, bf16* param_bf16,
                        int64_t n, const AdamWGroup* groups, int num_groups, double beta1,
-                       double beta2, double eps, int64_t step, cudaStream_t stream) {
+                       double beta2, double eps, int64_t step, float grad_scale,
+                       cudaStream_t stream) {
   SAMBAY_CUDA_ARG_CHECK(step >= 1, "AdamW step counts from 1, got " + std::to_string(step));
   SAMBAY_CUDA_ARG_CHECK(n >= 0 && num_groups >= 0, "AdamW: negative length n=" +
                                                        std::to_string(n) + " groups=" +
@@ -75,7 +76,8 @@ void adamw_update_cuda(float* param, const float* grad, float* m, float* v, bf16
                   float(1.0 / (1.0 - std::pow(beta1, double(step)))),
                   float(1.0 / (1.0 - std::pow(beta2, double(step))))};
   adamw_kernel<<<cuda::grid_size(n, kTile), kThreads, 0, stream>>>(
-      param, grad, m, v, param_bf16 ? cuda::nv(param_bf16) : nullptr, n, groups, num_groups, h);
+      param, grad, m, v, param_bf16 ? cuda::nv(param_bf16) : nullptr, n, groups, num_groups, h,
+      grad_scale);
   SAMBAY_CUDA_CHECK_LAUNCH();
 }
 

@@ -4,8 +4,8 @@
 //   v = beta2 * v + (1 - beta2) * grad^2
 //   param -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
 // param, grad, m, v [n]; m and v start at zero and are updated in place. step counts from 1.
-// Vector-like parameters (norms, biases) usually get weight_decay = 0: the caller picks h per
-// parameter group (see optim/mup.h).
+// The caller picks h per parameter group: under muP++ vector-like parameters (norms, biases)
+// and the embedding get weight_decay = 0 (see optim/mup.h).
 #pragma once
 
 #include <cstdint>
@@ -35,10 +35,13 @@ struct AdamWGroup {
 // each block finds the groups of its tile by binary search. Elements in no group are left
 // untouched. When param_bf16 != nullptr the same pass writes the bf16 compute copy of every
 // updated parameter (round to nearest even). Arithmetic in fp32, with the bias corrections
-// (1 - beta^step) and 1 - beta formed in double on the host. Bytes: 30 per parameter (param, grad,
-// m, v read; param, m, v, bf16 copy written).
+// (1 - beta^step) and 1 - beta formed in double on the host. grad_scale multiplies every
+// gradient as it is read (gradient clipping's coefficient, 1 without clipping): the same fp32
+// product as scaling the buffer first, without that pass over it. Bytes: 30 per parameter
+// (param, grad, m, v read; param, m, v, bf16 copy written); grad is left as it was.
 void adamw_update_cuda(float* param, const float* grad, float* m, float* v, bf16* param_bf16,
                        int64_t n, const AdamWGroup* groups, int num_groups, double beta1,
-                       double beta2, double eps, int64_t step, cudaStream_t stream);
+                       double beta2, double eps, int64_t step, float grad_scale,
+                       cudaStream_t stream);
 
 }  // namespace sambay

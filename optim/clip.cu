@@ -1,7 +1,7 @@
-// Global gradient norm and gradient scaling on the GPU (optim/clip.h).
+// Global gradient norm on the GPU (optim/clip.h).
 // Norm: kPartials blocks, each summing the squares of one contiguous slice in double (16-byte
 // loads when aligned), reduced in a fixed order to one partial per block; one block then adds the
-// partials in a fixed order. Bytes: 4 per element read. Scale: 8 per element.
+// partials in a fixed order. Bytes: 4 per element read.
 #include "optim/clip.h"
 
 #include <cmath>
@@ -54,19 +54,6 @@ __global__ void sum_partials_kernel(const double* partials, int count, double* o
   if (threadIdx.x == 0) *out = total;
 }
 
-template <int W>
-__global__ void scale_kernel(float* g, int64_t packs, float coefficient) {
-  for (int64_t p = cuda::first_index(); p < packs; p += cuda::grid_stride()) {
-    if constexpr (W == 4) {
-      float4 q = reinterpret_cast<float4*>(g)[p];
-      q.x *= coefficient, q.y *= coefficient, q.z *= coefficient, q.w *= coefficient;
-      reinterpret_cast<float4*>(g)[p] = q;
-    } else {
-      g[p] *= coefficient;
-    }
-  }
-}
-
 }  // namespace
 
 double global_grad_norm_cuda(const float* grads, int64_t n, cudaStream_t stream) {
@@ -84,18 +71,6 @@ double global_grad_norm_cuda(const float* grads, int64_t n, cudaStream_t stream)
   SAMBAY_CUDA_CHECK(cudaMemcpyAsync(&host, total, sizeof host, cudaMemcpyDeviceToHost, stream));
   SAMBAY_CUDA_CHECK(cudaStreamSynchronize(stream));
   return std::sqrt(host);
-}
-
-void scale_gradients_cuda(float* grads, int64_t n, float coefficient, cudaStream_t stream) {
-  SAMBAY_CUDA_ARG_CHECK(n >= 0, "gradient scaling: negative length " + std::to_string(n));
-  if (n == 0) return;
-  if (n % 4 == 0 && cuda::aligned16(grads))
-    scale_kernel<4><<<cuda::grid_size(n / 4, kThreads, 8192), kThreads, 0, stream>>>(grads, n / 4,
-                                                                                     coefficient);
-  else
-    scale_kernel<1><<<cuda::grid_size(n, kThreads, 8192), kThreads, 0, stream>>>(grads, n,
-                                                                                 coefficient);
-  SAMBAY_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace sambay

@@ -32,8 +32,6 @@ double clip_coefficient(double norm, double max_norm);
 // reduce to a fixed number of partials, and one block adds the partials in a fixed order (so the
 // result is bitwise reproducible on any GPU). Copies the norm back: SYNCHRONISES the stream.
 double global_grad_norm_cuda(const float* grads, int64_t n, cudaStream_t stream);
-
-// grads[i] *= coefficient (fp32), in place; the caller passes clip_coefficient(norm, max_norm).
-void scale_gradients_cuda(float* grads, int64_t n, float coefficient, cudaStream_t stream);
+// (On the GPU the clipping coefficient is applied by adamw_update_cuda as it reads the gradients.)
 
 }  // namespace sambay

@@ -32,7 +32,8 @@
 namespace sambay {
 
 // The optimizer multipliers of one parameter tensor: muP++ learning rate, and weight decay
-// (none for embeddings and vectors under muP++, none for vectors always).
+// (under muP++ none for the embedding, an untied readout and vectors; without it every tensor
+// is decayed, as ArchScale's standard parameterisation does).
 struct ParamGroup {
   int64_t offset, numel;  // in the flat buffer
   double lr_mult, wd_mult;

@@ -41,6 +41,28 @@ MPI_Comm split(MPI_Comm parent, int color, int key) {
   return out;
 }
 
+// Every rank's host name, in world-rank order (collective over `comm`).
+std::vector<std::string> all_hosts(MPI_Comm comm) {
+  constexpr int kRecord = 128;
+  char mine[kRecord] = {};
+  gethostname(mine, kRecord - 1);
+  int size = 0;
+  MPI_Comm_size(comm, &size);
+  std::vector<char> all(static_cast<size_t>(kRecord) * size);
+  check_mpi(MPI_Allgather(mine, kRecord, MPI_CHAR, all.data(), kRecord, MPI_CHAR, comm),
+            "MPI_Allgather (host names)");
+  std::vector<std::string> hosts(size);
+  for (int r = 0; r < size; ++r) hosts[r] = all.data() + static_cast<size_t>(r) * kRecord;
+  return hosts;
+}
+
+// "0-3" for consecutive ranks, else "0,2,5".
+std::string rank_list(const std::vector<int>& rk) {
+  const bool contiguous = rk.back() - rk.front() + 1 == static_cast<int>(rk.size());
+  return contiguous && rk.size() > 1 ? fmt::format("{}-{}", rk.front(), rk.back())
+                                     : fmt::format("{}", fmt::join(rk, ","));
+}
+
 }  // namespace
 
 MpiSession::MpiSession() {
@@ -101,6 +123,52 @@ int grid_rank(const GridCoords& c, const GridShape& s) {
   return (c.dp * s.cp + c.cp) * s.tp + c.tp;
 }
 
+std::string tp_placement_error(const GridShape& s, const std::vector<int>& node,
+                               const std::vector<std::string>& host) {
+  SAMBAY_CHECK(static_cast<int>(node.size()) == s.world() && host.size() == node.size(),
+               "placement of {} ranks ({} host names) for a world of {}", node.size(), host.size(),
+               s.world());
+  if (s.tp == 1) return "";
+  // Ranks per node, nodes in order of their first rank.
+  std::vector<int> ids, counts;
+  std::vector<std::string> names;
+  for (int r = 0; r < s.world(); ++r) {
+    const auto it = std::find(ids.begin(), ids.end(), node[r]);
+    if (it != ids.end()) {
+      ++counts[it - ids.begin()];
+    } else {
+      ids.push_back(node[r]), counts.push_back(1), names.push_back(host[r]);
+    }
+  }
+  const auto fewest = std::min_element(counts.begin(), counts.end());
+  const bool uniform = std::equal(counts.begin() + 1, counts.end(), counts.begin());
+  const std::string per_node =
+      uniform ? fmt::format("{} nodes of {} ranks", counts.size(), counts[0])
+              : fmt::format("ranks per node: {}", fmt::join(counts, ","));
+  if (s.tp > *fewest)
+    return fmt::format(
+        "tensor-parallel size (tp) {} is larger than the {} rank{} on node {} ({}): a TP group "
+        "must sit on one node; use tp <= {} or start at least {} ranks per node",
+        s.tp, *fewest, *fewest == 1 ? "" : "s", names[fewest - counts.begin()], per_node,
+        *fewest, s.tp);
+  for (int first = 0; first < s.world(); first += s.tp) {
+    std::vector<int> group;
+    std::vector<std::string> where;
+    for (int r = first; r < first + s.tp; ++r) {
+      group.push_back(r);
+      if (node[r] != node[first] && std::find(where.begin(), where.end(), host[r]) == where.end())
+        where.push_back(host[r]);
+    }
+    if (!where.empty())
+      return fmt::format(
+          "the tensor-parallel group of ranks {} spans nodes {} and {} ({}): with tp {} every "
+          "node needs a multiple of {} ranks, placed consecutively (mpirun --map-by slot, "
+          "srun's default block distribution)",
+          rank_list(group), host[first], fmt::join(where, ", "), per_node, s.tp, s.tp);
+  }
+  return "";
+}
+
 ProcessGrid::ProcessGrid(ProcessGrid&& o) noexcept
     : world_rank(o.world_rank),
       world_size(o.world_size),
@@ -150,20 +218,16 @@ ProcessGrid make_process_grid(int tp, int cp) {
   g.dp = split(g.world, c.cp * s.tp + c.tp, c.dp);
   g.dp_cp = split(g.world, c.tp, c.dp * s.cp + c.cp);
 
-  // A TP group must sit on one node. Node id = lowest world rank on the node; every rank
-  // learns whether any TP group spans nodes, so all of them fail together.
-  int node_id = g.world_rank, lo = 0, hi = 0, spans = 0, any_spans = 0;
+  // A TP group must sit on one node. Node id = lowest world rank on the node (MPI's notion of
+  // a node: the ranks that can share memory); every rank sees every rank's node and host, so
+  // all of them reach the same verdict and fail together.
+  int node_id = g.world_rank;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &node_id, 1, MPI_INT, MPI_MIN, g.node), "MPI_Allreduce");
-  check_mpi(MPI_Allreduce(&node_id, &lo, 1, MPI_INT, MPI_MIN, g.tp), "MPI_Allreduce");
-  check_mpi(MPI_Allreduce(&node_id, &hi, 1, MPI_INT, MPI_MAX, g.tp), "MPI_Allreduce");
-  spans = lo != hi;
-  check_mpi(MPI_Allreduce(&spans, &any_spans, 1, MPI_INT, MPI_MAX, g.world), "MPI_Allreduce");
-  if (any_spans)
-    fail(
-        "a tensor-parallel group of {} ranks spans nodes: place consecutive ranks on one node "
-        "(mpirun --map-by slot, srun's default block distribution) with a multiple of {} ranks "
-        "per node",
-        s.tp, s.tp);
+  std::vector<int> nodes(g.world_size);
+  check_mpi(MPI_Allgather(&node_id, 1, MPI_INT, nodes.data(), 1, MPI_INT, g.world),
+            "MPI_Allgather (nodes)");
+  const std::string problem = tp_placement_error(s, nodes, all_hosts(g.world));
+  if (!problem.empty()) fail("{}", problem);
   return g;
 }
 
@@ -176,28 +240,20 @@ std::string describe(const ProcessGrid& g) {
 }
 
 std::string describe_placement(const ProcessGrid& g) {
-  // Each rank contributes "host gpu" in a fixed-size record.
-  constexpr int kRecord = 128;
-  char mine[kRecord] = {};
-  char host[kRecord - 16] = {};
-  gethostname(host, sizeof host - 1);
-  std::snprintf(mine, sizeof mine, "%s %d", host, g.gpu);
-  std::vector<char> all(static_cast<size_t>(kRecord) * g.world_size);
-  check_mpi(MPI_Gather(mine, kRecord, MPI_CHAR, all.data(), kRecord, MPI_CHAR, 0, g.world),
+  const std::vector<std::string> hosts = all_hosts(g.world);
+  std::vector<int> gpu_of(g.world_size);
+  check_mpi(MPI_Gather(&g.gpu, 1, MPI_INT, gpu_of.data(), 1, MPI_INT, 0, g.world),
             "MPI_Gather (placement)");
   if (g.world_rank != 0) return {};
   // Nodes in order of their first rank; per node its ranks and GPUs.
   std::vector<std::string> nodes;
   std::vector<std::vector<int>> ranks, gpus;
   for (int r = 0; r < g.world_size; ++r) {
-    char name[kRecord] = {};
-    int gpu = -1;
-    std::sscanf(all.data() + static_cast<size_t>(r) * kRecord, "%127s %d", name, &gpu);
-    auto it = std::find(nodes.begin(), nodes.end(), std::string(name));
+    auto it = std::find(nodes.begin(), nodes.end(), hosts[r]);
     size_t i = static_cast<size_t>(it - nodes.begin());
-    if (it == nodes.end()) nodes.emplace_back(name), ranks.emplace_back(), gpus.emplace_back();
+    if (it == nodes.end()) nodes.push_back(hosts[r]), ranks.emplace_back(), gpus.emplace_back();
     ranks[i].push_back(r);
-    if (gpu >= 0) gpus[i].push_back(gpu);
+    if (gpu_of[r] >= 0) gpus[i].push_back(gpu_of[r]);
   }
   std::string out;
   if (const char* job = std::getenv("SLURM_JOB_ID")) {
@@ -205,11 +261,8 @@ std::string describe_placement(const ProcessGrid& g) {
     out += fmt::format("Slurm job {} on {}\n", job, list ? list : "?");
   }
   for (size_t i = 0; i < nodes.size(); ++i) {
-    const std::vector<int>& rk = ranks[i];
-    const bool contiguous = rk.back() - rk.front() + 1 == static_cast<int>(rk.size());
-    out += fmt::format("{}: {} {}", nodes[i], rk.size() == 1 ? "rank" : "ranks",
-                       contiguous && rk.size() > 1 ? fmt::format("{}-{}", rk.front(), rk.back())
-                                                   : fmt::format("{}", fmt::join(rk, ",")));
+    out += fmt::format("{}: {} {}", nodes[i], ranks[i].size() == 1 ? "rank" : "ranks",
+                       rank_list(ranks[i]));
     out += gpus[i].empty() ? ", no GPU\n" : fmt::format(", GPUs {}\n", fmt::join(gpus[i], ","));
   }
   return out;

@@ -17,6 +17,7 @@
 #include <mpi.h>
 
 #include <string>
+#include <vector>
 
 namespace sambay {
 
@@ -56,6 +57,14 @@ GridShape resolve_grid_shape(int world_size, int tp, int cp);
 GridCoords grid_coords(int world_rank, const GridShape& shape);
 int grid_rank(const GridCoords& coords, const GridShape& shape);
 
+// Whether the ranks' placement can hold tensor parallelism: every TP group (shape.tp consecutive
+// world ranks) must sit on one node, whose fast links TP's per-layer collectives need. node[r]
+// identifies the node of world rank r and host[r] names it (for the message). Returns "" when
+// the placement works, else the error: a TP size above a node's rank count names both, a group
+// split by the rank order names its ranks and nodes.
+std::string tp_placement_error(const GridShape& shape, const std::vector<int>& node,
+                               const std::vector<std::string>& host);
+
 struct ProcessGrid {
   int world_rank = 0, world_size = 1;
   int local_rank = 0, local_size = 1;  // among the ranks on this node
@@ -77,8 +86,8 @@ struct ProcessGrid {
 };
 
 // Builds the grid over MPI_COMM_WORLD (collective over all ranks; MPI must be initialised).
-// Selects this rank's GPU (cudaSetDevice) when the node has one. Throws when world size is not
-// divisible by tp * cp, or when a TP group would span nodes.
+// Selects this rank's GPU (cudaSetDevice) when the node has one. Throws on every rank when world
+// size is not divisible by tp * cp, or when a TP group would span nodes (tp_placement_error).
 ProcessGrid make_process_grid(int tp, int cp);
 
 // One line for logs: "world 4 = dp 2 x cp 1 x tp 2, 4 ranks on this node".

@@ -17,6 +17,7 @@ packages=(
   python3-matplotlib                  # scaling plots (tools/scaling_plots.py)
   python3-pip                         # the PyPI packages below
   slurm-wlm munge libpmix-dev         # the one-node Slurm cluster of the Slurm tests (pmix: srun --mpi=pmix)
+  iproute2                            # ip netns: the multi-node cluster in network namespaces
 )
 
 sudo_cmd=""

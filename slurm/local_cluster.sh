@@ -22,104 +22,42 @@ conf=$state/slurm.conf
 munge_socket=/run/munge/munge.socket.2
 export SLURM_CONF=$conf
 
-die() { echo "local_cluster: $*" >&2; exit 1; }
-log() { echo "local_cluster: $*"; }
+me=local_cluster
+source "$(dirname "${BASH_SOURCE[0]}")/cluster_lib.sh"
 
 # The last lines of a daemon's log, for error messages that say why.
 log_tail() { [ -f "$state/log/$1.log" ] && tail -n 15 "$state/log/$1.log" | sed "s/^/  $1: /" >&2 || true; }
 
-install_packages() {
-  local missing=()
-  for p in slurm-wlm munge; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  ((${#missing[@]})) || return 0
-  [ "$(id -u)" -eq 0 ] || die "Slurm packages missing (${missing[*]}) and not root to install them"
-  log "installing ${missing[*]}"
-  # Debian's policy-rc.d or the missing init system stops the packages' own service starts;
-  # this script starts the daemons itself.
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    >/dev/null
-}
-
 write_config() {
-  mkdir -p "$state"/{log,pids,ctld,slurmd}
-  # Settings from shared/formats.md: linuxproc process tracking and no task plugin need no
-  # cgroups; config_overrides lets the node claim `cpus` CPUs whatever the machine has; no
-  # accounting database; requeue allowed by default.
-  cat >"$conf" <<EOF
+  mkdir -p "$state"/{log,pids,ctld,slurmd,tmp}
+  {
+    cat <<EOF
 # Written by slurm/local_cluster.sh: a one-node test cluster.
 ClusterName=sambay-local
 SlurmctldHost=localhost
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-# A requeued job waits cred_expire seconds before it may start again (default 120 s); short
-# here so that the requeue tests take seconds, not minutes.
-AuthInfo=cred_expire=10
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/slurmd
 SlurmctldPidFile=$state/ctld/slurmctld.pid
 SlurmdPidFile=$state/slurmd/slurmd.pid
 SlurmctldLogFile=$state/log/slurmctld.log
 SlurmdLogFile=$state/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-MpiDefault=none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-JobRequeue=1
-ReturnToService=2
-KillWait=10
-# Schedule every 2 s instead of every minute: a requeued job starts as soon as it is eligible.
-SchedulerParameters=sched_interval=2,bf_interval=2
-MailProg=/bin/true
-MinJobAge=600
+# The PMIx plugin makes TmpFS/spmix_appdir_UID_JOB.STEP for every step: a directory of this
+# cluster's own, so that another test cluster on this machine (whose job ids start at 1 too)
+# does not collide with it ("Cannot create directory ...: File exists").
+TmpFS=$state/tmp
+EOF
+    slurm_common_settings
+    cat <<EOF
 NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  # Only read when a cgroup plugin is loaded (none is here); pinned to v1 so that a site that
-  # switches plugins on a cgroup-v2-only host gets the known-working setting (formats.md).
-  printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n' >"$state/cgroup.conf"
-}
-
-# Pid recorded for a daemon if that process is still alive and is that daemon.
-live_pid() {
-  local f=$state/pids/$1.pid pid
-  [ -f "$f" ] || return 1
-  pid=$(cat "$f")
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
-}
-
-# Starts a daemon in the foreground mode of its own session, so that this script can return
-# while it keeps running, and records the pid of that very process ($! is the daemon itself:
-# setsid and setpriv exec without forking here).
-spawn() {
-  local name=$1
-  shift
-  setsid "$@" </dev/null >>"$state/log/$name.stdout" 2>&1 &
-  echo $! >"$state/pids/$name.pid"
+  } >"$conf"
+  write_cgroup_conf "$state"
 }
 
 port_in_use() { ss -ltn "( sport = :$1 )" 2>/dev/null | grep -q LISTEN; }
-
-wait_for() {  # seconds, description, command...
-  local seconds=$1 what=$2
-  shift 2
-  for ((i = 0; i < seconds * 4; i++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.25
-  done
-  echo "local_cluster: timed out after ${seconds}s waiting for $what" >&2
-  return 1
-}
 
 start_munged() {
   if [ -S "$munge_socket" ] && munge -n </dev/null | unmunge >/dev/null 2>&1; then
@@ -142,7 +80,7 @@ start_munged() {
 node_idle() { [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" = idle ]; }
 
 start() {
-  install_packages
+  install_packages slurm-wlm munge
   if live_pid slurmctld >/dev/null || live_pid slurmd >/dev/null; then
     node_idle && { log "already running"; return 0; }
     die "a previous start is half up; run '$0 stop' first"
@@ -167,15 +105,21 @@ stop() {
   for name in slurmd slurmctld munged; do
     pid=$(live_pid "$name") && pids+=("$pid")
   done
-  # A clean shutdown first (slurmctld saves state, slurmd exits), then the recorded pids.
-  if live_pid slurmctld >/dev/null; then scontrol shutdown >/dev/null 2>&1 || true; fi
-  for name in slurmd slurmctld munged; do
-    pid=$(live_pid "$name") || { rm -f "$state/pids/$name.pid"; continue; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    if kill -0 "$pid" 2>/dev/null; then log "$name ($pid) ignored TERM, killing"; kill -KILL "$pid" || true; fi
-    rm -f "$state/pids/$name.pid"
-  done
+  # The cluster's jobs first: slurmd exits on shutdown but leaves running steps (their
+  # slurmstepd, srun and ranks) behind, as after a test that failed mid-job. Then a clean
+  # shutdown (slurmctld saves state, slurmd exits), then the recorded pids.
+  if live_pid slurmctld >/dev/null; then
+    local jobs
+    jobs=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+    if [ -n "${jobs// /}" ]; then
+      log "cancelling jobs $jobs"
+      scancel $jobs 2>/dev/null || true
+      # KillWait (10 s) between SIGTERM and SIGKILL, plus the epilog.
+      wait_for 30 "the jobs to end" bash -c '[ -z "$(squeue -h -o %A)" ]' || true
+    fi
+    scontrol shutdown >/dev/null 2>&1 || true
+  fi
+  for name in slurmd slurmctld munged; do end_daemon "$name"; done
   log "stopped${pids[*]:+ (pids ${pids[*]})}"
 }
 

@@ -41,10 +41,22 @@ inline int64_t valid_targets(const std::vector<int32_t>& targets) {
 }
 
 // Small but GPU-shaped: widths multiples of 8, N = 16 (the scan kernel's sizes), head dim 16.
-// Variants: sambay-da, sambay, samba-yoco, transformerpp.
-inline ModelConfig gpu_test_config(const std::string& variant) {
+// Variants: sambay-da, sambay, samba-yoco, transformerpp; a "-mup-untied" suffix gives the form
+// of ArchScale's scaling runs: an untied head (lm_head.weight), μP++ with the depth rule and a
+// base head dim of 32 (attention scores times sqrt(32) / 16, not 1 / 4), and ArchScale's init.
+inline ModelConfig gpu_test_config(std::string variant) {
+  const std::string mup_untied = "-mup-untied";
+  const bool archscale = variant.ends_with(mup_untied);
+  if (archscale) variant.resize(variant.size() - mup_untied.size());
   ModelConfig c;
-  c.name = "gpu-test-" + variant;
+  if (archscale) {
+    c.tied_embedding = false;
+    c.init = InitRule::archscale;
+    c.mup_base_width = 32;
+    c.mup_base_depth = 4;
+    c.mup_base_head_dim = 32;
+  }
+  c.name = "gpu-test-" + variant + (archscale ? mup_untied : "");
   c.d_model = 64;
   c.vocab = 131;
   c.n_heads = 4;

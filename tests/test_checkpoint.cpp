@@ -5,11 +5,16 @@
 #include "core/param_layout.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_dir.h"
+#include "launch/resume.h"
 #include "sambay_version.h"
 #include "tests/io_test_util.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <filesystem>
 #include <random>
 
@@ -22,6 +27,14 @@ using testing::expect_error;
 using testing::read_bytes;
 using testing::write_bytes;
 
+ModelConfig config_of(const std::string& preset) {
+  const std::string untied = "-untied";
+  if (!preset.ends_with(untied)) return model_preset(preset);
+  ModelConfig c = model_preset(preset.substr(0, preset.size() - untied.size()));
+  c.tied_embedding = false;
+  return c;
+}
+
 // A model's state as a trainer holds it, with distinct values in every buffer.
 struct State {
   ModelConfig config;
@@ -29,7 +42,8 @@ struct State {
   TrainState train;
   std::string train_text = "lr = 0.001\nseed = 42\n";
 
-  explicit State(const std::string& preset, int64_t step = 7) : config(model_preset(preset)) {
+  // preset, or "<preset>-untied": the preset with its own readout matrix.
+  explicit State(const std::string& preset, int64_t step = 7) : config(config_of(preset)) {
     const ParamLayout layout = build_param_layout(config);
     params.resize(layout.total);
     init_params(layout, params.data(), 11);
@@ -128,6 +142,71 @@ TEST(Checkpoint, RoundTripIsBitExact) {
   // Without an expected config, the checkpoint's own is used.
   const LoadedCheckpoint own = load_checkpoint(r.dir, std::nullopt);
   EXPECT_TRUE(same_bits(own.adam_v, s.v));
+}
+
+// An untied head is one more tensor (lm_head/weight) in every group.
+TEST(Checkpoint, UntiedHeadRoundTripsAndATiedCheckpointIsNotItsModel) {
+  ScratchDir dir;
+  State tied("tiny-sambay-da");
+  State s("tiny-sambay-da-untied");
+  const SaveResult r = s.save(dir.file("ckpt"), 7);
+  const LoadedCheckpoint c = load_checkpoint(r.dir, s.config);
+  EXPECT_TRUE(same_bits(c.params, s.params));
+  EXPECT_TRUE(same_bits(c.adam_m, s.m));
+  EXPECT_TRUE(same_bits(c.adam_v, s.v));
+  EXPECT_FALSE(c.info.model.tied_embedding);
+  bool head = false;
+  for (const GlobalTensor& t : c.info.tensors) head |= t.path.find("lm_head/weight") != std::string::npos;
+  EXPECT_TRUE(head);
+  // A tied model's checkpoint is refused for the untied model, naming the field.
+  const std::string tied_dir = tied.save(dir.file("tied"), 3).dir;
+  try {
+    load_checkpoint(tied_dir, s.config);
+    FAIL() << "expected CheckpointMismatch";
+  } catch (const CheckpointMismatch& e) {
+    EXPECT_NE(std::string(e.what()).find("model.tied_embedding: true in the checkpoint, false here"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Checkpoints written before tied_embedding, init, init_multiplier, mup_base_depth and
+// mup_base_head_dim existed lack those lines: they read as the model they were (tied, sambay's
+// init, no depth or head-dim rule), and a resume reports no change for them.
+TEST(Checkpoint, AConfigWithoutTheNewerFieldsReadsAsTheModelItWas) {
+  for (const char* preset : {"tiny-sambay-da", "phi4-mini-flash", "sambay-1b"}) {
+    ModelConfig c = model_preset(preset);
+    if (std::string(preset) == "sambay-1b") c.mup_base_width = 1024;  // an old μP++ run
+    const std::string text = model_config_to_text(c);
+    std::string old_text;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      bool newer = false;
+      for (const char* field : {"tied_embedding", "init ", "init_multiplier", "mup_base_depth",
+                                "mup_base_head_dim"})
+        newer |= line.rfind(std::string("model.") + field, 0) == 0;
+      if (!newer) old_text += line + "\n";
+    }
+    ASSERT_EQ(std::count(old_text.begin(), old_text.end(), '\n') + 5,
+              std::count(text.begin(), text.end(), '\n'));
+    const ModelConfig read = parse_model_config_text(old_text, "old checkpoint");
+    EXPECT_TRUE(model_config_differences(read, c).empty()) << preset;
+    EXPECT_EQ(build_param_layout(read).total, build_param_layout(c).total) << preset;
+
+    TrainConfig cfg;
+    cfg.model_preset = preset;
+    cfg.model = c;
+    cfg.data = {"data/x"};
+    CheckpointInfo info;
+    std::string old_train;
+    std::istringstream train_lines(train_config_to_text(cfg));
+    for (std::string line; std::getline(train_lines, line);)
+      if (old_text.find(line) != std::string::npos || line.rfind("model.", 0) != 0)
+        old_train += line + "\n";
+    info.train_config_text = old_train;
+    EXPECT_TRUE(resume_differences(info, cfg, 0).empty())
+        << preset << ": " << fmt::format("{}", fmt::join(resume_differences(info, cfg, 0), "; "));
+  }
 }
 
 TEST(Checkpoint, ADifferentModelConfigIsRefusedNamingEveryField) {

@@ -155,6 +155,46 @@ TEST(HfInterop, ExportThenImportIsBitExact) {
   EXPECT_TRUE(model_config_differences(plain.model, c).empty());
 }
 
+// An untied head: lm_head.weight, tie_word_embeddings false (the release's code loads both), and
+// the round trip through sambay's own config and through the standard keys alone.
+TEST(HfInterop, UntiedHeadExportsLmHeadAndRoundTrips) {
+  ScratchDir dir;
+  ModelConfig c = small_phi4flash();
+  c.tied_embedding = false;
+  EXPECT_TRUE(hf_incompatibilities(c).empty());
+  const std::vector<float> params = random_params(c);
+  export_hf(c, params, dir.file("hf"), export_options(false, false));
+  const SafetensorsFile st = open_safetensors(dir.file("hf/model.safetensors"));
+  bool head = false;
+  for (const SafetensorsTensor& t : st.tensors)
+    if (t.name == "lm_head.weight") head = t.shape == std::vector<int64_t>{c.vocab, c.d_model};
+  EXPECT_TRUE(head);
+  const Json j = parse_json(hf_config_json(c, false), "config.json");
+  EXPECT_FALSE(j.at("tie_word_embeddings").get<bool>());
+  const HfImport back = import_hf(dir.file("hf"));
+  EXPECT_TRUE(same_bits(back.params, params));
+  EXPECT_EQ(model_config_to_text(back.model), model_config_to_text(c));
+
+  // The standard keys alone (the release's files): tie_word_embeddings false reads lm_head.
+  const std::vector<uint8_t> cfg = read_bytes(dir.file("hf/config.json"));
+  std::string text(cfg.begin(), cfg.end());
+  const size_t ours = text.find(",\n  \"sambay_model_config\"");
+  ASSERT_NE(ours, std::string::npos);
+  const std::string plain_text = text.substr(0, ours) + "\n}\n";
+  write_bytes(dir.file("hf/config.json"), std::vector<uint8_t>(plain_text.begin(), plain_text.end()));
+  const HfImport plain = import_hf(dir.file("hf"));
+  EXPECT_FALSE(plain.model.tied_embedding);
+  EXPECT_TRUE(same_bits(plain.params, params));
+
+  // Keys that contradict sambay's config are refused.
+  std::string edited = text;
+  const std::string key = "\"tie_word_embeddings\": false";
+  ASSERT_NE(edited.find(key), std::string::npos);
+  edited.replace(edited.find(key), key.size(), "\"tie_word_embeddings\": true");
+  write_bytes(dir.file("hf/config.json"), std::vector<uint8_t>(edited.begin(), edited.end()));
+  expect_error([&] { import_hf(dir.file("hf")); }, {"tie_word_embeddings is true", "tied_embedding = false"});
+}
+
 TEST(HfInterop, Bf16ExportRoundsToNearestEven) {
   ScratchDir dir;
   const ModelConfig c = small_phi4flash();
@@ -210,7 +250,7 @@ TEST(HfInterop, ShardedReleaseLayoutAndTiedHeadImport) {
   write_bytes(dir.file("two/model.safetensors.index.json"), std::vector<uint8_t>(index.begin(), index.end()));
   EXPECT_TRUE(same_bits(import_hf(dir.file("two")).params, params));
 
-  // An untied head is refused.
+  // A different head under a config that ties them is refused.
   std::vector<float> other = values[0];
   for (size_t i = 0; i < whole.tensors.size(); ++i)
     if (whole.tensors[i].name == "model.embed_tokens.weight") other = values[i];
@@ -218,7 +258,8 @@ TEST(HfInterop, ShardedReleaseLayoutAndTiedHeadImport) {
   for (SafetensorsEntry& e : second)
     if (e.name == "lm_head.weight") e.data = other.data();
   write_safetensors(dir.file("two/model-00002-of-00002.safetensors"), second, false, {{"format", "pt"}});
-  expect_error([&] { import_hf(dir.file("two")); }, {"lm_head.weight differs from the embedding"});
+  expect_error([&] { import_hf(dir.file("two")); },
+               {"lm_head.weight differs from the embedding", "tie_word_embeddings"});
 }
 
 TEST(HfInterop, LargeExportsAreShardedWithAnIndex) {

@@ -71,6 +71,124 @@ TEST(ModelConfig, LayoutMatchesCountForEveryPreset) {
   }
 }
 
+// The paper's scaling families against ArchScale's SambaY-era lit_gpt/config.py, by hand:
+//   transformer_d{D}: ar 128, n_head D, head 128 (n_embd / n_head), n_query_groups D / 4, RoPE;
+//   sambay_d{D} / sambayda_d{D} (use_da): ar 124, samba_yoco ("sambayoco") ar 126: head_dim 128,
+//   n_query_groups D / 4, local_window 128, rnn_per_layer 2 (Mamba), yoco, gmu_yoco (not for
+//   sambayoco), nope; all: mlp_expand 4, vocab 32000 (padding 64), FusedRMSNorm eps 1e-5, no
+//   biases (bias, attn_bias, attn_out_bias False), Mamba d_state 16, d_conv 4, expand 2,
+//   dt_rank ceil(d / 16), tied_embed False unless the run name has "_tie".
+TEST(ModelConfig, ArchScalePresetsAreThePapersFamilies) {
+  struct Family {
+    const char* name;
+    int64_t ar;
+    bool gmu, differential, transformer;
+  };
+  const Family families[] = {{"sambay", 124, true, false, false},
+                             {"sambay-da", 124, true, true, false},
+                             {"samba-yoco", 126, false, false, false},
+                             {"transformerpp", 128, false, false, true}};
+  for (const Family& f : families)
+    for (int64_t D : {8, 12, 16, 20, 24})
+      for (bool tied : {false, true}) {
+        const std::string name = fmt::format("archscale-{}-d{}{}", f.name, D, tied ? "-tied" : "");
+        const ModelConfig c = model_preset(name);
+        validate_model_config(c, name);
+        const int64_t d = f.ar * D;
+        EXPECT_EQ(c.name, name);
+        EXPECT_EQ(c.d_model, d) << name;
+        EXPECT_EQ(c.n_layers(), D) << name;
+        EXPECT_EQ(c.n_heads, D) << name;
+        EXPECT_EQ(c.head_dim, 128) << name;
+        // SambaY+DA pairs key/value heads: D / 4 = 3 and 5 (odd) become 4.
+        EXPECT_EQ(c.n_kv_heads, f.differential && (D / 4) % 2 ? 4 : D / 4) << name;
+        EXPECT_EQ(c.differential, f.differential) << name;
+        EXPECT_EQ(c.d_ff, 4 * d) << name;
+        EXPECT_EQ(c.vocab, 32000) << name;
+        EXPECT_EQ(c.eod_token, 2) << name;
+        EXPECT_EQ(c.norm, NormKind::rmsnorm) << name;
+        EXPECT_EQ(c.norm_eps, 1e-5) << name;
+        EXPECT_FALSE(c.attention_bias) << name;
+        EXPECT_EQ(c.rope, f.transformer) << name;
+        EXPECT_EQ(c.tied_embedding, tied) << name;
+        EXPECT_EQ(c.init, InitRule::archscale) << name;
+        EXPECT_EQ(c.mup_base_width, f.ar * 16) << name;
+        EXPECT_EQ(c.mup_base_depth, 16) << name;
+        EXPECT_EQ(c.mup_base_head_dim, 128) << name;
+        EXPECT_FALSE(c.normalized_gmu) << name;
+        if (f.transformer) {
+          EXPECT_EQ(c.layers, std::vector<LayerKind>(D, LayerKind::full_attention)) << name;
+          EXPECT_EQ(c.rope_theta, 10000) << name;
+          continue;
+        }
+        EXPECT_EQ(c.window, 128) << name;
+        EXPECT_EQ(c.d_inner, 2 * d) << name;
+        EXPECT_EQ(c.d_state, 16) << name;
+        EXPECT_EQ(c.d_conv, 4) << name;
+        EXPECT_EQ(c.dt_rank, (d + 15) / 16) << name;
+        // Blocks: Mamba at the self-decoder's even layers and at D / 2 (the memory), sliding
+        // window at its odd layers, full attention at D / 2 + 1 (the shared keys/values), then
+        // GMU (even) / cross-attention (odd), or cross-attention only for Samba+YOCO.
+        for (int64_t i = 0; i < D; ++i) {
+          LayerKind want;
+          if (i < D / 2) want = i % 2 == 0 ? LayerKind::mamba : LayerKind::sliding_window;
+          else if (i == D / 2) want = LayerKind::mamba;
+          else if (i == D / 2 + 1) want = LayerKind::full_attention;
+          else want = f.gmu && i % 2 == 0 ? LayerKind::gmu : LayerKind::cross_attention;
+          EXPECT_EQ(c.layers[i], want) << name << " layer " << i;
+        }
+        EXPECT_EQ(c.kv_source_layer, D / 2 + 1) << name;
+        EXPECT_EQ(c.memory_layer, f.gmu ? D / 2 : -1) << name;
+      }
+}
+
+// The untied head adds vocab x d parameters; ArchScale's N(D) = mult(ar) D^3 of its budget rule
+// (pretrain.py) approximates the non-embedding count: within 5% for every family and depth (the
+// largest gap, 4.6%, is Samba+YOCO at depth 8; its formula's lower-order terms are not exact).
+TEST(ModelConfig, UntiedHeadCountsAndArchScaleParameterRule) {
+  for (const char* family : {"sambay", "sambay-da", "samba-yoco", "transformerpp"})
+    for (int64_t D : {8, 12, 16, 20, 24}) {
+      const ModelConfig untied = model_preset(fmt::format("archscale-{}-d{}", family, D));
+      const ModelConfig tied = model_preset(fmt::format("archscale-{}-d{}-tied", family, D));
+      EXPECT_EQ(parameter_count(untied) - parameter_count(tied), 32000 * untied.d_model);
+      EXPECT_EQ(non_embedding_parameter_count(untied), non_embedding_parameter_count(tied));
+      const double ar = double(untied.d_model / D);
+      const std::string f = family;
+      const double mult = f == "transformerpp" ? 14.5 * ar * ar
+                          : f == "samba-yoco"  ? 13.5 * ar * ar + 208 * ar
+                                               : 14.5 * ar * ar + 144 * ar;
+      const double n = mult * double(D * D * D);
+      EXPECT_NEAR(double(non_embedding_parameter_count(untied)) / n, 1.0, 0.05) << family << D;
+      const ParamLayout layout = build_param_layout(untied);
+      EXPECT_EQ(layout.readout, layout.total - 32000 * untied.d_model);
+      EXPECT_EQ(output_head_offset(layout), layout.readout);
+      EXPECT_EQ(output_head_offset(build_param_layout(tied)), 0);
+    }
+}
+
+// An untied head changes no offset of the tied model's tensors (checkpoints of tied models keep
+// their layout), and the new fields default to the behaviour before they existed.
+TEST(ModelConfig, TiedLayoutIsUnchangedByTheNewFields) {
+  for (const char* preset : {"phi4-mini-flash", "sambay-da-1b", "tiny-sambay-da"}) {
+    ModelConfig c = model_preset(preset);
+    EXPECT_TRUE(c.tied_embedding);
+    EXPECT_EQ(c.init, InitRule::normal);
+    EXPECT_EQ(c.init_multiplier, 1.0);
+    EXPECT_EQ(c.mup_base_depth, 0);
+    EXPECT_EQ(c.mup_base_head_dim, 0);
+    const ParamLayout tied = build_param_layout(c);
+    c.tied_embedding = false;
+    const ParamLayout untied = build_param_layout(c);
+    ASSERT_EQ(untied.params.size(), tied.params.size() + 1);
+    for (size_t i = 0; i < tied.params.size(); ++i) {
+      EXPECT_EQ(untied.params[i].name, tied.params[i].name);
+      EXPECT_EQ(untied.params[i].offset, tied.params[i].offset);
+    }
+    EXPECT_EQ(untied.params.back().name, "lm_head.weight");
+    EXPECT_EQ(tied.readout, -1);
+  }
+}
+
 TEST(ModelConfig, ValidationNamesTheField) {
   ModelConfig c = model_preset("tiny-sambay-da");
   c.n_kv_heads = 3;
@@ -87,14 +205,37 @@ TEST(ModelConfig, ValidationNamesTheField) {
   EXPECT_THROW(set_model_config_field(c, "d_model", "12x", "cli"), Error);
   EXPECT_THROW(set_model_config_field(c, "no_such_field", "1", "cli"), Error);
   EXPECT_THROW(set_model_config_field(c, "layers", "mamba,attention", "cli"), Error);
+  EXPECT_THROW(set_model_config_field(c, "init", "xavier", "cli"), Error);
+  EXPECT_THROW(set_model_config_field(c, "tied_embedding", "maybe", "cli"), Error);
+  // muP++'s depth and head-dim rules without muP++ would do nothing: refused, naming the field.
+  for (const char* field : {"mup_base_depth", "mup_base_head_dim"}) {
+    c = model_preset("tiny-sambay-da");
+    set_model_config_field(c, field, "16", "cli");
+    try {
+      validate_model_config(c, "run.ini");
+      FAIL() << "expected an error for " << field;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("run.ini: model.") + field),
+                std::string::npos)
+          << e.what();
+    }
+    set_model_config_field(c, "mup_base_width", "12", "cli");
+    validate_model_config(c, "run.ini");
+  }
+  c = model_preset("tiny-sambay-da");
+  c.init_multiplier = 0;
+  EXPECT_THROW(validate_model_config(c, "x"), Error);
 }
 
 TEST(ModelConfig, TextFieldsRoundTrip) {
-  const ModelConfig a = model_preset("phi4-mini-flash");
-  ModelConfig b;
-  for (const auto& [k, v] : model_config_fields(a)) set_model_config_field(b, k, v, "roundtrip");
-  EXPECT_EQ(model_config_to_text(a), model_config_to_text(b));
-  EXPECT_EQ(parameter_count(a), parameter_count(b));
+  for (const char* preset : {"phi4-mini-flash", "archscale-sambay-da-d12", "archscale-transformerpp-d8-tied"}) {
+    ModelConfig a = model_preset(preset);
+    a.init_multiplier = 0.75;
+    ModelConfig b;
+    for (const auto& [k, v] : model_config_fields(a)) set_model_config_field(b, k, v, "roundtrip");
+    EXPECT_EQ(model_config_to_text(a), model_config_to_text(b));
+    EXPECT_EQ(parameter_count(a), parameter_count(b));
+  }
 }
 
 struct Batch {
@@ -127,14 +268,34 @@ void perturb(Model<T>& m, uint64_t seed, double scale) {
 struct GradCase {
   std::string preset;
   bool docs;
-  bool scaled;  // residual and logit scales other than 1 (muP++ paths)
+  bool scaled;  // residual, logit and attention scales other than 1 (muP++ paths)
+  bool untied = false;  // the output head as its own readout matrix
 };
+
+// The presets of the gradient checks, and "tiny-archscale-<family>": ArchScale's family (core's
+// archscale_model, μP++ on, its init) at depth 8 shrunk to 2 channels per layer of depth and
+// head dim 2 (scores scaled by sqrt(hd0 = 4) / 2 = 1, not 1 / sqrt(2)), vocabulary 29.
+ModelConfig grad_case_config(const GradCase& gc) {
+  ModelConfig c;
+  const std::string tiny_archscale = "tiny-archscale-";
+  if (gc.preset.rfind(tiny_archscale, 0) == 0) {
+    c = archscale_model(gc.preset.substr(tiny_archscale.size()), 8,
+                        {.tied = !gc.untied, .aspect_ratio = 2, .head_dim = 2, .base_depth = 4,
+                         .base_head_dim = 4});
+    c.vocab = 29;
+    c.window = 3;
+  } else {
+    c = model_preset(gc.preset);
+    c.tied_embedding = !gc.untied;
+  }
+  return c;
+}
 
 class ModelGradientTest : public ::testing::TestWithParam<GradCase> {};
 
 TEST_P(ModelGradientTest, EveryParameterMatchesFiniteDifferences) {
   const GradCase& gc = GetParam();
-  const ModelConfig c = model_preset(gc.preset);
+  const ModelConfig c = grad_case_config(gc);
   Model<double> model = make_model<double>(c, 7);
   perturb(model, 8, 0.2);
   // Larger steps (delta ~ 0.3 instead of 0.001..0.1) so that the scan's parameters have
@@ -142,7 +303,7 @@ TEST_P(ModelGradientTest, EveryParameterMatchesFiniteDifferences) {
   for (const ParamSpec& p : model.layout.params)
     if (p.init == InitKind::mamba_dt_bias)
       for (int64_t j = 0; j < p.numel; ++j) model.params[p.offset + j] += 4.0;
-  if (gc.scaled) model.residual_scale = 0.6, model.logit_scale = 1.7;
+  if (gc.scaled) model.residual_scale = 0.6, model.logit_scale = 1.7, model.attention_scale = 0.45;
   const int64_t B = 2, L = 7;  // L > window (3): the sliding window is exercised
   Batch batch = random_batch(c, B, L, 11, gc.docs);
   const int32_t* doc = gc.docs ? batch.doc.data() : nullptr;
@@ -158,10 +319,33 @@ TEST_P(ModelGradientTest, EveryParameterMatchesFiniteDifferences) {
     return model_forward(model, acts, batch.tokens.data(), batch.targets.data(), doc).loss_sum *
            scale;
   };
-  std::vector<testing::GradSpan> spans;
-  for (const ParamSpec& p : model.layout.params)
+  std::vector<testing::GradSpan> spans, embedding_rows;
+  for (const ParamSpec& p : model.layout.params) {
+    if (p.offset == model.layout.embedding && gc.untied) {
+      // Untied, only the rows of the batch's tokens have a gradient (the input lookup's): the
+      // others must be exactly zero. Checked: the rows of each row's first two tokens, which
+      // every later valid target of their document depends on.
+      std::vector<bool> used(c.vocab, false), check(c.vocab, false);
+      for (int32_t t : batch.tokens) used[t] = true;
+      for (int64_t r = 0; r < B; ++r) check[batch.tokens[r * L]] = check[batch.tokens[r * L + 1]] = true;
+      for (int64_t v = 0; v < c.vocab; ++v) {
+        const int64_t row = p.offset + v * c.d_model;
+        if (!used[v]) {
+          for (int64_t j = 0; j < c.d_model; ++j) ASSERT_EQ(grads[row + j], 0.0) << "row " << v;
+        }
+        if (check[v])
+          embedding_rows.push_back({fmt::format("{} row {}", p.name, v),
+                                    model.params.data() + row, grads.data() + row, c.d_model});
+      }
+      continue;
+    }
     spans.push_back({p.name, model.params.data() + p.offset, grads.data() + p.offset, p.numel});
+  }
   testing::expect_gradients_match(loss, spans, 1e-6, /*samples_per_input=*/6, /*step=*/1e-3);
+  // The untied embedding's rows feed the first norm directly: a finer step keeps the stencil's
+  // O(h^4) truncation (1.7e-5 relative at 1e-3 in the ArchScale case, 1e-7 at 3e-4) below 1e-6.
+  testing::expect_gradients_match(loss, embedding_rows, 1e-6, /*samples_per_input=*/6,
+                                  /*step=*/3e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -172,10 +356,17 @@ INSTANTIATE_TEST_SUITE_P(
                       GradCase{"tiny-samba-yoco", true, true},
                       GradCase{"tiny-transformerpp", false, false},
                       GradCase{"tiny-transformerpp", true, true},
-                      GradCase{"tiny-ngmu", true, false}),
+                      GradCase{"tiny-ngmu", true, false},
+                      GradCase{"tiny-sambay-da", true, true, /*untied=*/true},
+                      GradCase{"tiny-samba-yoco", false, false, /*untied=*/true},
+                      GradCase{"tiny-transformerpp", true, false, /*untied=*/true},
+                      GradCase{"tiny-archscale-sambay-da", true, false, /*untied=*/true},
+                      GradCase{"tiny-archscale-sambay", false, false, /*untied=*/false},
+                      GradCase{"tiny-archscale-transformerpp", true, false, /*untied=*/true}),
     [](const auto& info) {
       std::string name = info.param.preset + (info.param.docs ? "_docs" : "") +
-                         (info.param.scaled ? "_scaled" : "");
+                         (info.param.scaled ? "_scaled" : "") +
+                         (info.param.untied ? "_untied" : "");
       for (char& ch : name)
         if (ch == '-') ch = '_';
       return name;
@@ -333,6 +524,74 @@ TEST(Model, GreedyNextTokenIsTheMostLikelyTarget) {
   }
   EXPECT_EQ(greedy, best);
   EXPECT_THROW(greedy_next_token(model, padded, b.tokens.data(), 12), Error);
+}
+
+// make_model applies the config's init rule and μP++: ArchScale's untied μP++ starts with a
+// zero readout (so every first prediction is uniform: loss log V), a small embedding, and the
+// residual, logit and attention scales of the rule.
+TEST(Model, ArchScaleMupModelStartsAsTheRulesSay) {
+  ModelConfig c = archscale_model("sambay", 8, {.tied = false, .aspect_ratio = 4, .head_dim = 8});
+  c.vocab = 53;
+  Model<double> model = make_model<double>(c, 2);
+  EXPECT_DOUBLE_EQ(model.residual_scale, 1.0 / 4.0);
+  EXPECT_DOUBLE_EQ(model.logit_scale, 2.0);                        // d0 / D = 16 / 8
+  EXPECT_DOUBLE_EQ(model.attention_scale, std::sqrt(128.0) / 8.0);  // sqrt(hd0) / head_dim
+  for (int64_t i = model.layout.readout; i < model.layout.total; ++i)
+    ASSERT_EQ(model.params[i], 0.0) << i;
+  Batch b = random_batch(c, 2, 9, 3, true);
+  Activations<double> acts = plan_activations(model, 2, 9, false);
+  const ForwardResult r = model_forward(model, acts, b.tokens.data(), b.targets.data(), b.doc.data());
+  EXPECT_NEAR(r.loss_sum / r.valid_rows, std::log(53.0), 1e-12);
+  // Its gradient reaches the readout only through the loss, the embedding only through the
+  // blocks (a zero readout passes nothing back to them).
+  model_backward(model, acts, b.tokens.data(), b.targets.data(), b.doc.data(), 1.0 / r.valid_rows);
+  double readout_grad = 0, embedding_grad = 0;
+  for (int64_t i = model.layout.readout; i < model.layout.total; ++i)
+    readout_grad += std::abs(model.grads[i]);
+  for (int64_t i = 0; i < c.vocab * c.d_model; ++i) embedding_grad += std::abs(model.grads[i]);
+  EXPECT_GT(readout_grad, 0);
+  EXPECT_EQ(embedding_grad, 0);
+}
+
+// The forward reads Model::attention_scale (the gradient checks show forward and backward agree
+// on it, not that it is used): scores scaled differently give another loss, on every attention
+// kind.
+TEST(Model, AttentionScaleIsTheModelsOwn) {
+  for (const char* preset : {"tiny-sambay-da", "tiny-sambay", "tiny-transformerpp"}) {
+    const ModelConfig c = model_preset(preset);
+    Model<double> model = make_model<double>(c, 5);
+    EXPECT_DOUBLE_EQ(model.attention_scale, 1.0 / std::sqrt(double(c.head_dim)));
+    perturb(model, 6, 0.3);
+    Batch b = random_batch(c, 2, 9, 7, false);
+    Activations<double> acts = plan_activations(model, 2, 9, false);
+    const double before = model_forward(model, acts, b.tokens.data(), b.targets.data(), nullptr).loss_sum;
+    model.attention_scale *= 2;
+    const double after = model_forward(model, acts, b.tokens.data(), b.targets.data(), nullptr).loss_sum;
+    EXPECT_GT(std::abs(after - before), 1e-6 * std::abs(before)) << preset;
+  }
+}
+
+TEST(Model, GreedyNextTokenReadsTheUntiedHead) {
+  ModelConfig c = model_preset("tiny-sambay-da");
+  c.tied_embedding = false;
+  c.vocab = 200;  // many candidates: reading the wrong matrix would not pick the same one
+  Model<double> model = make_model<double>(c, 3);
+  perturb(model, 4, 0.3);
+  const int64_t len = 5;
+  Batch b = random_batch(c, 1, len, 8, false);
+  Activations<double> acts = plan_activations(model, 1, len, false);
+  const int32_t greedy = greedy_next_token(model, acts, b.tokens.data(), len);
+  int32_t best = -1;
+  double best_loss = INFINITY;
+  for (int32_t v = 0; v < c.vocab; ++v) {
+    std::vector<int32_t> targets(len, -1);
+    targets[len - 1] = v;
+    const double loss = model_forward(model, acts, b.tokens.data(), targets.data(), nullptr).loss_sum;
+    if (loss < best_loss) best_loss = loss, best = v;
+  }
+  // The loss reads the readout; greedy decoding through the embedding (a different perturbed
+  // matrix) would pick another token.
+  EXPECT_EQ(greedy, best);
 }
 
 TEST(Model, Float32ForwardMatchesFloat64) {

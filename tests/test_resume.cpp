@@ -129,13 +129,18 @@ struct ResumeTest : ::testing::Test {
 
   void SetUp() override { write_phonebook_dataset(data, 150, 5, 3); }
 
+  std::vector<std::string> model_args;  // more model.<field> options (a test may set them)
+
   std::vector<std::string> train_args(const std::string& out_dir, int64_t steps = kSteps) const {
-    return {"train",      "--data",         data,   "--model",       "tiny-sambay-da",
-            "--model.vocab", "257",         "--seq_len", "32",       "--micro_batch",
-            "2",          "--grad_accum",   "2",    "--steps",       std::to_string(steps),
-            "--warmup",   "2",              "--lr", "3e-3",          "--log_every",
-            "1",          "--eval_every",   "4",    "--eval_batches", "2",
-            "--threads",  "2",              "--out_dir", out_dir};
+    std::vector<std::string> args = {
+        "train",      "--data",         data,   "--model",       "tiny-sambay-da",
+        "--model.vocab", "257",         "--seq_len", "32",       "--micro_batch",
+        "2",          "--grad_accum",   "2",    "--steps",       std::to_string(steps),
+        "--warmup",   "2",              "--lr", "3e-3",          "--log_every",
+        "1",          "--eval_every",   "4",    "--eval_batches", "2",
+        "--threads",  "2",              "--out_dir", out_dir};
+    args.insert(args.end(), model_args.begin(), model_args.end());
+    return args;
   }
 
   Log reference() {
@@ -257,6 +262,36 @@ TEST_P(Preempted, SignalWritesACheckpointExitsWith75AndResumesBitIdentically) {
 
 INSTANTIATE_TEST_SUITE_P(Slurm, Preempted, ::testing::Values(SIGUSR1, SIGTERM),
                          [](const auto& info) { return info.param == SIGUSR1 ? "Sigusr1" : "Sigterm"; });
+
+// The untied head under ArchScale's μP++ (zero readout, its init, the depth rule): killed after
+// a checkpoint and resumed, every later loss, norm and lr is the uninterrupted run's.
+TEST_F(ResumeTest, UntiedMupHeadResumesBitIdentically) {
+  model_args = {"--model.tied_embedding", "false", "--model.init",            "archscale",
+                "--model.mup_base_width", "8",     "--model.mup_base_depth",  "4",
+                "--model.mup_base_head_dim", "4"};
+  const Log ref = reference();
+  const std::string out = dir.file("killed");
+  std::vector<std::string> args = train_args(out);
+  args.insert(args.end(), {"--save_every", "1"});
+  const pid_t pid = spawn(args, dir.file("killed.log"));
+  ASSERT_TRUE(wait_until([&] { return fs::exists(out + "/checkpoints/step_00000005"); }))
+      << text_of(dir.file("killed.log"));
+  kill(pid, SIGKILL);
+  wait_for(pid);
+  run(train_args(out), dir.file("resumed.log"));
+  EXPECT_GE(compare(out, ref), 5);
+  // The start of the run names every group's lr, weight decay and init; both FLOPs conventions
+  // are logged.
+  const std::string log = text_of(dir.file("reference.log"));
+  for (const char* part :
+       {"muP++ base width 8, depth 4, head dim 4; untied head, init archscale",
+        "parameter groups", "wd 0  init zeros", "lm_head.weight", "init uniform bound",
+        "ArchScale estimate_flops", "GFLOP/s exact / ArchScale-est"})
+    EXPECT_NE(log.find(part), std::string::npos) << part << "\n" << log;
+  const std::string metrics = text_of(dir.file("reference") + "/metrics.jsonl");
+  EXPECT_NE(metrics.find("\"flops_exact\":"), std::string::npos);
+  EXPECT_NE(metrics.find("\"flops_archscale_estimate\":"), std::string::npos);
+}
 
 TEST_F(ResumeTest, CkptCommandsInspectExportImportAndTrainFromTheImport) {
   const std::string out = dir.file("run");

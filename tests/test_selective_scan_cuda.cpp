@@ -129,6 +129,30 @@ std::vector<double> initial_f32(const std::vector<double>& grad, uint64_t seed) 
 constexpr double kBf16Tolerance = 1e-2;  // outputs and activation gradients stored as bf16
 constexpr double kF32Tolerance = 1e-5;   // parameter gradients, summed and stored in fp32
 
+// How a backward runs: the chunk-gradient kernel's variant, and whether it is given the
+// forward's y. Every test of the backward runs every mode.
+struct BackwardMode {
+  int variant;
+  bool saved_y;
+};
+constexpr BackwardMode kBackwardModes[] = {{0, false}, {1, false}, {1, true}};
+static_assert(kSelectiveScanBackwardVariants == 2, "kBackwardModes lists every variant");
+
+std::string describe(const BackwardMode& m) {
+  return fmt::format("backward variant {}{}", m.variant, m.saved_y ? " with the forward's y" : "");
+}
+
+// Selects a mode's variant for the backward calls in its scope, the default again after.
+class UseBackwardMode {
+ public:
+  explicit UseBackwardMode(const BackwardMode& m) {
+    selective_scan_cuda_set_backward_variant(m.variant);
+  }
+  ~UseBackwardMode() { selective_scan_cuda_set_backward_variant(1); }
+  UseBackwardMode(const UseBackwardMode&) = delete;
+  UseBackwardMode& operator=(const UseBackwardMode&) = delete;
+};
+
 class SelectiveScanCudaTest : public ::testing::TestWithParam<ScanCudaCase> {};
 
 TEST_P(SelectiveScanCudaTest, ForwardAndBackwardMatchReference) {
@@ -171,35 +195,40 @@ TEST_P(SelectiveScanCudaTest, ForwardAndBackwardMatchReference) {
                          initial_f32(ref.D, 306),       initial_bf16(ref.z, 307)};
   DeviceBuffer<bf16> d_dout(testing::to_bf16_vector(dout)),
       d_dy_extra(testing::to_bf16_vector(dy_extra));
-  DeviceBuffer<bf16> dx(testing::to_bf16_vector(before.x)), ddt(testing::to_bf16_vector(before.dt)),
-      dBc(testing::to_bf16_vector(before.Bc)), dCc(testing::to_bf16_vector(before.Cc)),
-      dz(testing::to_bf16_vector(before.z));
-  DeviceBuffer<float> ddt_bias(testing::to_f32(before.dt_bias)),
-      dA_log(testing::to_f32(before.A_log)), dD(testing::to_f32(before.D));
-  DeviceBuffer<float> workspace(selective_scan_backward_workspace_floats(s));
-  workspace.poison();
-  selective_scan_backward_cuda(d_dout.ptr, p.dy_extra ? d_dy_extra.ptr : nullptr, dev.x.ptr,
-                               dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr,
-                               dev.D.ptr, dev.z.ptr, dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr,
-                               ddt_bias.ptr, dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr,
-                               workspace.ptr, s, nullptr);
+  for (const BackwardMode& mode : kBackwardModes) {
+    SCOPED_TRACE(describe(mode));
+    const UseBackwardMode use(mode);
+    DeviceBuffer<bf16> dx(testing::to_bf16_vector(before.x)),
+        ddt(testing::to_bf16_vector(before.dt)), dBc(testing::to_bf16_vector(before.Bc)),
+        dCc(testing::to_bf16_vector(before.Cc)), dz(testing::to_bf16_vector(before.z));
+    DeviceBuffer<float> ddt_bias(testing::to_f32(before.dt_bias)),
+        dA_log(testing::to_f32(before.A_log)), dD(testing::to_f32(before.D));
+    DeviceBuffer<float> workspace(selective_scan_backward_workspace_floats(s));
+    workspace.poison();
+    selective_scan_backward_cuda(d_dout.ptr, p.dy_extra ? d_dy_extra.ptr : nullptr, dev.x.ptr,
+                                 dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr,
+                                 dev.Cc.ptr, dev.D.ptr, dev.z.ptr, mode.saved_y ? y.ptr : nullptr,
+                                 dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr, ddt_bias.ptr,
+                                 dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr, workspace.ptr, s,
+                                 nullptr);
 
-  using testing::download_f64;
-  using testing::minus;
-  testing::expect_close("dx", minus(download_f64(dx), before.x), ref.x, kBf16Tolerance);
-  testing::expect_close("ddt", minus(download_f64(ddt), before.dt), ref.dt, kBf16Tolerance);
-  testing::expect_close("dz", minus(download_f64(dz), before.z), ref.z, kBf16Tolerance);
-  testing::expect_close("dBc", minus(download_f64(dBc), before.Bc), ref.Bc, kBf16Tolerance);
-  testing::expect_close("dCc", minus(download_f64(dCc), before.Cc), ref.Cc, kBf16Tolerance);
-  testing::expect_close("ddt_bias", minus(download_f64(ddt_bias), before.dt_bias), ref.dt_bias,
-                        kF32Tolerance);
-  testing::expect_close("dD", minus(download_f64(dD), before.D), ref.D, kF32Tolerance);
-  // With one token nothing is carried over, so A_log gets exactly no gradient.
-  if (s.L > 1)
-    testing::expect_close("dA_log", minus(download_f64(dA_log), before.A_log), ref.A_log,
-                          kF32Tolerance);
-  else
-    EXPECT_EQ(download_f64(dA_log), before.A_log);
+    using testing::download_f64;
+    using testing::minus;
+    testing::expect_close("dx", minus(download_f64(dx), before.x), ref.x, kBf16Tolerance);
+    testing::expect_close("ddt", minus(download_f64(ddt), before.dt), ref.dt, kBf16Tolerance);
+    testing::expect_close("dz", minus(download_f64(dz), before.z), ref.z, kBf16Tolerance);
+    testing::expect_close("dBc", minus(download_f64(dBc), before.Bc), ref.Bc, kBf16Tolerance);
+    testing::expect_close("dCc", minus(download_f64(dCc), before.Cc), ref.Cc, kBf16Tolerance);
+    testing::expect_close("ddt_bias", minus(download_f64(ddt_bias), before.dt_bias),
+                          ref.dt_bias, kF32Tolerance);
+    testing::expect_close("dD", minus(download_f64(dD), before.D), ref.D, kF32Tolerance);
+    // With one token nothing is carried over, so A_log gets exactly no gradient.
+    if (s.L > 1)
+      testing::expect_close("dA_log", minus(download_f64(dA_log), before.A_log), ref.A_log,
+                            kF32Tolerance);
+    else
+      EXPECT_EQ(download_f64(dA_log), before.A_log);
+  }
 }
 
 std::string case_name(const ::testing::TestParamInfo<ScanCudaCase>& info) {
@@ -245,19 +274,30 @@ TEST(SelectiveScanCuda, NullPointersSkip) {
                               checkpoint.ptr, s, nullptr);
   testing::expect_close("out", testing::download_f64(out), out_ref, kBf16Tolerance);
 
+  DeviceBuffer<bf16> y(ble);  // for the modes given the forward's y
+  selective_scan_forward_cuda(dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr,
+                              dev.Cc.ptr, dev.D.ptr, dev.z.ptr, nullptr, y.ptr, nullptr,
+                              checkpoint.ptr, s, nullptr);
+
   const auto dout = testing::round_to_bf16(testing::random_normal(ble, 401));
   const ScanGrads ref = reference_backward(in, dout, nullptr, nullptr, s);
-  DeviceBuffer<bf16> d_dout(testing::to_bf16_vector(dout)), dCc(s.B * s.L * s.N);
-  DeviceBuffer<float> dD(s.E), workspace(selective_scan_backward_workspace_floats(s));
-  dCc.zero();
-  dD.zero();
-  workspace.poison();
-  selective_scan_backward_cuda(d_dout.ptr, nullptr, dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr,
-                               dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr, dev.D.ptr, dev.z.ptr, nullptr,
-                               checkpoint.ptr, nullptr, nullptr, nullptr, nullptr, nullptr, dCc.ptr,
-                               dD.ptr, nullptr, workspace.ptr, s, nullptr);
-  testing::expect_close("dCc", testing::download_f64(dCc), ref.Cc, kBf16Tolerance);
-  testing::expect_close("dD", testing::download_f64(dD), ref.D, kF32Tolerance);
+  DeviceBuffer<bf16> d_dout(testing::to_bf16_vector(dout));
+  for (const BackwardMode& mode : kBackwardModes) {
+    SCOPED_TRACE(describe(mode));
+    const UseBackwardMode use(mode);
+    DeviceBuffer<bf16> dCc(s.B * s.L * s.N);
+    DeviceBuffer<float> dD(s.E), workspace(selective_scan_backward_workspace_floats(s));
+    dCc.zero();
+    dD.zero();
+    workspace.poison();
+    selective_scan_backward_cuda(d_dout.ptr, nullptr, dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr,
+                                 dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr, dev.D.ptr, dev.z.ptr,
+                                 mode.saved_y ? y.ptr : nullptr, nullptr, checkpoint.ptr, nullptr,
+                                 nullptr, nullptr, nullptr, nullptr, dCc.ptr, dD.ptr, nullptr,
+                                 workspace.ptr, s, nullptr);
+    testing::expect_close("dCc", testing::download_f64(dCc), ref.Cc, kBf16Tolerance);
+    testing::expect_close("dD", testing::download_f64(dD), ref.D, kF32Tolerance);
+  }
 }
 
 // ---- carried state (ScanCarry), chained calls, determinism ----
@@ -311,7 +351,8 @@ ScanRun run_reference(const ScanInputs& in, const std::vector<int32_t>* doc,
 
 ScanRun run_gpu(const ScanInputs& in, const std::vector<int32_t>* doc,
                 const std::vector<double>& dout, const std::vector<double>* dy_extra,
-                const SelectiveScanShape& s, const CarryIn& carry) {
+                const SelectiveScanShape& s, const CarryIn& carry,
+                const BackwardMode& mode = {1, true}) {
   using testing::download_f64;
   const int64_t ble = s.B * s.L * s.E, bln = s.B * s.L * s.N, ben = s.B * s.E * s.N;
   DeviceInputs dev(in, doc);
@@ -345,11 +386,13 @@ ScanRun run_gpu(const ScanInputs& in, const std::vector<int32_t>* doc,
   ScanCarry<float> bwd = fwd;
   bwd.dstate_out = dstate_out ? dstate_out->ptr : nullptr;
   bwd.dstate_in = dstate_in.ptr;
+  const UseBackwardMode use(mode);
   selective_scan_backward_cuda(d_dout.ptr, d_dy_extra ? d_dy_extra->ptr : nullptr, dev.x.ptr,
                                dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr,
-                               dev.D.ptr, dev.z.ptr, dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr,
-                               ddt_bias.ptr, dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr,
-                               workspace.ptr, s, nullptr, bwd);
+                               dev.D.ptr, dev.z.ptr, mode.saved_y ? y.ptr : nullptr,
+                               dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr, ddt_bias.ptr,
+                               dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr, workspace.ptr, s,
+                               nullptr, bwd);
   r.dstate_in = download_f64(dstate_in);
   r.grads = {download_f64(dx),  download_f64(ddt), download_f64(ddt_bias), download_f64(dA_log),
              download_f64(dBc), download_f64(dCc), download_f64(dD),       download_f64(dz)};
@@ -397,8 +440,11 @@ TEST_P(SelectiveScanCudaCarryTest, CarriedStatesMatchReference) {
   const auto state_in = random_state(s, 603), dstate_out = random_state(s, 604);
   const CarryIn carry{&state_in, &dstate_out};
   const auto* dy = p.dy_extra ? &dy_extra : nullptr;
-  expect_run_close(run_gpu(in, doc, dout, dy, s, carry),
-                   run_reference(in, doc, dout, dy, s, carry));
+  const ScanRun ref = run_reference(in, doc, dout, dy, s, carry);
+  for (const BackwardMode& mode : kBackwardModes) {
+    SCOPED_TRACE(describe(mode));
+    expect_run_close(run_gpu(in, doc, dout, dy, s, carry, mode), ref);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanCudaCarryTest,
@@ -468,9 +514,9 @@ TEST(SelectiveScanCuda, ChainedCallsMatchWholeSequence) {
     const auto dout = testing::round_to_bf16(testing::random_normal(B * L * E, 701));
     const auto dy_extra = testing::round_to_bf16(testing::random_normal(B * L * E, 702, 0.5));
     const ScanRun ref = run_reference(in, &doc, dout, &dy_extra, s, {});
-    {
-      SCOPED_TRACE("whole sequence, N = " + std::to_string(N));
-      expect_run_close(run_gpu(in, &doc, dout, &dy_extra, s, {}), ref);
+    for (const BackwardMode& mode : kBackwardModes) {
+      SCOPED_TRACE("whole sequence, N = " + std::to_string(N) + ", " + describe(mode));
+      expect_run_close(run_gpu(in, &doc, dout, &dy_extra, s, {}, mode), ref);
     }
     for (int64_t t1 : {64, 100}) {
       SCOPED_TRACE("split at " + std::to_string(t1) + ", N = " + std::to_string(N));
@@ -544,8 +590,9 @@ TEST(SelectiveScanCuda, CarriesAloneMatchFullCalls) {
   bwd.dstate_out = d_dstate_out.ptr, bwd.dstate_in = dstate_in.ptr;
   selective_scan_backward_cuda(d_dout.ptr, nullptr, dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr,
                                dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr, dev.D.ptr, dev.z.ptr,
-                               dev.doc_ptr(), checkpoint.ptr, nullptr, nullptr, nullptr, nullptr,
-                               nullptr, nullptr, nullptr, nullptr, workspace.ptr, s, nullptr, bwd);
+                               nullptr, dev.doc_ptr(), checkpoint.ptr, nullptr, nullptr, nullptr,
+                               nullptr, nullptr, nullptr, nullptr, nullptr, workspace.ptr, s,
+                               nullptr, bwd);
   EXPECT_TRUE(testing::download_f64(dstate_in) == full.dstate_in) << "dstate_in";
 }
 
@@ -590,28 +637,32 @@ TEST(SelectiveScanCuda, ForwardAndBackwardAreDeterministic) {
   const auto dout = testing::round_to_bf16(testing::random_normal(s.B * s.L * s.E, 501));
   const auto state_in = random_state(s, 502), dstate_out = random_state(s, 503);
   const CarryIn carry{&state_in, &dstate_out};
-  const ScanRun first = run_gpu(in, &docs, dout, nullptr, s, carry);
-  const ScanRun second = run_gpu(in, &docs, dout, nullptr, s, carry);
   auto same = [](const std::vector<double>& a, const std::vector<double>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
   };
-  const std::pair<const char*, std::pair<const std::vector<double>*, const std::vector<double>*>>
-      outputs[] = {{"y", {&first.y, &second.y}},
-                   {"out", {&first.out, &second.out}},
-                   {"checkpoint", {&first.checkpoint, &second.checkpoint}},
-                   {"state_out", {&first.state_out, &second.state_out}},
-                   {"decay_out", {&first.decay_out, &second.decay_out}},
-                   {"dstate_in", {&first.dstate_in, &second.dstate_in}},
-                   {"dx", {&first.grads.x, &second.grads.x}},
-                   {"ddt", {&first.grads.dt, &second.grads.dt}},
-                   {"dz", {&first.grads.z, &second.grads.z}},
-                   {"dBc", {&first.grads.Bc, &second.grads.Bc}},
-                   {"dCc", {&first.grads.Cc, &second.grads.Cc}},
-                   {"ddt_bias", {&first.grads.dt_bias, &second.grads.dt_bias}},
-                   {"dD", {&first.grads.D, &second.grads.D}},
-                   {"dA_log", {&first.grads.A_log, &second.grads.A_log}}};
-  for (const auto& [name, pair] : outputs)
-    EXPECT_TRUE(same(*pair.first, *pair.second)) << name << " differs between runs";
+  for (const BackwardMode& mode : kBackwardModes) {
+    SCOPED_TRACE(describe(mode));
+    const ScanRun first = run_gpu(in, &docs, dout, nullptr, s, carry, mode);
+    const ScanRun second = run_gpu(in, &docs, dout, nullptr, s, carry, mode);
+    const std::pair<const char*,
+                    std::pair<const std::vector<double>*, const std::vector<double>*>>
+        outputs[] = {{"y", {&first.y, &second.y}},
+                     {"out", {&first.out, &second.out}},
+                     {"checkpoint", {&first.checkpoint, &second.checkpoint}},
+                     {"state_out", {&first.state_out, &second.state_out}},
+                     {"decay_out", {&first.decay_out, &second.decay_out}},
+                     {"dstate_in", {&first.dstate_in, &second.dstate_in}},
+                     {"dx", {&first.grads.x, &second.grads.x}},
+                     {"ddt", {&first.grads.dt, &second.grads.dt}},
+                     {"dz", {&first.grads.z, &second.grads.z}},
+                     {"dBc", {&first.grads.Bc, &second.grads.Bc}},
+                     {"dCc", {&first.grads.Cc, &second.grads.Cc}},
+                     {"ddt_bias", {&first.grads.dt_bias, &second.grads.dt_bias}},
+                     {"dD", {&first.grads.D, &second.grads.D}},
+                     {"dA_log", {&first.grads.A_log, &second.grads.A_log}}};
+    for (const auto& [name, pair] : outputs)
+      EXPECT_TRUE(same(*pair.first, *pair.second)) << name << " differs between runs";
+  }
 }
 
 TEST(SelectiveScanCuda, RejectsUnsupportedStateSize) {
@@ -634,7 +685,7 @@ TEST(SelectiveScanCuda, RejectsMissingBuffers) {
                                   nullptr, nullptr, nullptr, nullptr, nullptr, s, nullptr),
       Error);
   EXPECT_THROW(selective_scan_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                             buffer.ptr, nullptr, nullptr, nullptr, nullptr,
                                             nullptr, nullptr, nullptr, nullptr, nullptr, s,
                                             nullptr),
@@ -642,8 +693,13 @@ TEST(SelectiveScanCuda, RejectsMissingBuffers) {
   EXPECT_THROW(selective_scan_backward_cuda(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                             nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                             nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, buffer.ptr, s, nullptr),
+                                            nullptr, nullptr, nullptr, buffer.ptr, s, nullptr),
                Error);
+}
+
+TEST(SelectiveScanCuda, RejectsUnknownBackwardVariant) {
+  EXPECT_THROW(selective_scan_cuda_set_backward_variant(-1), Error);
+  EXPECT_THROW(selective_scan_cuda_set_backward_variant(kSelectiveScanBackwardVariants), Error);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ export OMP_WAIT_POLICY=passive
 bin=.device-build/bin
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 summary=()
+failures=()
 for t in $tests; do
   if [ -n "$smoke" ]; then
     timeout 60 "$bin/$t" --gtest_brief=1 --gtest_filter="$smoke" > "$out/$t.smoke.log" 2>&1
@@ -33,12 +34,13 @@ for t in $tests; do
   fi
   timeout 400 "$bin/$t" --gtest_brief=1 > "$out/$t.log" 2>&1
   rc=$?
+  rm -f "$out/$t.smoke.log"
   if [ $rc -eq 0 ]; then
     summary+=("PASS $t: $(grep -E '^\[  PASSED' "$out/$t.log")")
+    rm -f "$out/$t.log"  # only failures come back (the tool returns a few files)
   else
     summary+=("FAIL $t rc=$rc: $(grep -c '^\[  FAILED  \]' "$out/$t.log") failed")
-    grep -E "^\[  FAILED  \]" "$out/$t.log" | head -40
-    grep -E "Failure|Expected|Which is|actual|error" "$out/$t.log" | head -40
+    failures+=("== $t" "$(grep -B2 -A12 -E 'Failure' "$out/$t.log" | head -60)")
   fi
 done
 if [ -n "$bench" ]; then
@@ -55,5 +57,7 @@ if [ -n "$bench" ]; then
   done
   echo "== bench"; cat "$out/bench.log"
 fi
+echo "== failures"
+printf '%s\n' "${failures[@]}"
 echo "== summary"
 printf '%s\n' "${summary[@]}"

@@ -1,12 +1,17 @@
 #!/usr/bin/python3
 """PNG plots of scaling experiments, from the CSV files sambay_sweep writes.
 
-usage: tools/scaling_plots.py --out DIR [--results results.csv] [--fit fit.ini]
-                              [--perf perf.csv --perf-label TEXT]...
+usage: tools/scaling_plots.py --out DIR [--results results.csv [--fit fit.ini] [--label TEXT]]...
+                              [--x COLUMN] [--perf perf.csv --perf-label TEXT]...
 
   --results  `sambay_sweep collect` output. Runs of a scaling study (kind strong or weak) give
              throughput.png and efficiency.png (one line per layout); runs of a depth sweep give
              loss_vs_compute.png (with --fit: the fitted L(C) = A C^-alpha + E drawn through).
+             Repeatable: several depth sweeps (one per architecture) share one loss_vs_compute.png,
+             the i-th --fit and --label going with the i-th --results.
+  --x        the compute column: flops (sambay's exact count, the default), flops_archscale_estimate
+             (ArchScale's estimate_flops) or flops_6nt (6 N T, ArchScale's plots); a --fit file
+             names the column it was fitted on, which must agree.
   --perf     `sambay_sweep perf --out` predictions (repeatable, each with its --perf-label),
              drawn as dashed lines in throughput.png and efficiency.png (alone when there are
              no measured runs), one per TP degree.
@@ -37,6 +42,14 @@ def number(row, key):
     return float(value) if value not in ("", None) else math.nan
 
 
+# The compute conventions of the collector's CSV (tools/sweep/collect.h), as axis labels.
+COMPUTE_LABELS = {
+    "flops": "training compute C (FLOPs, sambay's exact count)",
+    "flops_archscale_estimate": "training compute C (FLOPs, ArchScale's estimate_flops)",
+    "flops_6nt": "training compute C = 6 N T (FLOPs, ArchScale's plots)",
+}
+
+
 def read_fit(path):
     fit = {}
     with open(path) as f:
@@ -45,7 +58,7 @@ def read_fit(path):
             if "=" in line:
                 key, value = (part.strip() for part in line.split("=", 1))
                 fit[key] = value
-    return float(fit["A"]), float(fit["alpha"]), float(fit["E"])
+    return float(fit["A"]), float(fit["alpha"]), float(fit["E"]), fit.get("x", "flops")
 
 
 def gpu_axis(ax, title, ylabel):
@@ -105,7 +118,7 @@ def plot_scaling(measured, predicted, out):
         plt.close(fig)
 
 
-def plot_loss_vs_compute(rows, fit, out):
+def depth_points(rows, x):
     points = []
     for r in rows:
         if r["kind"] != "depth" or r["status"] != "finished":
@@ -113,22 +126,31 @@ def plot_loss_vs_compute(rows, fit, out):
         loss = number(r, "final_valid_loss")
         if not math.isfinite(loss):
             loss = number(r, "final_loss")
-        points.append((number(r, "flops"), loss, r["depth"]))
-    if not points:
+        points.append((number(r, x), loss, r["depth"]))
+    return sorted(points)
+
+
+def plot_loss_vs_compute(series, x, out):
+    """series: (label, rows, fit or None) per depth sweep."""
+    series = [(label, depth_points(rows, x), fit) for label, rows, fit in series]
+    series = [s for s in series if s[1]]
+    if not series:
         return
-    points.sort()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o", label="runs (final validation loss)")
-    for c, loss, depth in points:
-        ax.annotate(f"depth {depth}", (c, loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if fit:
-        A, alpha, E = fit
-        lo, hi = points[0][0] / 1.5, points[-1][0] * 1.5
-        cs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
-        ax.plot(cs, [A * c ** -alpha + E for c in cs], "-",
-                label=f"L(C) = {A:.3g} C^-{alpha:.3g} + {E:.3g}")
+    for i, (label, points, fit) in enumerate(series):
+        color = f"C{i}"
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", color=color,
+                label=f"{label}: runs (final validation loss)" if label else "runs (final validation loss)")
+        for c, loss, depth in points:
+            ax.annotate(f"d{depth}", (c, loss), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if fit:
+            A, alpha, E, _ = fit
+            lo, hi = points[0][0] / 1.5, points[-1][0] * 1.5
+            cs = [lo * (hi / lo) ** (j / 200) for j in range(201)]
+            ax.plot(cs, [A * c ** -alpha + E for c in cs], "-", color=color,
+                    label=f"{label + ': ' if label else ''}L(C) = {A:.3g} C^-{alpha:.3g} + {E:.3g}")
     ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_xlabel(COMPUTE_LABELS.get(x, x))
     ax.set_ylabel("loss")
     ax.set_title("Loss against compute")
     ax.grid(True, which="both", alpha=0.3)
@@ -143,21 +165,36 @@ def plot_loss_vs_compute(rows, fit, out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--results")
-    parser.add_argument("--fit")
+    parser.add_argument("--results", action="append", default=[])
+    parser.add_argument("--fit", action="append", default=[])
+    parser.add_argument("--label", action="append", default=[])
+    parser.add_argument("--x", default=None, choices=sorted(COMPUTE_LABELS))
     parser.add_argument("--perf", action="append", default=[])
     parser.add_argument("--perf-label", action="append", default=[])
     args = parser.parse_args()
     if not args.results and not args.perf:
         sys.exit("scaling_plots: nothing to plot: give --results and/or --perf")
+    if len(args.fit) > len(args.results) or len(args.label) > len(args.results):
+        sys.exit("scaling_plots: more --fit or --label than --results (they pair up in order)")
     os.makedirs(args.out, exist_ok=True)
-    rows = read_csv(args.results) if args.results else []
+    fits = [read_fit(f) for f in args.fit]
+    x = args.x
+    for path, fit in zip(args.fit, fits):
+        if x is None:
+            x = fit[3]
+        elif fit[3] != x:
+            sys.exit(f"scaling_plots: {path} was fitted on '{fit[3]}', the plot's compute is '{x}'")
+    x = x or "flops"
+    all_rows = [read_csv(r) for r in args.results]
+    rows = [r for rs in all_rows for r in rs]
     measured = measured_series(rows)
     labels = args.perf_label + [f"predicted {i + 1}" for i in range(len(args.perf))]
     predicted = {labels[i]: predicted_series(read_csv(p)) for i, p in enumerate(args.perf)}
     if measured or predicted:
         plot_scaling(measured, predicted, args.out)
-    plot_loss_vs_compute(rows, read_fit(args.fit) if args.fit else None, args.out)
+    series = [(args.label[i] if i < len(args.label) else "", rs, fits[i] if i < len(fits) else None)
+              for i, rs in enumerate(all_rows)]
+    plot_loss_vs_compute(series, x, args.out)
 
 
 if __name__ == "__main__":

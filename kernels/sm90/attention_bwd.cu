@@ -15,8 +15,9 @@
 //     one bulk reduction (cp.reduce.async.bulk .add.f32): dQ costs one asynchronous add per tile,
 //     not per element, and the consumers do not wait for it.
 //   How the consumers share the keys (BwdShape): with dv <= 128 the CTA has 128 keys, 64 per
-//   warpgroup, and dQ's columns (dk 128) or its keys (dk 64, the halves summed in shared memory)
-//   are split between them; with dv = 256 (differential attention's values) 64 keys shared by
+//   warpgroup, and each warpgroup adds its own keys' share of dQ (a whole 64 x dk tile, staged
+//   and added on its own), so the two never wait for each other and one's softmax runs under
+//   the other's products; with dv = 256 (differential attention's values) 64 keys shared by
 //   both, which split the value columns (dV, and dP's reduction, exchanged in shared memory) and
 //   the key columns (dK, dQ).
 // Without dq wanted the consumers skip dS^T's staging and the dQ product.
@@ -73,7 +74,11 @@ struct BwdShape {
   static constexpr int keys = wide ? 64 : 128;          // per CTA
   static constexpr int dv_cols = wide ? DV / 2 : DV;    // dV columns per warpgroup
   static constexpr int dk_cols = wide ? DK / 2 : DK;    // dK columns per warpgroup
-  static constexpr int dq_buffers = wide ? 1 : 2;       // dQ staging buffers (shared memory)
+  // dQ partial tiles per step, each staged in its own buffer and added by its own writer warp:
+  // split keys, one per warpgroup (its keys' share of the whole tile, so the warpgroups never
+  // wait for each other); wide, one for both (each writes its columns).
+  static constexpr int dq_buffers = wide ? 1 : 2;
+  static constexpr int dq_writers = wide ? 8 : 4;  // consumer warps arriving on a buffer
 };
 
 template <int DK, int DV>
@@ -150,8 +155,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       barrier_init(&q_empty[s], 8);      // one arrival per consumer warp
     }
     for (int s = 0; s < kBuffers; ++s) {
-      barrier_init(&dq_full[s], 8);
-      barrier_init(&dq_empty[s], 1);  // the dQ writer
+      barrier_init(&dq_full[s], Shape::dq_writers);
+      barrier_init(&dq_empty[s], 1);  // its dQ writer warp
     }
     barrier_init_fence();
   }
@@ -184,13 +189,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma_load_4d(sdO + s * Layout::do_bytes + c * kBlockQ * 128, &p.do_map, &q_full[s],
                       c * 64, head, t0, b);
       }
-    } else if (warp == 2 && lane == 0 && p.dq_acc != nullptr) {
-      // The dQ writer: adds each staged tile into the workspace with one bulk reduction.
+    } else if (warp >= 2 && warp - 2 < kBuffers && lane == 0 && p.dq_acc != nullptr) {
+      // A dQ writer: adds its buffer's staged tile into the workspace with one bulk reduction
+      // per step.
+      const int buf = warp - 2;
       for (int i = 0; i < steps; ++i) {
-        const int buf = i % kBuffers;
         const int head = kv_head * p.group + i / per_head;
         const int q_tile = first_q + i % per_head;
-        barrier_wait(&dq_full[buf], (i / kBuffers) & 1);
+        barrier_wait(&dq_full[buf], i & 1);
         const int64_t tile = (static_cast<int64_t>(b) * p.H + head) * q_tiles + q_tile;
         bulk_reduce_add_f32(p.dq_acc + tile * kBlockQ * DK, sdQ + buf * kBlockQ * DK,
                             Layout::dq_bytes);
@@ -341,8 +347,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       continue;
     }
 
-    // dS^T (bf16) to shared memory, rows = keys, for dQ = dS K (wide: both warpgroups hold all
-    // of it; the first writes it).
+    // dS^T (bf16) to shared memory, rows = keys, for dQ = dS K: split keys, each warpgroup its
+    // own rows (read by itself only); wide, the first warpgroup all of them (both read them).
     if (!Shape::wide || wg == 0) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -352,55 +358,44 @@ __global__ void __launch_bounds__(kThreads, 1)
               pack_bf16x2(dpt[4 * j + 2 * r], dpt[4 * j + 2 * r + 1]);
       fence_async_shared();
     }
-    named_barrier_sync(1, 256);
+    if constexpr (Shape::wide)
+      named_barrier_sync(1, 256);
+    else
+      named_barrier_sync(5 + wg, 128);
 
-    // dQ columns: dk 128 -> 64 wg.. over all the CTA's keys; dk 64 -> all 64 over this
-    // warpgroup's keys (the halves are summed below).
-    float dq[32];
-    wgmma_fence();
-    if constexpr (DK == 128) {
+    // dQ: wide, columns 64 wg.. over the 64 shared keys (one partial tile, both warpgroups);
+    // split keys, every column over this warpgroup's 64 keys, 64 columns at a time (its own
+    // partial tile).
+    float* stage0 = sdQ + (Shape::wide ? 0 : wg) * kBlockQ * DK;
+    constexpr int col_blocks = Shape::wide ? 1 : DK / 64;
+    const int buf = Shape::wide ? 0 : wg;
 #pragma unroll
-      for (int k = 0; k < kKeys / 16; ++k)
-        Wgmma<64>::template ss<1, 1>(
-            dq, smem_desc(ds_base + k * 2048, 8192, 1024),
-            smem_desc(k_base + wg * kKeys * 128 + k * 2048, kKeys * 128, 1024), k > 0);
-    } else {
+    for (int cb_i = 0; cb_i < col_blocks; ++cb_i) {
+      const int cb = Shape::wide ? wg : cb_i;  // dQ columns 64 cb ..
+      float dq[32];
+      wgmma_fence();
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        Wgmma<64>::template ss<1, 1>(dq, smem_desc(ds_base + (4 * wg + k) * 2048, 8192, 1024),
-                                     smem_desc(k_base + (4 * wg + k) * 2048, kKeys * 128, 1024),
-                                     k > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_registers(dq);
-    fence_registers(dk_acc);
-    fence_registers(dv_acc);
-    fence_registers(pa);
-    fence_registers(dsa);
-    if (lane == 0) barrier_arrive(&q_empty[s]);
-
-    // Stage the dQ tile in register order; the dQ writer adds it to the workspace.
-    const int buf = i % kBuffers;
-    barrier_wait(&dq_empty[buf], ((i / kBuffers) & 1) ^ 1);
-    const int cb = DK == 128 ? wg : 0;
-    float* stage = sdQ + buf * kBlockQ * DK + (((cb * 4 + warp) * 8) * 32 + lane) * 4;
-    if (DK == 128 || wg == 0) {
+        Wgmma<64>::template ss<1, 1>(
+            dq, smem_desc(ds_base + (wg_keys / 16 + k) * 2048, 8192, 1024),
+            smem_desc(k_base + cb * kKeys * 128 + (wg_keys / 16 + k) * 2048, kKeys * 128, 1024),
+            k > 0);
+      wgmma_commit();
+      wgmma_wait<0>();  // also the dV and dK products: P's and dS's registers are free
+      fence_registers(dq);
+      fence_registers(dk_acc);
+      fence_registers(dv_acc);
+      fence_registers(pa);
+      fence_registers(dsa);
+      if (cb_i == 0) {
+        if (lane == 0) barrier_arrive(&q_empty[s]);
+        barrier_wait(&dq_empty[buf], (i & 1) ^ 1);  // the writer has read the last tile
+      }
+      float* stage = stage0 + (((cb * 4 + warp) * 8) * 32 + lane) * 4;
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         *reinterpret_cast<float4*>(stage + j * 128) =
             make_float4(dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
-    }
-    if constexpr (DK == 64) {  // the second warpgroup adds its keys' share
-      named_barrier_sync(2, 256);
-      if (wg == 1) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          float4 v = *reinterpret_cast<float4*>(stage + j * 128);
-          v.x += dq[4 * j], v.y += dq[4 * j + 1], v.z += dq[4 * j + 2], v.w += dq[4 * j + 3];
-          *reinterpret_cast<float4*>(stage + j * 128) = v;
-        }
-      }
     }
     fence_async_shared();
     __syncwarp();

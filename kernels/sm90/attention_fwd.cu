@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // The consumer schedule (see the top of the file); tools and benchmarks may switch it.
-ForwardSchedule g_schedule = ForwardSchedule::overlap;
+ForwardSchedule g_schedule = ForwardSchedule::pingpong;  // fastest measured (docs/performance.md)
 
 template <int DK, int DV, int BN, bool OUT_F32, bool OVERLAP, bool PINGPONG>
 void launch_schedule(const FwdParams& p, cudaStream_t stream) {

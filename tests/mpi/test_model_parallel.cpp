@@ -34,10 +34,20 @@ std::vector<int32_t> cp_slice(const std::vector<int32_t>& a, int64_t B, int64_t 
 
 
 // The config a test runs: a tiny preset with enough heads for two TP ranks (differential
-// attention keeps head pairs on one rank).
-ModelConfig test_config(const std::string& preset) {
+// attention keeps head pairs on one rank). "<preset>-untied-mup": with its own readout matrix
+// (whole on every TP rank, its gradient summed over the group under SP) and μP++'s residual,
+// logit and attention scales (sambay's init, so that the readout is not zero and every
+// gradient carries signal).
+ModelConfig test_config(std::string preset) {
+  const std::string untied_mup = "-untied-mup";
+  const bool variant = preset.ends_with(untied_mup);
+  if (variant) preset.resize(preset.size() - untied_mup.size());
   ModelConfig c = model_preset(preset);
   if (c.differential) c.n_heads = 8, c.n_kv_heads = 4;
+  if (variant) {
+    c.tied_embedding = false;
+    c.mup_base_width = 8, c.mup_base_depth = 4, c.mup_base_head_dim = 4;
+  }
   return c;
 }
 
@@ -98,10 +108,10 @@ void expect_layout_matches_single_rank(const std::string& preset, const Layout& 
 }
 
 // Every preset family: SambaY+DA (Mamba, differential SWA / full / cross attention, GMU),
-// Samba+YOCO (cross-attention only), Transformer++ (RoPE, RMSNorm, plain attention) and the
-// nGMU (its norm spans the TP ranks).
+// Samba+YOCO (cross-attention only), Transformer++ (RoPE, RMSNorm, plain attention), the
+// nGMU (its norm spans the TP ranks), and SambaY+DA with an untied head under μP++.
 const char* const kPresets[] = {"tiny-sambay-da", "tiny-samba-yoco", "tiny-transformerpp",
-                                "tiny-ngmu"};
+                                "tiny-ngmu", "tiny-sambay-da-untied-mup"};
 
 // fp32 runs SambaY without differential attention: with it, the lambda vectors' gradient is a
 // sum over heads that cancels about a hundredfold, so TP ranks' fp32 partial sums carry ~2e-5

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 namespace sambay {
@@ -63,6 +64,46 @@ TEST(GridLayout, IndivisibleWorldIsRejected) {
   }
   EXPECT_THROW(resolve_grid_shape(4, 0, 1), Error);
   EXPECT_THROW(resolve_grid_shape(4, 1, -2), Error);
+}
+
+// Placements as the grid sees them: node ids (lowest world rank of each node) and host names.
+TEST(GridPlacement, TpGroupsInsideNodesAreAccepted) {
+  const std::vector<std::string> two_by_two = {"node1", "node1", "node2", "node2"};
+  EXPECT_EQ(tp_placement_error(resolve_grid_shape(4, 2, 1), {0, 0, 2, 2}, two_by_two), "");
+  EXPECT_EQ(tp_placement_error(resolve_grid_shape(4, 1, 1), {0, 1, 0, 1}, two_by_two), "");
+  EXPECT_EQ(tp_placement_error(resolve_grid_shape(8, 2, 2), {0, 0, 0, 0, 4, 4, 4, 4},
+                               {"a", "a", "a", "a", "b", "b", "b", "b"}),
+            "");
+}
+
+TEST(GridPlacement, TpLargerThanTheRanksOfANodeIsRefusedNamingBoth) {
+  const std::string e = tp_placement_error(resolve_grid_shape(4, 4, 1), {0, 0, 2, 2},
+                                           {"node1", "node1", "node2", "node2"});
+  EXPECT_NE(e.find("tensor-parallel size (tp) 4 is larger than the 2 ranks on node node1 "
+                   "(2 nodes of 2 ranks)"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("use tp <= 2 or start at least 4 ranks per node"), std::string::npos) << e;
+  // Uneven nodes: the smallest one is named.
+  const std::string uneven = tp_placement_error(resolve_grid_shape(4, 2, 1), {0, 0, 0, 3},
+                                                {"big", "big", "big", "small"});
+  EXPECT_NE(uneven.find("tp) 2 is larger than the 1 rank on node small (ranks per node: 3,1)"),
+            std::string::npos)
+      << uneven;
+}
+
+TEST(GridPlacement, TpGroupSplitByTheRankOrderIsRefused) {
+  // Three ranks per node: ranks 2 and 3 form a TP group across the two nodes.
+  const std::string e = tp_placement_error(resolve_grid_shape(6, 2, 1), {0, 0, 0, 3, 3, 3},
+                                           {"n1", "n1", "n1", "n2", "n2", "n2"});
+  EXPECT_NE(e.find("the tensor-parallel group of ranks 2-3 spans nodes n1 and n2 (2 nodes of 3 "
+                   "ranks): with tp 2 every node needs a multiple of 2 ranks"),
+            std::string::npos)
+      << e;
+  // Round-robin placement (mpirun --map-by node): every TP group is split.
+  const std::string rr = tp_placement_error(resolve_grid_shape(4, 2, 1), {0, 1, 0, 1},
+                                            {"n1", "n2", "n1", "n2"});
+  EXPECT_NE(rr.find("group of ranks 0-1 spans nodes n1 and n2"), std::string::npos) << rr;
 }
 
 struct Shape {

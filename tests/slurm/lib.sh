@@ -1,25 +1,57 @@
-# Shared by the Slurm tests (sourced): a private one-node cluster started with
-# slurm/local_cluster.sh and stopped on exit, job-state polling, and failure reporting.
-# The caller sets `build` (the directory holding sambay) before sourcing.
+# Shared by the Slurm tests (sourced): a private cluster started for the test and stopped on
+# exit, job-state polling, and failure reporting. The caller sets `build` (the directory holding
+# sambay) before sourcing, and `cluster=namespace` for the multi-node cluster of
+# slurm/namespace_cluster.sh (default: the one-node slurm/local_cluster.sh).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 test_name=$(basename "$0" .sh)
 tmp=$(mktemp -d "/tmp/sambay-$test_name.XXXXXX")
-# A state directory and ports of its own: a developer's cluster on the default ports (6817/6818)
-# is left alone, and a port clash is reported instead of joining someone else's cluster.
-export SAMBAY_SLURM_DIR=$tmp/slurm
-export SAMBAY_SLURMCTLD_PORT=${SAMBAY_TEST_SLURMCTLD_PORT:-6917}
-export SAMBAY_SLURMD_PORT=${SAMBAY_TEST_SLURMD_PORT:-6918}
-export SLURM_CONF=$SAMBAY_SLURM_DIR/slurm.conf
+cluster=${cluster:-local}
 cluster_started=0
 
 say() { echo "[$test_name] $*"; }
 
+# Whether a process runs: it exists and is not a zombie (which pid 1 may be slow to reap).
+pid_running() {  # pid
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) && [ "${st%% *}" != Z ]
+}
+
+case $cluster in
+  local)
+    # A state directory and ports of its own: a developer's cluster on the default ports
+    # (6817/6818) is left alone, and a port clash is reported instead of joining someone
+    # else's cluster.
+    export SAMBAY_SLURM_DIR=$tmp/slurm
+    export SAMBAY_SLURMCTLD_PORT=${SAMBAY_TEST_SLURMCTLD_PORT:-6917}
+    export SAMBAY_SLURMD_PORT=${SAMBAY_TEST_SLURMD_PORT:-6918}
+    export SLURM_CONF=$SAMBAY_SLURM_DIR/slurm.conf
+    cluster_script=$repo/slurm/local_cluster.sh
+    cluster_dir=$SAMBAY_SLURM_DIR
+    client() { "$@"; }
+    ;;
+  namespace)
+    # Namespaces named after the build directory: a rerun after a crash cleans up its own
+    # leftovers, and another checkout's tests on this machine use other names. Ports and
+    # addresses live inside the namespaces, so nothing here can clash with the host's.
+    export SAMBAY_NS_DIR=$tmp/cluster
+    export SAMBAY_NS_TAG=t$(printf '%s' "$(realpath "$build")" | md5sum | cut -c1-8)
+    # The nodes' /tmp is their own; the test's directory (run dirs, configs, data) is the
+    # cluster's shared file system, and so are the repository and build when under /tmp.
+    export SAMBAY_NS_SHARED=$tmp:$repo:$(realpath "$build")
+    cluster_script=$repo/slurm/namespace_cluster.sh
+    cluster_dir=$SAMBAY_NS_DIR
+    # Slurm commands run on node1, the cluster's login and controller node.
+    client() { bash "$cluster_script" on node1 "$@"; }
+    ;;
+  *) echo "[$test_name] FAIL: cluster=$cluster is not local or namespace" >&2; exit 1 ;;
+esac
+
 # Prints the daemons' logs (the reason is usually there) and fails the test.
 fail() {
   echo "[$test_name] FAIL: $*" >&2
-  for f in "$SAMBAY_SLURM_DIR"/log/*.log; do
+  for f in "$cluster_dir"/log/*.log; do
     [ -f "$f" ] && { echo "--- last lines of $f" >&2; tail -n 20 "$f" >&2; }
   done
   exit 1
@@ -28,31 +60,59 @@ fail() {
 stop_cluster() {
   ((cluster_started)) || return 0
   local pids
-  pids=$(cat "$SAMBAY_SLURM_DIR"/pids/*.pid 2>/dev/null | tr '\n' ' ')
-  bash "$repo/slurm/local_cluster.sh" stop
+  pids=$(cat "$cluster_dir"/pids/*.pid 2>/dev/null | tr '\n' ' ')
+  bash "$cluster_script" stop
   for p in $pids; do
-    kill -0 "$p" 2>/dev/null && { echo "[$test_name] FAIL: daemon pid $p still runs after stop" >&2; return 1; }
+    pid_running "$p" && { echo "[$test_name] FAIL: daemon pid $p still runs after stop" >&2; return 1; }
   done
+  if [ "$cluster" = namespace ] && ip netns list | grep -q "^sambay-$SAMBAY_NS_TAG-"; then
+    echo "[$test_name] FAIL: namespaces left after stop: $(ip netns list | grep "^sambay-$SAMBAY_NS_TAG-" | tr '\n' ' ')" >&2
+    return 1
+  fi
   cluster_started=0
 }
 
 on_exit() {
   local rc=$?
-  stop_cluster || rc=1
-  if ((rc == 0)); then rm -rf "$tmp"; else echo "[$test_name] files kept in $tmp" >&2; fi
+  stop_cluster || { ((rc == 0 || rc == 77)) && rc=1; }
+  if ((rc == 0 || rc == 77)); then rm -rf "$tmp"; else echo "[$test_name] files kept in $tmp" >&2; fi
   exit "$rc"
 }
 trap on_exit EXIT
 
+# The multi-node tests need what the namespaces need; where it is missing they are skipped
+# (exit 77) with the reason, as the GPU tests are without a GPU.
+skip_without_namespaces() {
+  local why=""
+  if [ "$(id -u)" -ne 0 ]; then
+    why="not root (network, UTS and mount namespaces and the Slurm daemons need root)"
+  elif ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
+    why="no 'ip' or 'nsenter' (packages iproute2, util-linux)"
+  elif ! unshare --net --uts --mount --propagation private true 2>/dev/null; then
+    why="this machine does not allow new network/UTS/mount namespaces (a container without CAP_SYS_ADMIN?)"
+  elif ! ip netns add "sambay-$SAMBAY_NS_TAG-probe" 2>/dev/null; then
+    why="'ip netns add' fails here"
+  else
+    ip netns del "sambay-$SAMBAY_NS_TAG-probe"
+    return 0
+  fi
+  echo "[$test_name] SKIP: $why"
+  exit 77
+}
+
 start_cluster() {
-  [ "$(id -u)" -eq 0 ] || fail "the Slurm tests need root: they install slurm-wlm/munge and start munged, slurmctld and slurmd"
+  if [ "$cluster" = namespace ]; then
+    skip_without_namespaces
+  else
+    [ "$(id -u)" -eq 0 ] || fail "the Slurm tests need root: they install slurm-wlm/munge and start munged, slurmctld and slurmd"
+  fi
   cluster_started=1
-  bash "$repo/slurm/local_cluster.sh" start || fail "the local Slurm cluster did not start (reason above)"
+  bash "$cluster_script" start || fail "the Slurm cluster did not start (reason above)"
 }
 
 # The job's state, e.g. RUNNING, PENDING, COMPLETED ("" once Slurm has forgotten it).
-job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
-job_field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+job_state() { client scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
+job_field() { client scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 
 # Waits until the job has ended for good (a requeue passes through REQUEUED/PENDING).
 wait_job_end() {  # job, timeout seconds

@@ -84,6 +84,21 @@ grep -q '^alpha = ' "$tmp/fit.ini" || fail "fit.ini holds no alpha"
   fail "scaling_plots.py failed"
 [ "$(head -c 4 "$tmp/plots/loss_vs_compute.png" | tail -c 3)" = PNG ] || fail "loss_vs_compute.png is not a PNG"
 
+# The paper's budget rules at CPU scale (configs/sweeps/archscale-cpu-demo.ini), planned and
+# checked by the trainer's parser, as sbatch commands: every run's lr, batch, warmup and schedule
+# come from [budget], its model from ArchScale's family with μP++'s depth rule.
+out=$("$sweep" plan "$repo/configs/sweeps/archscale-cpu-demo.ini" --sambay "$build/sambay" --dry-run \
+  --set sweep.out_dir="$tmp/archscale" --set train.data="$tmp/phonebook") || fail "archscale plan failed: $out"
+echo "$out"
+for d in d4 d8 d12 d16; do
+  ini=$tmp/archscale/$d/train.ini
+  for line in "schedule = linear" "min_lr_ratio = 0" "lr = 0.004" "model.mup_base_depth = 8" \
+              "model.mup_base_width = 32" "model.tied_embedding = false" "model.init = archscale"; do
+    grep -qx "$line" "$ini" || fail "$ini lacks '$line'"
+  done
+  grep -q "^budget_params = " "$tmp/archscale/$d/sweep.ini" || fail "$d: no budget_params in sweep.ini"
+done
+
 # A strong-scaling study as sbatch commands: one job array per resource shape.
 cat >"$tmp/strong.ini" <<INI
 [sweep]

@@ -45,8 +45,9 @@ RunResult collect_run(const std::string& dir) {
   r.depth = mc.n_layers();
   r.d_model = mc.d_model;
   r.params = parameter_count(mc);
-  r.non_embedding_params = r.params - mc.vocab * mc.d_model;
+  r.non_embedding_params = non_embedding_parameter_count(mc);
   r.flops_per_token = training_flops_per_token(mc, r.seq_len);
+  const double archscale_per_token = archscale_estimated_flops_per_token(mc, r.seq_len);
 
   const fs::path meta_path = fs::path(dir) / "sweep.ini";
   if (fs::exists(meta_path)) {
@@ -59,6 +60,7 @@ RunResult collect_run(const std::string& dir) {
     r.tp = meta.get_int("tp", 1);
     r.cp = meta.get_int("cp", 1);
     r.dp = meta.get_int("dp", r.gpus);
+    r.budget_params = meta.get_double("budget_params", 0);
   }
 
   r.final_loss = r.final_valid_loss = r.tokens_per_s = NAN;
@@ -98,6 +100,10 @@ RunResult collect_run(const std::string& dir) {
   }
   r.tokens_per_s = median(rates);
   r.flops = r.flops_per_token * double(r.tokens);
+  r.flops_archscale_estimate = archscale_per_token * double(r.tokens);
+  r.flops_6nt = 6.0 *
+                (r.budget_params > 0 ? r.budget_params : double(r.non_embedding_params)) *
+                double(r.tokens);
   const bool done = fs::exists(fs::path(dir) / "DONE") ||
                     (r.steps_planned > 0 && r.steps_done >= r.steps_planned);
   r.status = done ? "finished" : r.steps_done > 0 ? "partial" : "not started";
@@ -122,17 +128,19 @@ std::vector<RunResult> collect_runs(const std::string& root) {
 
 void write_results_csv(const std::vector<RunResult>& rows, std::ostream& out) {
   out << "run,kind,status,depth,d_model,params,non_embedding_params,gpus,nodes,layout,tp,cp,dp,"
-         "seq_len,steps_planned,steps_done,tokens,flops_per_token,flops,final_loss,"
-         "final_valid_loss,tokens_per_s,tokens_per_s_per_gpu,dir\n";
+         "seq_len,steps_planned,steps_done,tokens,flops_per_token,flops,flops_archscale_estimate,"
+         "budget_params,flops_6nt,final_loss,final_valid_loss,tokens_per_s,tokens_per_s_per_gpu,"
+         "dir\n";
   // Numbers at full precision: losses are compared and fitted downstream.
   auto num = [](double x) { return std::isfinite(x) ? fmt::format("{}", x) : std::string(); };
   for (const RunResult& r : rows)
-    out << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                       r.run, r.kind, r.status, r.depth, r.d_model, r.params,
-                       r.non_embedding_params, r.gpus, r.nodes, r.layout, r.tp, r.cp, r.dp,
-                       r.seq_len, r.steps_planned, r.steps_done, r.tokens, num(r.flops_per_token),
-                       num(r.flops), num(r.final_loss), num(r.final_valid_loss),
-                       num(r.tokens_per_s), num(r.tokens_per_s / r.gpus), r.dir);
+    out << fmt::format(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.run,
+        r.kind, r.status, r.depth, r.d_model, r.params, r.non_embedding_params, r.gpus, r.nodes,
+        r.layout, r.tp, r.cp, r.dp, r.seq_len, r.steps_planned, r.steps_done, r.tokens,
+        num(r.flops_per_token), num(r.flops), num(r.flops_archscale_estimate),
+        num(r.budget_params), num(r.flops_6nt), num(r.final_loss), num(r.final_valid_loss),
+        num(r.tokens_per_s), num(r.tokens_per_s / r.gpus), r.dir);
 }
 
 std::map<std::string, std::vector<std::string>> read_csv_columns(const std::string& path) {

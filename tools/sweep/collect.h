@@ -15,8 +15,12 @@ struct RunResult {
   int64_t depth = 0, d_model = 0, params = 0, non_embedding_params = 0;
   int64_t gpus = 1, nodes = 1, tp = 1, cp = 1, dp = 1;
   int64_t seq_len = 0, steps_planned = 0, steps_done = 0, tokens = 0;
-  double flops_per_token = 0;  // training FLOPs per token (6N + attention, core's formula)
+  // Training compute in three conventions (core/model.h), labelled in the CSV header:
+  double flops_per_token = 0;  // sambay's exact count (matrix products + attention under masks)
   double flops = 0;            // flops_per_token * tokens
+  double flops_archscale_estimate = 0;  // ArchScale's estimate_flops per token * tokens
+  double budget_params = 0;    // ArchScale's N(D) when a [budget] planned the run, else 0
+  double flops_6nt = 0;        // 6 N tokens: N = budget_params, or the non-embedding count
   double final_loss = 0, final_valid_loss = 0;  // NaN when never logged
   double tokens_per_s = 0;  // median over logged steps after the first (NaN when none)
 };

@@ -42,4 +42,39 @@ ModelConfig depth_scaled_model(const std::string& family, int64_t depth, int64_t
   return c;
 }
 
+bool is_archscale_family(const std::string& family) {
+  return family.rfind("archscale-", 0) == 0;
+}
+
+std::string archscale_core_family(const std::string& family) {
+  if (!is_archscale_family(family))
+    fail("'{}' is not an ArchScale family (archscale-<family>, <family>: {})", family,
+         archscale_family_names());
+  const std::string core = family.substr(10);
+  archscale_aspect_ratio(core);  // throws listing the valid names
+  return core;
+}
+
+std::string archscale_family_preset(const std::string& family, bool tied) {
+  return fmt::format("archscale-{}-d16{}", archscale_core_family(family), tied ? "-tied" : "");
+}
+
+ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const Ini& spec,
+                                  const ArchScaleBase& base) {
+  ArchScaleShape shape;
+  shape.tied = spec.get_bool("depth.tied", false);
+  shape.aspect_ratio = spec.get_int("depth.width_per_depth", 0);
+  shape.head_dim = spec.get_int("depth.head_dim", 128);
+  shape.base_depth = base.d0;
+  shape.base_head_dim = base.hd0;
+  ModelConfig c = archscale_model(archscale_core_family(family), depth, shape);
+  if (shape.aspect_ratio > 0 || shape.head_dim != 128 || spec.has("depth.vocab") ||
+      spec.has("depth.window"))
+    c.name = fmt::format("{}-depth{}", family, depth);  // not the paper's shape
+  if (spec.has("depth.vocab")) c.vocab = spec.get_int("depth.vocab", 0);
+  if (spec.has("depth.window")) c.window = spec.get_int("depth.window", 0);
+  validate_model_config(c, spec.source + ": [depth]");
+  return c;
+}
+
 }  // namespace sambay::sweep

@@ -6,6 +6,8 @@
 #pragma once
 
 #include "core/model_config.h"
+#include "tools/sweep/budget.h"
+#include "tools/sweep/ini.h"
 
 #include <cstdint>
 #include <string>
@@ -20,5 +22,16 @@ ModelConfig depth_scaled_model(const std::string& family, int64_t depth,
 
 // The core preset the family's fields (norm, biases, RoPE, ...) come from: "<family>-1b".
 std::string depth_family_preset(const std::string& family);
+
+// The paper's families as ArchScale defines them: "archscale-<family>" (core's
+// archscale_model; <family>: sambay, sambay-da, samba-yoco, transformerpp).
+bool is_archscale_family(const std::string& family);
+std::string archscale_core_family(const std::string& family);  // "sambay" of "archscale-sambay"
+// The preset a run's config names before its model fields: archscale-<family>-d16[-tied].
+std::string archscale_family_preset(const std::string& family, bool tied);
+// The model of depth D from a spec's [depth] keys (tied; for other scales width_per_depth,
+// head_dim, vocab, window) with the μP++ base of `base` (d0, hd0). Throws naming the key.
+ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const Ini& spec,
+                                  const ArchScaleBase& base);
 
 }  // namespace sambay::sweep

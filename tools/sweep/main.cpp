@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -75,6 +76,17 @@ std::string run_command(const std::vector<std::string>& cmd) {
   return out;
 }
 
+// --set section.key=value options: each replaces every value the file gives that key.
+void apply_overrides(Ini& ini, const std::vector<std::string>& overrides) {
+  for (const std::string& kv : overrides) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--set '{}' is not section.key=value", kv);
+    const std::string key = kv.substr(0, eq);
+    std::erase_if(ini.entries, [&](const IniEntry& e) { return e.key == key; });
+    ini.entries.push_back({key, kv.substr(eq + 1), 0});
+  }
+}
+
 std::string self_dir() { return fs::canonical("/proc/self/exe").parent_path().string(); }
 
 // The run's config as sambay train would read it: unknown options and bad values fail here,
@@ -98,8 +110,10 @@ int cmd_plan(int argc, const char* const* argv) {
   std::string spec_path, sambay = self_dir() + "/sambay",
                          submit = std::string(SAMBAY_SOURCE_DIR) + "/slurm/submit.sh";
   bool dry_run = false, no_validate = false;
+  std::vector<std::string> overrides;
   po::options_description o("sambay_sweep plan");
   o.add_options()("spec", po::value(&spec_path)->required(), "sweep spec (INI, positional)")
+      ("set", po::value(&overrides), "section.key=value overriding the spec (repeatable), e.g. depth.family=archscale-samba-yoco")
       ("dry-run", flag(&dry_run), "write the run directories, print the sbatch commands, submit nothing")
       ("no-validate", flag(&no_validate), "do not check the configs with this build's sambay train")
       ("sambay", po::value(&sambay)->default_value(sambay), "the sambay binary the jobs run")
@@ -107,16 +121,37 @@ int cmd_plan(int argc, const char* const* argv) {
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep plan SPEC.ini [--dry-run]", "spec")) return 0;
 
-  const SweepPlan plan = plan_sweep(read_ini(spec_path), spec_path);
+  Ini spec = read_ini(spec_path);
+  apply_overrides(spec, overrides);
+  const SweepPlan plan = plan_sweep(spec, spec_path);
   if (!no_validate)
     for (const PlannedRun& r : plan.runs) validate_run(r);
   fmt::print("sweep {} ({}): {} runs in {}\n", plan.name, plan.kind, plan.runs.size(), plan.out_dir);
-  fmt::print("{:<12} {:>6} {:>12} {:>5} {:>6} {:>6} {:>7} {:>7} {:>14}\n", "run", "depth", "params",
-             "gpus", "nodes", "layout", "mb x ga", "steps", "tokens");
-  for (const PlannedRun& r : plan.runs)
-    fmt::print("{:<12} {:>6} {:>12} {:>5} {:>6} {:>6} {:>7} {:>7} {:>14}\n", r.name, r.depth,
-               r.params, r.ranks, r.nodes, r.layout.name(),
-               fmt::format("{}x{}", r.micro_batch, r.grad_accum), r.steps, r.tokens);
+  const bool estimated = !plan.runs.empty() && plan.runs[0].est_step_seconds > 0;
+  fmt::print("{:<12} {:>6} {:>12} {:>5} {:>6} {:>6} {:>7} {:>7} {:>14} {:>9}{}\n", "run", "depth",
+             "params", "gpus", "nodes", "layout", "mb x ga", "steps", "tokens", "lr",
+             estimated ? fmt::format(" {:>8} {:>8} {:>10} {:>9}", "step(s)", "hours", "GPU-hours",
+                                     "mem(GiB)")
+                       : "");
+  double gpu_hours = 0;
+  for (const PlannedRun& r : plan.runs) {
+    std::string est;
+    if (r.est_step_seconds > 0) {
+      const double hours = r.steps * r.est_step_seconds / 3600;
+      gpu_hours += hours * r.ranks;
+      est = fmt::format(" {:>8.3f} {:>8.1f} {:>10.0f} {:>9.1f}{}", r.est_step_seconds, hours,
+                        hours * r.ranks, r.est_memory_bytes / 1073741824.0,
+                        r.est_memory_bytes > r.gpu_memory ? " (too big)" : "");
+    }
+    fmt::print("{:<12} {:>6} {:>12} {:>5} {:>6} {:>6} {:>7} {:>7} {:>14} {:>9}{}\n", r.name,
+               r.depth, r.params, r.ranks, r.nodes, r.layout.name(),
+               fmt::format("{}x{}", r.micro_batch, r.grad_accum), r.steps, r.tokens,
+               r.lr > 0 ? fmt::format("{:.3g}", r.lr) : "", est);
+  }
+  if (estimated)
+    fmt::print("estimated total: {:.0f} GPU-hours ([estimate]: the performance model from a "
+               "measured MFU; see docs/scaling.md)\n",
+               gpu_hours);
   for (const std::string& s : plan.skipped) fmt::print("skipped {}\n", s);
   for (const std::string& runs : write_plan(plan)) {
     const std::string out = run_command(submit_command(plan, runs, submit, sambay, dry_run));
@@ -172,6 +207,13 @@ int cmd_fit(int argc, const char* const* argv) {
   const PowerLawFit f = fit_power_law(C, L, options);
   fmt::print("L(C) = {:.6g} * C^(-{:.6g}) + {:.6g}   ({} finished runs, rms residual {:.3g}, R^2 {:.6f})\n",
              f.A, f.alpha, f.E, f.points, f.rms_residual, f.r_squared);
+  // The collector's compute conventions (tools/sweep/collect.h).
+  const std::map<std::string, std::string> conventions = {
+      {"flops", "sambay's exact FLOPs count"},
+      {"flops_archscale_estimate", "ArchScale's estimate_flops"},
+      {"flops_6nt", "6 N T, ArchScale's plots (N: its N(D) for budget runs)"}};
+  if (auto it = conventions.find(x_col); it != conventions.end())
+    fmt::print("C: column {} = {}\n", x_col, it->second);
   if (f.E_at_zero)
     fmt::print("note: E = 0 is the bound of the fit (E >= 0): these runs show no irreducible loss yet\n");
   if (f.alpha_at_range_edge)
@@ -204,11 +246,7 @@ int cmd_perf(int argc, const char* const* argv) {
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep perf INPUTS.ini [--set section.key=value] [--out FILE]", "inputs"))
     return 0;
   Ini in = read_ini(inputs_path);
-  for (const std::string& kv : overrides) {
-    const size_t eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) fail("--set '{}' is not section.key=value", kv);
-    in.entries.push_back({kv.substr(0, eq), kv.substr(eq + 1), 0});
-  }
+  apply_overrides(in, overrides);
 
   const ModelConfig mc = model_preset(in.get("model.preset", "phi4-mini-flash"));
   const int64_t L = in.get_int("model.seq_len", 4096);
@@ -231,13 +269,7 @@ int cmd_perf(int argc, const char* const* argv) {
   prof.d_model = mc.d_model;
   prof.n_layers = mc.n_layers();
   prof.activation_bytes_per_micro_batch = double(activation_bytes(mc, micro_seqs, L, recompute, 2));
-  ClusterSpec cl;
-  cl.gpus_per_node = in.get_int("cluster.gpus_per_node", 8);
-  cl.nvlink_bandwidth = in.get_double("cluster.nvlink_bandwidth", 360e9);
-  cl.nvlink_latency = in.get_double("cluster.nvlink_latency", 5e-6);
-  cl.network_bandwidth = in.get_double("cluster.network_bandwidth", 45e9);
-  cl.network_latency = in.get_double("cluster.network_latency", 10e-6);
-  cl.gpu_memory = in.get_double("cluster.gpu_memory", 80e9);
+  const ClusterSpec cl = cluster_spec_from(in, "cluster");
   ParallelConfig base;
   base.micro_batch_tokens = double(micro_seqs * L);
   base.tokens_per_replica = double(in.get_int("parallel.sequences_per_replica", 8) * L);

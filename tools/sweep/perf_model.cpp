@@ -7,6 +7,18 @@
 
 namespace sambay::sweep {
 
+ClusterSpec cluster_spec_from(const Ini& in, const std::string& section) {
+  const std::string p = section + ".";
+  ClusterSpec cl;
+  cl.gpus_per_node = in.get_int(p + "gpus_per_node", 8);
+  cl.nvlink_bandwidth = in.get_double(p + "nvlink_bandwidth", 360e9);
+  cl.nvlink_latency = in.get_double(p + "nvlink_latency", 5e-6);
+  cl.network_bandwidth = in.get_double(p + "network_bandwidth", 45e9);
+  cl.network_latency = in.get_double(p + "network_latency", 10e-6);
+  cl.gpu_memory = in.get_double(p + "gpu_memory", 80e9);
+  return cl;
+}
+
 double ring_collective_seconds(double bytes, int64_t p, double bandwidth, double latency) {
   if (p <= 1) return 0;
   return double(p - 1) / p * bytes / bandwidth + double(p - 1) * latency;

@@ -21,7 +21,10 @@
 // per NIC rail, so k GPUs of a node drive k NICs) and every ring step pays the network latency.
 #pragma once
 
+#include "tools/sweep/ini.h"
+
 #include <cstdint>
+#include <string>
 
 namespace sambay::sweep {
 
@@ -71,6 +74,11 @@ struct StepPrediction {
   double comm_efficiency = 0;  // the step's share not spent waiting for communication
   double memory_bytes = 0;  // weights + gradients + optimizer shard + activations, per GPU
 };
+
+// The cluster keys of an inputs file's `section` (gpus_per_node, nvlink_bandwidth,
+// nvlink_latency, network_bandwidth, network_latency, gpu_memory), each defaulting to the
+// ASSUMED H100 values of configs/perf/h100-3.8b.ini.
+ClusterSpec cluster_spec_from(const Ini& in, const std::string& section);
 
 // Time of a ring reduce-scatter or all-gather of `bytes` over `ranks` (0 for one rank).
 double ring_collective_seconds(double bytes, int64_t ranks, double bandwidth, double latency);

@@ -3,7 +3,10 @@
 #include "core/check.h"
 #include "core/model_config.h"
 #include "launch/train_config.h"
+#include "core/model.h"
+#include "tools/sweep/budget.h"
 #include "tools/sweep/depth_family.h"
+#include "tools/sweep/perf_model.h"
 
 #include <fmt/format.h>
 
@@ -116,6 +119,36 @@ bool node_shape(int64_t ranks, int64_t per_node, Shape& out, std::string& why) {
   return true;
 }
 
+// [estimate]: the performance model's step time for the run (data parallel over its ranks, a
+// ZeRO-1 sharded optimizer) from a measured MFU of sambay's exact FLOPs count.
+void estimate_run(const Ini& spec, const SlurmOptions& so, const ModelConfig& m, int64_t seq_len,
+                  PlannedRun& r) {
+  const double mfu = spec.get_double("estimate.mfu", 0);
+  const double peak = spec.get_double("estimate.peak_flops", 989.4e12);
+  if (!(mfu > 0 && mfu <= 1)) fail("{}: estimate.mfu must be in (0, 1], got {}", spec.source, mfu);
+  const bool recompute = spec.get_bool("estimate.recompute", false);
+  StepProfile prof;
+  prof.seconds_per_token = training_flops_per_token(m, seq_len) / (mfu * peak);
+  prof.optimizer_seconds = double(r.params) * spec.get_double("estimate.optimizer_seconds_per_param", 0);
+  prof.params = double(r.params);
+  prof.d_model = m.d_model;
+  prof.n_layers = m.n_layers();
+  prof.activation_bytes_per_micro_batch =
+      double(activation_bytes(m, r.micro_batch, seq_len, recompute, 2));
+  ClusterSpec cl = cluster_spec_from(spec, "estimate");
+  cl.gpus_per_node = so.gpus_per_node;
+  ParallelConfig pc;
+  pc.gpus = r.ranks;
+  pc.tokens_per_replica = double(r.micro_batch * r.grad_accum * seq_len);
+  pc.micro_batch_tokens = double(r.micro_batch * seq_len);
+  pc.grad_bytes = spec.get_double("estimate.grad_bytes", 4);
+  pc.param_bytes = spec.get_double("estimate.param_bytes", 2);
+  const StepPrediction p = predict_step(prof, cl, pc);
+  r.est_step_seconds = p.step;
+  r.est_memory_bytes = p.memory_bytes;
+  r.gpu_memory = cl.gpu_memory;
+}
+
 }  // namespace
 
 SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path) {
@@ -170,34 +203,97 @@ SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path) {
 
   if (plan.kind == "depth") {
     const std::string family = spec.get("depth.family", "sambay-da");
-    const int64_t w = spec.get_int("depth.width_per_depth", 128);
-    const int64_t vocab = spec.get_int("depth.vocab", 0);
-    const int64_t base_width = spec.get_int("depth.mup_base_width", 0);
-    const int64_t ranks = spec.get_int("depth.gpus", 1);
+    const bool archscale = is_archscale_family(family);
+    const bool budget = spec.has("budget.rule") || !spec.section("budget").empty();
+    if (budget && !archscale)
+      fail("{}: [budget] applies ArchScale's rules to its own families: depth.family = '{}' is "
+           "not archscale-<family>",
+           spec.source, family);
+    const ArchScaleBase base = archscale_base_from(spec);
+    const std::vector<int64_t> depths = int_list(spec, "depth.depths");
+    std::vector<int64_t> gpus = {1};
+    if (spec.has("depth.gpus")) gpus = int_list(spec, "depth.gpus");
+    if (gpus.size() != 1 && gpus.size() != depths.size())
+      fail("{}: depth.gpus lists {} values for {} depths (give one, or one per depth)",
+           spec.source, gpus.size(), depths.size());
     const double tokens_per_param = spec.get_double("depth.tokens_per_param", 0);
     const double fixed_tokens = spec.get_double("depth.tokens", 0);
-    if ((tokens_per_param > 0) == (fixed_tokens > 0))
-      fail("{}: give exactly one of depth.tokens_per_param and depth.tokens", spec.source);
-    Shape shape;
-    std::string why;
-    if (!node_shape(ranks, so.gpus_per_node, shape, why)) fail("{}: depth.gpus: {}", spec.source, why);
-    for (int64_t depth : int_list(spec, "depth.depths")) {
-      ModelConfig m = depth_scaled_model(family, depth, w, vocab);
-      m.mup_base_width = base_width;
+    if (budget) {
+      if (tokens_per_param > 0 || fixed_tokens > 0)
+        fail("{}: the [budget] rule sets every run's tokens: remove depth.tokens_per_param and "
+             "depth.tokens",
+             spec.source);
+      // The keys the rule derives: a [train] (or base config) value would be overridden.
+      for (const char* key : {"lr", "steps", "grad_accum", "warmup", "schedule", "min_lr_ratio",
+                              "weight_decay", "beta1", "beta2", "adam_eps", "clip"})
+        if (!common.get(key, "").empty())
+          fail("{}: [train] {} (or the base config's) conflicts with the [budget] rule, which "
+               "derives it for every run",
+               spec.source, key);
+    } else if ((tokens_per_param > 0) == (fixed_tokens > 0)) {
+      fail("{}: give exactly one of depth.tokens_per_param and depth.tokens{}", spec.source,
+           archscale ? " (or a [budget] section)" : "");
+    }
+    if (warmup_fraction >= 0 && budget)
+      fail("{}: sweep.warmup_fraction conflicts with the [budget] rule's warmup_tokens",
+           spec.source);
+    const bool estimate = !spec.section("estimate").empty();
+    for (size_t i = 0; i < depths.size(); ++i) {
+      const int64_t depth = depths[i];
+      const int64_t ranks = gpus.size() == 1 ? gpus[0] : gpus[i];
+      Shape shape;
+      std::string why;
+      if (!node_shape(ranks, so.gpus_per_node, shape, why))
+        fail("{}: depth.gpus for depth {}: {}", spec.source, depth, why);
       PlannedRun r;
+      ModelConfig m;
+      std::string preset;
+      if (archscale) {
+        if (spec.has("depth.mup_base_width"))
+          fail("{}: depth.mup_base_width: an archscale family's μP++ base width is its aspect "
+               "ratio times budget.d0",
+               spec.source);
+        m = depth_archscale_model(family, depth, spec, base);
+        preset = archscale_family_preset(family, m.tied_embedding);
+      } else {
+        m = depth_scaled_model(family, depth, spec.get_int("depth.width_per_depth", 128),
+                               spec.get_int("depth.vocab", 0));
+        m.mup_base_width = spec.get_int("depth.mup_base_width", 0);
+        m.mup_base_depth = spec.get_int("depth.mup_base_depth", 0);
+        m.mup_base_head_dim = spec.get_int("depth.mup_base_head_dim", 0);
+        validate_model_config(m, spec.source + ": [depth]");
+        preset = depth_family_preset(family);
+      }
       r.name = fmt::format("d{}", depth);
       r.depth = depth;
       r.ranks = ranks, r.nodes = shape.nodes, r.ranks_per_node = shape.per_node;
       r.group = fmt::format("n{}x{}", shape.nodes, shape.per_node);
       r.dp = ranks;
       r.params = parameter_count(m);
-      r.micro_batch = micro, r.grad_accum = accum;
-      const double tokens = fixed_tokens > 0 ? fixed_tokens : tokens_per_param * r.params;
-      const double per_step = double(micro) * accum * ranks * seq_len;
-      r.steps = std::max<int64_t>(1, std::llround(tokens / per_step));
       ConfigLines cfg = common;
-      cfg.set("model", depth_family_preset(family));
+      if (budget) {
+        const ArchScaleRun b = archscale_budget(base, archscale_core_family(family),
+                                                m.d_model / depth, depth, ranks, micro, seq_len);
+        r.micro_batch = micro, r.grad_accum = b.grad_accum, r.steps = b.steps;
+        r.lr = b.lr, r.budget_params = b.budget_params;
+        cfg.set("lr", fmt::format("{}", b.lr));
+        cfg.set("warmup", std::to_string(b.warmup_steps));
+        cfg.set("schedule", "linear");
+        cfg.set("min_lr_ratio", fmt::format("{}", base.min_lr_ratio));
+        cfg.set("weight_decay", fmt::format("{}", base.weight_decay));
+        cfg.set("beta1", fmt::format("{}", base.beta1));
+        cfg.set("beta2", fmt::format("{}", base.beta2));
+        cfg.set("adam_eps", fmt::format("{}", base.adam_eps));
+        cfg.set("clip", fmt::format("{}", base.clip));
+      } else {
+        r.micro_batch = micro, r.grad_accum = accum;
+        const double tokens = fixed_tokens > 0 ? fixed_tokens : tokens_per_param * r.params;
+        const double per_step = double(micro) * accum * ranks * seq_len;
+        r.steps = std::max<int64_t>(1, std::llround(tokens / per_step));
+      }
+      cfg.set("model", preset);
       for (const auto& [key, value] : model_config_fields(m)) cfg.set("model." + key, value);
+      if (estimate) estimate_run(spec, so, m, seq_len, r);
       finish(std::move(r), std::move(cfg));
     }
     return plan;
@@ -293,6 +389,8 @@ std::vector<std::string> write_plan(const SweepPlan& plan) {
         "nodes = {}\ngpus_per_node = {}\nlayout = {}\ntp = {}\ncp = {}\ndp = {}\ncpu = {}\n",
         plan.name, plan.kind, r.name, r.depth, r.ranks, r.nodes, r.ranks_per_node, r.layout.name(),
         r.layout.tp, r.layout.cp, r.dp, plan.slurm.cpu);
+    // ArchScale's N(D) of the budget rule: the collector's 6 N T uses it.
+    if (r.budget_params > 0) meta << fmt::format("budget_params = {}\n", r.budget_params);
     groups[r.group].push_back(r.dir);
   }
   std::vector<std::string> files;
