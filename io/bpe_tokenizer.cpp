@@ -1,6 +1,7 @@
 #include "io/bpe_tokenizer.h"
 
 #include "core/check.h"
+#include "io/o200k_split.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -16,20 +17,10 @@ namespace sambay {
 
 namespace {
 
-// tiktoken's patterns in PCRE2 syntax. Its regex engine's \s is Unicode White_Space; PCRE2's
-// \s also takes U+180E, so whitespace is spelled out: [\t-\r\x{85}\p{Z}] is White_Space exactly.
-// Its $ is the end of the text (PCRE2's also matches before a final newline): \z.
+// cl100k_base's pattern in PCRE2 syntax (o200k_base's is in o200k_split.h, beside its matcher).
+// Whitespace is spelled out as there; tiktoken's $ is the end of the text (PCRE2's also matches
+// before a final newline): \z.
 #define SAMBAY_WS "\\t-\\r\\x{85}\\p{Z}"
-constexpr const char* kO200kPattern =
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|\\p{N}{1,3}"
-    "| ?[^" SAMBAY_WS "\\p{L}\\p{N}]+[\\r\\n/]*"
-    "|[" SAMBAY_WS "]*[\\r\\n]+"
-    "|[" SAMBAY_WS "]+(?![^" SAMBAY_WS "])"
-    "|[" SAMBAY_WS "]+";
 constexpr const char* kCl100kPattern =
     "'(?i:[sdmt]|ll|ve|re)"
     "|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++"
@@ -162,6 +153,10 @@ std::shared_ptr<const BpeTokenizer> BpeTokenizer::load(const std::string& path,
     fail("option --pattern: PCRE2 cannot compile it at offset {}: {}", offset, pcre2_message(code));
   const int jit = pcre2_jit_compile(t->regex_, PCRE2_JIT_COMPLETE);
   t->regex_engine_ = jit == 0 ? "PCRE2 JIT" : "PCRE2 interpreter (no JIT: " + pcre2_message(jit) + ")";
+  if (t->pattern_ == kO200kPattern) {
+    t->splitter_ = std::make_unique<const O200kSplitter>();
+    t->regex_engine_ = "o200k matcher (" + t->regex_engine_ + " where the text is not UTF-8)";
+  }
   return t;
 }
 
@@ -198,15 +193,24 @@ BpeEncoder::BpeEncoder(std::shared_ptr<const BpeTokenizer> tokenizer)
 
 BpeEncoder::~BpeEncoder() = default;
 
-void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) {
+template <class OnPiece>
+void BpeEncoder::for_each_piece(std::string_view text, OnPiece&& on_piece) {
+  const O200kSplitter* splitter = tok_->splitter_.get();
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t at = 0;
   while (at < text.size()) {
+    if (splitter) {
+      if (const size_t end = splitter->match(text, at)) {
+        on_piece(text.data() + at, end - at);
+        at = end;
+        continue;
+      }
+    }
     const int rc = pcre2_match(tok_->regex_, subject, text.size(), at, 0, pcre_->match,
                                pcre_->context);
     if (rc == PCRE2_ERROR_NOMATCH) {
       unmatched_bytes_ += static_cast<int64_t>(text.size() - at);
-      encode_piece(text.data() + at, text.size() - at, out);
+      on_piece(text.data() + at, text.size() - at);
       return;
     }
     if (rc < 0)
@@ -219,11 +223,19 @@ void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& ou
            span[0]);
     if (span[0] > at) {  // bytes no match took: invalid UTF-8 for the known patterns
       unmatched_bytes_ += static_cast<int64_t>(span[0] - at);
-      encode_piece(text.data() + at, span[0] - at, out);
+      on_piece(text.data() + at, span[0] - at);
     }
-    encode_piece(text.data() + span[0], span[1] - span[0], out);
+    on_piece(text.data() + span[0], span[1] - span[0]);
     at = span[1];
   }
+}
+
+void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) {
+  for_each_piece(text, [&](const char* p, size_t n) { encode_piece(p, n, out); });
+}
+
+void BpeEncoder::split(std::string_view text, std::vector<std::string_view>& pieces) {
+  for_each_piece(text, [&](const char* p, size_t n) { pieces.emplace_back(p, n); });
 }
 
 void BpeEncoder::encode_with_specials(std::string_view text, std::vector<int32_t>& out) {

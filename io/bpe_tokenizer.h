@@ -26,6 +26,8 @@ struct pcre2_real_code_8;
 
 namespace sambay {
 
+class O200kSplitter;
+
 struct SpecialToken {
   std::string text;
   int32_t id = -1;
@@ -57,7 +59,8 @@ class BpeTokenizer {
   int32_t eod() const { return eod_; }
   // One past the largest id (BPE ranks and special tokens).
   int64_t vocab_size() const { return vocab_size_; }
-  // "PCRE2 JIT", or the interpreter and why JIT compilation failed (slower, same ids).
+  // What cuts the text into pieces: "PCRE2 JIT", or the interpreter and why JIT compilation
+  // failed (slower, same ids); for o200k's pattern the hand-written matcher, PCRE2 behind it.
   const std::string& regex_engine() const { return regex_engine_; }
 
   // Token bytes back to text; special ids give their text. Throws naming the position of an id
@@ -73,6 +76,7 @@ class BpeTokenizer {
   int32_t eod_ = -1;
   int64_t vocab_size_ = 0;
   pcre2_real_code_8* regex_ = nullptr;
+  std::unique_ptr<const O200kSplitter> splitter_;  // set when the pattern is o200k's
 };
 
 // One thread's encoder: its regex match state, JIT stack and merge buffers.
@@ -90,6 +94,9 @@ class BpeEncoder {
   // with allowed_special="all").
   void encode_with_specials(std::string_view text, std::vector<int32_t>& out);
 
+  // The pieces encode_ordinary merges, in order, unmatched bytes included: for tests.
+  void split(std::string_view text, std::vector<std::string_view>& pieces);
+
   // Bytes no regex match took, so far: invalid UTF-8 for the known patterns. They are encoded
   // as pieces of their own rather than dropped (tiktoken would drop them).
   int64_t unmatched_bytes() const { return unmatched_bytes_; }
@@ -97,6 +104,9 @@ class BpeEncoder {
   const BpeTokenizer& tokenizer() const { return *tok_; }
 
  private:
+  // Calls on_piece(bytes, length) for each piece of the text, in order.
+  template <class OnPiece>
+  void for_each_piece(std::string_view text, OnPiece&& on_piece);
   void encode_piece(const char* p, size_t n, std::vector<int32_t>& out);
   void merge_short(const char* p, size_t n, std::vector<int32_t>& out);
   void merge_long(const char* p, size_t n, std::vector<int32_t>& out);

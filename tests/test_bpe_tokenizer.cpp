@@ -370,8 +370,9 @@ TEST_P(AgainstTiktoken, DatasetFromJsonlOnAnyNumberOfThreads) {
 TEST_P(AgainstTiktoken, HuggingFaceTokenizerFilesGiveTheSameIds) {
   ScratchDir dir;
   const auto t = BpeTokenizer::load(vocab_path());
-  if (GetParam() == "o200k_base")
+  if (GetParam() == "o200k_base") {
     EXPECT_EQ(t->hf_pattern(), read_text(reference().dir + "/" + GetParam() + ".pattern"));
+  }
   const std::vector<std::string> files = write_hf_tokenizer(*t, t->eod(), 4096, dir.path.string());
   EXPECT_EQ(files, (std::vector<std::string>{"tokenizer.json", "tokenizer_config.json",
                                              "special_tokens_map.json"}));
@@ -391,6 +392,31 @@ TEST_P(AgainstTiktoken, HuggingFaceTokenizerFilesGiveTheSameIds) {
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, AgainstTiktoken,
                          ::testing::Values("o200k_base", "cl100k_base"));
+
+// o200k's hand-written matcher cuts every document where PCRE2 running the pattern does (the
+// same pattern in a group, which the matcher does not take over).
+TEST(O200kAgainstRegex, MatcherSplitsTheCorpusAsTheRegex) {
+  if (!reference().skip_reason.empty()) GTEST_SKIP() << reference().skip_reason;
+  ASSERT_FALSE(reference().docs.empty());
+  const std::string vocab_path = read_text(reference().dir + "/o200k_base.path");
+  const auto fast = BpeTokenizer::load(vocab_path);
+  BpeTokenizerOptions o;
+  o.pattern = "(?:" + fast->pattern() + ")";
+  const auto regex = BpeTokenizer::load(vocab_path, o);
+  ASSERT_EQ(fast->regex_engine().rfind("o200k matcher", 0), 0u) << fast->regex_engine();
+  ASSERT_EQ(regex->regex_engine().rfind("PCRE2", 0), 0u) << regex->regex_engine();
+  BpeEncoder a(fast), b(regex);
+  int64_t pieces = 0;
+  for (const std::string& doc : reference().docs) {
+    std::vector<std::string_view> from_matcher, from_regex;
+    a.split(doc, from_matcher);
+    b.split(doc, from_regex);
+    ASSERT_EQ(from_matcher, from_regex) << doc.substr(0, 200);
+    pieces += static_cast<int64_t>(from_regex.size());
+  }
+  std::printf("%zu documents, %lld pieces cut alike\n", reference().docs.size(),
+              static_cast<long long>(pieces));
+}
 
 }  // namespace
 }  // namespace sambay
