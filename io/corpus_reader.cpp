@@ -1,6 +1,7 @@
 #include "io/corpus_reader.h"
 
 #include "core/check.h"
+#include "io/jsonl_field.h"
 
 #include <nlohmann/json.hpp>
 #include <zlib.h>
@@ -174,6 +175,9 @@ std::string_view document_text(const DocumentBatch& batch, size_t i, const std::
                                const std::vector<std::string>& inputs, std::string& scratch) {
   const std::string_view raw = batch.raw(i);
   if (batch.format == CorpusFormat::text) return raw;
+  if (const std::optional<std::string_view> text = jsonl_string_field(raw, json_key, scratch))
+    return *text;
+  // Errors and unusual lines (escaped or repeated keys, deep nesting): nlohmann-json decides.
   const DocumentBatch::Origin& at = batch.origins[i];
   const std::string& path = inputs[at.file];
   nlohmann::json j;

@@ -84,8 +84,8 @@ class CorpusReader {
   CorpusStats stats_;
 };
 
-// The text of document i: a JSONL line's `json_key` string, or the raw bytes. Errors name the
-// file, the line and the key.
+// The text of document i: a JSONL line's `json_key` string (jsonl_string_field, nlohmann-json
+// where it cannot answer), or the raw bytes. Errors name the file, the line and the key.
 std::string_view document_text(const DocumentBatch& batch, size_t i, const std::string& json_key,
                                const std::vector<std::string>& inputs, std::string& scratch);
 

@@ -1,6 +1,7 @@
 #include "io/o200k_split.h"
 
 #include "core/check.h"
+#include "io/utf8.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -59,37 +60,6 @@ std::string utf8_of(const std::vector<uint32_t>& code_points) {
   return out;
 }
 
-// The code point at p (< end) and its length in bytes; length 0 where the bytes are not UTF-8
-// as PCRE2 defines it (RFC 3629: shortest form, no surrogates, at most U+10FFFF).
-struct Decoded {
-  uint32_t cp;
-  uint32_t len;
-};
-inline Decoded decode_utf8(const uint8_t* p, const uint8_t* end) {
-  const uint32_t b0 = p[0];
-  if (b0 < 0x80) return {b0, 1};
-  const auto cont = [&](ptrdiff_t i) { return p + i < end && (p[i] & 0xC0) == 0x80; };
-  if (b0 < 0xC2) return {0, 0};  // a continuation byte, or an overlong two-byte form
-  if (b0 < 0xE0) {
-    if (!cont(1)) return {0, 0};
-    return {(b0 & 0x1F) << 6 | (p[1] & 0x3Fu), 2};
-  }
-  if (b0 < 0xF0) {
-    if (!cont(1) || !cont(2)) return {0, 0};
-    const uint32_t cp = (b0 & 0x0F) << 12 | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu);
-    if (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000)) return {0, 0};
-    return {cp, 3};
-  }
-  if (b0 < 0xF5) {
-    if (!cont(1) || !cont(2) || !cont(3)) return {0, 0};
-    const uint32_t cp =
-        (b0 & 0x07) << 18 | (p[1] & 0x3Fu) << 12 | (p[2] & 0x3Fu) << 6 | (p[3] & 0x3Fu);
-    if (cp < 0x10000 || cp >= kCodePoints) return {0, 0};
-    return {cp, 4};
-  }
-  return {0, 0};
-}
-
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
   pcre2_get_error_message(code, buf, sizeof buf);
@@ -116,9 +86,9 @@ void for_each_match(const std::string& text, const char* run_pattern, OnChar&& o
     SAMBAY_CHECK(rc > 0, "PCRE2 failed on '{}': {}", run_pattern, pcre2_message(rc));
     const PCRE2_SIZE* span = pcre2_get_ovector_pointer(match);
     for (size_t i = span[0]; i < span[1];) {
-      const Decoded d = decode_utf8(bytes + i, end);
-      on_char(d.cp);
-      i += d.len;
+      const Utf8Char c = decode_utf8(bytes + i, end);
+      on_char(c.code_point);
+      i += c.length;
     }
     at = span[1];
   }
@@ -149,12 +119,13 @@ struct Scan {
 
   Char at(const uint8_t* p) {
     if (*p < 0x80) return {classes[*p], 1};  // block 0 starts the table
-    const Decoded d = decode_utf8(p, end);
-    if (d.len == 0) {
+    const Utf8Char c = decode_utf8(p, end);
+    if (c.length == 0) {
       invalid = true;
       return {0, 0};
     }
-    return {classes[block[d.cp >> 8] + (d.cp & 0xFF)], static_cast<uint8_t>(d.len)};
+    return {classes[block[c.code_point >> 8] + (c.code_point & 0xFF)],
+            static_cast<uint8_t>(c.length)};
   }
 
   // The end of the run of characters with any of `bits` from p (p itself if none).
