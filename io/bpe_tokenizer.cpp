@@ -292,20 +292,27 @@ void BpeEncoder::encode_piece(const char* p, size_t n, std::vector<int32_t>& out
 }
 
 // tiktoken's merge loop: parts start as single bytes; repeatedly the adjacent pair whose bytes
-// form the lowest-ranked token (leftmost on ties) becomes one part, until no pair is a token.
+// form the lowest-ranked token (leftmost on ties) becomes one part, until no pair is a token. A
+// part's token is the rank of the pair that formed it, so only candidate pairs are looked up.
 void BpeEncoder::merge_short(const char* p, size_t n, std::vector<int32_t>& out) {
   const BpeVocab& v = tok_->vocab_;
-  std::vector<uint32_t>& start = part_start_;  // part i is [start[i], start[i + 1])
-  std::vector<int32_t>& pair = pair_rank_;     // pair[i]: parts i and i + 1 together, or kNoRank
-  start.resize(n + 1);
-  pair.resize(n);
-  for (size_t i = 0; i <= n; ++i) start[i] = static_cast<uint32_t>(i);
-  auto rank_of = [&](size_t i, size_t parts) {  // parts i and i + 1 as one token
+  part_start_.resize(n + 1);
+  part_rank_.resize(n);
+  pair_rank_.resize(n);
+  uint32_t* start = part_start_.data();  // part i is [start[i], start[i + 1])
+  int32_t* rank = part_rank_.data();     // its token
+  int32_t* pair = pair_rank_.data();     // parts i and i + 1 together, or kNoRank
+  for (size_t i = 0; i < n; ++i) {
+    start[i] = static_cast<uint32_t>(i);
+    rank[i] = v.byte_rank[static_cast<unsigned char>(p[i])];
+  }
+  start[n] = static_cast<uint32_t>(n);
+  size_t parts = n;
+  auto rank_of = [&](size_t i) {  // parts i and i + 1 as one token
     if (i + 1 >= parts) return kNoRank;
     const int32_t r = v.find(p + start[i], start[i + 2] - start[i]);
     return r < 0 ? kNoRank : r;
   };
-  size_t parts = n;
   for (size_t i = 0; i + 1 < parts; ++i) {
     const int32_t r = v.find_pair(p[i], p[i + 1]);
     pair[i] = r < 0 ? kNoRank : r;
@@ -316,60 +323,77 @@ void BpeEncoder::merge_short(const char* p, size_t n, std::vector<int32_t>& out)
     for (size_t i = 1; i + 1 < parts; ++i)
       if (pair[i] < pair[best]) best = i;
     if (pair[best] == kNoRank) break;
-    std::copy(start.begin() + best + 2, start.begin() + parts + 1, start.begin() + best + 1);
-    std::copy(pair.begin() + best + 2, pair.begin() + parts, pair.begin() + best + 1);
+    rank[best] = pair[best];
+    std::copy(start + best + 2, start + parts + 1, start + best + 1);
+    std::copy(rank + best + 2, rank + parts, rank + best + 1);
+    std::copy(pair + best + 2, pair + parts, pair + best + 1);
     --parts;
-    pair[best] = rank_of(best, parts);
-    if (best > 0) pair[best - 1] = rank_of(best - 1, parts);
+    pair[best] = rank_of(best);
+    if (best > 0) pair[best - 1] = rank_of(best - 1);
   }
-  for (size_t i = 0; i < parts; ++i) out.push_back(v.find(p + start[i], start[i + 1] - start[i]));
+  out.insert(out.end(), rank, rank + parts);
 }
 
-// The same merges in the same order for long pieces: a min-heap of (rank, start byte) replaces
-// the scan for the lowest pair, and parts form a linked list; entries made stale by a merge are
-// skipped when they surface (a pair's rank names its bytes, so an equal rank at the same start
-// is the same pair).
+// The same merges in the same order for long pieces: a min-heap of (rank, start byte), packed
+// in one word so that the order is one comparison, replaces the scan for the lowest pair, and
+// parts form a linked list; entries made stale by a merge are skipped when they surface (a
+// pair's rank names its bytes, so an equal rank at the same start is the same pair).
 void BpeEncoder::merge_long(const char* p, size_t n, std::vector<int32_t>& out) {
   const BpeVocab& v = tok_->vocab_;
-  std::vector<uint32_t> next(n + 1), prev(n + 1);
-  std::vector<int32_t> pair(n + 1, kNoRank);  // by a part's start byte
-  std::vector<uint8_t> alive(n + 1, 1);
-  for (size_t i = 0; i <= n; ++i) next[i] = static_cast<uint32_t>(i + 1), prev[i] = i ? i - 1 : 0;
+  next_.resize(n + 1);
+  prev_.resize(n + 1);
+  part_rank_.resize(n + 1);
+  pair_rank_.resize(n + 1);
+  uint32_t* next = next_.data();      // by a part's start byte: the next part's start
+  uint32_t* prev = prev_.data();      // the previous part's start
+  int32_t* rank = part_rank_.data();  // the part's token; kNoRank: merged into the one before
+  int32_t* pair = pair_rank_.data();  // the part and the next as one token, or kNoRank
+  for (size_t i = 0; i <= n; ++i) {
+    next[i] = static_cast<uint32_t>(i + 1);
+    prev[i] = i ? static_cast<uint32_t>(i - 1) : 0;
+    rank[i] = i < n ? v.byte_rank[static_cast<unsigned char>(p[i])] : kNoRank;
+    pair[i] = kNoRank;
+  }
   auto rank_at = [&](uint32_t s) {  // the part starting at s and the next as one token
     const uint32_t e = next[s];
     if (e >= n) return kNoRank;
     const int32_t r = v.find(p + s, next[e] - s);
     return r < 0 ? kNoRank : r;
   };
-  using Entry = std::pair<int32_t, uint32_t>;  // (rank, start): min-heap
-  std::vector<Entry> heap;
+  // Ranks are non-negative, so (rank << 32 | start) orders as (rank, start).
+  const auto entry = [](int32_t r, uint32_t s) { return uint64_t(uint32_t(r)) << 32 | s; };
+  std::vector<uint64_t>& heap = heap_;  // a min-heap
+  heap.clear();
   for (uint32_t s = 0; s + 1 < n; ++s) {
     const int32_t r = v.find_pair(p[s], p[s + 1]);
-    if (r >= 0) heap.emplace_back(pair[s] = r, s);
+    if (r >= 0) heap.push_back(entry(pair[s] = r, s));
   }
   std::make_heap(heap.begin(), heap.end(), std::greater<>());
+  auto push = [&](uint32_t s) {
+    if (pair[s] == kNoRank) return;
+    heap.push_back(entry(pair[s], s));
+    std::push_heap(heap.begin(), heap.end(), std::greater<>());
+  };
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-    const auto [rank, s] = heap.back();
+    const int32_t r = static_cast<int32_t>(heap.back() >> 32);
+    const uint32_t s = static_cast<uint32_t>(heap.back());
     heap.pop_back();
-    if (!alive[s] || pair[s] != rank) continue;
+    if (rank[s] == kNoRank || pair[s] != r) continue;  // stale
     const uint32_t gone = next[s];
-    alive[gone] = 0;
+    rank[gone] = kNoRank;
+    rank[s] = r;
     next[s] = next[gone];
     if (next[s] <= n) prev[next[s]] = s;
-    if ((pair[s] = rank_at(s)) != kNoRank) {
-      heap.emplace_back(pair[s], s);
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
-    }
+    pair[s] = rank_at(s);
+    push(s);
     if (s > 0) {
       const uint32_t before = prev[s];
-      if ((pair[before] = rank_at(before)) != kNoRank) {
-        heap.emplace_back(pair[before], before);
-        std::push_heap(heap.begin(), heap.end(), std::greater<>());
-      }
+      pair[before] = rank_at(before);
+      push(before);
     }
   }
-  for (uint32_t s = 0; s < n; s = next[s]) out.push_back(v.find(p + s, next[s] - s));
+  for (uint32_t s = 0; s < n; s = next[s]) out.push_back(rank[s]);
 }
 
 }  // namespace sambay

@@ -114,9 +114,14 @@ class BpeEncoder {
   std::shared_ptr<const BpeTokenizer> tok_;
   struct Pcre;  // PCRE2 match data, match context and JIT stack
   std::unique_ptr<Pcre> pcre_;
-  // merge_short: boundaries of the parts and the rank of each adjacent pair.
+  // The merges' working memory, kept between pieces: per part (merge_short: by index;
+  // merge_long: by start byte) its start, its token, the token of it and the next part together
+  // (or kNoRank), and merge_long's links and heap.
   std::vector<uint32_t> part_start_;
+  std::vector<int32_t> part_rank_;
   std::vector<int32_t> pair_rank_;
+  std::vector<uint32_t> next_, prev_;
+  std::vector<uint64_t> heap_;
   // The ids of recently seen short pieces, direct-mapped by hash (4 MiB): words recur, and a hit
   // costs one probe of this table instead of the vocabulary's merges.
   struct CachedPiece {
