@@ -81,9 +81,13 @@ int32_t BpeVocab::find(const char* bytes, size_t n) const {
 
 BpeVocab load_tiktoken_vocab(const std::string& path) {
   const std::string text = read_maybe_gzip_file(path);
-  // Tokens as they come, placed by rank afterwards.
-  std::vector<std::pair<int64_t, std::string>> entries;
-  std::string decoded;
+  // Tokens as they come (decoded back to back), placed by rank afterwards.
+  struct Entry {
+    int64_t rank;
+    uint32_t at, length;  // in `decoded`
+  };
+  std::vector<Entry> entries;
+  std::string decoded, token;
   int64_t line_no = 0;
   for (size_t at = 0; at < text.size();) {
     size_t end = text.find('\n', at);
@@ -96,7 +100,7 @@ BpeVocab load_tiktoken_vocab(const std::string& path) {
     const size_t space = line.find(' ');
     if (space == std::string_view::npos)
       fail("{}:{}: expected 'BASE64 RANK', found no space", path, line_no);
-    if (!base64_decode(line.substr(0, space), decoded))
+    if (!base64_decode(line.substr(0, space), token))
       fail("{}:{}: '{}' is not base64 of a token", path, line_no, line.substr(0, space));
     const std::string_view rank_text = line.substr(space + 1);
     int64_t rank = -1;
@@ -105,14 +109,15 @@ BpeVocab load_tiktoken_vocab(const std::string& path) {
     if (ec != std::errc() || ptr != rank_text.data() + rank_text.size() || rank < 0 ||
         rank >= (int64_t{1} << 31) - 1)
       fail("{}:{}: rank '{}' is not an integer in [0, 2^31 - 1)", path, line_no, rank_text);
-    entries.emplace_back(rank, decoded);
+    entries.push_back({rank, static_cast<uint32_t>(decoded.size()), static_cast<uint32_t>(token.size())});
+    decoded += token;
   }
   if (entries.empty()) fail("{}: no tokens (expected lines 'BASE64 RANK')", path);
 
   const int64_t n = static_cast<int64_t>(entries.size());
   std::vector<int64_t> index_of_rank(n, -1);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = entries[i].first;
+    const int64_t r = entries[i].rank;
     if (r >= n)
       fail("{}: rank {} but only {} tokens: ranks must be 0..{} with none missing", path, r, n,
            n - 1);
@@ -122,42 +127,41 @@ BpeVocab load_tiktoken_vocab(const std::string& path) {
 
   BpeVocab v;
   v.path = path;
+  v.arena.reserve(decoded.size());
   v.starts.reserve(n + 1);
   v.starts.push_back(0);
   for (int64_t r = 0; r < n; ++r) {
-    const std::string& bytes = entries[index_of_rank[r]].second;
-    const uint32_t len = static_cast<uint32_t>(bytes.size());
-    v.arena += bytes;
+    const Entry& e = entries[index_of_rank[r]];
+    v.arena.append(decoded, e.at, e.length);
     v.starts.push_back(static_cast<uint32_t>(v.arena.size()));
-    v.fingerprint = crc32c(&len, sizeof len, v.fingerprint);
-    v.fingerprint = crc32c(bytes.data(), bytes.size(), v.fingerprint);
+    v.fingerprint = crc32c(&e.length, sizeof e.length, v.fingerprint);
+    v.fingerprint = crc32c(decoded.data() + e.at, e.length, v.fingerprint);
   }
+  // Tokens inserted in rank order; a probe that meets the same bytes names the earlier rank.
   const uint64_t capacity = std::bit_ceil(static_cast<uint64_t>(2 * n));
   v.slots.assign(capacity, BpeVocab::Slot{});
   v.slot_bits = std::countr_zero(capacity);
+  v.pair_rank.assign(256 * 256, -1);
+  std::fill(std::begin(v.byte_rank), std::end(v.byte_rank), -1);
   for (int32_t r = 0; r < n; ++r) {
     const std::string_view t = v.token(r);
     if (t.empty()) fail("{}: the token of rank {} is empty", path, r);
-    if (const int32_t twin = v.find(t.data(), t.size()); twin >= 0)
-      fail("{}: the token of rank {} is also the token of rank {}", path, r, twin);
     const uint64_t head = bpe_head(t.data(), t.size());
     uint64_t i = bpe_hash(head, t.data(), t.size()) >> (64 - v.slot_bits);
-    while (v.slots[i].length != 0) i = (i + 1) & (capacity - 1);
-    v.slots[i] = {head, static_cast<uint32_t>(t.size()), r};
-  }
-  v.pair_rank.resize(256 * 256);
-  for (int b0 = 0; b0 < 256; ++b0)
-    for (int b1 = 0; b1 < 256; ++b1) {
-      const char pair[2] = {static_cast<char>(b0), static_cast<char>(b1)};
-      v.pair_rank[b0 * 256 + b1] = v.find(pair, 2);
+    for (; v.slots[i].length != 0; i = (i + 1) & (capacity - 1)) {
+      const BpeVocab::Slot& s = v.slots[i];
+      if (s.head == head && s.length == t.size() && v.token(s.rank) == t)
+        fail("{}: the token of rank {} is also the token of rank {}", path, r, s.rank);
     }
-  for (int b = 0; b < 256; ++b) {
-    const char c = static_cast<char>(b);
-    v.byte_rank[b] = v.find(&c, 1);
+    v.slots[i] = {head, static_cast<uint32_t>(t.size()), r};
+    if (t.size() == 1) v.byte_rank[static_cast<unsigned char>(t[0])] = r;
+    if (t.size() == 2)
+      v.pair_rank[static_cast<unsigned char>(t[0]) * 256 + static_cast<unsigned char>(t[1])] = r;
+  }
+  for (int b = 0; b < 256; ++b)
     if (v.byte_rank[b] < 0)
       fail("{}: the single byte 0x{:02x} is not a token, so some text could not be encoded",
            path, b);
-  }
   return v;
 }
 
