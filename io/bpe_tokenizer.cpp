@@ -7,6 +7,7 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstring>
 #include <iterator>
@@ -81,7 +82,7 @@ constexpr size_t kShortPiece = 64;
 
 constexpr int32_t kNoRank = INT32_MAX;
 
-constexpr int kCacheBits = 16;
+constexpr int kShortCacheBits = 16, kLongCacheBits = 12;
 
 }  // namespace
 
@@ -188,7 +189,8 @@ BpeEncoder::BpeEncoder(std::shared_ptr<const BpeTokenizer> tokenizer)
   SAMBAY_CHECK(pcre_->match && pcre_->context && pcre_->stack, "PCRE2 is out of memory");
   pcre2_jit_stack_assign(pcre_->context, nullptr, pcre_->stack);
   pcre2_set_match_limit(pcre_->context, UINT32_MAX);
-  cache_.resize(size_t{1} << kCacheBits);
+  short_cache_.resize(size_t{1} << kShortCacheBits);
+  long_cache_.resize(size_t{1} << kLongCacheBits);
 }
 
 BpeEncoder::~BpeEncoder() = default;
@@ -258,37 +260,44 @@ void BpeEncoder::encode_with_specials(std::string_view text, std::vector<int32_t
 }
 
 void BpeEncoder::encode_piece(const char* p, size_t n, std::vector<int32_t>& out) {
-  const BpeVocab& v = tok_->vocab_;
-  if (n == 1) {
-    out.push_back(v.byte_rank[static_cast<unsigned char>(*p)]);
+  if (n == 1)
+    out.push_back(tok_->vocab_.byte_rank[static_cast<unsigned char>(*p)]);
+  else if (n <= sizeof(ShortPiece::bytes))
+    encode_cached(short_cache_, kShortCacheBits, p, n, out);
+  else if (n <= sizeof(LongPiece::bytes))
+    encode_cached(long_cache_, kLongCacheBits, p, n, out);
+  else
+    merge(p, n, out);
+}
+
+template <class Entry>
+void BpeEncoder::encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n,
+                               std::vector<int32_t>& out) {
+  const uint64_t hash = bpe_hash(bpe_head(p, n), p, n);
+  Entry& slot = cache[hash >> (64 - bits)];
+  if (slot.hash == hash && slot.length == n && std::memcmp(slot.bytes, p, n) == 0) {
+    out.insert(out.end(), slot.ids, slot.ids + slot.count);
     return;
   }
-  constexpr size_t kCacheable = sizeof(CachedPiece::bytes);
-  CachedPiece* slot = nullptr;
-  uint64_t hash = 0;
-  if (n <= kCacheable) {
-    hash = bpe_hash(bpe_head(p, n), p, n);
-    slot = &cache_[hash >> (64 - kCacheBits)];
-    if (slot->hash == hash && slot->length == n && std::memcmp(slot->bytes, p, n) == 0) {
-      out.insert(out.end(), slot->ids, slot->ids + slot->count);
-      return;
-    }
-  }
   const size_t first = out.size();
-  if (const int32_t whole = v.find(p, n); whole >= 0)
+  merge(p, n, out);
+  const size_t count = out.size() - first;
+  if (count <= std::size(slot.ids)) {
+    slot.hash = hash;
+    slot.length = static_cast<uint8_t>(n);
+    slot.count = static_cast<uint8_t>(count);
+    std::memcpy(slot.bytes, p, n);
+    std::copy(out.begin() + first, out.end(), slot.ids);
+  }
+}
+
+void BpeEncoder::merge(const char* p, size_t n, std::vector<int32_t>& out) {
+  if (const int32_t whole = tok_->vocab_.find(p, n); whole >= 0)
     out.push_back(whole);
   else if (n <= kShortPiece)
     merge_short(p, n, out);
   else
     merge_long(p, n, out);
-  const size_t count = out.size() - first;
-  if (slot && count <= std::size(slot->ids)) {
-    slot->hash = hash;
-    slot->length = static_cast<uint8_t>(n);
-    slot->count = static_cast<uint8_t>(count);
-    std::memcpy(slot->bytes, p, n);
-    std::copy(out.begin() + first, out.end(), slot->ids);
-  }
 }
 
 // tiktoken's merge loop: parts start as single bytes; repeatedly the adjacent pair whose bytes
@@ -334,64 +343,54 @@ void BpeEncoder::merge_short(const char* p, size_t n, std::vector<int32_t>& out)
   out.insert(out.end(), rank, rank + parts);
 }
 
-// The same merges in the same order for long pieces: a min-heap of (rank, start byte), packed
-// in one word so that the order is one comparison, replaces the scan for the lowest pair, and
-// parts form a linked list; entries made stale by a merge are skipped when they surface (a
-// pair's rank names its bytes, so an equal rank at the same start is the same pair).
+// The same merges in the same order for long pieces, without the scan: parts form a linked
+// list (by start byte), and a tournament tree over the start bytes holds each live pair as
+// (rank << 32 | start), so that its root is the lowest rank, leftmost, and a merge updates three
+// leaves and their ancestors (branch-free minimums; a binary heap's lazy entries and sifts were
+// twice the work).
 void BpeEncoder::merge_long(const char* p, size_t n, std::vector<int32_t>& out) {
   const BpeVocab& v = tok_->vocab_;
+  constexpr uint64_t kNone = ~uint64_t{0};
+  const size_t leaves = std::bit_ceil(n);
   next_.resize(n + 1);
   prev_.resize(n + 1);
   part_rank_.resize(n + 1);
-  pair_rank_.resize(n + 1);
+  tree_.assign(2 * leaves, kNone);
   uint32_t* next = next_.data();      // by a part's start byte: the next part's start
   uint32_t* prev = prev_.data();      // the previous part's start
   int32_t* rank = part_rank_.data();  // the part's token; kNoRank: merged into the one before
-  int32_t* pair = pair_rank_.data();  // the part and the next as one token, or kNoRank
+  uint64_t* tree = tree_.data();      // tree[1] is the root; the leaf of start s: tree[leaves + s]
   for (size_t i = 0; i <= n; ++i) {
     next[i] = static_cast<uint32_t>(i + 1);
     prev[i] = i ? static_cast<uint32_t>(i - 1) : 0;
     rank[i] = i < n ? v.byte_rank[static_cast<unsigned char>(p[i])] : kNoRank;
-    pair[i] = kNoRank;
   }
-  auto rank_at = [&](uint32_t s) {  // the part starting at s and the next as one token
-    const uint32_t e = next[s];
-    if (e >= n) return kNoRank;
-    const int32_t r = v.find(p + s, next[e] - s);
-    return r < 0 ? kNoRank : r;
-  };
   // Ranks are non-negative, so (rank << 32 | start) orders as (rank, start).
-  const auto entry = [](int32_t r, uint32_t s) { return uint64_t(uint32_t(r)) << 32 | s; };
-  std::vector<uint64_t>& heap = heap_;  // a min-heap
-  heap.clear();
-  for (uint32_t s = 0; s + 1 < n; ++s) {
-    const int32_t r = v.find_pair(p[s], p[s + 1]);
-    if (r >= 0) heap.push_back(entry(pair[s] = r, s));
-  }
-  std::make_heap(heap.begin(), heap.end(), std::greater<>());
-  auto push = [&](uint32_t s) {
-    if (pair[s] == kNoRank) return;
-    heap.push_back(entry(pair[s], s));
-    std::push_heap(heap.begin(), heap.end(), std::greater<>());
+  const auto entry = [](int32_t r, uint32_t s) {
+    return r < 0 ? kNone : uint64_t(uint32_t(r)) << 32 | s;
   };
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-    const int32_t r = static_cast<int32_t>(heap.back() >> 32);
-    const uint32_t s = static_cast<uint32_t>(heap.back());
-    heap.pop_back();
-    if (rank[s] == kNoRank || pair[s] != r) continue;  // stale
+  for (uint32_t s = 0; s + 1 < n; ++s) tree[leaves + s] = entry(v.find_pair(p[s], p[s + 1]), s);
+  for (size_t i = leaves - 1; i >= 1; --i) tree[i] = std::min(tree[2 * i], tree[2 * i + 1]);
+  auto set = [&](uint32_t s, uint64_t value) {
+    size_t i = leaves + s;
+    tree[i] = value;
+    for (i >>= 1; i >= 1; i >>= 1) tree[i] = std::min(tree[2 * i], tree[2 * i + 1]);
+  };
+  auto pair_at = [&](uint32_t s) {  // the part starting at s and the next as one token
+    const uint32_t e = next[s];
+    return e >= n ? kNone : entry(v.find(p + s, next[e] - s), s);
+  };
+  while (tree[1] != kNone) {
+    const int32_t r = static_cast<int32_t>(tree[1] >> 32);
+    const uint32_t s = static_cast<uint32_t>(tree[1]);
     const uint32_t gone = next[s];
     rank[gone] = kNoRank;
     rank[s] = r;
     next[s] = next[gone];
     if (next[s] <= n) prev[next[s]] = s;
-    pair[s] = rank_at(s);
-    push(s);
-    if (s > 0) {
-      const uint32_t before = prev[s];
-      pair[before] = rank_at(before);
-      push(before);
-    }
+    set(gone, kNone);
+    set(s, pair_at(s));
+    if (s > 0) set(prev[s], pair_at(prev[s]));
   }
   for (uint32_t s = 0; s < n; s = next[s]) out.push_back(rank[s]);
 }

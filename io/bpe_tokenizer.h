@@ -108,6 +108,7 @@ class BpeEncoder {
   template <class OnPiece>
   void for_each_piece(std::string_view text, OnPiece&& on_piece);
   void encode_piece(const char* p, size_t n, std::vector<int32_t>& out);
+  void merge(const char* p, size_t n, std::vector<int32_t>& out);  // a piece not cached
   void merge_short(const char* p, size_t n, std::vector<int32_t>& out);
   void merge_long(const char* p, size_t n, std::vector<int32_t>& out);
 
@@ -115,23 +116,33 @@ class BpeEncoder {
   struct Pcre;  // PCRE2 match data, match context and JIT stack
   std::unique_ptr<Pcre> pcre_;
   // The merges' working memory, kept between pieces: per part (merge_short: by index;
-  // merge_long: by start byte) its start, its token, the token of it and the next part together
-  // (or kNoRank), and merge_long's links and heap.
+  // merge_long: by start byte) its start, its token, and (merge_short) the token of it and the
+  // next part together; merge_long's links and tournament tree.
   std::vector<uint32_t> part_start_;
   std::vector<int32_t> part_rank_;
   std::vector<int32_t> pair_rank_;
   std::vector<uint32_t> next_, prev_;
-  std::vector<uint64_t> heap_;
-  // The ids of recently seen short pieces, direct-mapped by hash (4 MiB): words recur, and a hit
-  // costs one probe of this table instead of the vocabulary's merges.
-  struct CachedPiece {
+  std::vector<uint64_t> tree_;
+  // The ids of recently seen pieces, direct-mapped by hash: words recur, and a hit costs one
+  // probe instead of the merges. Pieces of up to 22 bytes (almost all) in a cache line each
+  // (65,536: 4 MiB), longer ones up to 128 bytes (runs of spaces or symbols, long words) in
+  // four (4,096: 1 MiB).
+  template <size_t kBytes, size_t kIds>
+  struct alignas(64) CachedPiece {
     uint64_t hash = 0;
     uint8_t length = 0;  // 0: empty
     uint8_t count = 0;
-    char bytes[22];
-    int32_t ids[8];
+    char bytes[kBytes];
+    int32_t ids[kIds];
   };
-  std::vector<CachedPiece> cache_;
+  using ShortPiece = CachedPiece<22, 8>;
+  using LongPiece = CachedPiece<128, 29>;
+  static_assert(sizeof(ShortPiece) == 64 && sizeof(LongPiece) == 256);
+  template <class Entry>
+  void encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n,
+                     std::vector<int32_t>& out);
+  std::vector<ShortPiece> short_cache_;
+  std::vector<LongPiece> long_cache_;
   int64_t unmatched_bytes_ = 0;
 };
 
