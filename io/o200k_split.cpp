@@ -162,6 +162,25 @@ struct Scan {
     }
   }
 
+  // Alternatives 1 and 2 where they meet only ASCII (most words): an optional ASCII prefix
+  // character, then ASCII letters: upper* lower* (in ASCII no letter is both, so alternative 1's
+  // backtracking has nothing to give back), then the contraction. Null where a character it
+  // must classify is not ASCII (it may be a letter or a mark) or the text there is no word.
+  const uint8_t* ascii_word(const uint8_t* p) const {
+    constexpr uint8_t kNotPrefix =
+        O200kSplitter::kNewline | O200kSplitter::kLetter | O200kSplitter::kNumber;
+    const auto upper = [](uint8_t b) { return b >= 'A' && b <= 'Z'; };
+    const auto lower = [](uint8_t b) { return b >= 'a' && b <= 'z'; };
+    const uint8_t* q = p;
+    if (*q >= 0x80) return nullptr;
+    if (!(classes[*q] & kNotPrefix)) ++q;  // a prefix only if a word follows
+    if (q == end || !(upper(*q) || lower(*q))) return nullptr;
+    while (q < end && upper(*q)) ++q;
+    while (q < end && lower(*q)) ++q;
+    if (q < end && *q >= 0x80) return nullptr;
+    return contraction(q);
+  }
+
   // Alternative 1 from j (after the optional prefix): upper* lower+ contraction?. PCRE2 tries
   // the longest upper run first, then shorter ones: the lower run starts after the whole upper
   // run if a lower character follows it, else at the last character of the upper run that is
@@ -237,19 +256,30 @@ size_t O200kSplitter::match(std::string_view text, size_t at) const {
   const auto* begin = reinterpret_cast<const uint8_t*>(text.data());
   Scan s{begin + text.size(), block_.data(), classes_.data()};
   const uint8_t* p = begin + at;
+  if (const uint8_t* e = s.ascii_word(p)) return static_cast<size_t>(e - begin);
   const Char c0 = s.at(p);
   if (s.invalid) return 0;
   auto done = [&](const uint8_t* e) -> size_t { return s.invalid ? 0 : static_cast<size_t>(e - begin); };
 
-  // 1 and 2: [^\r\n\p{L}\p{N}]? then the words; the prefix is tried taken, then not.
-  const bool prefix = !(c0.classes & kNotPrefix);
-  if (prefix || (c0.classes & kLetterLike)) {
-    if (prefix)
-      if (const uint8_t* e = s.upper_lower(p + c0.len); e || s.invalid) return done(e);
-    if (const uint8_t* e = s.upper_lower(p); e || s.invalid) return done(e);
-    if (prefix)
-      if (const uint8_t* e = s.upper_then_lower(p + c0.len); e || s.invalid) return done(e);
-    if (const uint8_t* e = s.upper_then_lower(p); e || s.invalid) return done(e);
+  // 1 and 2: [^\r\n\p{L}\p{N}]? then the words; the prefix is tried taken, then not. Each try
+  // needs a letter or mark where the words start, so the others are skipped.
+  const uint8_t* after = p + c0.len;
+  bool from_after = false;
+  if (!(c0.classes & kNotPrefix) && after < s.end) {
+    const Char c1 = s.at(after);
+    if (s.invalid) return 0;
+    from_after = c1.classes & kLetterLike;
+  }
+  const bool from_here = c0.classes & kLetterLike;
+  if (from_after || from_here) {
+    if (from_after)
+      if (const uint8_t* e = s.upper_lower(after); e || s.invalid) return done(e);
+    if (from_here)
+      if (const uint8_t* e = s.upper_lower(p); e || s.invalid) return done(e);
+    if (from_after)
+      if (const uint8_t* e = s.upper_then_lower(after); e || s.invalid) return done(e);
+    if (from_here)
+      if (const uint8_t* e = s.upper_then_lower(p); e || s.invalid) return done(e);
   }
   // 3: \p{N}{1,3}
   if (c0.classes & kNumber) {
