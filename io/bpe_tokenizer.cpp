@@ -82,7 +82,7 @@ constexpr size_t kShortPiece = 64;
 
 constexpr int32_t kNoRank = INT32_MAX;
 
-constexpr int kShortCacheBits = 16, kLongCacheBits = 12;
+constexpr int kShortCacheBits = 15, kLongCacheBits = 12;
 
 }  // namespace
 

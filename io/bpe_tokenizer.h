@@ -124,9 +124,10 @@ class BpeEncoder {
   std::vector<uint32_t> next_, prev_;
   std::vector<uint64_t> tree_;
   // The ids of recently seen pieces, direct-mapped by hash: words recur, and a hit costs one
-  // probe instead of the merges. Pieces of up to 22 bytes (almost all) in a cache line each
-  // (65,536: 4 MiB), longer ones up to 128 bytes (runs of spaces or symbols, long words) in
-  // four (4,096: 1 MiB).
+  // probe instead of the merges. A piece of n bytes has at most n tokens, so every piece up to
+  // 22 bytes (almost all) fits its entry (two cache lines; 32,768 entries: 4 MiB), and pieces up
+  // to 128 bytes (runs of spaces or symbols, long words) of up to 93 tokens fit theirs (eight
+  // lines; 4,096 entries: 2 MiB).
   template <size_t kBytes, size_t kIds>
   struct alignas(64) CachedPiece {
     uint64_t hash = 0;
@@ -135,9 +136,9 @@ class BpeEncoder {
     char bytes[kBytes];
     int32_t ids[kIds];
   };
-  using ShortPiece = CachedPiece<22, 8>;
-  using LongPiece = CachedPiece<128, 29>;
-  static_assert(sizeof(ShortPiece) == 64 && sizeof(LongPiece) == 256);
+  using ShortPiece = CachedPiece<22, 22>;
+  using LongPiece = CachedPiece<128, 93>;
+  static_assert(sizeof(ShortPiece) == 128 && sizeof(LongPiece) == 512);
   template <class Entry>
   void encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n,
                      std::vector<int32_t>& out);
