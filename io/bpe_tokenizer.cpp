@@ -233,7 +233,33 @@ void BpeEncoder::for_each_piece(std::string_view text, OnPiece&& on_piece) {
 }
 
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) {
-  for_each_piece(text, [&](const char* p, size_t n) { encode_piece(p, n, out); });
+  // Pieces are encoded eight at a time: the cache entries of all eight are fetched (a prefetch
+  // each) before the first is read, so that their memory latencies overlap.
+  constexpr size_t kAhead = 8;
+  struct Piece {
+    const char* p;
+    size_t n;
+    uint64_t hash;
+  };
+  Piece ahead[kAhead];
+  size_t count = 0;
+  auto encode_ahead = [&] {
+    for (size_t i = 0; i < count; ++i) encode_piece(ahead[i].p, ahead[i].n, ahead[i].hash, out);
+    count = 0;
+  };
+  for_each_piece(text, [&](const char* p, size_t n) {
+    uint64_t hash = 0;
+    if (n >= 2 && n <= sizeof(LongPiece::bytes)) {
+      hash = bpe_hash(bpe_head(p, n), p, n);
+      if (n <= sizeof(ShortPiece::bytes))
+        __builtin_prefetch(&short_cache_[hash >> (64 - kShortCacheBits)]);
+      else
+        __builtin_prefetch(&long_cache_[hash >> (64 - kLongCacheBits)]);
+    }
+    ahead[count++] = {p, n, hash};
+    if (count == kAhead) encode_ahead();
+  });
+  encode_ahead();
 }
 
 void BpeEncoder::split(std::string_view text, std::vector<std::string_view>& pieces) {
@@ -259,21 +285,21 @@ void BpeEncoder::encode_with_specials(std::string_view text, std::vector<int32_t
   encode_ordinary(text, out);
 }
 
-void BpeEncoder::encode_piece(const char* p, size_t n, std::vector<int32_t>& out) {
+void BpeEncoder::encode_piece(const char* p, size_t n, uint64_t hash,
+                              std::vector<int32_t>& out) {
   if (n == 1)
     out.push_back(tok_->vocab_.byte_rank[static_cast<unsigned char>(*p)]);
   else if (n <= sizeof(ShortPiece::bytes))
-    encode_cached(short_cache_, kShortCacheBits, p, n, out);
+    encode_cached(short_cache_, kShortCacheBits, p, n, hash, out);
   else if (n <= sizeof(LongPiece::bytes))
-    encode_cached(long_cache_, kLongCacheBits, p, n, out);
+    encode_cached(long_cache_, kLongCacheBits, p, n, hash, out);
   else
     merge(p, n, out);
 }
 
 template <class Entry>
 void BpeEncoder::encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n,
-                               std::vector<int32_t>& out) {
-  const uint64_t hash = bpe_hash(bpe_head(p, n), p, n);
+                               uint64_t hash, std::vector<int32_t>& out) {
   Entry& slot = cache[hash >> (64 - bits)];
   if (slot.hash == hash && slot.length == n && std::memcmp(slot.bytes, p, n) == 0) {
     out.insert(out.end(), slot.ids, slot.ids + slot.count);

@@ -107,7 +107,8 @@ class BpeEncoder {
   // Calls on_piece(bytes, length) for each piece of the text, in order.
   template <class OnPiece>
   void for_each_piece(std::string_view text, OnPiece&& on_piece);
-  void encode_piece(const char* p, size_t n, std::vector<int32_t>& out);
+  // hash: bpe_hash of the piece where it is cacheable (2 to 128 bytes).
+  void encode_piece(const char* p, size_t n, uint64_t hash, std::vector<int32_t>& out);
   void merge(const char* p, size_t n, std::vector<int32_t>& out);  // a piece not cached
   void merge_short(const char* p, size_t n, std::vector<int32_t>& out);
   void merge_long(const char* p, size_t n, std::vector<int32_t>& out);
@@ -140,7 +141,7 @@ class BpeEncoder {
   using LongPiece = CachedPiece<128, 93>;
   static_assert(sizeof(ShortPiece) == 128 && sizeof(LongPiece) == 512);
   template <class Entry>
-  void encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n,
+  void encode_cached(std::vector<Entry>& cache, int bits, const char* p, size_t n, uint64_t hash,
                      std::vector<int32_t>& out);
   std::vector<ShortPiece> short_cache_;
   std::vector<LongPiece> long_cache_;
