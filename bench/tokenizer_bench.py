@@ -11,16 +11,19 @@ multilingual documents of the tokenizer test, repeated to about --mb megabytes.
             CPU time of the process (all its threads), so "per core" is MB per CPU-second. The
             steady-state column subtracts the fixed cost (the CPU time of tokenizing a one-line
             file: mostly loading the vocabulary), as tiktoken's timing excludes building its
-            Encoding. The best of --repeats runs counts (the machine may be shared).
-Both must produce the same number of tokens (the test suite checks the ids themselves).
+            Encoding.
+Every measurement is repeated --repeats times (3) and the median counts; the load average is
+printed before and after, since a shared machine slows both programs unevenly.
+sambay's .bin must hold tiktoken's ids exactly (each document's, then the end-of-document id).
 Needs tiktoken and bpe-openai for /usr/bin/python3 (scripts/setup.sh installs them).
 """
 import argparse
+import array
 import json
-import math
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +48,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
     base = []
     for name in sorted(os.listdir("/usr/share/common-licenses")):
@@ -66,15 +70,19 @@ def main():
           f"({os.path.getsize(corpus) / 1e6:.1f} MB of JSONL), vocabulary {args.vocab}")
 
     path, enc = ref.load_encoding(args.vocab)
-    tik_cpu = math.inf
+    tik_cpus = []
     for _ in range(args.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
+        c0 = time.process_time()
         tiktoken_tokens = sum(len(enc.encode_ordinary(d)) for d in docs)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        tik_cpu = min(tik_cpu, cpu)
-    tik_rate = size / 1e6 / tik_cpu
+        tik_cpus.append(time.process_time() - c0)
+    tik_rate = size / 1e6 / statistics.median(tik_cpus)
     print(f"tiktoken encode_ordinary, 1 thread: {tik_rate:6.2f} MB/s per core "
-          f"({tiktoken_tokens} tokens)")
+          f"({tiktoken_tokens} tokens; CPU s {', '.join(f'{c:.2f}' for c in tik_cpus)})")
+    expected = array.array("i")  # what sambay's .bin must hold (empty documents are skipped)
+    for d in docs:
+        if d:
+            expected.extend(enc.encode_ordinary(d))
+            expected.append(enc.eot_token)
 
     def run_sambay(threads, corpus_path, out):
         c0, t0 = child_cpu_seconds(), time.perf_counter()
@@ -87,24 +95,26 @@ def main():
     tiny = os.path.join(args.work, "tiny.jsonl")
     with open(tiny, "w") as f:
         f.write('{"text": "x"}\n')
-    fixed = min(run_sambay(1, tiny, os.path.join(args.work, "tiny"))[1]
-                for _ in range(args.repeats))
+    fixed = statistics.median(run_sambay(1, tiny, os.path.join(args.work, "tiny"))[1]
+                              for _ in range(args.repeats))
     print(f"sambay fixed cost (one-line file): {fixed:.2f} CPU s")
     print("| sambay threads | wall s | MB/s | CPU s | MB/s per core | vs tiktoken | "
           "steady MB/s per core | vs tiktoken |")
     print("|---|---|---|---|---|---|---|---|")
     for threads in [int(t) for t in args.threads.split(",")]:
         out = os.path.join(args.work, f"out{threads}")
-        wall, cpu = min(run_sambay(threads, corpus, out) for _ in range(args.repeats))
-        with open(out + ".idx", "rb") as f:
-            header = f.read(34)
-        docs_written = int.from_bytes(header[26:34], "little") - 1
-        tokens = os.path.getsize(out + ".bin") // 4 - docs_written  # minus one EOD a document
-        if tokens != tiktoken_tokens:
-            sys.exit(f"token counts differ: sambay {tokens}, tiktoken {tiktoken_tokens}")
+        runs = [run_sambay(threads, corpus, out) for _ in range(args.repeats)]
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        got = array.array("i")
+        with open(out + ".bin", "rb") as f:
+            got.frombytes(f.read())
+        if got != expected:
+            sys.exit(f"sambay's ids ({len(got)}) differ from tiktoken's ({len(expected)})")
         rate, steady = size / 1e6 / cpu, size / 1e6 / (cpu - fixed)
         print(f"| {threads} | {wall:.2f} | {size / 1e6 / wall:.2f} | {cpu:.2f} | {rate:.2f} | "
               f"{rate / tik_rate:.2f}x | {steady:.2f} | {steady / tik_rate:.2f}x |")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
