@@ -1,5 +1,6 @@
 // A tiktoken-compatible byte-level BPE tokenizer: text is split into pieces by a
-// pre-tokenisation regex (PCRE2, Unicode properties, JIT-compiled), and each piece is merged
+// pre-tokenisation regex (PCRE2, Unicode properties, JIT-compiled; o200k's pattern by its
+// hand-written matcher, io/o200k_split.h, which splits as PCRE2 does), and each piece is merged
 // from single bytes, the adjacent pair whose concatenation has the lowest rank first (leftmost
 // on ties), exactly as tiktoken does; a piece that is itself a token is that token. Special
 // tokens (<|endoftext|> and the like) are whole-text matches outside the BPE.
