@@ -10,12 +10,10 @@
 #include "core/cuda_runtime.h"
 #include "kernels/attention.h"
 #include "kernels/diff_attention.h"
-#include "kernels/sm90/attention_sm90.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -104,13 +102,6 @@ void run_attention(Context& ctx, const AttentionShape& s) {
 }
 
 void bench_attention_full(Context& ctx) {
-  // SAMBAY_BENCH_FWD_SCHEDULE=serial|overlap|pingpong: the Hopper forward's consumer schedule.
-  if (const char* v = std::getenv("SAMBAY_BENCH_FWD_SCHEDULE")) {
-    const std::string name(v);
-    sm90::attention_sm90_forward_schedule(name == "serial"     ? sm90::ForwardSchedule::serial
-                                          : name == "pingpong" ? sm90::ForwardSchedule::pingpong
-                                                               : sm90::ForwardSchedule::overlap);
-  }
   run_attention(ctx, {1, 4096, 16, 8, 128, 128, 0});
   run_attention(ctx, {1, 8192, 16, 8, 128, 128, 0});
 }

@@ -81,41 +81,30 @@ void bench_scan(Context& ctx, int64_t B, int64_t E) {
   zero(ddt_bias.ptr, 4 * E), zero(dA_log.ptr, 4 * E * N), zero(dD.ptr, 4 * E);
 
   // As the model runs them: the forward writes y (kept for the backward) and out, the backward
-  // reads y. The backward is timed in every variant of its chunk-gradient kernel (temporary,
-  // issue 13) and, for variant 1, also rebuilding y itself; fwd+bwd uses the default.
+  // reads y.
   DeviceArray<bf16> y(ble);
   auto forward = [&] {
     selective_scan_forward_cuda(x.ptr, dt.ptr, dt_bias.ptr, A_log.ptr, Bc.ptr, Cc.ptr, D.ptr, z.ptr,
                                 nullptr, y.ptr, out.ptr, checkpoint.ptr, s, ctx.stream);
   };
-  auto backward = [&](bool saved_y) {
+  auto backward = [&] {
     selective_scan_backward_cuda(dout.ptr, nullptr, x.ptr, dt.ptr, dt_bias.ptr, A_log.ptr, Bc.ptr,
-                                 Cc.ptr, D.ptr, z.ptr, saved_y ? y.ptr : nullptr, nullptr,
-                                 checkpoint.ptr, dx.ptr, ddt.ptr, ddt_bias.ptr, dA_log.ptr,
-                                 dBc.ptr, dCc.ptr, dD.ptr, dz.ptr, workspace.ptr, s, ctx.stream);
+                                 Cc.ptr, D.ptr, z.ptr, y.ptr, nullptr, checkpoint.ptr, dx.ptr,
+                                 ddt.ptr, ddt_bias.ptr, dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr,
+                                 dz.ptr, workspace.ptr, s, ctx.stream);
   };
-  // Forward: x, dt, z, Bc, Cc in, y and out out. Backward: dout, x, dt, z, Bc, Cc in (and y when
-  // given), dx, ddt, dz, dBc, dCc read and written.
+  // Forward: x, dt, z, Bc, Cc in, y and out out. Backward: dout, x, dt, z, y, Bc, Cc in, dx, ddt,
+  // dz, dBc, dCc read and written.
   const double fwd_bytes = 2.0 * (5 * ble + 2 * bln);
-  const double bwd_bytes = 2.0 * (4 * ble + 2 * bln) + 4.0 * (3 * ble + 2 * bln);
+  const double bwd_bytes = 2.0 * (5 * ble + 2 * bln) + 4.0 * (3 * ble + 2 * bln);
   const std::string shape = fmt::format("B{} L{} E{} N{}", B, L, E, N);
   const double fwd_exps = double(selective_scan_cuda_exp2_count(s, false));
   const double bwd_exps = double(selective_scan_cuda_exp2_count(s, true));
   forward();
   ctx.report({"scan fwd " + shape, ctx.time_ms(forward), 0, fwd_bytes, fwd_exps});
-  for (int variant = 0; variant < kSelectiveScanBackwardVariants; ++variant) {
-    selective_scan_cuda_set_backward_variant(variant);
-    for (bool saved_y : {false, true}) {
-      if (variant == 0 && saved_y) continue;  // variant 0 always rebuilds y
-      const std::string name =
-          fmt::format("scan bwd v{}{} {}", variant, saved_y ? "+y" : "", shape);
-      ctx.report({name, ctx.time_ms([&] { backward(saved_y); }), 0,
-                  bwd_bytes + (saved_y ? 2.0 * ble : 0.0), bwd_exps});
-    }
-  }
-  selective_scan_cuda_set_backward_variant(1);
-  ctx.report({"scan fwd+bwd " + shape, ctx.time_ms([&] { forward(), backward(true); }), 0,
-              fwd_bytes + bwd_bytes + 2.0 * ble, fwd_exps + bwd_exps});
+  ctx.report({"scan bwd " + shape, ctx.time_ms(backward), 0, bwd_bytes, bwd_exps});
+  ctx.report({"scan fwd+bwd " + shape, ctx.time_ms([&] { forward(), backward(); }), 0,
+              fwd_bytes + bwd_bytes, fwd_exps + bwd_exps});
 }
 
 void bench_conv(Context& ctx, int64_t B, int64_t C) {

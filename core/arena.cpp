@@ -1,5 +1,6 @@
 #include "core/arena.h"
 
+#include "core/check.h"
 #include "core/cuda_runtime.h"
 
 #include <cstdlib>
@@ -17,8 +18,10 @@ Arena::Arena(Device device_, size_t capacity_bytes, std::string name_)
   if (capacity == 0) return;
   if (device == Device::cpu) {
     base = static_cast<std::byte*>(std::aligned_alloc(kAlignment, capacity));
-    SAMBAY_CHECK(base != nullptr, "arena '{}': cannot allocate {} bytes of host memory", name,
-                 capacity);
+    if (!base)
+      fail("arena '{}': cannot allocate {:.2f} GiB of host memory (reduce --micro_batch, "
+           "--seq_len or the model's sizes)",
+           name, capacity / 1073741824.0);
   } else {
     base = static_cast<std::byte*>(cuda_malloc(capacity, name));
   }

@@ -1,9 +1,11 @@
 #include "core/model_config.h"
 
 #include "core/check.h"
+#include "core/size_limits.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -26,7 +28,8 @@ constexpr KindName kKindNames[] = {{LayerKind::mamba, "mamba"},
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Phi4-mini-Flash widths for width d (model.md), used by the depth-scaled family too.
+// Phi4-mini-Flash widths for width d (docs/model.md, "Presets"), used by the depth-scaled
+// family too.
 void set_mamba_widths(ModelConfig& c) {
   c.d_inner = 2 * c.d_model;
   c.d_state = 16;
@@ -288,7 +291,21 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
   need(c.vocab > 0, "vocab", fmt::format("must be positive, got {}", c.vocab));
   need(!c.layers.empty(), "layers", "the layer pattern is empty");
   need(c.d_ff > 0, "d_ff", fmt::format("must be positive, got {}", c.d_ff));
-  need(c.norm_eps > 0, "norm_eps", fmt::format("must be positive, got {}", c.norm_eps));
+  need(std::isfinite(c.norm_eps) && c.norm_eps > 0 && c.norm_eps < 1, "norm_eps",
+       fmt::format("must be in (0, 1), got {}", c.norm_eps));
+  need(std::isfinite(c.rope_theta) && c.rope_theta > 1, "rope_theta",
+       fmt::format("must be a finite number above 1, got {}", c.rope_theta));
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"d_model", c.d_model}, {"vocab", c.vocab},       {"n_heads", c.n_heads},
+      {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim}, {"window", c.window},
+      {"d_inner", c.d_inner}, {"d_state", c.d_state},   {"d_conv", c.d_conv},
+      {"dt_rank", c.dt_rank}, {"d_ff", c.d_ff},         {"mup_base_width", c.mup_base_width},
+      {"mup_base_depth", c.mup_base_depth}, {"mup_base_head_dim", c.mup_base_head_dim}};
+  for (const auto& [field, value] : sizes)
+    need(value <= kMaxModelDimension, field,
+         fmt::format("must be at most {} (token ids and per-dimension indices are 32-bit), got {}",
+                     kMaxModelDimension, value));
+  need(c.n_layers() <= 1000000, "layers", fmt::format("{} layers; at most 1000000", c.n_layers()));
   bool any_attention = false, any_mamba = false, any_cross = false, any_gmu = false;
   for (LayerKind k : c.layers) {
     any_attention |= k == LayerKind::sliding_window || k == LayerKind::full_attention ||
@@ -306,6 +323,11 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
       need(c.n_heads % 2 == 0 && c.n_kv_heads % 2 == 0, "differential",
            "differential attention pairs heads: n_heads and n_kv_heads must be even");
     if (c.rope) need(c.head_dim % 2 == 0, "head_dim", "RoPE needs an even head_dim");
+    // The cross-decoder's queries are not rotated (the graph rotates a layer's own q and k), so
+    // they would meet the kv-source layer's rotated keys at the wrong relative positions.
+    if (c.rope)
+      need(!any_cross, "rope",
+           "RoPE with cross-attention layers is not supported: their queries are not rotated");
   }
   for (size_t i = 0; i < c.layers.size(); ++i)
     if (c.layers[i] == LayerKind::sliding_window)
@@ -355,16 +377,31 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
                    c.mup_base_head_dim));
   need(c.init_multiplier > 0 && std::isfinite(c.init_multiplier), "init_multiplier",
        fmt::format("must be positive, got {}", c.init_multiplier));
+  // fp32 weights, gradients and the two AdamW moments: 16 bytes per parameter.
+  const double params = parameter_count_estimate(c);
+  if (!(params * 16 <= kMaxPlannedBytes)) {
+    const auto& widest = *std::max_element(
+        std::begin(sizes), std::end(sizes),
+        [](const auto& a, const auto& b) { return a.second < b.second; });
+    need(false, widest.first,
+         fmt::format("{} = {} makes {:.3g} parameters ({:.3g} bytes of weights, gradients and "
+                     "AdamW moments), beyond the 2^62 bytes that sizes are planned in",
+                     widest.first, widest.second, params, params * 16));
+  }
 }
 
-int64_t parameter_count(const ModelConfig& c) {
-  const int64_t d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
-  const int64_t Hh = c.n_heads * c.head_dim, Gh = c.n_kv_heads * c.head_dim;
-  const int64_t bias = c.attention_bias ? 1 : 0;
-  const int64_t norm = c.norm == NormKind::layernorm ? 2 * d : d;
-  const int64_t diff = c.differential ? 4 * c.head_dim + 2 * c.head_dim : 0;
+namespace {
+
+// The parameter count in the arithmetic type Num (int64_t for the count, double for the check).
+template <typename Num>
+Num parameter_count_in(const ModelConfig& c) {
+  const Num d = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+  const Num Hh = Num(c.n_heads) * c.head_dim, Gh = Num(c.n_kv_heads) * c.head_dim;
+  const Num bias = c.attention_bias ? 1 : 0;
+  const Num norm = c.norm == NormKind::layernorm ? 2 * d : d;
+  const Num diff = c.differential ? Num(4) * c.head_dim + Num(2) * c.head_dim : 0;
   // Embedding (and an untied readout), final norm.
-  int64_t total = c.vocab * d * (c.tied_embedding ? 1 : 2) + norm;
+  Num total = Num(c.vocab) * d * (c.tied_embedding ? 1 : 2) + norm;
   for (LayerKind k : c.layers) {
     total += 2 * norm + 3 * d * c.d_ff;  // two norms + SwiGLU MLP (fc1: d -> 2F, fc2: F -> d)
     switch (k) {
@@ -379,12 +416,17 @@ int64_t parameter_count(const ModelConfig& c) {
         total += d * Hh + bias * Hh + Hh * d + bias * d + diff;
         break;
       case LayerKind::gmu:
-        total += 2 * d * E + (c.normalized_gmu ? E : 0);
+        total += 2 * d * E + (c.normalized_gmu ? E : Num(0));
         break;
     }
   }
   return total;
 }
+
+}  // namespace
+
+int64_t parameter_count(const ModelConfig& c) { return parameter_count_in<int64_t>(c); }
+double parameter_count_estimate(const ModelConfig& c) { return parameter_count_in<double>(c); }
 
 int64_t non_embedding_parameter_count(const ModelConfig& c) {
   return parameter_count(c) - c.vocab * c.d_model * (c.tied_embedding ? 1 : 2);

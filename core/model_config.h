@@ -1,5 +1,5 @@
 // Model configurations as data: the layer pattern, widths, and which layers feed the
-// cross-decoder's keys/values and the GMUs' memory (model.md).
+// cross-decoder's keys/values and the GMUs' memory (docs/model.md, "Layer patterns").
 #pragma once
 
 #include <cstdint>
@@ -122,12 +122,20 @@ void validate_model_config(const ModelConfig& c, const std::string& source);
 
 // SambaY-family pattern for n layers: a self-decoder of alternating Mamba / sliding-window
 // layers for the first half, then one Mamba memory layer, one full-attention kv layer, and a
-// cross-decoder alternating GMU / cross-attention (model.md, layers 0-31 for n = 32).
+// cross-decoder alternating GMU / cross-attention (docs/model.md, "Layer patterns").
 // `gmu` = false gives Samba+YOCO (cross-attention only in the cross-decoder).
 void set_sambay_pattern(ModelConfig& c, int64_t n_layers, bool gmu);
 
 // Exact parameter count (computed from shapes, nothing allocated); an untied readout counts.
 int64_t parameter_count(const ModelConfig& c);
+// The same count in double precision, which cannot wrap around: what size checks compare
+// before the exact count of a config is formed.
+double parameter_count_estimate(const ModelConfig& c);
+
+// Every integer size field (d_model, vocab, widths, heads, window, ...) is at most this: token
+// ids and the kernels' per-dimension indices are 32-bit.
+constexpr int64_t kMaxModelDimension = 2147483647;
+
 // The parameters outside the embedding and the readout (what 6 N T counts).
 int64_t non_embedding_parameter_count(const ModelConfig& c);
 

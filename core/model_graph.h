@@ -11,7 +11,7 @@
 namespace sambay {
 
 // Sizes of one micro-batch of [B, L] through a config: n = B * L rows, and the widths of
-// model.md's notation (Hh, Gh: query and key/value widths, heads times head dim).
+// docs/model.md's notation (Hh, Gh: query and key/value widths, heads times head dim).
 struct GraphDims {
   int64_t n, B, L, d, E, N, R, K, H, G, h, Hh, Gh, F;
 };
@@ -37,7 +37,7 @@ inline LayerKindsPresent layer_kinds_present(const ModelConfig& c) {
   return p;
 }
 
-// Differential attention's lambda_init uses the global layer index (model.md).
+// Differential attention's lambda_init uses the global layer index (docs/model.md).
 inline double lambda_init_for_layer(int layer) { return 0.8 - 0.6 * std::exp(-0.3 * layer); }
 
 // The attention window of a layer: 0 (full causal) unless it is a sliding-window layer.

@@ -1,17 +1,21 @@
 #include "io/checkpoint.h"
 
 #include "core/param_layout.h"
+#include "core/utc_time.h"
 #include "io/checkpoint_dir.h"
 #include "io/checkpoint_manifest.h"
+#include "io/crc32c.h"
 #include "io/durable_fs.h"
 #include "sambay_version.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <ctime>
+#include <sys/statvfs.h>
+
 #include <filesystem>
 #include <map>
+#include <random>
 #include <sstream>
 
 namespace sambay {
@@ -26,15 +30,6 @@ constexpr const char* kIndexName = "index.h5";
 constexpr const char* kTensorGroups[] = {"model/", "optim/m/", "optim/v/"};
 
 std::string rank_file_name(int64_t rank) { return fmt::format("rank_{:05}.h5", rank); }
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 // The global tensors of a single-rank checkpoint: every tensor whole in rank_00000.h5. A
 // parallel layout would list each rank's box here instead.
@@ -98,11 +93,12 @@ TrainState read_train_state(hid_t g, const std::string& where) {
   return s;
 }
 
-void write_index(const std::string& path, const CheckpointView& v,
+void write_index(const std::string& path, const CheckpointView& v, const std::string& run_id,
                  const std::vector<GlobalTensor>& tensors, const ParallelPlacement& placement) {
   h5::Id f = h5::create_file(path);
   h5::write_attr(f, "format", std::string(kIndexFormat), path);
   h5::write_attr(f, "format_version", kCheckpointFormatVersion, path);
+  h5::write_attr(f, "run_id", run_id, path);
   h5::write_attr(f, "sambay_version", std::string(SAMBAY_VERSION), path);
   h5::write_attr(f, "git_commit", std::string(SAMBAY_GIT_COMMIT), path);
   h5::write_attr(f, "created", utc_now(), path);
@@ -120,7 +116,28 @@ void write_index(const std::string& path, const CheckpointView& v,
   fsync_path(path);
 }
 
+// The content checksum of a rank file (io/checkpoint_manifest.h): CRC-32C of the lines
+// "run <id>", "step <n>", "rank <r>", then "<dataset> <crc32c>" for every dataset in HDF5's
+// name order. The datasets' own checksums cover their bytes, so this binds the whole file to
+// its checkpoint without reading the tensors.
+uint32_t rank_file_checksum(hid_t f, const std::string& path, const std::string& run_id,
+                            int64_t step, int64_t rank) {
+  std::string text = fmt::format("run {}\nstep {}\nrank {}\n", run_id, step, rank);
+  for (const std::string& name : h5::list_datasets(f, path)) {
+    h5::Id d(h5::check(H5Dopen2(f, name.c_str(), H5P_DEFAULT), path, "open " + name), H5Dclose);
+    text += fmt::format("{} {:08x}\n", name, h5::read_attr_u32(d, "crc32c", path + ":" + name));
+  }
+  return crc32c(text.data(), text.size());
+}
+
 }  // namespace
+
+std::string new_run_id() {
+  std::random_device rd;
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", static_cast<uint32_t>(rd()));
+  return id;
+}
 
 ModelConfig parse_model_config_text(const std::string& text, const std::string& where) {
   ModelConfig c;
@@ -172,19 +189,32 @@ SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const C
                "checkpoint buffers hold {}, {}, {} values; the layout has {}", v.params.size(),
                v.adam_m.size(), v.adam_v.size(), n);
   SAMBAY_CHECK(keep >= 1, "keep_checkpoints {} must be at least 1", keep);
-  const ParallelPlacement placement;  // single process
   const std::string name = step_dir_name(v.state.step);
   const fs::path root(checkpoints_dir), tmp = root / (name + ".tmp"), final_dir = root / name;
+  const ParallelPlacement placement;  // single process
+  const std::string run_id = v.run_id.empty() ? new_run_id() : v.run_id;
   fs::create_directories(root);
+  // The tensors alone need this much: a file system with less free space cannot take the
+  // checkpoint, and is reported before a byte is written.
+  const double tensor_bytes = 3.0 * 4.0 * static_cast<double>(n);
+  if (struct statvfs fsinfo {}; ::statvfs(root.c_str(), &fsinfo) == 0) {
+    const double free_bytes = double(fsinfo.f_bavail) * double(fsinfo.f_frsize);
+    if (free_bytes < tensor_bytes)
+      fail("{}: the checkpoint of step {} needs at least {:.1f} MB and the file system has "
+           "{:.1f} MB free: No space left on device",
+           checkpoints_dir, v.state.step, tensor_bytes / 1e6, free_bytes / 1e6);
+  }
   fs::remove_all(tmp);
   fs::create_directory(tmp);
 
   const std::vector<GlobalTensor> tensors = single_rank_tensors(layout);
+  const std::string rank_name = rank_file_name(0);
+  const std::string rank_path = (tmp / rank_name).string();
   {
-    const std::string rank_path = (tmp / rank_file_name(0)).string();
     ShardFileWriter w(rank_path);
     h5::write_attr(w.file(), "format", std::string(kRankFormat), rank_path);
     h5::write_attr(w.file(), "format_version", kCheckpointFormatVersion, rank_path);
+    h5::write_attr(w.file(), "run_id", run_id, rank_path);
     h5::write_attr(w.file(), "step", v.state.step, rank_path);
     h5::write_attr(w.file(), "rank", int64_t{0}, rank_path);
     write_placement(w.file(), placement, rank_path);
@@ -197,8 +227,15 @@ SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const C
       }
     w.finish();
   }
-  write_index((tmp / kIndexName).string(), v, tensors, placement);
-  write_manifest(tmp.string(), v.state.step, {kIndexName, rank_file_name(0)}, {kIndexName});
+  std::map<std::string, uint32_t> content;
+  {
+    h5::Id f = h5::open_file(rank_path);
+    content[rank_name] = rank_file_checksum(f, rank_path, run_id, v.state.step, 0);
+    h5::close_file(f, rank_path);
+  }
+  write_index((tmp / kIndexName).string(), v, run_id, tensors, placement);
+  write_manifest(tmp.string(), v.state.step, run_id, {kIndexName, rank_name}, {kIndexName},
+                 content);
   fsync_path(tmp.string());
 
   SaveResult result;
@@ -219,8 +256,17 @@ SaveResult save_checkpoint_unchecked(const std::string& checkpoints_dir, const C
 
 SaveResult save_checkpoint(const std::string& checkpoints_dir, const CheckpointView& v,
                            int keep) {
-  return with_fs_errors(checkpoints_dir,
-                        [&] { return save_checkpoint_unchecked(checkpoints_dir, v, keep); });
+  try {
+    return with_fs_errors(checkpoints_dir,
+                          [&] { return save_checkpoint_unchecked(checkpoints_dir, v, keep); });
+  } catch (...) {
+    // A full disk or a failed write: the unfinished directory goes (freeing what it took);
+    // complete checkpoints were not touched. (A file HDF5 failed to close stays open in the
+    // library: HDF5 1.10 cannot release it, see io/hdf5_util.h.)
+    std::error_code ec;
+    fs::remove_all(fs::path(checkpoints_dir) / (step_dir_name(v.state.step) + ".tmp"), ec);
+    throw;
+  }
 }
 
 namespace {
@@ -241,9 +287,23 @@ CheckpointInfo read_checkpoint_info_unchecked(const std::string& dir) {
   const std::string format = h5::read_attr_string(f, "format", index);
   if (format != kIndexFormat) fail("{}: format '{}', expected '{}'", index, format, kIndexFormat);
   const int64_t version = h5::read_attr_int(f, "format_version", index);
-  if (version != kCheckpointFormatVersion)
-    fail("{}: format version {}; this sambay reads version {}", index, version,
-         kCheckpointFormatVersion);
+  if (version < kOldestReadableCheckpointVersion || version > kCheckpointFormatVersion)
+    fail("{}: format version {}; this sambay reads versions {} to {}", index, version,
+         kOldestReadableCheckpointVersion, kCheckpointFormatVersion);
+  info.format_version = version;
+  // Version 2 binds every file to the run: the index, the manifest and each rank file name it.
+  const bool bound = version >= 2;
+  if (bound != (manifest.version >= 2))
+    fail("{}: format version {} with a version {} manifest.txt: the files come from different "
+         "checkpoints",
+         index, version, manifest.version);
+  if (bound) {
+    info.run_id = h5::read_attr_string(f, "run_id", index);
+    if (info.run_id != manifest.run_id)
+      fail("{}: written by run {}, but manifest.txt is of run {}: the files come from different "
+           "checkpoints",
+           index, info.run_id, manifest.run_id);
+  }
   info.step = h5::read_attr_int(f, "step", index);
   if (info.step != manifest.step)
     fail("{}: step {} but manifest.txt says {}", index, info.step, manifest.step);
@@ -272,20 +332,39 @@ CheckpointInfo read_checkpoint_info_unchecked(const std::string& dir) {
   info.tensors = read_virtual_tensors(f, index);
   h5::close_file(f, index);
 
-  // Every rank file: listed, and written for this step and layout.
+  // Every rank file: listed, written for this step and layout, and (version 2) by this run,
+  // with the contents the manifest recorded.
   for (int64_t r = 0; r < info.parallel.world_size(); ++r) {
     const std::string name = rank_file_name(r);
     const std::string path = (fs::path(dir) / name).string();
-    if (!listed(name)) fail("{}: not listed in manifest.txt", path);
+    const ManifestEntry* entry = nullptr;
+    for (const ManifestEntry& e : manifest.files)
+      if (e.name == name) entry = &e;
+    if (!entry) fail("{}: not listed in manifest.txt", path);
     h5::Id rf = h5::open_file(path);
     if (h5::read_attr_string(rf, "format", path) != kRankFormat)
       fail("{}: not a sambay checkpoint rank file", path);
     const int64_t step = h5::read_attr_int(rf, "step", path);
     const int64_t rank = h5::read_attr_int(rf, "rank", path);
     const int64_t world = h5::read_attr_int(rf, "world_size", path);
+    if (bound) {
+      const std::string run = h5::read_attr_string(rf, "run_id", path);
+      if (run != info.run_id)
+        fail("{}: written by run {} at step {}, but this checkpoint is run {}: a file from "
+             "another run",
+             path, run, step, info.run_id);
+    }
     if (step != info.step || rank != r || world != info.parallel.world_size())
       fail("{}: written as rank {} of {} at step {}, expected rank {} of {} at step {}", path,
            rank, world, step, r, info.parallel.world_size(), info.step);
+    if (bound) {
+      if (!entry->content_crc32c) fail("{}: manifest.txt has no checksum for {}", dir, name);
+      const uint32_t actual = rank_file_checksum(rf, path, info.run_id, info.step, r);
+      if (actual != *entry->content_crc32c)
+        fail("{}: its contents (checksum {:08x}) are not the ones manifest.txt recorded ({:08x}): "
+             "the file was replaced by one of another save, or is damaged",
+             path, actual, *entry->content_crc32c);
+    }
     h5::close_file(rf, path);
   }
   for (const GlobalTensor& t : info.tensors)
@@ -369,9 +448,10 @@ LoadedCheckpoint load_checkpoint(const std::string& dir,
   return out;
 }
 
-std::vector<std::vector<uint32_t>> verify_checkpoint_data(const CheckpointInfo& info) {
+std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
+    const CheckpointInfo& info) {
   ShardReader reader(info.dir);
-  std::vector<std::vector<uint32_t>> out;
+  std::vector<std::vector<ShardReader::PieceCheck>> out;
   for (const GlobalTensor& t : info.tensors) {
     out.emplace_back();
     for (const ShardPiece& p : t.pieces) out.back().push_back(reader.verify_piece(t, p));

@@ -4,7 +4,12 @@
 // A checkpoint is a directory step_XXXXXXXX/ (io/checkpoint_dir.h) holding
 //   rank_00000.h5 ...  one per rank: the pieces of every tensor that rank owns (io/tensor_shards.h)
 //   index.h5           metadata, configs, training state, and a virtual dataset per global tensor
-//   manifest.txt       written last: file sizes and checksums (io/checkpoint_manifest.h)
+//   manifest.txt       written last: the run id, file sizes and checksums
+//                      (io/checkpoint_manifest.h)
+// Every file names the run (a random id kept across resumes) and the step, and the manifest
+// holds a checksum of each file, so that no file can be mixed in from another run or another
+// save of the same step. A checkpoint whose weights or moments are not all finite is never
+// written, and one on disk is refused when loaded.
 // Tensors: model/<path> (fp32 master weights), optim/m/<path> and optim/v/<path> (AdamW
 // moments), where <path> is the parameter name with its module levels as groups
 // ("layers.7.mixer.in_proj.weight" -> "layers.7/mixer/in_proj/weight").
@@ -23,7 +28,12 @@
 
 namespace sambay {
 
-constexpr int64_t kCheckpointFormatVersion = 1;
+// Version 2 added run ids and rank-file checksums; version 1 checkpoints are still read.
+constexpr int64_t kCheckpointFormatVersion = 2;
+constexpr int64_t kOldestReadableCheckpointVersion = 1;
+
+// A new run id: 32 hex digits from the system's random source.
+std::string new_run_id();
 
 // Everything besides the tensors that continuing a run needs.
 struct TrainState {
@@ -57,6 +67,8 @@ struct ParallelPlacement {
 struct CheckpointInfo {
   std::string dir;
   int64_t step = 0;
+  int64_t format_version = kCheckpointFormatVersion;
+  std::string run_id;  // empty for version 1
   std::string sambay_version, git_commit, created;
   std::string model_config_text, train_config_text;
   ModelConfig model;
@@ -89,11 +101,15 @@ struct CheckpointView {
   const std::string& train_config_text;
   const TrainState& state;
   std::span<const float> params, adam_m, adam_v;
+  std::string run_id = {};  // the run's id; empty: a new one (an import, a benchmark)
 };
 
 // Writes checkpoints_dir/step_XXXXXXXX/ (through step_XXXXXXXX.tmp/, every file fsynced, then
 // renamed), updates `latest`, and prunes to the newest `keep`. Returns the directory and the
-// paths that pruning removed.
+// paths that pruning removed. Refuses weights or moments that are not all finite (the shard
+// writer checks every block as it checksums it) and, before writing, a file system with less
+// free space than the tensors need; a failed or refused write (a full disk, NaN) removes the
+// unfinished directory and leaves older checkpoints as they were.
 struct SaveResult {
   std::string dir;
   std::vector<std::string> removed;
@@ -118,7 +134,8 @@ struct CheckpointTargets {
 
 // Loads and verifies every tensor into `out`. With `expected`, a different model config throws
 // CheckpointMismatch naming every differing field; without, the checkpoint's own config is used
-// (and `out` must match its layout).
+// (and `out` must match its layout). Weights or moments that are not all finite are an error
+// (the checkpoint cannot be trained from: resuming falls back to an older one).
 CheckpointInfo load_checkpoint_into(const std::string& step_dir,
                                     const std::optional<ModelConfig>& expected,
                                     const CheckpointTargets& out);
@@ -127,8 +144,10 @@ CheckpointInfo load_checkpoint_into(const std::string& step_dir,
 LoadedCheckpoint load_checkpoint(const std::string& step_dir,
                                  const std::optional<ModelConfig>& expected);
 
-// Verifies every piece of every tensor; returns the per-piece checksums in tensor order.
-std::vector<std::vector<uint32_t>> verify_checkpoint_data(const CheckpointInfo& info);
+// Verifies every piece of every tensor; returns, per tensor and piece, its checksum and how
+// many of its values are not finite.
+std::vector<std::vector<ShardReader::PieceCheck>> verify_checkpoint_data(
+    const CheckpointInfo& info);
 
 // Loads the newest checkpoint in checkpoints_dir that loads cleanly into `out`. A damaged one
 // is reported through `report` (naming it and why) and the next older one tried; a config

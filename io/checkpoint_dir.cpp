@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "io/durable_fs.h"
+#include "io/mapped_file.h"
 
 #include <fmt/format.h>
 
@@ -64,13 +65,24 @@ std::vector<std::string> prune_checkpoints(const std::string& checkpoints_dir,
     fs::remove_all(d.path);
     removed.push_back(d.path);
   }
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
-    if (entry.is_directory() && parse_step(entry.path().filename().string(), ".tmp") >= 0) {
-      fs::remove_all(entry.path());
-      removed.push_back(entry.path().string());
-    }
-  }
+  for (std::string& path : remove_checkpoint_leftovers(checkpoints_dir))
+    removed.push_back(std::move(path));
   if (!removed.empty()) fsync_path(checkpoints_dir);
+  return removed;
+}
+
+std::vector<std::string> remove_checkpoint_leftovers(const std::string& checkpoints_dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!fs::is_directory(checkpoints_dir, ec)) return removed;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool unfinished = entry.is_directory() && parse_step(name, ".tmp") >= 0;
+    const bool temporary = entry.is_regular_file() && is_atomic_write_temporary(name);
+    if (!unfinished && !temporary) continue;
+    fs::remove_all(entry.path());
+    removed.push_back(entry.path().string());
+  }
   return removed;
 }
 

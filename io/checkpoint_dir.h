@@ -29,9 +29,14 @@ void write_latest(const std::string& checkpoints_dir, int64_t step);
 // After the checkpoint of `current_step` was written: removes step directories newer than it
 // (left by a run that was resumed from an earlier checkpoint: they would otherwise be taken for
 // this run's newest), all but the newest `keep` (>= 1) of the rest (the current one is always
-// kept), and leftover ".tmp" directories. Returns the removed paths.
+// kept), and leftovers (remove_checkpoint_leftovers). Returns the removed paths.
 std::vector<std::string> prune_checkpoints(const std::string& checkpoints_dir,
                                            int64_t current_step, int keep);
+
+// Unfinished checkpoints (step_XXXXXXXX.tmp/, left by a crash or a failed save) and temporary
+// files of interrupted atomic writes (latest.tmp.XXXXXX) in checkpoints_dir: removes them and
+// returns their paths. Only for a directory this process owns (the trainer holds the run lock).
+std::vector<std::string> remove_checkpoint_leftovers(const std::string& checkpoints_dir);
 
 // What a user may name as a checkpoint: a step directory (it has manifest.txt or index.h5), a
 // checkpoints directory, or a run directory holding "checkpoints/". Returns

@@ -17,11 +17,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kMagic = "sambay-checkpoint-manifest 1";
+constexpr const char* kMagicPrefix = "sambay-checkpoint-manifest ";
+constexpr int kVersion = 2;
 
 uint32_t file_crc32c(const std::string& path) {
   MappedFile f(path);
-  return crc32c(f.data, f.size);
+  return guard_mapped_reads([&] { return crc32c(f.data, f.size); });
 }
 
 int64_t parse_int(const std::string& s, const std::string& where) {
@@ -42,9 +43,13 @@ uint32_t parse_hex32(const std::string& s, const std::string& where) {
 
 }  // namespace
 
-void write_manifest(const std::string& dir, int64_t step, const std::vector<std::string>& files,
-                    const std::vector<std::string>& checksummed) {
-  std::string body = fmt::format("{}\nstep {}\n", kMagic, step);
+void write_manifest(const std::string& dir, int64_t step, const std::string& run_id,
+                    const std::vector<std::string>& files,
+                    const std::vector<std::string>& checksummed,
+                    const std::map<std::string, uint32_t>& content_checksums) {
+  SAMBAY_CHECK(!run_id.empty() && run_id.find_first_of(" \n") == std::string::npos,
+               "{}: run id '{}' must be one non-empty word", dir, run_id);
+  std::string body = fmt::format("{}{}\nstep {}\nrun {}\n", kMagicPrefix, kVersion, step, run_id);
   for (const std::string& name : files) {
     const std::string path = (fs::path(dir) / name).string();
     std::error_code ec;
@@ -53,6 +58,8 @@ void write_manifest(const std::string& dir, int64_t step, const std::vector<std:
     body += fmt::format("file {} {}", name, bytes);
     for (const std::string& c : checksummed)
       if (c == name) body += fmt::format(" crc32c {:08x}", file_crc32c(path));
+    if (auto it = content_checksums.find(name); it != content_checksums.end())
+      body += fmt::format(" content-crc32c {:08x}", it->second);
     body += '\n';
   }
   body += fmt::format("crc32c {:08x}\n", crc32c(body.data(), body.size()));
@@ -75,23 +82,35 @@ Manifest verify_manifest(const std::string& dir) {
   Manifest m;
   std::istringstream lines(body);
   std::string line;
-  if (!std::getline(lines, line) || line != kMagic)
-    fail("{}: first line is not '{}'", path, kMagic);
+  const std::string v1 = std::string(kMagicPrefix) + "1", v2 = std::string(kMagicPrefix) + "2";
+  if (!std::getline(lines, line) || (line != v1 && line != v2))
+    fail("{}: first line is not '{}' (or '{}', written before run ids)", path, v2, v1);
+  m.version = line == v1 ? 1 : 2;
   while (std::getline(lines, line)) {
     std::istringstream words(line);
     std::vector<std::string> w;
     for (std::string s; words >> s;) w.push_back(s);
     if (w.size() == 2 && w[0] == "step") {
       m.step = parse_int(w[1], path);
-    } else if (!w.empty() && w[0] == "file" && (w.size() == 3 || (w.size() == 5 && w[3] == "crc32c"))) {
-      ManifestEntry e{w[1], parse_int(w[2], path), std::nullopt};
-      if (w.size() == 5) e.crc32c = parse_hex32(w[4], path);
+    } else if (m.version >= 2 && w.size() == 2 && w[0] == "run") {
+      m.run_id = w[1];
+    } else if (w.size() >= 3 && w.size() % 2 == 1 && w[0] == "file") {
+      ManifestEntry e{w[1], parse_int(w[2], path), std::nullopt, std::nullopt};
+      for (size_t k = 3; k + 1 < w.size(); k += 2) {
+        if (w[k] == "crc32c" && !e.crc32c)
+          e.crc32c = parse_hex32(w[k + 1], path);
+        else if (w[k] == "content-crc32c" && m.version >= 2 && !e.content_crc32c)
+          e.content_crc32c = parse_hex32(w[k + 1], path);
+        else
+          fail("{}: unexpected line '{}'", path, line);
+      }
       if (e.name.find('/') != std::string::npos) fail("{}: file name '{}' has a '/'", path, e.name);
       m.files.push_back(std::move(e));
     } else {
       fail("{}: unexpected line '{}'", path, line);
     }
   }
+  if (m.version >= 2 && m.run_id.empty()) fail("{}: no 'run' line", path);
   for (const ManifestEntry& e : m.files) {
     const std::string fpath = (fs::path(dir) / e.name).string();
     std::error_code ec;

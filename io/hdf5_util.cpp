@@ -11,6 +11,12 @@ namespace sambay::h5 {
 
 namespace {
 
+// Before any other HDF5 call (static initialisation): no exit-time cleanup (see the header).
+const bool kExitCleanupOff = [] {
+  H5dont_atexit();
+  return true;
+}();
+
 void quiet_hdf5() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });

@@ -1,6 +1,13 @@
 // Thin helpers over the HDF5 C API for the checkpoint code: owned identifiers, errors that name
 // the file and carry HDF5's own reason, attributes and text datasets.
 //
+// A full disk: HDF5 1.10 cannot close a file whose final flush fails. H5Fclose returns an
+// error, the file stays half torn down in the library, and closing it again (or the library's
+// own cleanup at exit, which does) crashes. close_file reports the error once and never
+// retries; the library's exit-time cleanup is switched off before its first use (sambay closes
+// every file it opens itself), so such a file stays open until the process ends instead of
+// crashing it.
+//
 // Files are created with the newest format this library writes (superblock v3, object header v2
 // with checksums): a flipped bit in HDF5's own metadata is then reported by HDF5 instead of being
 // parsed. Strings are fixed-length (kept in the checksummed object headers, never in HDF5's

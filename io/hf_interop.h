@@ -11,8 +11,8 @@
 //     lambda_{q1,k1,q2,k2}              attn.inner_cross_attn.lambda_*
 //     head_norm.weight                  attn.inner_cross_attn.subln.weight
 //     conv1d.weight [E, K]              attn.conv1d.weight [E, 1, K] (PyTorch Conv1d shape)
-// The element orders agree (model.md: x before z in in_proj, gate before value in fc1, heads
-// paired by adjacency), so values are copied unchanged.
+// The element orders agree (docs/model.md, "Parameters": x before z in in_proj, gate before
+// value in fc1, heads paired by adjacency), so values are copied unchanged.
 #pragma once
 
 #include "core/model_config.h"

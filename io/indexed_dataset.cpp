@@ -227,7 +227,8 @@ void finish_indexed_dataset(IndexedDatasetWriter& w) {
   idx[kDtypeAt] = static_cast<uint8_t>(w.dtype);
   std::memcpy(idx.data() + kSequenceCountAt, &S, 8);
   std::memcpy(idx.data() + kDocumentCountAt, &D, 8);
-  std::memcpy(idx.data() + lengths_at(), w.sequence_lengths.data(), 4 * S);
+  // An empty dataset has no lengths (and a null data pointer, which memcpy must not get).
+  if (S > 0) std::memcpy(idx.data() + lengths_at(), w.sequence_lengths.data(), 4 * S);
   int64_t pointer = 0;
   for (uint64_t i = 0; i < S; ++i) {
     std::memcpy(idx.data() + pointers_at(S) + 8 * i, &pointer, 8);

@@ -1,5 +1,5 @@
 // Megatron-LM indexed dataset: `prefix.idx` (the index) + `prefix.bin` (tokens back to back),
-// both memory-mapped. Layout (little-endian; see /work/shared/formats.md):
+// both memory-mapped. Layout (little-endian; docs/formats.md has it as a table):
 //   .idx: magic "MMIDIDX\0\0" (9 bytes), u64 version = 1, u8 dtype code, u64 sequence_count S,
 //         u64 document_count D, int32 sequence_lengths[S], int64 sequence_pointers[S] (byte
 //         offsets into .bin), int64 document_indices[D] (0, ..., S), optionally int8 modes[S].

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 
 namespace sambay {
@@ -16,7 +17,8 @@ DataSourceSpec parse_data_source(const std::string& entry) {
     char* end = nullptr;
     const double w = std::strtod(tail.c_str(), &end);
     if (end && *end == '\0') {
-      if (!(w > 0)) fail("option --data: weight of '{}' must be positive", entry);
+      if (!(std::isfinite(w) && w > 0))
+        fail("option --data: weight of '{}' must be a finite positive number", entry);
       return {entry.substr(0, colon), w};
     }
   }
@@ -47,6 +49,53 @@ void fill_document_ids(const TokenSource& src, int64_t start, int64_t n, int32_t
       ++relative;
     }
     doc[t] = relative;
+  }
+}
+
+// Whether a source's storage type can hold ids at or above `vocab` at all.
+bool may_exceed(const TokenSource& src, int64_t vocab) {
+  return vocab > 0 && max_token_of(token_dtype(src)) >= vocab;
+}
+
+[[noreturn]] void fail_token_outside_vocab(const TokenSource& src, int64_t offset, int32_t token,
+                                           int64_t vocab) {
+  const int64_t d = document_of(src, offset);
+  fail("{}: token {} at offset {} of the token stream (document {}, its token {}) is not below "
+       "the model's vocabulary size {} (--model.vocab): the data was tokenized for another "
+       "vocabulary, or is damaged",
+       token_data_path(src), token, offset, d, offset - document_start(src, d), vocab);
+}
+
+// Checks tokens [offset, offset + n) (read into `tokens`) against the vocabulary.
+void check_tokens(const TokenSource& src, int64_t offset, const int32_t* tokens, int64_t n,
+                  int64_t vocab) {
+  for (int64_t t = 0; t < n; ++t)
+    if (tokens[t] >= vocab) fail_token_outside_vocab(src, offset + t, tokens[t], vocab);
+}
+
+// One parallel pass over a whole source: the first token at or above the vocabulary fails.
+void scan_for_vocab(const TokenSource& src, int64_t vocab) {
+  const int64_t n = num_tokens(src), block = int64_t{1} << 16;
+  const int64_t blocks = (n + block - 1) / block;
+  int64_t first_bad = n;
+#pragma omp parallel
+  {
+    std::vector<int32_t> buf(block);
+#pragma omp for schedule(static) reduction(min : first_bad)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t at = b * block, m = std::min(block, n - at);
+      read_tokens(src, at, m, buf.data());
+      for (int64_t t = 0; t < m; ++t)
+        if (buf[t] >= vocab) {
+          first_bad = std::min(first_bad, at + t);
+          break;
+        }
+    }
+  }
+  if (first_bad < n) {
+    int32_t token = 0;
+    read_tokens(src, first_bad, 1, &token);
+    fail_token_outside_vocab(src, first_bad, token, vocab);
   }
 }
 
@@ -103,9 +152,12 @@ Sampler open_sampler(const SamplerConfig& config) {
   s.config = config;
   std::vector<double> weights;
   const int64_t L = config.seq_len;
+  SAMBAY_CHECK(config.vocab >= 0, "vocab = {} must be >= 0", config.vocab);
   for (const DataSourceSpec& spec : config.sources) {
     s.sources.push_back(open_token_source(spec.path));
     const int64_t n = num_tokens(s.sources.back());
+    if (may_exceed(s.sources.back(), config.vocab) && n <= config.vocab_scan_tokens)
+      scan_for_vocab(s.sources.back(), config.vocab);
     const int64_t chunks = n >= 1 ? (n - 1) / L : 0;
     const int64_t need = config.valid_fraction > 0 ? 2 : 1;
     if (chunks < need)
@@ -169,6 +221,8 @@ void fill_samples(const Sampler& s, Split split, int64_t first_sample, int64_t c
         const TokenSource& src = s.sources[at.source];
         const int64_t start = at.chunk * L;
         read_tokens(src, start, L + 1, chunk.data());
+        if (may_exceed(src, s.config.vocab))
+          check_tokens(src, start, chunk.data(), L + 1, s.config.vocab);
         std::copy(chunk.begin(), chunk.begin() + L, tokens + i * L);
         std::copy(chunk.begin() + 1, chunk.end(), targets + i * L);
         if (doc) fill_document_ids(src, start, L, doc + i * L);

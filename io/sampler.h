@@ -38,7 +38,7 @@ struct DataSourceSpec {
 };
 
 // "path" or "path:weight" (a trailing ":number" is the weight), as --data takes it. Throws
-// naming the option when the weight is not positive.
+// naming the option when the weight is not a finite positive number.
 DataSourceSpec parse_data_source(const std::string& entry);
 
 struct SamplerConfig {
@@ -46,6 +46,12 @@ struct SamplerConfig {
   int64_t seq_len;
   uint64_t seed;
   double valid_fraction;  // in [0, 1); 0 means no validation split
+  // Token ids must be below this (the model's vocabulary); 0: not checked. A token at or above
+  // it fails naming the file, the document and the offset: at open for sources of at most
+  // vocab_scan_tokens tokens (one parallel pass, about a second per 2^28 tokens on a few
+  // cores), when a sample is read otherwise (every sample's tokens are checked).
+  int64_t vocab = 0;
+  int64_t vocab_scan_tokens = int64_t{1} << 28;
 };
 
 enum class Split { train, valid };
@@ -58,7 +64,8 @@ struct Sampler {
   std::vector<uint64_t> blend_units;  // per source: weight in units of 2^-32 of the total
 };
 
-// Opens every source and checks the config; throws naming the source that is too short.
+// Opens every source and checks the config; throws naming the source that is too short, or
+// (config.vocab) holds a token id outside the vocabulary.
 Sampler open_sampler(const SamplerConfig& config);
 
 // The samples in one pass over the split: the sum over sources of their split's chunks. Any

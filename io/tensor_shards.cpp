@@ -106,6 +106,30 @@ void copy_overlap(const float* src, const Box& sb, float* dst, const Box& db) {
   }
 }
 
+// Whether stored element i is NaN or infinite: its exponent bits all set.
+bool non_finite_at(const uint8_t* bytes, int64_t i, StoredDType t) {
+  if (t == StoredDType::f32) {
+    uint32_t bits;
+    std::memcpy(&bits, bytes + 4 * i, 4);
+    return (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, bytes + 2 * i, 2);
+  return (bits & 0x7f80u) == 0x7f80u;
+}
+
+int64_t count_non_finite(const uint8_t* bytes, int64_t n, StoredDType t) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) count += non_finite_at(bytes, i, t);
+  return count;
+}
+
+int64_t first_non_finite(const uint8_t* bytes, int64_t n, StoredDType t) {
+  int64_t i = 0;
+  while (i < n && !non_finite_at(bytes, i, t)) ++i;
+  return i;
+}
+
 hid_t file_type_of(StoredDType t, hid_t bf16_committed) {
   return t == StoredDType::f32 ? H5T_IEEE_F32LE : bf16_committed;
 }
@@ -172,6 +196,13 @@ void ShardFileWriter::write(const std::string& tensor, const std::vector<int64_t
   for_each_row_block(d, box.shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
     const uint8_t* block = static_cast<const uint8_t*>(data) + r0 * row_bytes;
     crc = crc32c(block, n * row_bytes, crc);
+    // Checked while the block is in cache for its checksum: NaN or infinite values are refused.
+    const int64_t elements = static_cast<int64_t>(n * row_bytes / esize);
+    if (const int64_t bad = count_non_finite(block, elements, dtype))
+      fail("{}: refusing to store {} NaN or infinite values (the first at element {}): a "
+           "checkpoint of non-finite values cannot be trained from",
+           where, bad, r0 * static_cast<int64_t>(row_bytes / esize) +
+                           first_non_finite(block, elements, dtype));
     h5::check(H5Dwrite(d, type, mspace, fspace, H5P_DEFAULT, block), where, "write");
   });
   h5::write_attr(d, "global_shape", global_shape, where);
@@ -297,8 +328,8 @@ hid_t ShardReader::file(const std::string& name) {
   return it->second;
 }
 
-uint32_t ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
-                                 float* out) {
+ShardReader::PieceCheck ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece,
+                                                const Box& want, float* out) {
   const std::string where = (std::filesystem::path(dir_) / piece.file).string() + ":" + t.path;
   const hid_t f = file(piece.file);
   if (!h5::exists(f, t.path)) fail("{}: dataset is missing", where);
@@ -329,10 +360,12 @@ uint32_t ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece,
   std::vector<uint8_t> raw(direct ? 0 : scratch_rows * row_elems * esize);
   std::vector<float> values(out && !direct && t.dtype == StoredDType::bf16 ? raw.size() / 2 : 0);
   uint32_t crc = 0;
+  int64_t non_finite = 0;
   for_each_row_block(d, shape, esize, where, [&](hid_t fspace, hid_t mspace, int64_t r0, int64_t n) {
     uint8_t* block = direct ? reinterpret_cast<uint8_t*>(out + r0 * row_elems) : raw.data();
     h5::check(H5Dread(d, expected_type, mspace, fspace, H5P_DEFAULT, block), where, "read");
     crc = crc32c(block, n * row_elems * esize, crc);
+    non_finite += count_non_finite(block, n * row_elems, t.dtype);
     if (!out || direct) return;
     Box rows = piece.box;
     rows.offset[0] += r0;
@@ -348,7 +381,11 @@ uint32_t ShardReader::read_piece(const GlobalTensor& t, const ShardPiece& piece,
   });
   if (crc != stored)
     fail("{}: data is corrupt: crc32c {:08x} stored, {:08x} computed", where, stored, crc);
-  return crc;
+  if (out && non_finite > 0)
+    fail("{}: {} values are NaN or infinite: training from them is impossible (the run had "
+         "diverged when this was written, or the values are damaged)",
+         where, non_finite);
+  return {crc, non_finite};
 }
 
 void ShardReader::read_box(const GlobalTensor& t, const Box& want, float* out) {
@@ -364,7 +401,7 @@ void ShardReader::read_box(const GlobalTensor& t, const Box& want, float* out) {
     fail("{}: the pieces cover {} of the {} elements asked for", t.path, covered, want.numel());
 }
 
-uint32_t ShardReader::verify_piece(const GlobalTensor& t, const ShardPiece& piece) {
+ShardReader::PieceCheck ShardReader::verify_piece(const GlobalTensor& t, const ShardPiece& piece) {
   return read_piece(t, piece, piece.box, nullptr);
 }
 

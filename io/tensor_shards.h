@@ -56,7 +56,8 @@ class ShardFileWriter {
   hid_t file() const { return file_; }  // for the caller's own attributes
   const std::string& path() const { return path_; }
 
-  // data: box.shape values, row-major.
+  // data: box.shape values, row-major. NaN or infinite values are refused (the error names the
+  // tensor and the first such element), so that no stored tensor holds them.
   void write_f32(const std::string& tensor, const std::vector<int64_t>& global_shape,
                  const Box& box, const float* data);
   // data: bfloat16 bit patterns (core/bf16.h).
@@ -87,20 +88,27 @@ class ShardReader {
  public:
   explicit ShardReader(std::string dir) : dir_(std::move(dir)) {}
 
-  // out: want.shape floats, row-major. bf16 pieces are widened exactly.
+  // out: want.shape floats, row-major. bf16 pieces are widened exactly. A piece holding NaN or
+  // infinite values is an error naming it.
   void read_box(const GlobalTensor& t, const Box& want, float* out);
   void read_slice(const GlobalTensor& t, int dim, int64_t offset, int64_t size, float* out) {
     read_box(t, slice_box(t.shape, dim, offset, size), out);
   }
-  // Verifies a piece's checksum and placement without keeping its values; returns the crc32c.
-  uint32_t verify_piece(const GlobalTensor& t, const ShardPiece& piece);
+  // Verifies a piece's checksum and placement without keeping its values; NaN or infinite
+  // values are counted, not refused (to report them).
+  struct PieceCheck {
+    uint32_t crc32c = 0;
+    int64_t non_finite = 0;  // NaN and infinite values among its elements
+  };
+  PieceCheck verify_piece(const GlobalTensor& t, const ShardPiece& piece);
 
  private:
   hid_t file(const std::string& name);
-  // Streams a piece in row blocks, checks it, and copies its overlap with `want` into out
-  // (out may be null: verification only).
-  uint32_t read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
-                      float* out);
+  // Streams a piece in row blocks, checks it (non-finite values are counted, and refused when
+  // the values are for `out`), and copies its overlap with `want` into out (out may be null:
+  // verification only).
+  PieceCheck read_piece(const GlobalTensor& t, const ShardPiece& piece, const Box& want,
+                        float* out);
   std::string dir_;
   std::map<std::string, h5::Id> files_;
 };

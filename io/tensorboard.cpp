@@ -3,6 +3,7 @@
 #include "core/check.h"
 #include "io/crc32c.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -67,18 +68,18 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   path_ = (std::filesystem::path(dir) /
            fmt::format("events.out.tfevents.{}.{}.{}.sambay", static_cast<int64_t>(t), host, getpid()))
               .string();
-  file_ = std::fopen(path_.c_str(), "wb");
-  if (!file_) fail("{}: cannot create: {}", path_, std::strerror(errno));
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("{}: cannot create: {}", path_, std::strerror(errno));
   std::string e = event_header(t, 0);
   bytes_field(e, 3, "brain.Event:2");
-  write_event(e);
+  if (const int err = write_event(e)) fail("{}: cannot write: {}", path_, std::strerror(err));
 }
 
 TensorBoardWriter::~TensorBoardWriter() {
-  if (file_) std::fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
-void TensorBoardWriter::scalars(int64_t step, double wall_time,
+int TensorBoardWriter::scalars(int64_t step, double wall_time,
                                 const std::vector<std::pair<std::string, double>>& values) {
   std::string summary;
   for (const auto& [tag, value] : values) {
@@ -90,18 +91,26 @@ void TensorBoardWriter::scalars(int64_t step, double wall_time,
   }
   std::string e = event_header(wall_time, step);
   bytes_field(e, 5, summary);
-  write_event(e);
+  return write_event(e);
 }
 
-void TensorBoardWriter::write_event(const std::string& event) {
+int TensorBoardWriter::write_event(const std::string& event) {
   std::string record;
   const uint64_t n = event.size();
   fixed(record, n);
   fixed(record, masked_crc(&n, sizeof n));
   record += event;
   fixed(record, masked_crc(event.data(), event.size()));
-  if (std::fwrite(record.data(), 1, record.size(), file_) != record.size() || std::fflush(file_) != 0)
-    fail("{}: cannot write: {}", path_, std::strerror(errno));
+  // Straight to the file (no stdio buffer): each event is on disk, or its failure known, when
+  // this returns.
+  for (size_t done = 0; done < record.size();) {
+    const ssize_t w = ::write(fd_, record.data() + done, record.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno;
+    if (w == 0) return EIO;
+    done += static_cast<size_t>(w);
+  }
+  return 0;
 }
 
 }  // namespace sambay

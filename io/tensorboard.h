@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,17 +22,18 @@ class TensorBoardWriter {
   TensorBoardWriter(const TensorBoardWriter&) = delete;
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
-  // One event holding the scalars (tag, value) at `step`; flushed to the file. Throws naming
-  // the file when it cannot be written.
-  void scalars(int64_t step, double wall_time,
+  // One event holding the scalars (tag, value) at `step`, flushed to the file. Returns 0, or
+  // the errno of a write that failed (the file may then end in a cut record, where readers
+  // stop).
+  [[nodiscard]] int scalars(int64_t step, double wall_time,
                const std::vector<std::pair<std::string, double>>& values);
 
   const std::string& path() const { return path_; }
 
  private:
-  void write_event(const std::string& event);
+  int write_event(const std::string& event);
   std::string path_;
-  std::FILE* file_ = nullptr;
+  int fd_ = -1;
 };
 
 }  // namespace sambay

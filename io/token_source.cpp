@@ -54,6 +54,10 @@ TokenSource open_token_source(const std::string& path) {
   fail("{}: no such token file, and no {}.idx beside it", path, path);
 }
 
+const std::string& token_data_path(const TokenSource& src) {
+  return src.format == TokenFormat::indexed ? src.indexed.bin_path : src.flat.path;
+}
+
 int64_t num_tokens(const TokenSource& src) {
   return src.format == TokenFormat::indexed ? src.indexed.num_tokens : src.flat.num_tokens;
 }
@@ -67,9 +71,13 @@ TokenDType token_dtype(const TokenSource& src) {
   return src.format == TokenFormat::indexed ? src.indexed.dtype : src.flat.dtype;
 }
 
+// The readers below touch mapped bytes (tokens, and the .idx arrays): a file truncated under
+// a running job is then an error naming it (guard_mapped_reads), not a SIGBUS.
 int64_t document_start(const TokenSource& src, int64_t d) {
-  return src.format == TokenFormat::indexed ? document_start(src.indexed, d)
-                                            : document_start(src.flat, d);
+  return guard_mapped_reads([&] {
+    return src.format == TokenFormat::indexed ? document_start(src.indexed, d)
+                                              : document_start(src.flat, d);
+  });
 }
 
 int64_t document_of(const TokenSource& src, int64_t offset) {
@@ -88,10 +96,12 @@ int64_t document_of(const TokenSource& src, int64_t offset) {
 }
 
 void read_tokens(const TokenSource& src, int64_t offset, int64_t count, int32_t* out) {
-  if (src.format == TokenFormat::indexed)
-    read_tokens(src.indexed, offset, count, out);
-  else
-    read_tokens(src.flat, offset, count, out);
+  guard_mapped_reads([&] {
+    if (src.format == TokenFormat::indexed)
+      read_tokens(src.indexed, offset, count, out);
+    else
+      read_tokens(src.flat, offset, count, out);
+  });
 }
 
 }  // namespace sambay

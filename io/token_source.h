@@ -23,6 +23,8 @@ struct TokenSource {
 // dataset; a file starting with "SAMBAYTK" is a flat token file. Throws naming the path otherwise.
 TokenSource open_token_source(const std::string& path);
 
+// The file that holds the tokens (the .bin of an indexed dataset), for messages.
+const std::string& token_data_path(const TokenSource& src);
 int64_t num_tokens(const TokenSource& src);
 int64_t num_documents(const TokenSource& src);
 TokenDType token_dtype(const TokenSource& src);

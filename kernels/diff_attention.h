@@ -1,5 +1,6 @@
-// Differential attention (model.md): query heads 2i, 2i+1 form differential head i; key/value
-// heads 2j, 2j+1 form pair j = i * G / H; the value is concat(v_2j, v_2j+1) of size 2h.
+// Differential attention (docs/model.md, "Differential attention"): query heads 2i, 2i+1 form
+// differential head i; key/value heads 2j, 2j+1 form pair j = i * G / H; the value is
+// concat(v_2j, v_2j+1) of size 2h.
 //   lambda = exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init
 //   o_i = softmax(q1 k1^T * scale + mask) v - lambda * softmax(q2 k2^T * scale + mask) v
 //   o_i = RMSNorm_{2h}(o_i) * norm_weight * (1 - lambda_init), split back into query slots 2i, 2i+1

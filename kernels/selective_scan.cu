@@ -39,34 +39,33 @@
 //        dA[n] += gn delta a_t s_{t-1},  dB_t[n] += gn delta x,  dC_t[n] += gy s_t[n],
 //        g = gn a_t;
 //      p1, p2, y' are summed over the channel's G lanes by shuffles; dB and dC over the warp's
-//      channels (two variants, below), then over the warps and the groups in shared memory;
+//      channels on the tensor cores (below), then over the warps and the groups in shared
+//      memory;
 //   F  per (token, channel): dx, ddt, dz added into global memory, dD and dt_bias summed.
 // With the entering states saved by the forward, the backward's only extra walk is W2's 7/8 of
 // a chunk (the earlier kernel walked every chunk twice from the previous chunk's checkpoint).
 //
-// B3's two variants (selective_scan_cuda_set_backward_variant; the slower goes once measured):
-//   0  per token, dB and dC reduce-scattered over the warp's channels by shuffles (7 shuffles
-//      and 21 selects and adds per lane and token), and F run per span between two barriers.
-//   1  the lanes ordered so that a quad (lane / 4) holds the same 4 states of 4 channels: a
-//      tf32 mma.sync with 0/1 selector matrices adds a quad's values along its k dimension, four
-//      of them sum a token pair's 16 values per lane ([dB | dC] of 4 states, two tokens), one
-//      shuffle step adds the warp's two quads of the same states (2 instructions per lane and
-//      token, plus 4 shuffle-adds per pair); one barrier per span (the warps' partials double-
-//      buffered); F once per group after the walk back, reading the p sums the walk left in the
-//      walk tile. With the forward's y given, y' and its shuffles are skipped. The mma takes its
-//      A operands as tf32 (10-bit mantissa, truncated): dB and dC, stored as bf16, carry an
-//      added relative error below 2^-10 per term; every other gradient stays fp32 throughout.
+// B3's sum of dB and dC over a warp's channels: the lanes are ordered so that a quad
+// (lane / 4) holds the same 4 states of 4 channels; a tf32 mma.sync with 0/1 selector matrices
+// adds a quad's values along its k dimension, four of them sum a token pair's 16 values per lane
+// ([dB | dC] of 4 states, two tokens), one shuffle step adds the warp's two quads of the same
+// states (2 instructions per lane and token, plus 4 shuffle-adds per pair). One barrier per
+// span (the warps' partials double-buffered); F once per group after the walk back, reading the
+// p sums the walk left in the walk tile. With the forward's y given, y' and its shuffles are
+// skipped. The mma takes its A operands as tf32 (10-bit mantissa, truncated): dB and dC, stored
+// as bf16, carry an added relative error below 2^-10 per term; every other gradient stays fp32
+// throughout.
 //
 // Cost per state and token (a "state-token", B L E N of them), N = 16:
 //   exponentials  forward 2 (F1, F3), backward 2.875 (B1, W2 7/8, W3). Per (token, channel) the
 //                 softplus (one ex2 and a degree-9 polynomial, kernels/log1p_fma.h) and
 //                 sigmoids (one ex2 and one rcp each) add 1/16 to 1/4 of an exp per state-token.
 //   issue slots   the bound of every kernel (128 per SM and clock against 16 exps), counted in
-//                 the SASS of the loops: F1 7.8, F3 9.7, B1 8.5; B3 variant 1 about 32 with the
+//                 the SASS of the loops: F1 7.8, F3 9.7, B1 8.5; B3 about 32 with the
 //                 forward's y (W2 4.3, W3 19.6 of which 12 are the walk's FMA-pipe core, P and F
-//                 8.5), variant 0 about 48. F1 and B1 run 1 of their 16 states' exps as exp2_fma
-//                 on the FMA units, the split at which their special-function and issue loads
-//                 balance; F3 and B3 keep ex2.approx.
+//                 8.5). F1 and B1 run 1 of their 16 states' exps as exp2_fma on the FMA units,
+//                 the split at which their special-function and issue loads balance; F3 and B3
+//                 keep ex2.approx.
 //   bytes         per (token, channel), beyond the minimum (x, dt, z in, y and out out; dout,
 //                 x, dt, z, y in, dx, ddt, dz read and written): x and dt read twice in the
 //                 forward (F1, F3), dt, z, dout twice in the backward (B1, B3) and x, dt, z,
@@ -77,7 +76,7 @@
 // At B1 L4096 E5120 N16 (3.4e8 state-tokens): exps 6.7e8 forward, 9.6e8 backward (0.41 ms at
 // 4e12/s); issue slots about 58 per state-token, 0.61 ms at 1.9 GHz if every SM issued every
 // clock; bytes about 0.36 GB forward and 0.75 GB backward (0.26 ms at 4.2 TB/s, most of it
-// overlapped with the walks).
+// overlapped with the walks). The times measured against these floors: docs/performance.md.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -108,8 +107,6 @@ static_assert(kChunk % kSpan == 0 && kChunk % 4 == 0 && kSpan % 2 == 0);
 // States whose decays F1 and B1 evaluate with exp2_fma (see the cost note above); F3 none.
 template <int N>
 inline constexpr int kFmaDecays = N / 16;
-
-int g_backward_variant = 1;  // B3's variant (see the note at the top)
 
 // ---- small device helpers ----
 
@@ -163,11 +160,6 @@ template <int N, int kFma>
 __device__ inline float row_decay(int n, float delta, float A2, float bias) {
   if (n >= N - kFma) return bias < 0.f ? 0.f : exp2_fma(delta * A2);
   return cuda::exp2_approx(fmaf(delta, A2, bias));
-}
-
-// exp(delta A) in B3 variant 0, 0 where token t starts a document.
-__device__ inline float walk_decay(bool fresh, float delta, float A2) {
-  return fresh ? 0.f : cuda::exp2_approx(delta * A2);
 }
 
 // True where token t >= 1 of the row starts a new document. Token 0 never does: it continues
@@ -449,257 +441,7 @@ __global__ void __launch_bounds__(kFoldThreads) scan_fold_backward_kernel(const 
   if (a.dstate_in) a.dstate_in[idx] += G;
 }
 
-// ---- B3, variant 0: per-token shuffle reductions ----
-
-// Variant 0's shared memory (N = 16: 73 KB, three blocks per SM).
-template <int N>
-struct ShuffleGradShared {
-  static constexpr int kThreads = kGroupChannels * N / 4;
-  static constexpr int kWarps = kThreads / 32;
-  float4 walk[kChunk][kGroupChannels];   // delta, delta x, gy, x; zero past the chunk or group
-  alignas(16) float B[kChunk][N];
-  alignas(16) float C[kChunk][N];
-  float4 span_start[kSpans][kThreads];   // a thread's 4 states entering each span
-  float4 psum[kSpan][kGroupChannels];    // p1, p2, y' (minus D x) per token of the span, channel
-  alignas(16) float warp_dBC[kWarps][kSpan][2 * N];  // [dB | dC] summed over a warp's channels
-  alignas(16) float chunk_dBC[kChunk][2 * N];        // ... over the block's channels
-  float2 param[kThreads];                            // each thread's dD and dt_bias sums
-  float fresh_bias[kChunk];
-};
-
-// Reduce-scatter of v[4] over the G lanes of a channel (lane bits below log2 G): afterwards
-// v[0 .. 4/G) of lane g hold the channel's totals of values g * 4/G .. (g + 1) * 4/G - 1.
-template <int G>
-__device__ inline void channel_reduce_scatter4(float v[4], int g) {
-#pragma unroll
-  for (int half = 2, mask = G / 2; mask >= 1; half >>= 1, mask >>= 1) {
-    const bool upper = g & mask;
-#pragma unroll
-    for (int i = 0; i < half; ++i) {
-      const float send = upper ? v[i] : v[i + half];
-      const float keep = upper ? v[i + half] : v[i];
-      v[i] = keep + __shfl_xor_sync(kFullMask, send, mask);
-    }
-  }
-}
-
-// Reduce-scatter of v[8] (a lane's dB for its 4 states, then its dC) over the lanes of a warp
-// that own different channels (lane bits >= log2 G). Each halving step trades half of the
-// values with the partner lane; afterwards the lane holds the warp total of value
-// (lane >> 2) & 7, returned. Lanes that differ only in bits below 4 and >= log2 G (G < 4) end
-// with the same total.
-template <int G>
-__device__ inline float warp_reduce_scatter8(float v[8], int lane) {
-#pragma unroll
-  for (int half = 4, mask = 16; half >= 1; half >>= 1, mask >>= 1) {
-    const bool upper = lane & mask;
-#pragma unroll
-    for (int i = 0; i < half; ++i) {
-      const float send = upper ? v[i] : v[i + half];
-      const float keep = upper ? v[i + half] : v[i];
-      v[i] = keep + __shfl_xor_sync(kFullMask, send, mask);
-    }
-  }
-#pragma unroll
-  for (int mask = 2; mask >= G; mask >>= 1) v[0] += __shfl_xor_sync(kFullMask, v[0], mask);
-  return v[0];
-}
-
-// B3, variant 0. Block (part, c, b): chunk c of row b, channels part * 128 + [0, 128) in
-// groups of 32.
-template <int N>
-__global__ void __launch_bounds__(ShuffleGradShared<N>::kThreads, N == 16 ? 3 : 1)
-    scan_chunk_grad_shuffle_kernel(const GradArgs a) {
-  constexpr int G = N / 4;  // lanes per channel in the walks
-  using Shared = ShuffleGradShared<N>;
-  constexpr int kThreads = Shared::kThreads, kWarps = Shared::kWarps;
-  static_assert(kSpan % kWarps == 0);
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  Shared& sh = *reinterpret_cast<Shared*>(shared_raw);
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int j = tid / G, g = tid % G;  // walks: channel j of the group, states 4g .. 4g + 3
-  const int part = blockIdx.x, c = blockIdx.y, b = blockIdx.z;
-  const int L = a.L, E = a.E;
-  const int t0 = c * kChunk, len = min(kChunk, L - t0);
-  const int64_t row0 = int64_t(b) * L;
-  const int64_t chunk_row = int64_t(b) * a.chunks + c;  // row of the [B, chunks, ...] tensors
-
-  stage_rows<N>(sh.B, a.Bc + (row0 + t0) * N, len);
-  stage_rows<N>(sh.C, a.Cc + (row0 + t0) * N, len);
-  stage_fresh_bias(sh.fresh_bias, a.doc ? a.doc + row0 : nullptr, t0, len);
-  for (int i = tid; i < kChunk * 2 * N; i += kThreads) (&sh.chunk_dBC[0][0])[i] = 0.f;
-
-  for (int group = 0; group < kGroups; ++group) {
-    const int e0 = (part * kGroups + group) * kGroupChannels;
-    const int width = min(kGroupChannels, E - e0);  // channels of the group that exist
-    if (width <= 0) break;                          // the same for the whole block
-
-    // P: lane = channel, warps split the tokens. The previous group's last reads of `walk`
-    // came before its last barrier.
-    const bool lane_exists = lane < width;
-    const float bias = lane_exists ? a.dt_bias[e0 + lane] : 0.f;
-    const float Dv = lane_exists ? a.D[e0 + lane] : 0.f;
-#pragma unroll 4
-    for (int t = warp; t < kChunk; t += kWarps) {
-      float4 w = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (lane_exists && t < len) {
-        const int64_t at = (row0 + t0 + t) * E + e0 + lane;
-        const float xv = to_float(a.x[at]), delta = softplus(to_float(a.dt[at]) + bias);
-        const float gy = gate_gradient(to_float(a.dout[at]), to_float(a.z[at]),
-                                       a.dy_extra ? to_float(a.dy_extra[at]) : 0.f);
-        w = make_float4(delta, delta * xv, gy, xv);
-      }
-      sh.walk[t][lane] = w;
-    }
-    __syncthreads();  // walk (and at the first group B, C, fresh, chunk_dBC) ready
-
-    // The lane's 4 states: rates, the state entering the chunk, the gradient leaving it.
-    // Channels past E hold zeros throughout (their walk entries are zero).
-    const bool owns = j < width;
-    float A[4], A2[4], s[4], gs[4], dA[4] = {0.f, 0.f, 0.f, 0.f};
-    {
-      const int64_t at = (chunk_row * E + e0 + j) * N + 4 * g;
-      const float4 h = owns ? load4(a.chunk_state + at) : make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 d = owns ? load4(a.chunk_dstate + at) : make_float4(0.f, 0.f, 0.f, 0.f);
-      s[0] = h.x, s[1] = h.y, s[2] = h.z, s[3] = h.w;
-      gs[0] = d.x, gs[1] = d.y, gs[2] = d.z, gs[3] = d.w;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        A[k] = owns ? -expf(a.A_log[int64_t(e0 + j) * N + 4 * g + k]) : 0.f;
-        A2[k] = A[k] * kLog2e;
-      }
-    }
-
-    // W2: the states entering every span (the last span's start is the last one needed).
-#pragma unroll 1
-    for (int span = 0; span < kSpans; ++span) {
-      sh.span_start[span][tid] = make_float4(s[0], s[1], s[2], s[3]);
-      if (span + 1 == kSpans) break;
-#pragma unroll
-      for (int u = 0; u < kSpan; ++u) {
-        const int t = span * kSpan + u;
-        const float4 w = sh.walk[t][j];
-        const float4 Bv = load4(&sh.B[t][4 * g]);
-        const bool f = sh.fresh_bias[t] < 0.f;
-        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
-#pragma unroll
-        for (int k = 0; k < 4; ++k) s[k] = fmaf(walk_decay(f, w.x, A2[k]), s[k], w.y * Bk[k]);
-      }
-    }
-
-    float dD_sum = 0.f, ddt_bias_sum = 0.f;  // of channel `lane`, over this thread's tokens
-    // W3: spans last to first.
-#pragma unroll 1
-    for (int span = kSpans - 1; span >= 0; --span) {
-      // The span's decays and states, recomputed exactly as W2 (and F3) computed them.
-      float decay[kSpan][4], state[kSpan][4], start[4];
-      {
-        const float4 h = sh.span_start[span][tid];
-        start[0] = h.x, start[1] = h.y, start[2] = h.z, start[3] = h.w;
-      }
-#pragma unroll
-      for (int u = 0; u < kSpan; ++u) {
-        const int t = span * kSpan + u;
-        const float4 w = sh.walk[t][j];
-        const float4 Bv = load4(&sh.B[t][4 * g]);
-        const bool f = sh.fresh_bias[t] < 0.f;
-        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          decay[u][k] = walk_decay(f, w.x, A2[k]);
-          state[u][k] = fmaf(decay[u][k], u > 0 ? state[u - 1][k] : start[k], w.y * Bk[k]);
-        }
-      }
-      // Walk back through the span.
-#pragma unroll
-      for (int u = kSpan - 1; u >= 0; --u) {
-        const int t = span * kSpan + u;
-        const float4 w = sh.walk[t][j];  // delta, delta x, gy, x
-        const float4 Bv = load4(&sh.B[t][4 * g]), Cv = load4(&sh.C[t][4 * g]);
-        const float Bk[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Ck[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
-        float p[4] = {0.f, 0.f, 0.f, 0.f}, v[8];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float gn = fmaf(w.z, Ck[k], gs[k]);  // dLoss/ds_t, all paths
-          const float prev = u > 0 ? state[u - 1][k] : start[k];
-          const float carried = gn * (decay[u][k] * prev);  // gn a_t s_{t-1}
-          p[0] = fmaf(gn, Bk[k], p[0]);
-          p[1] = fmaf(carried, A[k], p[1]);
-          p[2] = fmaf(state[u][k], Ck[k], p[2]);
-          dA[k] = fmaf(carried, w.x, dA[k]);
-          gs[k] = gn * decay[u][k];
-          v[k] = gn * w.y;             // dB_t[n]
-          v[4 + k] = w.z * state[u][k];  // dC_t[n]
-        }
-        channel_reduce_scatter4<G>(p, g);
-        float* ps = reinterpret_cast<float*>(&sh.psum[u][j]);
-#pragma unroll
-        for (int q = 0; q < 4 / G; ++q)
-          if (g * (4 / G) + q < 3) ps[g * (4 / G) + q] = p[q];
-        const float total = warp_reduce_scatter8<G>(v, lane);
-        if ((lane & 3 & ~(G - 1)) == 0) {
-          const int idx = (lane >> 2) & 7;  // value index: dB of state idx, or dC of idx - 4
-          sh.warp_dBC[warp][u][(idx >> 2) * N + 4 * (lane & (G - 1)) + (idx & 3)] = total;
-        }
-      }
-      __syncthreads();  // psum and warp_dBC of the span complete
-
-      // Per (token, channel) gradients: lane = channel, warps split the span's tokens.
-#pragma unroll
-      for (int r = 0; r < kSpan / kWarps; ++r) {
-        const int u = warp + r * kWarps, t = span * kSpan + u;
-        if (!lane_exists || t >= len) continue;
-        const float4 w = sh.walk[t][lane], p = sh.psum[u][lane];  // p: p1, p2, y'
-        const int64_t at = (row0 + t0 + t) * E + e0 + lane;
-        // ddelta = x p1 + p2; softplus' = sigmoid.
-        const float ddtv = fmaf(w.w, p.x, p.y) * sigmoid(to_float(a.dt[at]) + bias);
-        const float yv = fmaf(Dv, w.w, p.z);
-        dD_sum = fmaf(w.z, w.w, dD_sum);
-        ddt_bias_sum += ddtv;
-        if (a.dx) add_to_bf16(a.dx + at, fmaf(w.z, Dv, w.x * p.x));
-        if (a.ddt) add_to_bf16(a.ddt + at, ddtv);
-        if (a.dz)
-          add_to_bf16(a.dz + at, gate_z_gradient(to_float(a.dout[at]), yv, to_float(a.z[at])));
-      }
-      // dB, dC of the span summed over the block's warps, added to the chunk's sums.
-      for (int i = tid; i < kSpan * 2 * N; i += kThreads) {
-        const int u = i / (2 * N), v = i % (2 * N);
-        float total = 0.f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) total += sh.warp_dBC[w][u][v];
-        sh.chunk_dBC[span * kSpan + u][v] += total;
-      }
-      __syncthreads();  // psum and warp_dBC free for the next span
-    }
-
-    // Per-channel parameter gradients of this chunk: dA_log = dA * A from the walking lanes,
-    // dD and dt_bias summed over the kWarps threads that handled a channel's tokens.
-    float* params = a.param_partial + (chunk_row * E + e0) * (N + 2);
-    if (owns)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) params[j * (N + 2) + 4 * g + k] = dA[k] * A[k];
-    sh.param[tid] = make_float2(dD_sum, ddt_bias_sum);
-    __syncthreads();
-    if (tid < width) {
-      float dD = 0.f, ddt_bias = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        dD += sh.param[tid + 32 * w].x;
-        ddt_bias += sh.param[tid + 32 * w].y;
-      }
-      params[tid * (N + 2) + N] = dD;
-      params[tid * (N + 2) + N + 1] = ddt_bias;
-    }
-    // The next group writes `param` again only after two more barriers.
-  }
-
-  // The chunk's dB | dC partial of this part (chunk_dBC last written before a barrier).
-  float* out = a.dBC_partial + ((int64_t(b) * a.parts + part) * L + t0) * 2 * N;
-  for (int i = tid; i < len * 2 * N; i += kThreads) out[i] = (&sh.chunk_dBC[0][0])[i];
-}
-
-// ---- B3, variant 1: dB and dC summed over the warp's channels on the tensor cores ----
+// ---- B3: dB and dC summed over the warp's channels on the tensor cores ----
 
 // D += A S for one m16n8k8 tf32 tile. PTX fragment layouts, with g = lane / 4 and t = lane % 4:
 // a0..a3 hold A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4]; b0, b1 hold S[t][g], S[t + 4][g];
@@ -735,7 +477,7 @@ __device__ inline float4 warp_channel_total(float d[4]) {
   return make_float4(d[0], d[2], d[1], d[3]);
 }
 
-// Variant 1's shared memory (N = 16: 73 KB, three blocks per SM).
+// B3's shared memory (N = 16: 73 KB, three blocks per SM).
 template <int N>
 struct MmaGradShared {
   static constexpr int kThreads = kGroupChannels * N / 4;
@@ -753,7 +495,7 @@ struct MmaGradShared {
   float2 param[kThreads];                               // each thread's dD and dt_bias sums
 };
 
-// B3, variant 1. Block (part, c, b): chunk c of row b, channels part * 128 + [0, 128) in groups
+// B3. Block (part, c, b): chunk c of row b, channels part * 128 + [0, 128) in groups
 // of 32. In the walks, lane = sg * Cw + ch: channel warp * Cw + ch of the group (Cw = 32 / G per
 // warp), states 4 sg .. 4 sg + 3. kSavedY: the forward's y is given (no y' in the walk).
 template <int N, bool kSavedY>
@@ -1105,9 +847,7 @@ void launch_backward(const GradArgs& a, bool gradients, cudaStream_t stream) {
       <<<blocks(int64_t(a.B) * a.E * N, kFoldThreads), kFoldThreads, 0, stream>>>(a);
   SAMBAY_CUDA_CHECK_LAUNCH();
   if (!gradients) return;
-  if (g_backward_variant == 0)
-    launch_chunk_grad<ShuffleGradShared<N>>(scan_chunk_grad_shuffle_kernel<N>, a, stream);
-  else if (a.y)
+  if (a.y)
     launch_chunk_grad<MmaGradShared<N>>(scan_chunk_grad_mma_kernel<N, true>, a, stream);
   else
     launch_chunk_grad<MmaGradShared<N>>(scan_chunk_grad_mma_kernel<N, false>, a, stream);
@@ -1191,13 +931,6 @@ void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const 
         a.param_partial, s.B * chunks, int(s.E), int(s.N), dA_log, dD, ddt_bias);
     SAMBAY_CUDA_CHECK_LAUNCH();
   }
-}
-
-void selective_scan_cuda_set_backward_variant(int variant) {
-  cuda::require(variant >= 0 && variant < kSelectiveScanBackwardVariants,
-                "selective_scan_cuda_set_backward_variant: variant " + std::to_string(variant) +
-                    " is not one of 0 .. " + std::to_string(kSelectiveScanBackwardVariants - 1));
-  g_backward_variant = variant;
 }
 
 int64_t selective_scan_cuda_exp2_count(const SelectiveScanShape& s, bool backward) {

@@ -1,5 +1,6 @@
-// Mamba-1 selective scan with its input-dependent step, D skip and z gate (model.md, Mamba
-// steps 4-6). For each batch row b and channel e, with state s (N values) starting at zero:
+// Mamba-1 selective scan with its input-dependent step, D skip and z gate (docs/model.md,
+// "Selective scan" and "Carried state"). For each batch row b and channel e, with state s
+// (N values) starting at zero:
 //   delta_t = softplus(dt[t] + dt_bias),   A = -exp(A_log[e, :])
 //   s_t = exp(delta_t * A) * s_{t-1} + delta_t * x_t * B_t
 //   y_t = <s_t, C_t> + D * x_t,            out_t = y_t * silu(z_t)
@@ -121,13 +122,6 @@ void selective_scan_backward_cuda(const bf16* dout, const bf16* dy_extra, const 
                                   bf16* dCc, float* dD, bf16* dz, float* workspace,
                                   const SelectiveScanShape& s, cudaStream_t stream,
                                   const ScanCarry<float>& carry = {});
-
-// Temporary, while the backward's chunk-gradient kernel is measured (issue 13): which of its two
-// variants runs (design and cost in selective_scan.cu): 0 sums dB and dC over channels with
-// per-token shuffles, 1 (the default) with tf32 mma.sync. Tests run both; sambay_bench times both.
-// Process-wide; the slower variant and this switch go once the H200 has timed them.
-inline constexpr int kSelectiveScanBackwardVariants = 2;
-void selective_scan_cuda_set_backward_variant(int variant);
 
 // Decay exponentials exp(delta A) the CUDA kernels evaluate in a forward or a backward, on the
 // special-function or the FMA units (the benchmark sets them against the GPU's exp2 rate).

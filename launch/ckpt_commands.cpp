@@ -60,11 +60,15 @@ int cmd_inspect(int argc, const char* const* argv) {
   po::variables_map vm;
   if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt inspect PATH")) return 0;
   const CheckpointInfo info = read_checkpoint_info(step_dir_of(path));
-  const std::vector<std::vector<uint32_t>> crcs = verify_checkpoint_data(info);
+  const std::vector<std::vector<ShardReader::PieceCheck>> checks = verify_checkpoint_data(info);
   const TrainState& s = info.state;
   fmt::print("checkpoint {}\n", info.dir);
   fmt::print("  written by sambay {} (git {}) at {}\n", info.sambay_version, info.git_commit,
              info.created);
+  fmt::print("  format version {}, {}\n", info.format_version,
+             info.run_id.empty() ? "no run id (written before run ids; its files are not bound "
+                                   "to each other by checksums)"
+                                 : "run " + info.run_id);
   fmt::print("  step {}: {} samples, {} tokens consumed\n", info.step, s.consumed_samples,
              s.consumed_tokens);
   fmt::print("  data: {} (seed {}, seq_len {}, global batch {}, valid fraction {})\n",
@@ -92,15 +96,25 @@ int cmd_inspect(int argc, const char* const* argv) {
     elements += n;
   }
   fmt::print("  tensors: {} ({} elements)\n", info.tensors.size(), elements);
+  std::vector<std::string> non_finite;
   for (size_t i = 0; i < info.tensors.size(); ++i) {
     const GlobalTensor& t = info.tensors[i];
     std::string pieces;
-    for (size_t p = 0; p < t.pieces.size(); ++p)
-      pieces += fmt::format("{}{} {:08x}", p ? ", " : "", t.pieces[p].file, crcs[i][p]);
-    fmt::print("    {:<48} {:<4} [{}]  crc32c {}\n", t.path, stored_dtype_name(t.dtype),
-               fmt::join(t.shape, ", "), pieces);
+    int64_t bad = 0;
+    for (size_t p = 0; p < t.pieces.size(); ++p) {
+      pieces += fmt::format("{}{} {:08x}", p ? ", " : "", t.pieces[p].file, checks[i][p].crc32c);
+      bad += checks[i][p].non_finite;
+    }
+    fmt::print("    {:<48} {:<4} [{}]  crc32c {}{}\n", t.path, stored_dtype_name(t.dtype),
+               fmt::join(t.shape, ", "), pieces,
+               bad ? fmt::format("  NON-FINITE: {} values", bad) : "");
+    if (bad) non_finite.push_back(fmt::format("{} ({} values)", t.path, bad));
   }
-  fmt::print("verified: every checksum, shape and placement matches\n");
+  if (!non_finite.empty())
+    fail("{}: {} tensors hold NaN or infinite values, so training cannot continue from this "
+         "checkpoint: {}",
+         info.dir, non_finite.size(), fmt::join(non_finite, ", "));
+  fmt::print("verified: every checksum, shape and placement matches; every value is finite\n");
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include "sambay_version.h"
 #include "launch/ckpt_commands.h"
 #include "launch/command_line.h"
+#include "launch/preemption.h"
 #include "launch/train_config.h"
 #include "launch/trainer.h"
 #include "parallel/process_grid.h"
@@ -15,6 +16,7 @@
 
 #include <cstring>
 #include <iostream>
+#include <new>
 
 namespace po = boost::program_options;
 
@@ -33,7 +35,8 @@ commands:
   --version           the version and git commit of this build
 
 exit codes: 0 done, 2 error, 3 internal error, 75 stopped by SIGUSR1/SIGTERM after writing a
-checkpoint (requeue the job; it continues with --resume auto)
+checkpoint (requeue the job; it continues with --resume auto), 76 ended by the watchdog: a rank
+stopped making progress (requeue; the job resumes from its last checkpoint)
 )";
 
 constexpr const char* kDataUsage = R"(usage: sambay data <command> [options]
@@ -49,6 +52,9 @@ sambay data <command> --help lists a command's options.
 )";
 
 int cmd_train(int argc, const char* const* argv) {
+  // First of all: SIGUSR1/SIGTERM from now on are recorded and acted on once the run can stop
+  // cleanly (launch/preemption.h), even while MPI and the data are still starting up.
+  install_preemption_handlers();
   const MpiSession mpi;  // every rank of an mpirun / srun job runs this
   TrainConfig config;
   if (!parse_train_config(argc, argv, config)) return 0;
@@ -205,6 +211,11 @@ int main(int argc, char** argv) {
   } catch (const sambay::Error& e) {
     // Under MPI this also ends the other ranks, which may be waiting for this one.
     return sambay::report_fatal_error(fmt::format("error: {}", e.what()), 2);
+  } catch (const std::bad_alloc&) {
+    return sambay::report_fatal_error(
+        "error: out of memory: the model, batch or data need more memory than this machine has "
+        "(reduce --micro_batch, --seq_len or the model's sizes)",
+        2);
   } catch (const std::exception& e) {
     return sambay::report_fatal_error(fmt::format("internal error: {}", e.what()), 3);
   }

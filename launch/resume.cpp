@@ -66,9 +66,9 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
                                             int threads) {
   // Options that cannot change the numbers (recompute gives bit-identical gradients).
   static const std::set<std::string> ignored = {
-      "out_dir",      "device",     "threads",          "log_every", "tensorboard",
-      "eval_every",   "eval_batches", "save_every",     "keep_checkpoints", "resume",
-      "recompute"};
+      "out_dir",      "device",       "threads",    "log_every",        "tensorboard",
+      "eval_every",   "eval_batches", "save_every", "keep_checkpoints", "resume",
+      "recompute",    "watchdog",     "watchdog_s", "on_log_error"};
   const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
   // A model field newer than the checkpoint is absent from its text; read back, it took the
   // field's default (io/checkpoint.h parse_model_config_text), so that is its old value.

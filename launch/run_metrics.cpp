@@ -70,30 +70,21 @@ Json metrics_record(const char* kind, int64_t step) {
 
 void RunMetrics::open(const std::string& out_dir, bool tensorboard) {
   namespace fs = std::filesystem;
-  path_ = (fs::path(out_dir) / "metrics.jsonl").string();
-  // A run killed mid-line leaves a partial last line; start on a fresh one.
-  bool partial = false;
-  if (std::ifstream old(path_, std::ios::binary | std::ios::ate); old && old.tellg() > 0) {
-    old.seekg(-1, std::ios::end);
-    partial = old.get() != '\n';
-  }
-  file_.open(path_, std::ios::app);
-  if (!file_) fail("{}: cannot open for writing", path_);
-  if (partial) file_ << '\n';
+  log_.open_metrics((fs::path(out_dir) / "metrics.jsonl").string());
   if (tensorboard)
     tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
 }
 
 void RunMetrics::write(const Json& record) {
-  if (!file_.is_open()) return;
-  file_ << record.dump() << '\n';
-  file_.flush();
-  if (!file_) fail("{}: cannot write", path_);
-  if (tensorboard_) {
-    const auto scalars = tensorboard_scalars(record);
-    if (!scalars.empty())
-      tensorboard_->scalars(record["step"].get<int64_t>(), record["wall_time"].get<double>(),
-                            scalars);
+  log_.record(record.dump());
+  if (!tensorboard_) return;
+  const auto scalars = tensorboard_scalars(record);
+  if (scalars.empty()) return;
+  if (const int err = tensorboard_->scalars(record["step"].get<int64_t>(),
+                                            record["wall_time"].get<double>(), scalars)) {
+    // Events after a cut one would be unreadable: the file is given up.
+    log_.file_failed(tensorboard_->path(), err);
+    tensorboard_.reset();
   }
 }
 

@@ -14,9 +14,9 @@
 
 #include "io/json.h"
 #include "io/tensorboard.h"
+#include "launch/run_log.h"
 
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <string>
 
@@ -31,20 +31,23 @@ Json train_config_json(const TrainConfig& c);
 // A record of `kind` at `step`, stamped with the wall time.
 Json metrics_record(const char* kind, int64_t step);
 
+// The run's records, written through its RunLog (launch/run_log.h): a write that fails, to
+// metrics.jsonl or to the event file, is answered as --on_log_error says.
 class RunMetrics {
  public:
+  explicit RunMetrics(RunLog& log) : log_(log) {}
+
   // Opens out_dir/metrics.jsonl for appending (a line cut by a kill is ended first) and, when
-  // `tensorboard`, a new event file in out_dir/tensorboard. Errors name the file.
+  // `tensorboard`, a new event file in out_dir/tensorboard. Errors name the file. Called on
+  // the lead rank only; on the others write() does nothing.
   void open(const std::string& out_dir, bool tensorboard);
-  bool is_open() const { return file_.is_open(); }
 
   // Appends the record; its numbers also go to TensorBoard: a step record's as train/<key>, a
   // valid record's valid_loss as valid/loss. Does nothing before open().
   void write(const Json& record);
 
  private:
-  std::ofstream file_;
-  std::string path_;
+  RunLog& log_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 

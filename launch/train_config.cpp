@@ -3,11 +3,14 @@
 #include "core/check.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
+#include "core/size_limits.h"
 #include "launch/command_line.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -34,7 +37,10 @@ po::options_description train_options(TrainConfig& c) {
       ("eval_batches", value_with_default(&c.eval_batches), "micro-batches per validation run")
       ("save_every", value_with_default(&c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
       ("keep_checkpoints", value_with_default(&c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
-      ("resume", value_with_default(&c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory");
+      ("resume", value_with_default(&c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory")
+      ("watchdog", flag(&c.watchdog), "end the job (exit 76, requeued from the last checkpoint) when a rank stops making progress")
+      ("watchdog_s", value_with_default(&c.watchdog_s), "seconds a training step may take before the watchdog ends the job (0 = 10x the slowest step, at least 60; startup, validation and checkpoints get at least 30 minutes)")
+      ("on_log_error", value_with_default(&c.on_log_error), "when metrics.jsonl or the log cannot be written: stop (checkpoint, exit 2) or continue");
   po::options_description data("Data");
   data.add_options()
       ("data", po::value(&c.data), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
@@ -132,18 +138,28 @@ void validate_train_config(const TrainConfig& c) {
   need(c.micro_batch > 0, "micro_batch", fmt::format("must be positive, got {}", c.micro_batch));
   need(c.grad_accum > 0, "grad_accum", fmt::format("must be positive, got {}", c.grad_accum));
   need(c.steps > 0, "steps", fmt::format("must be positive, got {}", c.steps));
-  need(c.lr > 0, "lr", fmt::format("must be positive, got {}", c.lr));
+  // AdamW moves every weight by about lr per step: above 1 one step wipes out any model, and
+  // an infinite or NaN rate makes every weight non-finite at once.
+  need(std::isfinite(c.lr) && c.lr > 0 && c.lr <= 1, "lr",
+       fmt::format("must be a finite number in (0, 1], got {}", c.lr));
   need(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio",
        fmt::format("must be in [0, 1], got {}", c.min_lr_ratio));
   need(c.warmup >= 0 && c.warmup <= c.steps, "warmup",
        fmt::format("must be in [0, steps = {}], got {}", c.steps, c.warmup));
   need(c.decay_fraction > 0 && c.decay_fraction <= 1, "decay_fraction",
        fmt::format("must be in (0, 1], got {}", c.decay_fraction));
-  need(c.weight_decay >= 0, "weight_decay", fmt::format("must be >= 0, got {}", c.weight_decay));
+  // Decoupled decay scales the weights by 1 - lr * weight_decay each step: at 1 or above it
+  // zeroes or flips them.
+  need(std::isfinite(c.weight_decay) && c.weight_decay >= 0 && c.lr * c.weight_decay < 1,
+       "weight_decay",
+       fmt::format("must be a finite number >= 0 with lr * weight_decay < 1, got {} (lr {})",
+                   c.weight_decay, c.lr));
   need(c.beta1 >= 0 && c.beta1 < 1, "beta1", fmt::format("must be in [0, 1), got {}", c.beta1));
   need(c.beta2 >= 0 && c.beta2 < 1, "beta2", fmt::format("must be in [0, 1), got {}", c.beta2));
-  need(c.adam_eps > 0, "adam_eps", fmt::format("must be positive, got {}", c.adam_eps));
-  need(c.clip >= 0, "clip", fmt::format("must be >= 0, got {}", c.clip));
+  need(std::isfinite(c.adam_eps) && c.adam_eps > 0, "adam_eps",
+       fmt::format("must be a finite positive number, got {}", c.adam_eps));
+  need(std::isfinite(c.clip) && c.clip >= 0, "clip",
+       fmt::format("must be a finite number >= 0 (0 disables clipping), got {}", c.clip));
   need(c.valid_fraction >= 0 && c.valid_fraction < 1, "valid_fraction",
        fmt::format("must be in [0, 1), got {}", c.valid_fraction));
   need(c.device == "auto" || c.device == "cpu" || c.device == "cuda", "device",
@@ -154,7 +170,25 @@ void validate_train_config(const TrainConfig& c) {
   need(c.eval_batches > 0, "eval_batches", fmt::format("must be positive, got {}", c.eval_batches));
   need(c.threads >= 0, "threads", fmt::format("must be >= 0, got {}", c.threads));
   need(!c.out_dir.empty(), "out_dir", "must not be empty");
+  need(std::isfinite(c.dp_bucket_mb) && c.dp_bucket_mb > 0, "dp_bucket_mb",
+       fmt::format("must be a finite positive number, got {}", c.dp_bucket_mb));
+  need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
+  need(c.keep_checkpoints >= 1, "keep_checkpoints",
+       fmt::format("must be >= 1 (the newest checkpoint is always kept), got {}",
+                   c.keep_checkpoints));
+  need(!c.resume.empty(), "resume", "must be auto, none or a checkpoint path");
+  need(std::isfinite(c.watchdog_s) && c.watchdog_s >= 0, "watchdog_s",
+       fmt::format("must be a finite number >= 0 (0 = automatic), got {}", c.watchdog_s));
+  need(c.on_log_error == "stop" || c.on_log_error == "continue", "on_log_error",
+       fmt::format("'{}' is not stop or continue", c.on_log_error));
+  need(c.seq_len <= kMaxModelDimension, "seq_len",
+       fmt::format("must be at most {} (positions are 32-bit), got {}", kMaxModelDimension,
+                   c.seq_len));
+  validate_model_config(c.model, "model '" + c.model_preset + "'");
+  // Before any rule below multiplies options: their products must not wrap around.
+  check_train_sizes(c, 1);
   need(c.tp >= 1, "tp", fmt::format("must be >= 1, got {}", c.tp));
+  need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
   if (c.tp > 1) {
     try {
       tensor_parallel_config(c.model, c.tp);
@@ -168,7 +202,6 @@ void validate_train_config(const TrainConfig& c) {
        "sequence_parallel",
        fmt::format("needs micro_batch * seq_len / cp = {} rows divisible by tp = {}",
                    c.micro_batch * (c.seq_len / c.cp), c.tp));
-  need(c.cp >= 1, "cp", fmt::format("must be >= 1, got {}", c.cp));
   // Each CP rank holds two of 2 cp chunks of every sample (the load-balanced assignment).
   need(c.cp == 1 || c.seq_len % (2 * c.cp) == 0, "cp",
        fmt::format("seq_len = {} is not divisible by 2 cp = {}", c.seq_len, 2 * c.cp));
@@ -176,13 +209,45 @@ void validate_train_config(const TrainConfig& c) {
        fmt::format("chunks of {} positions (seq_len / (2 cp)) are shorter than the conv's halo "
                    "of {}",
                    c.seq_len / (2 * c.cp), c.model.d_conv - 1));
-  need(c.dp_bucket_mb > 0, "dp_bucket_mb", fmt::format("must be positive, got {}", c.dp_bucket_mb));
-  need(c.save_every >= 0, "save_every", fmt::format("must be >= 0, got {}", c.save_every));
-  need(c.keep_checkpoints >= 1, "keep_checkpoints",
-       fmt::format("must be >= 1 (the newest checkpoint is always kept), got {}",
-                   c.keep_checkpoints));
-  need(!c.resume.empty(), "resume", "must be auto, none or a checkpoint path");
-  validate_model_config(c.model, "model '" + c.model_preset + "'");
+}
+
+void check_train_sizes(const TrainConfig& c, int data_parallel) {
+  const ModelConfig& m = c.model;
+  // Values one token keeps per layer in the largest planner (every width the CPU and GPU
+  // models allocate per token, summed, plus a loss chunk and the scan state): a bound, not the
+  // planner's exact figure, so that none of the planner's products can wrap. The field that
+  // dominates the sum stands for it in the message.
+  const std::pair<const char*, double> widths[] = {
+      {"--model.d_model", 8.0 * m.d_model},
+      {"--model.d_ff", 3.0 * m.d_ff},
+      {"--model.d_inner", 10.0 * m.d_inner + double(m.d_inner) * m.d_state},
+      {"--model.dt_rank", double(m.dt_rank)},
+      {"--model.d_state", 2.0 * m.d_state},
+      {"--model.head_dim", 4.0 * (m.n_heads + m.n_kv_heads) * m.head_dim},
+      {"--model.vocab", std::min<double>(m.vocab, 8192)}};
+  double per_token = 0, most = -1;
+  const char* widest = widths[0].first;
+  for (const auto& [option, w] : widths) {
+    per_token += w;
+    if (w > most) most = w, widest = option;
+  }
+  check_size_product("one micro-batch's activations",
+                     {{"--micro_batch", double(c.micro_batch)},
+                      {"--seq_len", double(c.seq_len)},
+                      {widest, per_token, "values per token and layer, over all widths"},
+                      {"--model.layers", double(m.n_layers() + 2), "layers + 2"}},
+                     8);
+  check_size_product("the tokens of the whole run",
+                     {{"--steps", double(c.steps)},
+                      {"--micro_batch", double(c.micro_batch)},
+                      {"--grad_accum", double(c.grad_accum)},
+                      {"(data-parallel ranks)", double(data_parallel)},
+                      {"--seq_len", double(c.seq_len)}});
+  check_size_product("a validation run's tokens",
+                     {{"--eval_batches", double(c.eval_batches)},
+                      {"--micro_batch", double(c.micro_batch)},
+                      {"--seq_len", double(c.seq_len)}});
+  check_size_product("a gradient bucket", {{"--dp_bucket_mb", c.dp_bucket_mb}}, 1048576);
 }
 
 std::string train_config_to_text(const TrainConfig& c) {
@@ -204,6 +269,9 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("save_every", c.save_every);
   line("keep_checkpoints", c.keep_checkpoints);
   line("resume", c.resume);
+  line("watchdog", c.watchdog);
+  line("watchdog_s", c.watchdog_s);
+  line("on_log_error", c.on_log_error);
   for (const std::string& d : c.data) line("data", d);
   line("valid_fraction", c.valid_fraction);
   line("data_seed", c.data_seed);

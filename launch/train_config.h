@@ -52,6 +52,11 @@ struct TrainConfig {
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int threads = 0;  // CPU threads; 0 = all cores (shared among the ranks of a node)
+  // Ending a hung job (parallel/watchdog.h): on unless turned off; a step's limit in seconds
+  // (0: automatic, ten times the slowest step so far, at least a minute).
+  bool watchdog = true;
+  double watchdog_s = 0;
+  std::string on_log_error = "stop";  // a failed log or metrics write: stop or continue
 
   // Parallelism: data-parallel ranks = world size / (tp * cp) (docs/parallelism.md).
   int tp = 1;  // tensor-parallel ranks
@@ -71,6 +76,11 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& out);
 
 // Checks cross-field rules not expressible per option; errors name the option.
 void validate_train_config(const TrainConfig& c);
+
+// Checks that the sizes the trainer plans from the options (activations, tokens of the run,
+// validation samples, gradient buckets) cannot wrap around 64 bits with `data_parallel` ranks
+// (core/size_limits.h); errors name the option. validate_train_config runs it for one rank.
+void check_train_sizes(const TrainConfig& c, int data_parallel);
 
 // The resolved config in the same INI syntax (loadable with --config).
 std::string train_config_to_text(const TrainConfig& c);

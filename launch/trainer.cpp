@@ -3,11 +3,17 @@
 #include "core/check.h"
 #include "core/cuda_runtime.h"
 #include "core/model.h"
+#include "core/utc_time.h"
 #include "io/checkpoint.h"
+#include "io/checkpoint_dir.h"
+#include "io/durable_fs.h"
+#include "io/json.h"
 #include "io/sampler.h"
 #include "io/tokenizer_note.h"
 #include "launch/preemption.h"
 #include "launch/resume.h"
+#include "launch/run_dir.h"
+#include "launch/run_log.h"
 #include "launch/run_metrics.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -16,6 +22,7 @@
 #include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
+#include "parallel/watchdog.h"
 #include "sambay_version.h"
 #if SAMBAY_HAVE_CUDA
 #include "launch/gpu_engine.h"
@@ -25,12 +32,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -111,6 +120,10 @@ const char* signal_name(int sig) {
   return sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a signal";
 }
 
+// Why the ranks stop early, agreed between them (the largest code wins): a signal number
+// (SIGUSR1, SIGTERM), or a log that cannot be written (above every signal number).
+constexpr int kStopForLogFailure = 1000;
+
 // What a checkpoint after `step` records besides the tensors.
 TrainState train_state(const TrainConfig& cfg, int64_t step, int64_t consumed_samples, double lr,
                        int threads) {
@@ -149,11 +162,23 @@ int run_training(const TrainConfig& cfg) {
   const Communicator cp = make_communicator(grid.cp, CommBackend::mpi, "cp");
   const Communicator world = make_communicator(grid.world, CommBackend::mpi, "world");
   const bool lead = grid.world_rank == 0;
+  check_train_sizes(cfg, grid.shape.dp);
+  // From here on a rank that stops making progress ends the job (parallel/watchdog.h).
+  std::optional<Watchdog> watchdog;
+  if (cfg.watchdog)
+    watchdog.emplace(WatchdogLimits{cfg.watchdog_s}, grid.world_rank, grid.world_size);
+  auto watch = [&](WatchPhase phase, int64_t step) {
+    if (watchdog) watchdog->enter(phase, step);
+  };
+  auto watched = [&](WatchPhase phase, double seconds) {
+    if (watchdog) watchdog->done(phase, seconds);
+  };
   omp_set_num_threads(cfg.threads > 0 ? cfg.threads
                                       : std::max(1, omp_get_max_threads() / grid.local_size));
   const int threads = omp_get_max_threads();
-  install_preemption_handlers();
   const std::string placement = describe_placement(grid);  // collective: every rank calls it
+  RunLog log(lead, parse_log_error_policy(cfg.on_log_error));
+  RunMetrics metrics(log);  // metrics.jsonl records (and TensorBoard events) through the log
 
   // Device: auto takes the GPU when this build has CUDA and the machine a GPU; asking for cuda
   // where either is missing is an error, never a silent CPU run.
@@ -170,23 +195,29 @@ int run_training(const TrainConfig& cfg) {
   }
   const std::string device_line = use_gpu ? "cuda: " + cuda_device_description() : "cpu";
 
+  // The run directory (launch/run_dir.h): one trainer at a time, writable, and nothing written
+  // into it (but the lock) until the run is accepted below.
   namespace fs = std::filesystem;
-  RunMetrics metrics;
+  const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
+  std::optional<RunDirLock> run_lock;
   if (lead) {
-    fs::create_directories(cfg.out_dir);
-    std::ofstream resolved(fs::path(cfg.out_dir) / "config.ini");
-    resolved << train_config_to_text(cfg);
-    if (!resolved) fail("{}: cannot write config.ini", cfg.out_dir);
-    metrics.open(cfg.out_dir, cfg.tensorboard);
+    run_lock.emplace(cfg.out_dir);
+    check_writable_directory(checkpoints_dir, "the checkpoints directory");
+    if (cfg.tensorboard)
+      check_writable_directory((fs::path(cfg.out_dir) / "tensorboard").string(),
+                               "the TensorBoard directory (--tensorboard)");
   }
+  barrier(world);  // the other ranks read checkpoints only under the lock
 
-  // Data, made by the tokenizer the model expects.
+  // Data, made by the tokenizer the model expects; token ids are checked against the vocabulary
+  // (io/sampler.h).
   check_data_tokenizer(cfg.data, cfg.model);
   SamplerConfig sc;
   for (const std::string& entry : cfg.data) sc.sources.push_back(parse_data_source(entry));
   sc.seq_len = cfg.seq_len;
   sc.seed = cfg.data_seed;
   sc.valid_fraction = cfg.valid_fraction;
+  sc.vocab = cfg.model.vocab;
   const Sampler sampler = open_sampler(sc);
 
   // GPU tensors move over NCCL when each rank of a node has a GPU of its own, and through host
@@ -217,10 +248,12 @@ int run_training(const TrainConfig& cfg) {
   const int64_t global_batch = B * cfg.grad_accum * grid.shape.dp;
 
   // Resume: parameters, AdamW moments and the step; the data position is consumed_samples.
-  const std::string checkpoints_dir = (fs::path(cfg.out_dir) / "checkpoints").string();
   const std::string config_text = train_config_to_text(cfg);
   int64_t start_step = 0, consumed_samples = 0;
   std::string resumed_from;  // the checkpoint directory, when resuming
+  // The run's id (io/checkpoint.h) is kept across resumes; a fresh start (or a checkpoint
+  // written before run ids) gets a new one, the same on every rank.
+  std::string run_id;
   // Checkpoints hold whole tensors: the sharded moments are gathered over the dp_cp ranks and
   // the TP shards over the tp ranks for a save; on resume each rank takes its pieces back, so a
   // checkpoint resumes under any layout.
@@ -236,15 +269,23 @@ int run_training(const TrainConfig& cfg) {
     if (opt) scatter_moments(*opt, m_full, v_full);
     start_step = c->state.step;
     consumed_samples = c->state.consumed_samples;
-    if (lead) {
-      fmt::print("resume: from {} (step {}, {} samples consumed)\n", c->dir, start_step,
-                 consumed_samples);
-      for (const std::string& d : resume_differences(*c, cfg, threads))
-        fmt::print("resume: note: changed since the checkpoint, so later steps differ from an "
-                   "uninterrupted run: {}\n",
-                   d);
-    }
     resumed_from = c->dir;
+    run_id = c->run_id;
+    if (lead) {
+      log.print("resume: from {} (step {}, {} samples consumed)", c->dir, start_step,
+                consumed_samples);
+      for (const std::string& d : resume_differences(*c, cfg, threads))
+        log.print("resume: note: changed since the checkpoint, so later steps differ from an "
+                  "uninterrupted run: {}",
+                  d);
+    }
+  }
+  {
+    std::array<int32_t, 9> id{};  // 32 hex digits and a terminating zero
+    const std::string mine = run_id.empty() ? new_run_id() : run_id;
+    std::memcpy(id.data(), mine.data(), std::min(mine.size(), sizeof id - 1));
+    broadcast(world, id.data(), int64_t(id.size()), DType::i32, 0);
+    run_id = reinterpret_cast<const char*>(id.data());
   }
   // The CPU keeps the model either way (it initialises it and holds checkpoint data); the
   // activations live where the model runs.
@@ -308,50 +349,25 @@ int run_training(const TrainConfig& cfg) {
   }
 #endif
 
+  // The run is accepted: its config, metrics and checkpoints go into the run directory from
+  // here on, and what interrupted runs left there is removed.
   if (lead) {
-    fmt::print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}\n",
-               mc.name, full_layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
-    fmt::print("  ranks: {}{}\n", describe(grid), gpu_collectives);
-    for (std::string_view line : split_lines(placement)) fmt::print("  {}\n", line);
-    fmt::print("  resolved config (saved as {}/config.ini):\n", cfg.out_dir);
-    std::string indented;
-    for (char ch : config_text) indented += ch == '\n' ? std::string("\n    ") : std::string(1, ch);
-    fmt::print("    {}\n", indented.substr(0, indented.size() - 4));
-    fmt::print("  data {} train / {} valid samples of {} tokens; {} tokens per step "
-               "({} ranks x {} x {} x {})\n",
-               samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
-               L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
-    fmt::print("  {} steps, lr {:.2e} {} (warmup {}), memory {:.1f} MiB "
-               "(activations {:.1f} MiB), {} threads, run dir {}\n",
-               cfg.steps, cfg.lr, cfg.schedule, cfg.warmup, mem_mib, acts_mib,
-               omp_get_max_threads(), cfg.out_dir);
-    for (std::string_view line : split_lines(recompute.log)) fmt::print("  {}\n", line);
-    if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
-      fmt::print("  {}\n", describe_recompute(mc, recompute.plan, gpu.has_value()));
-    fmt::print("  muP++ {}; {} head, init {} (x{}); residual scale {:.4g}, logit scale {:.4g}, "
-               "attention scale {:.4g}\n",
-               mup.enabled ? fmt::format("base width {}, depth {}, head dim {}", mup.base_width,
-                                         mup.base_depth ? fmt::format("{}", mup.base_depth)
-                                                        : std::string("off"),
-                                         mup.base_head_dim ? fmt::format("{}", mup.base_head_dim)
-                                                           : std::string("off"))
-                           : std::string("off (standard parameterisation)"),
-               mc.tied_embedding ? "tied" : "untied", init_rule_name(mc.init), mc.init_multiplier,
-               model.residual_scale, model.logit_scale, model.attention_scale);
-    fmt::print("  FLOPs per token: {:.4g} exact (sambay's count, the MFU basis), {:.4g} ArchScale "
-               "estimate_flops, {:.4g} 6N (non-embedding)\n",
-               flops_per_token, archscale_flops_per_token, six_n_flops_per_token(mc));
-    fmt::print("  parameter groups (peak lr and AdamW weight decay):\n");
-    ParamLayout initialised = full_layout;
-    apply_init_rules(initialised, mc);
-    for (const std::string& line : describe_param_groups(initialised, mup, cfg.lr, cfg.weight_decay))
-      fmt::print("    {}\n", line);
-    // Where this process's records start: what it runs, where, and from which build.
+    run_lock->accept();
+    write_file_durably((fs::path(cfg.out_dir) / "config.ini").string(), config_text);
+    for (const std::string& removed : remove_run_leftovers(cfg.out_dir))
+      log.print("cleanup: removed {} (left by an interrupted run)", removed);
+    metrics.open(cfg.out_dir, cfg.tensorboard);
+    // The record that marks where this process starts: step records after it come from this
+    // process (a restart from step 0 after a kill before the first checkpoint repeats steps,
+    // which the marker makes visible). It holds what runs, where, and from which build.
     Json start = metrics_record(resumed_from.empty() ? "run_start" : "resume", start_step);
     if (!resumed_from.empty()) {
       start["resumed_from_step"] = start_step;
       start["checkpoint"] = resumed_from;
     }
+    start["time"] = utc_now();
+    start["run_id"] = run_id;
+    start["world_size"] = grid.world_size;
     start["sambay_version"] = SAMBAY_VERSION;
     start["git_commit"] = SAMBAY_GIT_COMMIT;
     if (const char* job = std::getenv("SLURM_JOB_ID")) start["slurm_job_id"] = job;
@@ -365,6 +381,42 @@ int run_training(const TrainConfig& cfg) {
     start["config"] = train_config_json(cfg);
     start["memory_mib"] = mem_mib;
     metrics.write(start);
+    log.print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}", mc.name,
+              full_layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
+    log.print("  ranks: {}{}", describe(grid), gpu_collectives);
+    for (std::string_view line : split_lines(placement)) log.print("  {}", line);
+    log.print("  resolved config (saved as {}/config.ini):", cfg.out_dir);
+    for (std::string_view line : split_lines(config_text)) log.print("    {}", line);
+    log.print("  data {} train / {} valid samples of {} tokens; {} tokens per step "
+              "({} ranks x {} x {} x {})",
+              samples_available(sampler, Split::train), samples_available(sampler, Split::valid),
+              L, tokens_per_step, grid.shape.dp, cfg.grad_accum, B, L);
+    log.print("  {} steps, lr {:.2e} {} (warmup {}), memory {:.1f} MiB "
+              "(activations {:.1f} MiB), {} threads, run dir {}, run id {}",
+              cfg.steps, cfg.lr, cfg.schedule, cfg.warmup, mem_mib, acts_mib,
+              omp_get_max_threads(), cfg.out_dir, run_id);
+    for (std::string_view line : split_lines(recompute.log)) log.print("  {}", line);
+    if (recompute_mode != RecomputeMode::auto_choice)  // auto's log names what it chose
+      log.print("  {}", describe_recompute(mc, recompute.plan, gpu.has_value()));
+    log.print("  muP++ {}; {} head, init {} (x{}); residual scale {:.4g}, logit scale {:.4g}, "
+              "attention scale {:.4g}",
+              mup.enabled ? fmt::format("base width {}, depth {}, head dim {}", mup.base_width,
+                                        mup.base_depth ? fmt::format("{}", mup.base_depth)
+                                                       : std::string("off"),
+                                        mup.base_head_dim ? fmt::format("{}", mup.base_head_dim)
+                                                          : std::string("off"))
+                          : std::string("off (standard parameterisation)"),
+              mc.tied_embedding ? "tied" : "untied", init_rule_name(mc.init), mc.init_multiplier,
+              model.residual_scale, model.logit_scale, model.attention_scale);
+    log.print("  FLOPs per token: {:.4g} exact (sambay's count, the MFU basis), {:.4g} ArchScale "
+              "estimate_flops, {:.4g} 6N (non-embedding)",
+              flops_per_token, archscale_flops_per_token, six_n_flops_per_token(mc));
+    log.print("  parameter groups (peak lr and AdamW weight decay):");
+    ParamLayout initialised = full_layout;
+    apply_init_rules(initialised, mc);
+    for (const std::string& line : describe_param_groups(initialised, mup, cfg.lr, cfg.weight_decay))
+      log.print("    {}", line);
+    log.flush();
   }
 
   auto validation_loss = [&]() {
@@ -381,9 +433,22 @@ int run_training(const TrainConfig& cfg) {
     count = int64_t(all_reduce_scalar(dp_cp, double(count)));
     return count > 0 ? sum / count : NAN;
   };
+  auto validate = [&](int64_t step) {
+    watch(WatchPhase::validation, step);
+    const Clock::time_point t0 = Clock::now();
+    const double loss = validation_loss();
+    watched(WatchPhase::validation, seconds_since(t0));
+    log.print("step {:>6} | valid loss {:.4f}", step, loss);
+    Json record = metrics_record("valid", step);
+    record["valid_loss"] = loss;
+    metrics.write(record);
+    return loss;
+  };
 
   int64_t last_saved = start_step > 0 ? start_step : -1;
   auto save = [&](int64_t step, double lr) {
+    watch(WatchPhase::checkpoint, step);
+    const Clock::time_point t_save = Clock::now();
 #if SAMBAY_HAVE_CUDA
     if (gpu)
       gpu_download_state(*gpu, model.params, m_full, v_full);
@@ -394,24 +459,40 @@ int run_training(const TrainConfig& cfg) {
     gather_whole_tensors(tp, full_layout, model.layout, m_full, m_whole);
     gather_whole_tensors(tp, full_layout, model.layout, v_full, v_whole);
     last_saved = step;
-    if (!lead) return;
-    const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
-    const Clock::time_point t0 = Clock::now();
-    const SaveResult r = save_checkpoint(
-        checkpoints_dir, {mc, config_text, st, p_whole, m_whole, v_whole}, cfg.keep_checkpoints);
-    const double s = seconds_since(t0);
-    fmt::print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)\n", step, r.dir,
-               r.bytes / 1e6, s, r.bytes / 1e9 / s);
-    for (const std::string& removed : r.removed) fmt::print("checkpoint: removed {}\n", removed);
-    std::fflush(stdout);
-    Json record = metrics_record("checkpoint", step);
-    record["dir"] = r.dir;
-    record["seconds"] = s;
-    record["bytes"] = r.bytes;
-    metrics.write(record);
+    if (lead) {
+      const TrainState st = train_state(cfg, step, consumed_samples, lr, threads);
+      const Clock::time_point t0 = Clock::now();
+      SaveResult r;
+      try {
+        r = save_checkpoint(checkpoints_dir,
+                            {mc, config_text, st, p_whole, m_whole, v_whole, run_id},
+                            cfg.keep_checkpoints);
+      } catch (const Error& e) {
+        const std::vector<StepDir> kept = list_checkpoints(checkpoints_dir);
+        fail("the checkpoint of step {} was not written: {}; the checkpoints before it are "
+             "untouched ({})",
+             step, e.what(),
+             kept.empty() ? std::string("there are none yet") : "the newest: " + kept.front().path);
+      }
+      const double s = seconds_since(t0);
+      log.print("checkpoint: step {} -> {} ({:.1f} MB in {:.2f} s, {:.2f} GB/s)", step, r.dir,
+                r.bytes / 1e6, s, r.bytes / 1e9 / s);
+      for (const std::string& removed : r.removed) log.print("checkpoint: removed {}", removed);
+      log.flush();
+      Json record = metrics_record("checkpoint", step);
+      record["dir"] = r.dir;
+      record["seconds"] = s;
+      record["bytes"] = r.bytes;
+      metrics.write(record);
+    }
+    // No rank moves on (or exits) before the checkpoint is complete.
+    barrier(world);
+    watched(WatchPhase::checkpoint, seconds_since(t_save));
   };
 
   // The last record of this process: why it ended, and what it trained.
+  Clock::time_point t_train = Clock::now();  // set again when the first step starts
+  bool ended = false;
   auto end_record = [&](const std::string& reason, int64_t step, double train_s) {
     Json end = metrics_record("end", step);
     end["reason"] = reason;
@@ -420,26 +501,61 @@ int run_training(const TrainConfig& cfg) {
     end["train_s"] = train_s;
     end["elapsed_s"] = seconds_since(t_start);
     metrics.write(end);
+    ended = true;
   };
+
+  // Why to stop early, the same on every rank (a signal, or a log that cannot be written).
+  auto stop_code = [&] {
+    const int mine = std::max(preemption_signal(), log.failure().empty() ? 0 : kStopForLogFailure);
+    return int(all_reduce_scalar(world, double(mine), ReduceOp::max));
+  };
+  // Stops for `code` after `step` (the checkpoint of `step` written, when there is one to
+  // write); returns the exit code.
+  auto stop = [&](int code, int64_t step, double lr) {
+    const bool trained = step > start_step;
+    const double train_s = trained ? seconds_since(t_train) : 0;
+    if (code == kStopForLogFailure) {
+      if (lead)
+        std::fputs(fmt::format("sambay: error: {}: stopping after step {}{} (--on_log_error "
+                               "continue would train on without the log)\n",
+                               log.failure(), step, trained ? " with a checkpoint" : "")
+                       .c_str(),
+                   stderr);
+      if (trained && last_saved != step) save(step, lr);
+      if (!ended) end_record("log write failed: " + log.failure(), step, train_s);
+      return 2;
+    }
+    if (trained) {
+      log.print("{} received: stopping after step {}", signal_name(code), step);
+      if (last_saved != step) save(step, lr);
+    } else {
+      log.print("{} received during startup: stopping before training (nothing new to "
+                "checkpoint)",
+                signal_name(code));
+    }
+    log.print("exiting with code {} (requeue; continue with --resume auto)", kExitRequeue);
+    log.flush();
+    end_record(fmt::format("signal {}", signal_name(code)), step, train_s);
+    return kExitRequeue;
+  };
+
   if (start_step >= cfg.steps) {
-    if (lead)
-      fmt::print("done: the checkpoint is at step {}, --steps is {}; nothing to train\n", start_step,
-               cfg.steps);
+    log.print("done: the checkpoint is at step {}, --steps is {}; nothing to train", start_step,
+              cfg.steps);
+    log.flush();
     end_record("nothing to train", start_step, 0);
     return 0;
   }
+  // A signal that came during startup (the handlers are installed first thing, launch/main.cpp)
+  // is acted on now that the run can stop cleanly.
+  if (const int code = stop_code()) return stop(code, start_step, 0);
   std::vector<MicroBatch> micro(cfg.grad_accum);
   double first_valid = NAN, last_valid = NAN, lr = 0;
-  if (cfg.eval_every > 0 && start_step == 0) {
-    first_valid = last_valid = validation_loss();
-    if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", 0, first_valid);
-    Json record = metrics_record("valid", 0);
-    record["valid_loss"] = first_valid;
-    metrics.write(record);
-  }
-  const Clock::time_point t_train = Clock::now();
+  if (cfg.eval_every > 0 && start_step == 0) first_valid = last_valid = validate(0);
+  t_train = Clock::now();
   double step_seconds_avg = 0;
   for (int64_t step = start_step; step < cfg.steps; ++step) {
+    watch(WatchPhase::step, step + 1);
     const Clock::time_point t0 = Clock::now();
     // The whole step's samples first: the loss is a mean over the valid targets of the global
     // batch (all ranks), so every micro-batch's gradient is scaled by 1 / (that count).
@@ -477,9 +593,8 @@ int run_training(const TrainConfig& cfg) {
       Json record = metrics_record("step", step + 1);
       record["loss"] = loss, record["grad_norm"] = norm;  // NaN and inf are written as null
       metrics.write(record);
-      Json end = metrics_record("end", step);
-      end["reason"] = std::isfinite(loss) ? "non-finite gradient norm" : "non-finite loss";
-      metrics.write(end);
+      end_record(std::isfinite(loss) ? "non-finite gradient norm" : "non-finite loss", step,
+                 seconds_since(t_train));
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
            std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss);
     }
@@ -494,10 +609,11 @@ int run_training(const TrainConfig& cfg) {
     if (!gpu) sharded_adamw_step(*opt, model.params.data(), coef, hyper, step + 1);
     consumed_samples += global_batch;
     const double dt = seconds_since(t0);
+    watched(WatchPhase::step, dt);
     step_seconds_avg = step == start_step ? dt : 0.9 * step_seconds_avg + 0.1 * dt;
     const bool last = step + 1 == cfg.steps;
 
-    if (lead && ((step + 1) % cfg.log_every == 0 || last || step == start_step)) {
+    if ((step + 1) % cfg.log_every == 0 || last || step == start_step) {
       const double tok_s = tokens_per_step / dt;
       const double eta = step_seconds_avg * (cfg.steps - step - 1);
       // MFU against the H100's dense bf16 datasheet peak on the GPU; achieved GFLOP/s on the CPU;
@@ -510,11 +626,11 @@ int run_training(const TrainConfig& cfg) {
                             100 * archscale_flops_s / kH100PeakFlops)
               : fmt::format("{:.1f} / {:.1f} GFLOP/s exact / ArchScale-est", flops_s / 1e9,
                             archscale_flops_s / 1e9);
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
-                 "{:.0f} ms | mem {:.0f} MiB | ETA {}\n",
-                 step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
-                 format_duration(eta));
-      std::fflush(stdout);
+      log.print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {} | "
+                "{:.0f} ms | mem {:.0f} MiB | ETA {}",
+                step + 1, cfg.steps, loss, lr, norm, tok_s, rate, dt * 1e3, mem_mib,
+                format_duration(eta));
+      log.flush();
       Json record = metrics_record("step", step + 1);
       record["loss"] = loss;
       record["lr"] = lr;
@@ -532,25 +648,12 @@ int run_training(const TrainConfig& cfg) {
       record["memory_mib"] = mem_mib;
       metrics.write(record);
     }
-    if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last)) {
-      last_valid = validation_loss();
-      if (lead) fmt::print("step {:>6} | valid loss {:.4f}\n", step + 1, last_valid);
-      Json record = metrics_record("valid", step + 1);
-      record["valid_loss"] = last_valid;
-      metrics.write(record);
-    }
+    if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last))
+      last_valid = validate(step + 1);
     if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) save(step + 1, lr);
     // Slurm signals every rank, but not at the same instant: the ranks agree (max over the
     // signal numbers) so that all stop after the same step.
-    if (const int sig = int(all_reduce_scalar(world, double(preemption_signal()), ReduceOp::max))) {
-      if (lead) fmt::print("{} received: stopping after step {}\n", signal_name(sig), step + 1);
-      if (last_saved != step + 1) save(step + 1, lr);
-      if (lead)
-        fmt::print("exiting with code {} (requeue; continue with --resume auto)\n", kExitRequeue);
-      std::fflush(stdout);
-      end_record(fmt::format("signal {}", signal_name(sig)), step + 1, seconds_since(t_train));
-      return kExitRequeue;
-    }
+    if (const int code = stop_code()) return stop(code, step + 1, lr);
   }
   // Training time excludes the final checkpoint, which is reported on its own line.
   const double train_s = seconds_since(t_train);
@@ -559,12 +662,14 @@ int run_training(const TrainConfig& cfg) {
   const std::string valid_text =
       cfg.eval_every > 0 ? fmt::format("; valid loss {:.4f} -> {:.4f}", first_valid, last_valid)
                          : "";
-  if (lead)
-    fmt::print("done: {} steps, {} tokens in {} ({:.0f} tok/s){}; total wall time {}\n", trained,
-               trained * tokens_per_step, format_duration(train_s),
-               trained * tokens_per_step / train_s, valid_text,
-               format_duration(seconds_since(t_start)));
+  log.print("done: {} steps, {} tokens in {} ({:.0f} tok/s){}; total wall time {}", trained,
+            trained * tokens_per_step, format_duration(train_s),
+            trained * tokens_per_step / train_s, valid_text,
+            format_duration(seconds_since(t_start)));
+  log.flush();
   end_record("done", cfg.steps, train_s);
+  // Training is complete and checkpointed, but a log that failed on the way is incomplete.
+  if (const int code = stop_code(); code == kStopForLogFailure) return stop(code, cfg.steps, lr);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 namespace sambay {
@@ -27,6 +28,32 @@ const char* backend_name(CommBackend b) {
 void NcclStateDeleter::operator()(NcclState* s) const { nccl_backend::destroy(s); }
 
 namespace {
+
+// The activity record collective_activity() reads (another thread: the watchdog).
+std::mutex activity_mutex;
+CollectiveActivity activity;
+
+// Marks one call of the public interface as in progress for its lifetime.
+class ActivityScope {
+ public:
+  ActivityScope(const Communicator& c, const char* operation) {
+    std::lock_guard lock(activity_mutex);
+    activity.active = true;
+    activity.operation = operation;
+    activity.backend = backend_name(c.backend);
+    activity.group = c.name;
+    activity.ranks = c.size;
+    activity.since = std::chrono::steady_clock::now();
+  }
+  ~ActivityScope() {
+    std::lock_guard lock(activity_mutex);
+    activity.active = false;
+    activity.since = std::chrono::steady_clock::now();
+    ++activity.completed;
+  }
+  ActivityScope(const ActivityScope&) = delete;
+  ActivityScope& operator=(const ActivityScope&) = delete;
+};
 
 // MPI has no bf16: it travels as 16-bit integers, reduced by these user operations, which add
 // (or compare) in fp32 and round each partial result back to bf16, as NCCL does.
@@ -124,7 +151,7 @@ void mpi_reduce_scatter(const Communicator& c, const void* send, void* recv, int
     check_mpi(
         MPI_Reduce_scatter_block(MPI_IN_PLACE, base, int(count), mpi_type(t), mpi_op(t, op), c.mpi),
         c, "MPI_Reduce_scatter_block");
-    std::memmove(recv, base, count * dtype_size(t));
+    if (count > 0) std::memmove(recv, base, count * dtype_size(t));  // buffers may be null at 0
     return;
   }
   check_mpi(MPI_Reduce_scatter_block(send, recv, int(count), mpi_type(t), mpi_op(t, op), c.mpi), c,
@@ -201,6 +228,7 @@ Communicator make_communicator(MPI_Comm group, CommBackend backend, const std::s
 
 void all_reduce(const Communicator& c, const void* send, void* recv, int64_t count, DType type,
                 ReduceOp op) {
+  const ActivityScope scope(c, "all_reduce");
   switch (c.backend) {
     case CommBackend::mpi:
       return mpi_all_reduce(c, send, recv, count, type, op);
@@ -216,6 +244,7 @@ void all_reduce(const Communicator& c, const void* send, void* recv, int64_t cou
 
 void reduce_scatter(const Communicator& c, const void* send, void* recv, int64_t count, DType type,
                     ReduceOp op) {
+  const ActivityScope scope(c, "reduce_scatter");
   switch (c.backend) {
     case CommBackend::mpi:
       return mpi_reduce_scatter(c, send, recv, count, type, op);
@@ -231,6 +260,7 @@ void reduce_scatter(const Communicator& c, const void* send, void* recv, int64_t
 }
 
 void all_gather(const Communicator& c, const void* send, void* recv, int64_t count, DType type) {
+  const ActivityScope scope(c, "all_gather");
   switch (c.backend) {
     case CommBackend::mpi:
       return mpi_all_gather(c, send, recv, count, type);
@@ -247,6 +277,7 @@ void all_gather(const Communicator& c, const void* send, void* recv, int64_t cou
 }
 
 void broadcast(const Communicator& c, void* buf, int64_t count, DType type, int root) {
+  const ActivityScope scope(c, "broadcast");
   check_rank(c, root, "broadcast");
   switch (c.backend) {
     case CommBackend::mpi:
@@ -263,6 +294,7 @@ void broadcast(const Communicator& c, void* buf, int64_t count, DType type, int 
 }
 
 void send(const Communicator& c, const void* buf, int64_t count, DType type, int peer) {
+  const ActivityScope scope(c, "send");
   check_rank(c, peer, "send");
   switch (c.backend) {
     case CommBackend::mpi:
@@ -277,6 +309,7 @@ void send(const Communicator& c, const void* buf, int64_t count, DType type, int
 }
 
 void recv(const Communicator& c, void* buf, int64_t count, DType type, int peer) {
+  const ActivityScope scope(c, "recv");
   check_rank(c, peer, "recv");
   switch (c.backend) {
     case CommBackend::mpi:
@@ -293,11 +326,14 @@ void recv(const Communicator& c, void* buf, int64_t count, DType type, int peer)
 
 void barrier(const Communicator& c) {
   wait(c);  // a barrier also means this rank's own enqueued work is done
+  const ActivityScope scope(c, "barrier");
   check_mpi(MPI_Barrier(c.mpi), c, "MPI_Barrier");
 }
 
 void wait(const Communicator& c) {
-  if (c.backend == CommBackend::nccl) nccl_backend::wait(c);
+  if (c.backend != CommBackend::nccl) return;
+  const ActivityScope scope(c, "wait");
+  nccl_backend::wait(c);
 }
 
 cudaStream_t comm_stream(const Communicator& c) {
@@ -305,6 +341,7 @@ cudaStream_t comm_stream(const Communicator& c) {
 }
 
 double all_reduce_scalar(const Communicator& c, double value, ReduceOp op) {
+  const ActivityScope scope(c, "all_reduce (scalar)");
   double out = 0;
   check_mpi(
       MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op == ReduceOp::sum ? MPI_SUM : MPI_MAX, c.mpi), c,
@@ -313,5 +350,10 @@ double all_reduce_scalar(const Communicator& c, double value, ReduceOp op) {
 }
 
 void abort_nccl_communicators() { nccl_backend::abort_all(); }
+
+CollectiveActivity collective_activity() {
+  std::lock_guard lock(activity_mutex);
+  return activity;
+}
 
 }  // namespace sambay

@@ -28,6 +28,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -84,5 +85,19 @@ double all_reduce_scalar(const Communicator& c, double value, ReduceOp op = Redu
 
 // Aborts every live NCCL communicator of this process (used before MPI_Abort).
 void abort_nccl_communicators();
+
+// What this process's communication is doing, for the watchdog (parallel/watchdog.h): the
+// operation the calling thread is blocked in, or the last one that returned. Every call above
+// records itself (for nccl, wait() is where a host blocks).
+struct CollectiveActivity {
+  bool active = false;    // inside an operation now
+  std::string operation;  // "all_reduce", "wait", ...
+  std::string backend;    // backend_name()
+  std::string group;      // the communicator's name
+  int ranks = 0;          // its size
+  std::chrono::steady_clock::time_point since;  // when it began (active) or ended
+  int64_t completed = 0;  // operations returned so far
+};
+CollectiveActivity collective_activity();
 
 }  // namespace sambay

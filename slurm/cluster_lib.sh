@@ -66,9 +66,10 @@ wait_for() {  # seconds, description, command...
   return 1
 }
 
-# The slurm.conf settings both test clusters share (from shared/formats.md): linuxproc process
-# tracking and no task plugin need no cgroups; config_overrides lets a node claim the CPUs it is
-# configured with whatever the machine has; no accounting database; requeue allowed by default.
+# The slurm.conf settings both test clusters share (docs/slurm.md, "The local test cluster"):
+# linuxproc process tracking and no task plugin need no cgroups; config_overrides lets a node
+# claim the CPUs it is configured with whatever the machine has; no accounting database; requeue
+# allowed by default.
 slurm_common_settings() {
   cat <<'EOF'
 SlurmUser=root
@@ -99,7 +100,7 @@ EOF
 }
 
 # Only read when a cgroup plugin is loaded (none is here); pinned to v1 so that a site that
-# switches plugins on a cgroup-v2-only host gets the known-working setting (formats.md).
+# switches plugins on a cgroup-v2-only host gets the setting known to work there.
 write_cgroup_conf() {  # directory of slurm.conf
   printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n' >"$1/cgroup.conf"
 }

@@ -5,6 +5,7 @@
 #include "core/param_layout.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_dir.h"
+#include "io/hdf5_util.h"
 #include "launch/resume.h"
 #include "sambay_version.h"
 #include "tests/io_test_util.h"
@@ -12,6 +13,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -430,6 +432,137 @@ print('config', idx['config/model'][()].decode().splitlines()[1])
                   p.shape[0], p.shape[1], bits, rank_bits, p.shape[0], p.shape[1],
                   s.train.data_seed);
   EXPECT_EQ(out, expected);
+}
+
+std::string text_of(const std::string& path) {
+  const std::vector<uint8_t> b = read_bytes(path);
+  return std::string(b.begin(), b.end());
+}
+
+TEST(Checkpoint, EveryFileNamesTheRunAndTheStepAndTheManifestChecksumsEachFile) {
+  ScratchDir dir;
+  State s("tiny-sambay-da");
+  const std::string step_dir =
+      save_checkpoint(dir.file("ckpt"),
+                      {s.config, s.train_text, s.train, s.params, s.m, s.v, "0123456789abcdef"}, 3)
+          .dir;
+  const CheckpointInfo info = read_checkpoint_info(step_dir);
+  EXPECT_EQ(info.run_id, "0123456789abcdef");
+  EXPECT_EQ(info.format_version, kCheckpointFormatVersion);
+  for (const char* name : {"index.h5", "rank_00000.h5"}) {
+    const std::string path = step_dir + "/" + name;
+    h5::Id f = h5::open_file(path);
+    EXPECT_EQ(h5::read_attr_string(f, "run_id", path), "0123456789abcdef") << name;
+    EXPECT_EQ(h5::read_attr_int(f, "step", path), 7) << name;
+    h5::close_file(f, path);
+  }
+  const std::string manifest = text_of(step_dir + "/manifest.txt");
+  EXPECT_EQ(manifest.rfind("sambay-checkpoint-manifest 2\nstep 7\nrun 0123456789abcdef\n", 0), 0u)
+      << manifest;
+  EXPECT_NE(manifest.find("file index.h5 "), std::string::npos) << manifest;
+  EXPECT_NE(manifest.find(" crc32c "), std::string::npos) << manifest;
+  EXPECT_NE(manifest.find(" content-crc32c "), std::string::npos) << manifest;
+  // Without a run id, a save gets a new random one.
+  const CheckpointInfo other =
+      read_checkpoint_info(State("tiny-sambay-da").save(dir.file("b"), 7).dir);
+  EXPECT_EQ(other.run_id.size(), 32u);
+  EXPECT_NE(other.run_id, info.run_id);
+}
+
+TEST(Checkpoint, ARankFileOfAnotherRunAtTheSameStepIsRefused) {
+  ScratchDir dir;
+  State a("tiny-sambay-da"), b("tiny-sambay-da");
+  b.params[3] += 1;
+  a.save(dir.file("a"), 6);
+  const std::string da = a.save(dir.file("a"), 7).dir, db = b.save(dir.file("b"), 7).dir;
+  fs::copy_file(db + "/rank_00000.h5", da + "/rank_00000.h5", fs::copy_options::overwrite_existing);
+  expect_error([&] { read_checkpoint_info(da); },
+               {da + "/rank_00000.h5", "written by run", "a file from another run"});
+  // Resuming takes the newest checkpoint that is whole, after reporting this one.
+  std::vector<float> p(a.params.size()), m(p.size()), v(p.size());
+  std::vector<std::string> reports;
+  const std::optional<CheckpointInfo> c = load_newest_checkpoint(
+      dir.file("a"), a.config, [&](const std::string& r) { reports.push_back(r); }, {p, m, v});
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->step, 6);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_NE(reports[0].find("a file from another run"), std::string::npos) << reports[0];
+}
+
+TEST(Checkpoint, ARankFileOfAnotherSaveOfTheSameRunAndStepIsRefused) {
+  ScratchDir dir;
+  State s("tiny-sambay-da");
+  const std::string run = "feedfeedfeedfeedfeedfeedfeedfeed";
+  auto save_as_run = [&](const std::string& where) {
+    return save_checkpoint(where, {s.config, s.train_text, s.train, s.params, s.m, s.v, run}, 3).dir;
+  };
+  const std::string first = save_as_run(dir.file("first"));
+  s.m[10] *= 2;
+  const std::string second = save_as_run(dir.file("second"));
+  fs::copy_file(first + "/rank_00000.h5", second + "/rank_00000.h5",
+                fs::copy_options::overwrite_existing);
+  expect_error([&] { read_checkpoint_info(second); },
+               {second + "/rank_00000.h5", "are not the ones manifest.txt recorded"});
+}
+
+TEST(Checkpoint, NonFiniteWeightsOrMomentsAreNeverWritten) {
+  ScratchDir dir;
+  for (const float bad : {NAN, INFINITY, -INFINITY}) {
+    State s("tiny-sambay-da");
+    s.v[s.v.size() - 1] = bad;
+    const ParamLayout layout = build_param_layout(s.config);
+    const ParamSpec& last = layout.params.back();
+    expect_error([&] { s.save(dir.file("ckpt"), 7); },
+                 {"rank_00000.h5:optim/v/" + tensor_group_path(last.name),
+                  fmt::format("refusing to store 1 NaN or infinite values (the first at element {})",
+                              last.numel - 1)});
+    EXPECT_FALSE(fs::exists(dir.file("ckpt/step_00000007")));
+    EXPECT_FALSE(fs::exists(dir.file("ckpt/step_00000007.tmp")));
+  }
+  State s("tiny-sambay-da");
+  s.params[0] = NAN;
+  expect_error([&] { s.save(dir.file("ckpt"), 7); },
+               {"model/embedding/weight: refusing to store 1 NaN", "(the first at element 0)"});
+}
+
+TEST(Checkpoint, FormatVersion1CheckpointsStillLoad) {
+  const std::string v1 = std::string(SAMBAY_FIXTURES) + "/checkpoint_v1/step_00000002";
+  const CheckpointInfo info = read_checkpoint_info(v1);
+  EXPECT_EQ(info.format_version, 1);
+  EXPECT_EQ(info.run_id, "");
+  EXPECT_EQ(info.step, 2);
+  const LoadedCheckpoint old = load_checkpoint(v1, std::nullopt);
+  EXPECT_EQ(old.info.state.consumed_samples, 8);
+  // Saved again it becomes version 2, with the same values.
+  ScratchDir dir;
+  const std::string again =
+      save_checkpoint(dir.file("again"), {old.info.model, old.info.train_config_text,
+                                          old.info.state, old.params, old.adam_m, old.adam_v},
+                      1)
+          .dir;
+  const LoadedCheckpoint now = load_checkpoint(again, old.info.model);
+  EXPECT_EQ(now.info.format_version, 2);
+  EXPECT_TRUE(same_bits(now.params, old.params));
+  EXPECT_TRUE(same_bits(now.adam_m, old.adam_m));
+  EXPECT_TRUE(same_bits(now.adam_v, old.adam_v));
+  // A version 1 index with a version 2 manifest is a mix of two checkpoints.
+  fs::copy(v1, dir.file("mixed"));
+  fs::copy_file(again + "/manifest.txt", dir.file("mixed/manifest.txt"),
+                fs::copy_options::overwrite_existing);
+  EXPECT_THROW(read_checkpoint_info(dir.file("mixed")), Error);
+}
+
+TEST(Checkpoint, NonFiniteValuesOnDiskAreReportedAndRefused) {
+  // Written before format version 2 refused them: --lr inf made every weight non-finite.
+  const std::string bad = std::string(SAMBAY_FIXTURES) + "/checkpoint_v1_nonfinite/step_00000001";
+  const CheckpointInfo info = read_checkpoint_info(bad);
+  int64_t non_finite = 0;
+  for (const auto& pieces : verify_checkpoint_data(info))
+    for (const ShardReader::PieceCheck& p : pieces) non_finite += p.non_finite;
+  const int64_t params = build_param_layout(info.model).total;
+  EXPECT_GE(non_finite, params);
+  expect_error([&] { load_checkpoint(bad, std::nullopt); },
+               {bad + "/rank_00000.h5:model/", "values are NaN or infinite"});
 }
 
 }  // namespace

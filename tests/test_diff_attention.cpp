@@ -112,7 +112,7 @@ double lambda_formula(const DiffData& d) {
   return std::exp(a) - std::exp(b) + d.lambda_init;
 }
 
-// A plain re-implementation from the formula in model.md with a given lambda: two explicit
+// A plain re-implementation from the formula of docs/model.md with a given lambda: two explicit
 // L x L softmax maps per differential head, v = concat(v_2j, v_2j+1), RMSNorm, output split.
 std::vector<double> naive_diff_attention(const DiffData& d, double lambda) {
   const DiffAttentionShape& s = d.s;

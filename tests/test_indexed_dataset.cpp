@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <limits>
 
 namespace sambay {
@@ -112,6 +113,20 @@ TEST(IndexedDataset, ReadsDocumentsOfSeveralSequencesAndTheModesArray) {
   std::vector<int32_t> got(8);
   read_tokens(src, 0, 8, got.data());
   EXPECT_EQ(got, std::vector<int32_t>(tokens.begin(), tokens.end()));
+}
+
+// The index truncated while training reads it: looking a document up past its new end is an
+// error naming the .idx file, not a SIGBUS.
+TEST(IndexedDataset, AnIndexTruncatedWhileOpenIsAnErrorNamingIt) {
+  ScratchDir dir;
+  std::vector<std::vector<int32_t>> docs(5000, std::vector<int32_t>{1, 2, 3});
+  const std::string prefix = dir.file("ds");
+  write_indexed_dataset(prefix, docs, TokenDType::u16);
+  const TokenSource src = open_token_source(prefix);
+  EXPECT_EQ(document_start(src, 4000), 12000);
+  std::filesystem::resize_file(prefix + ".idx", 4096);
+  expect_error([&] { document_start(src, 4000); },
+               {prefix + ".idx", "changed while it was being read", "4096 bytes now"});
 }
 
 TEST(IndexedDataset, EmptyDatasetOpens) {

@@ -13,8 +13,9 @@ namespace {
 TEST(ModelConfig, Phi4MiniFlashParameterCountMatchesModelSpec) {
   const ModelConfig c = model_preset("phi4-mini-flash");
   validate_model_config(c, "preset");
-  // model.md: embedding 512.2M, 32 MLPs 2516.6M, 9 Mamba 41.2M each, 9 self-attention 19.7M
-  // each, 7 cross-attention 13.1M each, 7 GMU 26.2M each. Exactly, with norms:
+  // docs/model.md ("Presets"): embedding 512.2M, 32 MLPs 2516.6M, 9 Mamba 41.2M each,
+  // 9 self-attention 19.7M each, 7 cross-attention 13.1M each, 7 GMU 26.2M each. Exactly,
+  // with norms:
   //   embedding 200064*2560                         =   512,163,840
   //   norms 32*2*(2*2560) + final 2*2560            =       332,800
   //   MLPs 32*(2560*20480 + 10240*2560)             = 2,516,582,400
@@ -225,6 +226,16 @@ TEST(ModelConfig, ValidationNamesTheField) {
   c = model_preset("tiny-sambay-da");
   c.init_multiplier = 0;
   EXPECT_THROW(validate_model_config(c, "x"), Error);
+  // RoPE on a pattern with cross-attention layers would leave their queries unrotated.
+  c = model_preset("tiny-sambay-da");
+  c.rope = true;
+  c.head_dim = 4;  // even, as RoPE needs
+  try {
+    validate_model_config(c, "run.ini");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run.ini: model.rope"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelConfig, TextFieldsRoundTrip) {

@@ -328,5 +328,72 @@ TEST_F(ResumeTest, CkptCommandsInspectExportImportAndTrainFromTheImport) {
   EXPECT_NE(text_of(dir.file("none.log")).find("already holds checkpoints"), std::string::npos);
 }
 
+// A checkpoint written before format version 2 (tests/fixtures/checkpoint_v1, sambay 0.1.0 at
+// git 504c6ee) resumes: the run continues from its step, its new checkpoints are version 2,
+// and the losses of the steps after it are those the old version logged (to 1e-6 relative:
+// the fixture was made on another machine, whose BLAS may round differently; on the machine
+// that made it they are equal bit for bit).
+TEST_F(ResumeTest, ACheckpointOfFormatVersion1Resumes) {
+  const std::string fixture = std::string(SAMBAY_FIXTURES) + "/checkpoint_v1";
+  const std::string out = dir.file("from_v1");
+  std::vector<std::string> args = {
+      "train", "--data", data, "--model", "tiny-sambay-da", "--model.vocab", "257",
+      "--model.layers", "mamba,sliding_window", "--model.kv_source_layer", "-1",
+      "--model.memory_layer", "-1", "--seq_len", "32", "--micro_batch", "2", "--grad_accum", "2",
+      "--steps", "4", "--warmup", "2", "--lr", "3e-3", "--log_every", "1", "--eval_every", "0",
+      "--threads", "1", "--save_every", "2", "--out_dir", out,
+      "--resume", fixture + "/step_00000002"};
+  run(args, dir.file("from_v1.log"));
+  const std::string log = text_of(dir.file("from_v1.log"));
+  EXPECT_NE(log.find("resume: from " + fixture + "/step_00000002 (step 2, 8 samples consumed)"),
+            std::string::npos)
+      << log;
+  std::map<int64_t, double> old_loss, new_loss;
+  for (const Entry& e : read_metrics(fixture + "/metrics.jsonl"))
+    if (e.numbers.count("loss")) old_loss[e.step] = std::stod(e.numbers.at("loss"));
+  int64_t resumed_from = -1;
+  for (const Entry& e : read_metrics(out + "/metrics.jsonl")) {
+    if (e.resumed_from >= 0) resumed_from = e.resumed_from;
+    if (e.numbers.count("loss")) new_loss[e.step] = std::stod(e.numbers.at("loss"));
+  }
+  EXPECT_EQ(resumed_from, 2);
+  ASSERT_EQ(new_loss.size(), 2u);
+  for (const auto& [step, loss] : new_loss) {
+    ASSERT_TRUE(old_loss.count(step)) << step;
+    EXPECT_NEAR(loss, old_loss[step], 1e-6 * old_loss[step]) << "step " << step;
+    std::printf("step %lld: loss %.17g, version 1 run logged %.17g%s\n",
+                static_cast<long long>(step), loss, old_loss[step],
+                loss == old_loss[step] ? " (bit for bit)" : "");
+  }
+  const CheckpointInfo now = read_checkpoint_info(out + "/checkpoints/step_00000004");
+  EXPECT_EQ(now.format_version, kCheckpointFormatVersion);
+  EXPECT_EQ(now.run_id.size(), 32u);
+}
+
+// The markers that start every process's records, and the run id they share.
+TEST_F(ResumeTest, EveryStartAndResumeIsMarkedInTheMetrics) {
+  const std::string out = dir.file("marked");
+  run(train_args(out, 2), dir.file("first.log"));
+  run(train_args(out, 3), dir.file("second.log"));
+  std::vector<Json> marks;
+  const std::string text = text_of(out + "/metrics.jsonl");
+  for (size_t a = 0, b; a < text.size(); a = b + 1) {
+    b = text.find('\n', a);
+    const Json j = parse_json(text.substr(a, b - a), out);
+    const std::string kind = json_string(j.at("kind"), "kind");
+    if (kind == "run_start" || kind == "resume") marks.push_back(j);
+  }
+  ASSERT_EQ(marks.size(), 2u) << text;
+  EXPECT_EQ(marks[0]["kind"], "run_start");
+  EXPECT_EQ(marks[0]["step"], 0);
+  EXPECT_EQ(marks[1]["kind"], "resume");
+  EXPECT_EQ(marks[1]["step"], 2);
+  EXPECT_EQ(marks[1]["resumed_from_step"], 2);
+  const std::string run_id = json_string(marks[0]["run_id"], "run_id");
+  EXPECT_EQ(run_id.size(), 32u);
+  EXPECT_EQ(marks[1]["run_id"], run_id);
+  EXPECT_EQ(read_checkpoint_info(out + "/checkpoints/step_00000003").run_id, run_id);
+}
+
 }  // namespace
 }  // namespace sambay

@@ -36,19 +36,13 @@ std::optional<Json> read_events(const std::string& dir, std::string& skip) {
   return parse_json(text, out);
 }
 
-std::vector<Json> records(const std::string& path) {
-  std::vector<Json> out;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) out.push_back(parse_json(line, path));
-  return out;
-}
-
 TEST(RunMetrics, RecordsHaveKindStepWallTimeAndNullForNonFinite) {
   ScratchDir dir;
   {
     std::ofstream(dir.file("metrics.jsonl")) << R"({"kind":"step","step":1,"lo)";  // cut by a kill
   }
-  RunMetrics m;
+  RunLog log(true, LogErrorPolicy::stop);
+  RunMetrics m(log);
   m.open(dir.path.string(), false);
   const double before =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -102,9 +96,9 @@ TEST(TensorBoard, ScalarsReadBackByTensorBoard) {
   {
     TensorBoardWriter w(dir.file("tb"));
     path = w.path();
-    w.scalars(1, 1000.5, {{"train/loss", 5.25}, {"train/lr", 1e-3}});
-    w.scalars(2, 1001.5, {{"train/loss", 4.75}, {"train/lr", 2e-3}});
-    w.scalars(300000000000, 1002.5, {{"train/loss", std::nan("")}, {"valid/loss", 0.1}});
+    EXPECT_EQ(w.scalars(1, 1000.5, {{"train/loss", 5.25}, {"train/lr", 1e-3}}), 0);
+    EXPECT_EQ(w.scalars(2, 1001.5, {{"train/loss", 4.75}, {"train/lr", 2e-3}}), 0);
+    EXPECT_EQ(w.scalars(300000000000, 1002.5, {{"train/loss", std::nan("")}, {"valid/loss", 0.1}}), 0);
   }
   EXPECT_EQ(std::filesystem::path(path).filename().string().rfind("events.out.tfevents.", 0), 0u);
   std::string skip;
@@ -127,7 +121,8 @@ TEST(TensorBoard, ScalarsReadBackByTensorBoard) {
 TEST(TensorBoard, RunMetricsSendsStepAndValidRecords) {
   ScratchDir dir;
   {
-    RunMetrics m;
+    RunLog log(true, LogErrorPolicy::stop);
+    RunMetrics m(log);
     m.open(dir.path.string(), true);
     Json start = metrics_record("run_start", 0);
     start["config"] = {{"lr", 0.1}};

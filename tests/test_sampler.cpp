@@ -353,5 +353,63 @@ TEST_F(SamplerTest, CorruptTokenInsideAParallelFillIsAnError) {
                {dir.file("bad"), "token 50 = -7"});
 }
 
+// A token id at or above the model's vocabulary: named with its file, document and offset, at
+// open for a small source and when a sample holding it is read for a large one.
+class VocabularyCheck : public SamplerTest {
+ protected:
+  // 20 documents of 10 tokens below 100 plus an eod (100); document 13's token 4 is 500.
+  std::string write_data() {
+    std::vector<int32_t> tokens;
+    for (int d = 0; d < 20; ++d) {
+      for (int t = 0; t < 10; ++t) tokens.push_back(d == 13 && t == 4 ? 500 : (d * 7 + t) % 100);
+      tokens.push_back(100);
+    }
+    const std::string path = dir.file("bad_token");
+    write_token_file(path, tokens.data(), static_cast<int64_t>(tokens.size()), 100, 2);
+    return path;
+  }
+  static constexpr int64_t kOffset = 13 * 11 + 4;
+};
+
+TEST_F(VocabularyCheck, ASmallSourceIsScannedAtOpen) {
+  const std::string path = write_data();
+  SamplerConfig config{{{path, 1.0}}, 8, 3, 0.0};
+  config.vocab = 257;
+  expect_error([&] { open_sampler(config); },
+               {path, "token 500", fmt::format("offset {} ", kOffset), "document 13, its token 4",
+                "vocabulary size 257"});
+  config.vocab = 501;  // the token fits a larger vocabulary
+  EXPECT_NO_THROW(open_sampler(config));
+  config.vocab = 0;  // unchecked
+  EXPECT_NO_THROW(open_sampler(config));
+}
+
+TEST_F(VocabularyCheck, ALargeSourceIsCheckedAsSamplesAreRead) {
+  const std::string path = write_data();
+  SamplerConfig config{{{path, 1.0}}, 8, 3, 0.0};
+  config.vocab = 257;
+  config.vocab_scan_tokens = 0;  // as if the source were too large to scan at open
+  const Sampler s = open_sampler(config);
+  const int64_t n = samples_available(s, Split::train);
+  std::vector<int32_t> t(8), y(8);
+  int64_t good = 0, bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const SampleLocation at = locate_sample(s, Split::train, i);
+    // Chunk c holds tokens [8c, 8c + 9).
+    const bool holds = at.chunk * 8 <= kOffset && kOffset <= at.chunk * 8 + 8;
+    if (!holds) {
+      EXPECT_NO_THROW(fill_samples(s, Split::train, i, 1, t.data(), y.data(), nullptr));
+      ++good;
+      continue;
+    }
+    expect_error([&] { fill_samples(s, Split::train, i, 1, t.data(), y.data(), nullptr); },
+                 {path, "token 500", fmt::format("offset {} ", kOffset),
+                  "document 13, its token 4"});
+    ++bad;
+  }
+  EXPECT_GT(good, 0);
+  EXPECT_GE(bad, 1);
+}
+
 }  // namespace
 }  // namespace sambay

@@ -99,8 +99,9 @@ std::vector<int32_t> make_docs(int64_t B, int64_t L) {
   return doc;
 }
 
-// The recurrence of model.md step 5-6 written out one step at a time, in double, with the plain
-// softplus (fine for the moderate steps used here). Independent of the kernel under test.
+// The recurrence of docs/model.md ("Selective scan") written out one step at a time, in
+// double, with the plain softplus (fine for the moderate steps used here). Independent of the
+// kernel under test.
 void naive_scan(const ScanTensors<double>& in, const int32_t* doc, const SelectiveScanShape& s,
                 std::vector<double>& y, std::vector<double>& out) {
   const int64_t B = s.B, L = s.L, E = s.E, N = s.N;

@@ -129,29 +129,13 @@ std::vector<double> initial_f32(const std::vector<double>& grad, uint64_t seed) 
 constexpr double kBf16Tolerance = 1e-2;  // outputs and activation gradients stored as bf16
 constexpr double kF32Tolerance = 1e-5;   // parameter gradients, summed and stored in fp32
 
-// How a backward runs: the chunk-gradient kernel's variant, and whether it is given the
-// forward's y. Every test of the backward runs every mode.
-struct BackwardMode {
-  int variant;
-  bool saved_y;
-};
-constexpr BackwardMode kBackwardModes[] = {{0, false}, {1, false}, {1, true}};
-static_assert(kSelectiveScanBackwardVariants == 2, "kBackwardModes lists every variant");
+// Whether a backward is given the forward's y (as the model runs it) or rebuilds y in its walk
+// (y null): two code paths, and every test of the backward runs both.
+constexpr bool kSavedYModes[] = {false, true};
 
-std::string describe(const BackwardMode& m) {
-  return fmt::format("backward variant {}{}", m.variant, m.saved_y ? " with the forward's y" : "");
+std::string describe_saved_y(bool saved_y) {
+  return saved_y ? "backward given the forward's y" : "backward rebuilding y";
 }
-
-// Selects a mode's variant for the backward calls in its scope, the default again after.
-class UseBackwardMode {
- public:
-  explicit UseBackwardMode(const BackwardMode& m) {
-    selective_scan_cuda_set_backward_variant(m.variant);
-  }
-  ~UseBackwardMode() { selective_scan_cuda_set_backward_variant(1); }
-  UseBackwardMode(const UseBackwardMode&) = delete;
-  UseBackwardMode& operator=(const UseBackwardMode&) = delete;
-};
 
 class SelectiveScanCudaTest : public ::testing::TestWithParam<ScanCudaCase> {};
 
@@ -195,9 +179,8 @@ TEST_P(SelectiveScanCudaTest, ForwardAndBackwardMatchReference) {
                          initial_f32(ref.D, 306),       initial_bf16(ref.z, 307)};
   DeviceBuffer<bf16> d_dout(testing::to_bf16_vector(dout)),
       d_dy_extra(testing::to_bf16_vector(dy_extra));
-  for (const BackwardMode& mode : kBackwardModes) {
-    SCOPED_TRACE(describe(mode));
-    const UseBackwardMode use(mode);
+  for (bool saved_y : kSavedYModes) {
+    SCOPED_TRACE(describe_saved_y(saved_y));
     DeviceBuffer<bf16> dx(testing::to_bf16_vector(before.x)),
         ddt(testing::to_bf16_vector(before.dt)), dBc(testing::to_bf16_vector(before.Bc)),
         dCc(testing::to_bf16_vector(before.Cc)), dz(testing::to_bf16_vector(before.z));
@@ -207,7 +190,7 @@ TEST_P(SelectiveScanCudaTest, ForwardAndBackwardMatchReference) {
     workspace.poison();
     selective_scan_backward_cuda(d_dout.ptr, p.dy_extra ? d_dy_extra.ptr : nullptr, dev.x.ptr,
                                  dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr,
-                                 dev.Cc.ptr, dev.D.ptr, dev.z.ptr, mode.saved_y ? y.ptr : nullptr,
+                                 dev.Cc.ptr, dev.D.ptr, dev.z.ptr, saved_y ? y.ptr : nullptr,
                                  dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr, ddt_bias.ptr,
                                  dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr, workspace.ptr, s,
                                  nullptr);
@@ -274,7 +257,7 @@ TEST(SelectiveScanCuda, NullPointersSkip) {
                               checkpoint.ptr, s, nullptr);
   testing::expect_close("out", testing::download_f64(out), out_ref, kBf16Tolerance);
 
-  DeviceBuffer<bf16> y(ble);  // for the modes given the forward's y
+  DeviceBuffer<bf16> y(ble);  // for the backward given the forward's y
   selective_scan_forward_cuda(dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr,
                               dev.Cc.ptr, dev.D.ptr, dev.z.ptr, nullptr, y.ptr, nullptr,
                               checkpoint.ptr, s, nullptr);
@@ -282,9 +265,8 @@ TEST(SelectiveScanCuda, NullPointersSkip) {
   const auto dout = testing::round_to_bf16(testing::random_normal(ble, 401));
   const ScanGrads ref = reference_backward(in, dout, nullptr, nullptr, s);
   DeviceBuffer<bf16> d_dout(testing::to_bf16_vector(dout));
-  for (const BackwardMode& mode : kBackwardModes) {
-    SCOPED_TRACE(describe(mode));
-    const UseBackwardMode use(mode);
+  for (bool saved_y : kSavedYModes) {
+    SCOPED_TRACE(describe_saved_y(saved_y));
     DeviceBuffer<bf16> dCc(s.B * s.L * s.N);
     DeviceBuffer<float> dD(s.E), workspace(selective_scan_backward_workspace_floats(s));
     dCc.zero();
@@ -292,7 +274,7 @@ TEST(SelectiveScanCuda, NullPointersSkip) {
     workspace.poison();
     selective_scan_backward_cuda(d_dout.ptr, nullptr, dev.x.ptr, dev.dt.ptr, dev.dt_bias.ptr,
                                  dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr, dev.D.ptr, dev.z.ptr,
-                                 mode.saved_y ? y.ptr : nullptr, nullptr, checkpoint.ptr, nullptr,
+                                 saved_y ? y.ptr : nullptr, nullptr, checkpoint.ptr, nullptr,
                                  nullptr, nullptr, nullptr, nullptr, dCc.ptr, dD.ptr, nullptr,
                                  workspace.ptr, s, nullptr);
     testing::expect_close("dCc", testing::download_f64(dCc), ref.Cc, kBf16Tolerance);
@@ -351,8 +333,7 @@ ScanRun run_reference(const ScanInputs& in, const std::vector<int32_t>* doc,
 
 ScanRun run_gpu(const ScanInputs& in, const std::vector<int32_t>* doc,
                 const std::vector<double>& dout, const std::vector<double>* dy_extra,
-                const SelectiveScanShape& s, const CarryIn& carry,
-                const BackwardMode& mode = {1, true}) {
+                const SelectiveScanShape& s, const CarryIn& carry, bool saved_y = true) {
   using testing::download_f64;
   const int64_t ble = s.B * s.L * s.E, bln = s.B * s.L * s.N, ben = s.B * s.E * s.N;
   DeviceInputs dev(in, doc);
@@ -386,10 +367,9 @@ ScanRun run_gpu(const ScanInputs& in, const std::vector<int32_t>* doc,
   ScanCarry<float> bwd = fwd;
   bwd.dstate_out = dstate_out ? dstate_out->ptr : nullptr;
   bwd.dstate_in = dstate_in.ptr;
-  const UseBackwardMode use(mode);
   selective_scan_backward_cuda(d_dout.ptr, d_dy_extra ? d_dy_extra->ptr : nullptr, dev.x.ptr,
                                dev.dt.ptr, dev.dt_bias.ptr, dev.A_log.ptr, dev.Bc.ptr, dev.Cc.ptr,
-                               dev.D.ptr, dev.z.ptr, mode.saved_y ? y.ptr : nullptr,
+                               dev.D.ptr, dev.z.ptr, saved_y ? y.ptr : nullptr,
                                dev.doc_ptr(), checkpoint.ptr, dx.ptr, ddt.ptr, ddt_bias.ptr,
                                dA_log.ptr, dBc.ptr, dCc.ptr, dD.ptr, dz.ptr, workspace.ptr, s,
                                nullptr, bwd);
@@ -441,9 +421,9 @@ TEST_P(SelectiveScanCudaCarryTest, CarriedStatesMatchReference) {
   const CarryIn carry{&state_in, &dstate_out};
   const auto* dy = p.dy_extra ? &dy_extra : nullptr;
   const ScanRun ref = run_reference(in, doc, dout, dy, s, carry);
-  for (const BackwardMode& mode : kBackwardModes) {
-    SCOPED_TRACE(describe(mode));
-    expect_run_close(run_gpu(in, doc, dout, dy, s, carry, mode), ref);
+  for (bool saved_y : kSavedYModes) {
+    SCOPED_TRACE(describe_saved_y(saved_y));
+    expect_run_close(run_gpu(in, doc, dout, dy, s, carry, saved_y), ref);
   }
 }
 
@@ -514,9 +494,9 @@ TEST(SelectiveScanCuda, ChainedCallsMatchWholeSequence) {
     const auto dout = testing::round_to_bf16(testing::random_normal(B * L * E, 701));
     const auto dy_extra = testing::round_to_bf16(testing::random_normal(B * L * E, 702, 0.5));
     const ScanRun ref = run_reference(in, &doc, dout, &dy_extra, s, {});
-    for (const BackwardMode& mode : kBackwardModes) {
-      SCOPED_TRACE("whole sequence, N = " + std::to_string(N) + ", " + describe(mode));
-      expect_run_close(run_gpu(in, &doc, dout, &dy_extra, s, {}, mode), ref);
+    for (bool saved_y : kSavedYModes) {
+      SCOPED_TRACE("whole sequence, N = " + std::to_string(N) + ", " + describe_saved_y(saved_y));
+      expect_run_close(run_gpu(in, &doc, dout, &dy_extra, s, {}, saved_y), ref);
     }
     for (int64_t t1 : {64, 100}) {
       SCOPED_TRACE("split at " + std::to_string(t1) + ", N = " + std::to_string(N));
@@ -640,10 +620,10 @@ TEST(SelectiveScanCuda, ForwardAndBackwardAreDeterministic) {
   auto same = [](const std::vector<double>& a, const std::vector<double>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
   };
-  for (const BackwardMode& mode : kBackwardModes) {
-    SCOPED_TRACE(describe(mode));
-    const ScanRun first = run_gpu(in, &docs, dout, nullptr, s, carry, mode);
-    const ScanRun second = run_gpu(in, &docs, dout, nullptr, s, carry, mode);
+  for (bool saved_y : kSavedYModes) {
+    SCOPED_TRACE(describe_saved_y(saved_y));
+    const ScanRun first = run_gpu(in, &docs, dout, nullptr, s, carry, saved_y);
+    const ScanRun second = run_gpu(in, &docs, dout, nullptr, s, carry, saved_y);
     const std::pair<const char*,
                     std::pair<const std::vector<double>*, const std::vector<double>*>>
         outputs[] = {{"y", {&first.y, &second.y}},
@@ -695,11 +675,6 @@ TEST(SelectiveScanCuda, RejectsMissingBuffers) {
                                             nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                             nullptr, nullptr, nullptr, buffer.ptr, s, nullptr),
                Error);
-}
-
-TEST(SelectiveScanCuda, RejectsUnknownBackwardVariant) {
-  EXPECT_THROW(selective_scan_cuda_set_backward_variant(-1), Error);
-  EXPECT_THROW(selective_scan_cuda_set_backward_variant(kSelectiveScanBackwardVariants), Error);
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 #include "io/token_file.h"
+#include "io/token_source.h"
 #include "tests/io_test_util.h"
 
 #include <fmt/format.h>
+
+#include <filesystem>
 
 namespace sambay {
 namespace {
@@ -66,6 +69,29 @@ TEST(TokenFile, ManyDocumentsAcrossScanBlocks) {
   ASSERT_EQ(static_cast<int64_t>(tf.document_starts.size()), (n + 999) / 1000);
   for (size_t d = 0; d < tf.document_starts.size(); ++d)
     ASSERT_EQ(tf.document_starts[d], static_cast<int64_t>(d) * 1000);
+}
+
+// A file truncated while it is mapped: reading past its new end is an error naming the file
+// and its sizes, not a SIGBUS.
+TEST(TokenFile, TruncatedWhileOpenIsAnErrorNamingTheFile) {
+  ScratchDir dir;
+  std::vector<int32_t> tokens(100000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(i % 50000);
+  const std::string path = dir.file("shrinking");
+  write_token_file(path, tokens.data(), static_cast<int64_t>(tokens.size()), 0, 4);
+  const TokenSource src = open_token_source(path);
+  std::vector<int32_t> out(1000);
+  read_tokens(src, 50000, 1000, out.data());
+  EXPECT_EQ(out[0], 0);
+  std::filesystem::resize_file(path, 4096);
+  expect_error([&] { read_tokens(src, 50000, 1000, out.data()); },
+               {path, "changed while it was being read", "4096 bytes now",
+                fmt::format("{} when it was opened", 32 + 4 * tokens.size())});
+  // The guard is scoped: the reads that still lie inside the file work, and so does the next
+  // guarded read after the error.
+  read_tokens(src, 0, 100, out.data());
+  EXPECT_EQ(out[99], 99);
+  expect_error([&] { read_tokens(src, 90000, 10, out.data()); }, {path, "changed"});
 }
 
 TEST(TokenFileWriter, RejectsTokensThatDoNotFit) {

@@ -13,11 +13,13 @@
 //     operands in shared memory), the mask where the tile crosses an edge, the online softmax in
 //     registers, then O += P V (wgmma with P from registers); then the epilogue writes O / l and
 //     the log-sum-exp of each row.
-// Consumer schedules (template flags, chosen by measurement): OVERLAP issues the scores of key
-// tile i and P V of tile i - 1 together, so the softmax of tile i runs while the tensor cores
-// work; PINGPONG (with OVERLAP) makes the two consumers take turns to issue, so that one's softmax
-// runs under the other's GEMMs. Key tiles are walked from the last to the first, so the tiles
-// that need the causal mask come first and the rest run unmasked. Registers: the producer gives
+// The consumers' schedule: each issues the scores of key tile i together with P V of tile i - 1,
+// so the softmax of tile i runs while the tensor cores work, and the two consumers take turns to
+// issue ("ping-pong", through named barriers), so that one's softmax also runs under the other's
+// GEMMs. (Measured on an H200, docs/performance.md: one tile at a time 406 / 516 TFLOP/s at L
+// 4096 / 8192 causal, the pipelined issue alone 412 / 536, with the turns 430 / 555.) Key tiles
+// are walked from the last to the first, so the tiles that need the causal mask come first and
+// the rest run unmasked. Registers: the producer gives
 // its own up (setmaxnreg) so the consumers can hold S (BN/2 fp32) and O (DV/2 fp32) per thread.
 //
 // FLOPs per visible (query, key) pair: 2 (dk + dv). Bytes: Q, K, V read once per tile (K and V
@@ -80,11 +82,10 @@ struct FwdLayout {
   static constexpr int alloc = bytes + 1024;  // room to align the base to 1024 bytes
 };
 
-template <int DK, int DV, int BN, bool OUT_F32, bool OVERLAP, bool PINGPONG>
+template <int DK, int DV, int BN, bool OUT_F32>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  static_assert(OVERLAP || !PINGPONG, "the ping-pong schedule is built on the overlapped one");
   using Layout = FwdLayout<DK, DV, BN>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
@@ -157,13 +158,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int col_in_tile = 2 * (lane % 4);                  // + 8 j (+1)
   const uint32_t q_base = smem_addr(sQ) + wg * 64 * 128;
   // Ping-pong: warpgroup w issues after waiting on barrier 1 + w, then lets the other go.
-  auto wait_turn = [&] {
-    if constexpr (PINGPONG) named_barrier_sync(1 + wg, 256);
-  };
-  auto pass_turn = [&] {
-    if constexpr (PINGPONG) named_barrier_arrive(1 + (1 - wg), 256);
-  };
-  if (PINGPONG && wg == 1) named_barrier_arrive(1, 256);  // warpgroup 0 issues first
+  auto wait_turn = [&] { named_barrier_sync(1 + wg, 256); };
+  auto pass_turn = [&] { named_barrier_arrive(1 + (1 - wg), 256); };
+  if (wg == 1) named_barrier_arrive(1, 256);  // warpgroup 0 issues first
 
   int kv = 0;  // key tiles consumed so far, as the producer counts them
   int n_q = 0;
@@ -231,69 +228,46 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
 
     barrier_wait(q_full, n_q & 1);
-    if constexpr (!OVERLAP) {
-      // One key tile at a time: the tensor cores wait for this warpgroup's softmax (the other
-      // warpgroup's GEMMs may fill that time).
-      for (int i = 0; i < tiles; ++i) {
-        float sc[BN / 2];
-        issue_scores(i, sc);
-        wgmma_wait<0>();
-        fence_registers(sc);
-        release_keys(i);
-        mask_scores(i, sc);
-        float rescale[2];
-        softmax.update(sc, p.scale_log2, rescale);
-        scale_rows(o, rescale);
-        uint32_t pa[BN / 16][4];
-        to_a_fragments<BN>(sc, pa);
-        issue_values(i, pa);
-        wgmma_wait<0>();
-        fence_registers(o);
-        fence_registers(pa);
-        release_values(i);
-      }
-    } else {
-      // Software-pipelined: the scores of key tile i are computed while P V of tile i - 1 runs,
-      // and the softmax of tile i overlaps that product.
-      uint32_t pa[BN / 16][4];
-      {
-        float sc[BN / 2];
-        wait_turn();
-        issue_scores(0, sc);
-        pass_turn();
-        wgmma_wait<0>();
-        fence_registers(sc);
-        release_keys(0);
-        mask_scores(0, sc);
-        float rescale[2];
-        softmax.update(sc, p.scale_log2, rescale);
-        to_a_fragments<BN>(sc, pa);
-      }
-      for (int i = 1; i < tiles; ++i) {
-        float sc[BN / 2];
-        wait_turn();
-        issue_scores(i, sc);
-        issue_values(i - 1, pa);
-        pass_turn();
-        wgmma_wait<1>();  // the scores are in
-        fence_registers(sc);
-        release_keys(i);
-        mask_scores(i, sc);
-        float rescale[2];
-        softmax.update(sc, p.scale_log2, rescale);
-        wgmma_wait<0>();  // P V of tile i - 1 is done: its buffers and P's registers are free
-        fence_registers(o);
-        fence_registers(pa);
-        release_values(i - 1);
-        scale_rows(o, rescale);
-        to_a_fragments<BN>(sc, pa);
-      }
-      issue_values(tiles - 1, pa);
+    // Software-pipelined: the scores of key tile i are computed while P V of tile i - 1 runs,
+    // and the softmax of tile i overlaps that product.
+    uint32_t pa[BN / 16][4];
+    {
+      float sc[BN / 2];
+      wait_turn();
+      issue_scores(0, sc);
+      pass_turn();
       wgmma_wait<0>();
+      fence_registers(sc);
+      release_keys(0);
+      mask_scores(0, sc);
+      float rescale[2];
+      softmax.update(sc, p.scale_log2, rescale);
+      to_a_fragments<BN>(sc, pa);
+    }
+    for (int i = 1; i < tiles; ++i) {
+      float sc[BN / 2];
+      wait_turn();
+      issue_scores(i, sc);
+      issue_values(i - 1, pa);
+      pass_turn();
+      wgmma_wait<1>();  // the scores are in
+      fence_registers(sc);
+      release_keys(i);
+      mask_scores(i, sc);
+      float rescale[2];
+      softmax.update(sc, p.scale_log2, rescale);
+      wgmma_wait<0>();  // P V of tile i - 1 is done: its buffers and P's registers are free
       fence_registers(o);
       fence_registers(pa);
-      release_values(tiles - 1);
+      release_values(i - 1);
+      scale_rows(o, rescale);
+      to_a_fragments<BN>(sc, pa);
     }
+    issue_values(tiles - 1, pa);
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(pa);
+    release_values(tiles - 1);
     kv += tiles;
 
     // ---- epilogue: O / l and lse ----
@@ -325,13 +299,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// The consumer schedule (see the top of the file); tools and benchmarks may switch it.
-ForwardSchedule g_schedule = ForwardSchedule::pingpong;  // fastest measured (docs/performance.md)
-
-template <int DK, int DV, int BN, bool OUT_F32, bool OVERLAP, bool PINGPONG>
-void launch_schedule(const FwdParams& p, cudaStream_t stream) {
+template <int DK, int DV, int BN, bool OUT_F32>
+void launch(const FwdParams& p, cudaStream_t stream) {
   using Layout = FwdLayout<DK, DV, BN>;
-  auto kernel = attention_fwd_sm90_kernel<DK, DV, BN, OUT_F32, OVERLAP, PINGPONG>;
+  auto kernel = attention_fwd_sm90_kernel<DK, DV, BN, OUT_F32>;
   static int sms = 0;  // one attribute call per instantiation
   if (sms == 0) {
     SAMBAY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -345,18 +316,6 @@ void launch_schedule(const FwdParams& p, cudaStream_t stream) {
   SAMBAY_CUDA_CHECK_LAUNCH();
 }
 
-template <int DK, int DV, int BN, bool OUT_F32>
-void launch(const FwdParams& p, cudaStream_t stream) {
-  switch (g_schedule) {
-    case ForwardSchedule::serial:
-      return launch_schedule<DK, DV, BN, OUT_F32, false, false>(p, stream);
-    case ForwardSchedule::overlap:
-      return launch_schedule<DK, DV, BN, OUT_F32, true, false>(p, stream);
-    case ForwardSchedule::pingpong:
-      return launch_schedule<DK, DV, BN, OUT_F32, true, true>(p, stream);
-  }
-}
-
 template <bool OUT_F32>
 void dispatch(const FwdParams& p, int dk, int dv, cudaStream_t stream) {
   if (dk == 64 && dv == 64) return launch<64, 64, 128, OUT_F32>(p, stream);
@@ -366,8 +325,6 @@ void dispatch(const FwdParams& p, int dk, int dv, cudaStream_t stream) {
 }
 
 }  // namespace
-
-void attention_sm90_forward_schedule(ForwardSchedule schedule) { g_schedule = schedule; }
 
 bool attention_sm90_supports(int64_t dk, int64_t dv) {
   return (dk == 64 && (dv == 64 || dv == 128)) || (dk == 128 && (dv == 128 || dv == 256));

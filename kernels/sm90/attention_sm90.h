@@ -24,10 +24,6 @@ void attention_forward_sm90(const HeadTensor& q, const HeadTensor& k, const Head
                             int64_t o_head, float* lse, const AttentionShape& s, float scale,
                             cudaStream_t stream);
 
-// The forward's consumer schedule (attention_fwd.cu explains each); benchmarks compare them.
-enum class ForwardSchedule { serial, overlap, pingpong };
-void attention_sm90_forward_schedule(ForwardSchedule schedule);
-
 // delta [B, H, L]: <dout, out> per row (computed by the caller). dq_acc: fp32 workspace of
 // attention_sm90_dq_floats(s) elements, zeroed by the caller; the kernel adds dS K into it in
 // its own tile order and attention_sm90_dq_finish adds scale * dq_acc into dq (bf16).

@@ -7,8 +7,8 @@ For every record of the reference (a training step's loss, learning rate, gradie
 token count, or a validation loss), the resumed run must hold a record of the same step and
 kind whose values are the same numbers, compared as the exact text the trainer printed (the
 shortest round-trip form of a double, so equal text means equal bits). Timing fields differ
-between runs and are ignored, and so are event records (run start, resume, checkpoint, end). A
-resumed run may log a step twice (once before the interruption,
+between runs and are ignored, and so are event records (start and resume markers, checkpoint
+written, end). A resumed run may log a step twice (once before the interruption,
 once after); the last record counts. Records only the resumed run has (a validation right after
 resuming, say) are listed but allowed. Exits 1 with the differences listed.
 

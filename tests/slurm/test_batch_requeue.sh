@@ -4,7 +4,9 @@
 # tested on its own: the time-limit warning leads to checkpoint, exit 75, requeue and resume
 # (launched by srun with the probed MPI plugin, and by mpirun); a chain continues in its next
 # job; a cancelled job is not requeued; a finished run is not trained again; a job array trains
-# one run dir per task. usage: test_batch_requeue.sh BUILD_DIR
+# one run dir per task; a job the trainer's watchdog ended (exit 76) is requeued once per
+# checkpoint, so a hang that recurs before any progress ends the run.
+# usage: test_batch_requeue.sh BUILD_DIR
 build=$1
 source "$(dirname "$0")/lib.sh"
 
@@ -98,6 +100,22 @@ for i in 0 1; do
   check_metrics "$tmp/array/r$i"
   ls "$tmp/array/r$i/logs/"*.out >/dev/null || fail "array task $i wrote no log into its run dir"
 done
+
+say "7. the watchdog's exit 76: requeued; the same hang again without a newer checkpoint: not"
+run=$tmp/run-hang
+mkdir -p "$run"
+printf 'steps = 40\nsave_every = 5\nhang_at_step = 12\n' >"$run/train.ini"
+job=$(submit --cpu-ranks 1 "$run")
+state=$(wait_job_end "$job" 120)
+log=$run/logs/$job.out
+cat "$log"
+[ "$state" = FAILED ] || fail "job $job ended $state, want FAILED (the hang recurred)"
+expect_grep "trainer exited with status 76" "$log" "the watchdog's exit was not seen"
+expect_grep "requeued job $job" "$log" "the first hang was not requeued"
+expect_grep "not requeueing: the run hung again before writing a checkpoint newer than step_00000010" \
+  "$log" "the recurring hang was requeued"
+[ "$(job_field "$job" Restarts)" = 1 ] || fail "job $job: Restarts=$(job_field "$job" Restarts), want 1"
+[ "$(cat "$run/logs/watchdog_requeues")" = step_00000010 ] || fail "watchdog_requeues: $(cat "$run/logs/watchdog_requeues")"
 
 stop_cluster || fail "stop left daemons running"
 say "PASS"

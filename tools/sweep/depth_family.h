@@ -1,5 +1,5 @@
-// Models of a depth-scaling study (model.md, "Scaling studies vary depth, with width and heads
-// derived from depth"): the same rules as core's depth-16 presets (sambay-da-1b and kin), for
+// Models of a depth-scaling study, with width and heads derived from the depth (docs/model.md,
+// "Presets"): the same rules as core's depth-16 presets (sambay-da-1b and kin), for
 // any depth. With width_per_depth = w: d = w * depth, heads = depth of head dim w (so H h = d),
 // key/value heads = depth / 2, MLP width 4d, Mamba inner width 2d, state 16, dt rank d / 16
 // rounded up; the layer pattern is the family's for `depth` layers.
