@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """sambay's BPE tokenizer against tiktoken on the same text: MB/s per core, and thread scaling.
 
-usage: bench/tokenizer_bench.py SAMBAY [--mb 32] [--threads 1,2] [--vocab o200k_base] [--work DIR]
+usage: bench/tokenizer_bench.py SAMBAY [--mb 32] [--corpus repeated|distinct] [--threads 1,2]
+                                [--vocab o200k_base] [--work DIR] [--repeats 3]
 
-The corpus is JSONL: the license texts of /usr/share/common-licenses and the generated
-multilingual documents of the tokenizer test, repeated to about --mb megabytes.
+The corpus is JSONL of about --mb megabytes, one of
+  --corpus repeated (the default): the license texts of /usr/share/common-licenses and the
+            generated multilingual documents of the tokenizer test, repeated (so a piece cache
+            sees each word again and again);
+  --corpus distinct: text that does not repeat: each translated manual page of /usr/share/man
+            (cs, de, ja, ko, ru, zh_CN and the other languages there; roff source) and each
+            Debian changelog of /usr/share/doc is one document, taken once in a fixed order.
   tiktoken: Encoding.encode_ordinary on each document, one thread, timed by process CPU time.
   sambay:   `sambay data tokenize --threads T` on the JSONL file, end to end (vocabulary load,
             reading, JSON parsing, encoding, writing .bin/.idx), timed by wall clock and by the
@@ -19,6 +25,7 @@ Needs tiktoken and bpe-openai for /usr/bin/python3 (scripts/setup.sh installs th
 """
 import argparse
 import array
+import gzip
 import json
 import os
 import random
@@ -38,18 +45,8 @@ def child_cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("sambay")
-    ap.add_argument("--mb", type=float, default=32)
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--vocab", default="o200k_base")
-    ap.add_argument("--work", default="/tmp/sambay-tokenizer-bench")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-
+def repeated_documents(mb):
+    """The license texts and the test's generated documents, repeated to `mb` megabytes."""
     base = []
     for name in sorted(os.listdir("/usr/share/common-licenses")):
         path = os.path.join("/usr/share/common-licenses", name)
@@ -58,15 +55,71 @@ def main():
                 base.append(f.read())
     base += ref.generated_documents(random.Random(1))
     docs, size = [], 0
-    while size < args.mb * 1e6:
+    while size < mb * 1e6:
         for d in base:
             docs.append(d)
             size += len(d.encode())
+    return docs
+
+
+def distinct_documents(mb):
+    """Translated manual pages (the languages interleaved), then changelogs, each file once, to
+    `mb` megabytes."""
+    by_language = []
+    for lang in sorted(os.listdir("/usr/share/man")):
+        root = os.path.join("/usr/share/man", lang)
+        if lang.startswith("man") or not os.path.isdir(root):
+            continue
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                       if f.endswith(".gz"))
+        if files:
+            by_language.append(files)
+    paths = []
+    for i in range(max((len(g) for g in by_language), default=0)):
+        paths += [g[i] for g in by_language if i < len(g)]
+    for d, _, fs in sorted(os.walk("/usr/share/doc")):
+        paths += sorted(os.path.join(d, f) for f in fs
+                        if f.startswith("changelog") and f.endswith(".gz"))
+    docs, size, seen = [], 0, set()
+    for path in paths:
+        if size >= mb * 1e6:
+            break
+        try:
+            with gzip.open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError, EOFError):
+            continue  # not UTF-8 (JSON text must be) or not gzip
+        if text in seen:
+            continue
+        seen.add(text)
+        docs.append(text)
+        size += len(text.encode())
+    if size < mb * 1e6:
+        sys.exit(f"--corpus distinct: only {size / 1e6:.1f} MB of text in /usr/share/man and "
+                 f"/usr/share/doc; ask for fewer --mb")
+    return docs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sambay")
+    ap.add_argument("--mb", type=float, default=32)
+    ap.add_argument("--corpus", choices=["repeated", "distinct"], default="repeated")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--vocab", default="o200k_base")
+    ap.add_argument("--work", default="/tmp/sambay-tokenizer-bench")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+    docs = repeated_documents(args.mb) if args.corpus == "repeated" else distinct_documents(args.mb)
+    size = sum(len(d.encode()) for d in docs)
     corpus = os.path.join(args.work, "corpus.jsonl")
     with open(corpus, "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-    print(f"corpus: {len(docs)} documents, {size / 1e6:.1f} MB of text "
+    print(f"corpus: {args.corpus}, {len(docs)} documents, {size / 1e6:.1f} MB of text "
           f"({os.path.getsize(corpus) / 1e6:.1f} MB of JSONL), vocabulary {args.vocab}")
 
     path, enc = ref.load_encoding(args.vocab)
