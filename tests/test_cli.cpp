@@ -230,6 +230,34 @@ TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   fs::remove_all(dir);
 }
 
+// A loss that is not finite ends the run before the update, and metrics.jsonl still holds valid
+// JSON: the step's numbers as null, then an end record saying why.
+TEST(Cli, NonFiniteLossIsRecordedAsNullAndEndsTheRun) {
+  const fs::path dir = scratch_dir("nan");
+  const std::string data = make_corpus(dir);
+  // Initial weights 1e30 times too large: the logits overflow at the first step.
+  RunResult r = run_sambay(fmt::format(
+      "train --model tiny-sambay-da --model.vocab 257 --model.init_multiplier 1e30 --data {} "
+      "--seq_len 16 --micro_batch 2 --steps 5 --warmup 0 --log_every 1 --eval_every 0 "
+      "--threads 1 --device cpu --out_dir {}",
+      data, (dir / "run").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("step 1: non-finite loss"), std::string::npos) << r.output;
+  std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::vector<Json> records;
+  for (std::string line; std::getline(metrics, line);)
+    records.push_back(parse_json(line, "metrics.jsonl"));  // every line parses
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0]["kind"], "run_start");
+  EXPECT_EQ(records[1]["kind"], "step");
+  EXPECT_EQ(records[1]["step"], 1);
+  EXPECT_TRUE(records[1]["loss"].is_null()) << records[1].dump();
+  EXPECT_EQ(records[2]["kind"], "end");
+  EXPECT_EQ(records[2]["reason"], "non-finite loss");
+  EXPECT_EQ(records[2]["steps_trained"], 0);
+  fs::remove_all(dir);
+}
+
 // Parses `sambay train` flags (after "train") the way the command does.
 TrainConfig parse_train(std::vector<std::string> flags) {
   flags.insert(flags.begin(), "train");
