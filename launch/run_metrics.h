@@ -2,13 +2,14 @@
 // with --tensorboard, the same numbers as TensorBoard scalars in out_dir/tensorboard/.
 //
 // Every record has "kind", "step" (the optimizer steps done) and "wall_time" (Unix seconds):
-//   run_start / resume  the resolved config, the placement (ranks, layout, device, hosts), the
-//                       version and git commit; a resume names its checkpoint
+//   run_start / resume  UTC time, run id, the resolved config, the placement (ranks, layout,
+//                       device, hosts), the version and git commit; a resume names its checkpoint
 //   step                loss, lr, grad_norm, tokens, tokens_per_s, step_ms, elapsed_s,
 //                       memory_mib, flops_per_s and (on a GPU) mfu
 //   valid               valid_loss
 //   checkpoint          dir, seconds, bytes
-//   end                 reason ("done", "signal SIGUSR1", ...), steps and tokens trained, train_s
+//   end                 reason ("done", "signal SIGUSR1", "log write failed: ...", ...), steps
+//                       and tokens trained, train_s
 // A number that is not finite (a NaN loss) is written as null: every line is valid JSON.
 #pragma once
 
