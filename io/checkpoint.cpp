@@ -1,5 +1,6 @@
 #include "io/checkpoint.h"
 
+#include "core/config_file.h"
 #include "core/param_layout.h"
 #include "core/utc_time.h"
 #include "io/checkpoint_dir.h"
@@ -16,7 +17,6 @@
 #include <filesystem>
 #include <map>
 #include <random>
-#include <sstream>
 
 namespace sambay {
 
@@ -141,14 +141,10 @@ std::string new_run_id() {
 
 ModelConfig parse_model_config_text(const std::string& text, const std::string& where) {
   ModelConfig c;
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.empty()) continue;
-    const size_t eq = line.find(" = ");
-    if (line.rfind("model.", 0) != 0 || eq == std::string::npos)
-      fail("{}: model config line '{}' is not 'model.<field> = <value>'", where, line);
-    set_model_config_field(c, line.substr(6, eq - 6), line.substr(eq + 3), where);
+  for (const ConfigEntry& e : parse_config_text(text, where).entries) {
+    if (e.key.rfind("model.", 0) != 0)
+      fail("{}:{}: '{}' is not a model field (model.<field> = <value>)", where, e.line, e.key);
+    set_model_config_field(c, e.key.substr(6), e.value, where);
   }
   validate_model_config(c, where);
   return c;

@@ -1,28 +1,24 @@
 #include "launch/resume.h"
 
 #include "core/check.h"
+#include "core/config_file.h"
 #include "io/checkpoint_dir.h"
 
 #include <fmt/format.h>
 
 #include <map>
 #include <set>
-#include <sstream>
 
 namespace sambay {
 
 namespace {
 
-// "key = value" lines as key -> value (repeated keys, like data, joined with ", ").
-std::map<std::string, std::string> option_map(const std::string& text) {
+// A saved train config's options as key -> value (repeated keys, like data, joined with ", ").
+std::map<std::string, std::string> option_map(const std::string& text, const std::string& source) {
   std::map<std::string, std::string> out;
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line)) {
-    const size_t eq = line.find(" = ");
-    if (eq == std::string::npos) continue;
-    std::string& v = out[line.substr(0, eq)];
-    v += (v.empty() ? "" : ", ") + line.substr(eq + 3);
+  for (const ConfigEntry& e : parse_config_text(text, source).entries) {
+    std::string& v = out[e.key];
+    v += (v.empty() ? "" : ", ") + e.value;
   }
   return out;
 }
@@ -69,7 +65,8 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
       "out_dir",      "device",       "threads",    "log_every",        "tensorboard",
       "eval_every",   "eval_batches", "save_every", "keep_checkpoints", "resume",
       "recompute",    "watchdog",     "watchdog_s", "on_log_error"};
-  const auto before = option_map(info.train_config_text), now = option_map(train_config_to_text(cfg));
+  const auto before = option_map(info.train_config_text, "the checkpoint's train config"),
+             now = option_map(train_config_to_text(cfg), "this run's train config");
   // A model field newer than the checkpoint is absent from its text; read back, it took the
   // field's default (io/checkpoint.h parse_model_config_text), so that is its old value.
   std::map<std::string, std::string> model_defaults;

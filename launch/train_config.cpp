@@ -1,6 +1,7 @@
 #include "launch/train_config.h"
 
 #include "core/check.h"
+#include "core/config_file.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
 #include "core/size_limits.h"
@@ -11,7 +12,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <iostream>
 #include <map>
 
@@ -93,6 +93,22 @@ void apply_model_overrides(const po::variables_map& vm, TrainConfig& c, const st
   }
 }
 
+// A config file's entries as options that follow the command line's (which po::store keeps:
+// the first stored value of an option wins); an unknown key is refused with its file and line.
+po::parsed_options config_file_options(const ConfigFile& file, const po::options_description& options) {
+  po::parsed_options parsed(&options);
+  for (const ConfigEntry& e : file.entries) {
+    if (!options.find_nothrow(e.key, /*approx=*/false) || e.key == "config" || e.key == "help")
+      fail("{}:{}: unknown option '{}' (see sambay train --help)", file.source, e.line, e.key);
+    po::option o;
+    o.string_key = e.key;
+    o.value.push_back(e.value);
+    o.original_tokens = {e.key, e.value};
+    parsed.options.push_back(std::move(o));
+  }
+  return parsed;
+}
+
 }  // namespace
 
 bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
@@ -114,9 +130,7 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
     }
     if (vm.count("config")) {
       source = vm["config"].as<std::string>();
-      std::ifstream file(source);
-      if (!file) fail("{}: cannot open the config file", source);
-      po::store(po::parse_config_file(file, options, /*allow_unregistered=*/false), vm);
+      po::store(config_file_options(read_config_file(source), options), vm);
       source = "command line or " + source;
     }
     po::notify(vm);

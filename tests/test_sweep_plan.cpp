@@ -4,7 +4,7 @@
 #include "tools/sweep/budget.h"
 #include "tools/sweep/collect.h"
 #include "tools/sweep/depth_family.h"
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 #include "tools/sweep/sweep_plan.h"
 
 #include <gtest/gtest.h>
@@ -89,7 +89,7 @@ int count_of(const PlannedRun& r, const std::string& key) {
 TEST(SweepPlan, DepthSweepDerivesModelsStepsAndMuP) {
   TempDir tmp;
   std::ofstream(tmp.path / "base.ini") << "data = base-data\nseq_len = 128\n[model]\nwindow = 64\n";
-  const Ini spec = parse_ini(R"(
+  const ConfigFile spec = parse_config_text(R"(
 [sweep]
 name = t
 kind = depth
@@ -162,7 +162,7 @@ gpus_per_node = 8
 TEST(SweepPlan, StrongScalingKeepsTheGlobalBatch) {
   TempDir tmp;
   const SweepPlan plan =
-      plan_sweep(parse_ini(fmt::format(fmt::runtime(kScalingSpec), "strong"), "s.ini"), (tmp.path / "s.ini").string());
+      plan_sweep(parse_config_text(fmt::format(fmt::runtime(kScalingSpec), "strong"), "s.ini"), (tmp.path / "s.ini").string());
   std::map<std::string, const PlannedRun*> by_name;
   for (const PlannedRun& r : plan.runs) {
     by_name[r.name] = &r;
@@ -186,7 +186,7 @@ TEST(SweepPlan, StrongScalingKeepsTheGlobalBatch) {
 TEST(SweepPlan, WeakScalingKeepsTheReplicaBatch) {
   TempDir tmp;
   const SweepPlan plan =
-      plan_sweep(parse_ini(fmt::format(fmt::runtime(kScalingSpec), "weak"), "s.ini"), (tmp.path / "s.ini").string());
+      plan_sweep(parse_config_text(fmt::format(fmt::runtime(kScalingSpec), "weak"), "s.ini"), (tmp.path / "s.ini").string());
   for (const PlannedRun& r : plan.runs) {
     EXPECT_EQ(r.micro_batch, 4);
     EXPECT_EQ(r.grad_accum, 2);
@@ -197,7 +197,7 @@ TEST(SweepPlan, WeakScalingKeepsTheReplicaBatch) {
 TEST(SweepPlan, WritesRunDirectoriesAndArraysAndRefusesToChangeARun) {
   TempDir tmp;
   const std::string spec = fmt::format(fmt::runtime(kScalingSpec), "weak");
-  SweepPlan plan = plan_sweep(parse_ini(spec, "s.ini"), (tmp.path / "s.ini").string());
+  SweepPlan plan = plan_sweep(parse_config_text(spec, "s.ini"), (tmp.path / "s.ini").string());
   const std::vector<std::string> runs_files = write_plan(plan);
   ASSERT_FALSE(runs_files.empty());
   size_t listed = 0;
@@ -256,7 +256,7 @@ TEST(SweepPlan, ArchScaleBudgetRulesByHand) {
   TempDir tmp;
   for (const char* family : {"sambay", "sambay-da", "samba-yoco", "transformerpp"}) {
     const SweepPlan plan =
-        plan_sweep(parse_ini(fmt::format(fmt::runtime(kArchScaleSpec), family, 8), "a.ini"),
+        plan_sweep(parse_config_text(fmt::format(fmt::runtime(kArchScaleSpec), family, 8), "a.ini"),
                    (tmp.path / "a.ini").string());
     ASSERT_EQ(plan.runs.size(), 5u);
     const std::string f = family;
@@ -300,7 +300,7 @@ TEST(SweepPlan, ArchScaleBatchRoundsDownAndGpusPerDepth) {
   TempDir tmp;
   std::string spec = fmt::format(fmt::runtime(kArchScaleSpec), "sambay", "8 8 16 24 64");
   spec.replace(spec.find("[budget]"), 8, "tied = true\n[budget]");
-  const SweepPlan plan = plan_sweep(parse_ini(spec, "a.ini"), (tmp.path / "a.ini").string());
+  const SweepPlan plan = plan_sweep(parse_config_text(spec, "a.ini"), (tmp.path / "a.ini").string());
   ASSERT_EQ(plan.runs.size(), 5u);
   const PlannedRun& r = plan.runs[3];
   EXPECT_EQ(r.ranks, 24);
@@ -324,7 +324,7 @@ TEST(SweepPlan, ArchScaleBudgetConflictsAreNamed) {
   };
   auto error_of = [&](const std::string& spec) {
     try {
-      plan_sweep(parse_ini(spec, "a.ini"), p);
+      plan_sweep(parse_config_text(spec, "a.ini"), p);
     } catch (const Error& e) {
       return std::string(e.what());
     }
@@ -355,7 +355,7 @@ TEST(SweepPlan, ArchScaleEstimateFromTheMeasuredProfile) {
   TempDir tmp;
   const std::string spec = fmt::format(fmt::runtime(kArchScaleSpec), "sambay", 8) +
                            "[estimate]\nmfu = 0.34\noptimizer_seconds_per_param = 1.4e-11\n";
-  const SweepPlan plan = plan_sweep(parse_ini(spec, "a.ini"), (tmp.path / "a.ini").string());
+  const SweepPlan plan = plan_sweep(parse_config_text(spec, "a.ini"), (tmp.path / "a.ini").string());
   for (const PlannedRun& r : plan.runs) {
     const ModelConfig m = model_preset(fmt::format("archscale-sambay-d{}", r.depth));
     const double compute =
@@ -370,7 +370,7 @@ TEST(SweepPlan, ArchScaleEstimateFromTheMeasuredProfile) {
 TEST(SweepPlan, RepositoryConfigsPlan) {
   for (const auto& e : fs::directory_iterator(fs::path(SAMBAY_SOURCE_DIR) / "configs/sweeps")) {
     const std::string path = e.path().string();
-    const SweepPlan plan = plan_sweep(read_ini(path), path);
+    const SweepPlan plan = plan_sweep(read_config_file(path), path);
     EXPECT_FALSE(plan.runs.empty()) << path;
   }
 }
@@ -378,14 +378,14 @@ TEST(SweepPlan, RepositoryConfigsPlan) {
 TEST(SweepPlan, RejectsBadSpecs) {
   TempDir tmp;
   const std::string p = (tmp.path / "s.ini").string();
-  EXPECT_THROW(plan_sweep(parse_ini("[sweep]\nname = x\nkind = sideways\n", "s"), p), Error);
-  EXPECT_THROW(plan_sweep(parse_ini("[sweep]\nname = x\nkind = depth\n[depth]\ndepths = 4\n", "s"), p),
+  EXPECT_THROW(plan_sweep(parse_config_text("[sweep]\nname = x\nkind = sideways\n", "s"), p), Error);
+  EXPECT_THROW(plan_sweep(parse_config_text("[sweep]\nname = x\nkind = depth\n[depth]\ndepths = 4\n", "s"), p),
                Error);  // neither tokens nor tokens_per_param
-  EXPECT_THROW(plan_sweep(parse_ini("[sweep]\nname = x\nkind = strong\n[scaling]\ngpus = 2\n", "s"), p),
+  EXPECT_THROW(plan_sweep(parse_config_text("[sweep]\nname = x\nkind = strong\n[scaling]\ngpus = 2\n", "s"), p),
                Error);  // no global batch
   // μP++'s depth rule without μP++ is refused, naming the field.
   try {
-    plan_sweep(parse_ini("[sweep]\nname = x\nkind = depth\n[depth]\ndepths = 4\ntokens = 1000\n"
+    plan_sweep(parse_config_text("[sweep]\nname = x\nkind = depth\n[depth]\ndepths = 4\ntokens = 1000\n"
                          "mup_base_depth = 4\n", "s"), p);
     ADD_FAILURE() << "expected an error";
   } catch (const Error& e) {
@@ -393,19 +393,6 @@ TEST(SweepPlan, RejectsBadSpecs) {
   }
   EXPECT_THROW(parse_layout("tp"), Error);
   EXPECT_EQ(parse_layout("tp2cp4").cp, 4);
-}
-
-TEST(Ini, SectionsCommentsAndErrors) {
-  const Ini ini = parse_ini("a = 1 # one\n; note\n[s]\nb = x y\nb = z\n", "f.ini");
-  EXPECT_EQ(ini.get("a"), "1");
-  EXPECT_EQ(ini.get("s.b"), "z");
-  EXPECT_EQ(ini.all("s.b"), (std::vector<std::string>{"x y", "z"}));
-  EXPECT_EQ(ini.section("s").size(), 2u);
-  EXPECT_EQ(split_list("4, 8,12 16"), (std::vector<std::string>{"4", "8", "12", "16"}));
-  EXPECT_THROW(parse_ini("[open\n", "f"), Error);
-  EXPECT_THROW(parse_ini("novalue\n", "f"), Error);
-  EXPECT_THROW(ini.get_int("s.b", 0), Error);
-  EXPECT_THROW(ini.require("missing"), Error);
 }
 
 TEST(Collect, ReadsConfigMetricsAndSweepInfo) {

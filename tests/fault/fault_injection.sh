@@ -386,10 +386,8 @@ case_early_signal() {
   for sig in SIGTERM SIGUSR1; do
     for mode in pending handler 20 150 400; do
       rm -rf "$w/run"
-      # Enough steps that a signal 400 ms after startup still finds the run training (50 steps
-      # of the tiny model can be over by then).
       $python "$here/start_with_signal.py" $mode $sig "$sambay" train \
-        $(options --out_dir "$w/run" --steps 2000 --save_every 0) >"$w/log" 2>&1
+        $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
       expect_text "$w/log" "status 75"
       grep -qE "$sig received( during startup|: stopping after step)" "$w/log" ||
         { cat "$w/log"; fail "$sig ($mode): no report of the signal"; }
@@ -398,12 +396,12 @@ case_early_signal() {
   done
   rm -rf "$w/run"
   $python "$here/start_with_signal.py" pending SIGTERM "$sambay" train \
-    $(options --out_dir "$w/run" --steps 50) >"$w/log" 2>&1
+    $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
   expect_text "$w/log" "status 75" "SIGTERM received during startup: stopping before training"
   rm -rf "$w/run"
   $python "$here/start_with_signal.py" ranks:2 SIGUSR1 "$mpiexec" -n 2 --oversubscribe \
     --allow-run-as-root -x OMP_NUM_THREADS=1 "$sambay" train \
-    $(options --out_dir "$w/run" --steps 50) >"$w/log" 2>&1
+    $(options --out_dir "$w/run" --steps 100000) >"$w/log" 2>&1
   expect_text "$w/log" "status 75" "SIGUSR1 received"
   say "$n signals during startup (pending before main, at the handler, 20-400 ms later) and one through mpirun: exit 75 each time"
 }

@@ -7,7 +7,7 @@
 
 namespace sambay::sweep {
 
-ArchScaleBase archscale_base_from(const Ini& spec) {
+ArchScaleBase archscale_base_from(const ConfigFile& spec) {
   const std::string rule = spec.get("budget.rule", "archscale");
   if (rule != "archscale")
     fail("{}: budget.rule = '{}' is not a known budget rule (valid: archscale)", spec.source, rule);

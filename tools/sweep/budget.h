@@ -16,7 +16,7 @@
 // tokens and the same linear decay, to within one step).
 #pragma once
 
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 
 #include <cstdint>
 #include <string>
@@ -39,7 +39,7 @@ struct ArchScaleBase {
 
 // The [budget] section of a spec (keys as the fields above; rule = archscale). Throws naming
 // the file and key for a bad value.
-ArchScaleBase archscale_base_from(const Ini& spec);
+ArchScaleBase archscale_base_from(const ConfigFile& spec);
 
 // ArchScale's N(D) / D^3 for a family (core's archscale family names) of aspect ratio ar.
 double archscale_param_multiplier(const std::string& family, int64_t ar);

@@ -3,8 +3,8 @@
 #include "core/check.h"
 #include "core/model.h"
 #include "core/model_config.h"
+#include "core/config_file.h"
 #include "io/json.h"
-#include "tools/sweep/ini.h"
 
 #include <fmt/format.h>
 
@@ -36,10 +36,10 @@ RunResult collect_run(const std::string& dir) {
   r.dir = fs::absolute(dir).lexically_normal().string();
   r.run = fs::path(r.dir).filename().string();
   const fs::path resolved = fs::path(dir) / "config.ini", asked = fs::path(dir) / "train.ini";
-  const Ini cfg = read_ini(fs::exists(resolved) ? resolved.string() : asked.string());
+  const ConfigFile cfg = read_config_file(fs::exists(resolved) ? resolved.string() : asked.string());
 
   ModelConfig mc = model_preset(cfg.get("model", "demo-sambay-da"));
-  for (const IniEntry& e : cfg.section("model")) set_model_config_field(mc, e.key, e.value, cfg.source);
+  for (const ConfigEntry& e : cfg.section("model")) set_model_config_field(mc, e.key, e.value, cfg.source);
   r.seq_len = cfg.get_int("seq_len", 256);
   r.steps_planned = cfg.get_int("steps", 0);
   r.depth = mc.n_layers();
@@ -51,7 +51,7 @@ RunResult collect_run(const std::string& dir) {
 
   const fs::path meta_path = fs::path(dir) / "sweep.ini";
   if (fs::exists(meta_path)) {
-    const Ini meta = read_ini(meta_path.string());
+    const ConfigFile meta = read_config_file(meta_path.string());
     r.run = meta.get("run", r.run);
     r.kind = meta.get("kind");
     r.gpus = meta.get_int("gpus", 1);

@@ -59,7 +59,7 @@ std::string archscale_family_preset(const std::string& family, bool tied) {
   return fmt::format("archscale-{}-d16{}", archscale_core_family(family), tied ? "-tied" : "");
 }
 
-ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const Ini& spec,
+ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const ConfigFile& spec,
                                   const ArchScaleBase& base) {
   ArchScaleShape shape;
   shape.tied = spec.get_bool("depth.tied", false);

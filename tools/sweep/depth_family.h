@@ -7,7 +7,7 @@
 
 #include "core/model_config.h"
 #include "tools/sweep/budget.h"
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 
 #include <cstdint>
 #include <string>
@@ -31,7 +31,7 @@ std::string archscale_core_family(const std::string& family);  // "sambay" of "a
 std::string archscale_family_preset(const std::string& family, bool tied);
 // The model of depth D from a spec's [depth] keys (tied; for other scales width_per_depth,
 // head_dim, vocab, window) with the μP++ base of `base` (d0, hd0). Throws naming the key.
-ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const Ini& spec,
+ModelConfig depth_archscale_model(const std::string& family, int64_t depth, const ConfigFile& spec,
                                   const ArchScaleBase& base);
 
 }  // namespace sambay::sweep

@@ -11,7 +11,7 @@
 #include "core/model_config.h"
 #include "launch/train_config.h"
 #include "tools/sweep/collect.h"
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 #include "tools/sweep/perf_model.h"
 #include "tools/sweep/power_law_fit.h"
 #include "tools/sweep/sweep_plan.h"
@@ -77,12 +77,12 @@ std::string run_command(const std::vector<std::string>& cmd) {
 }
 
 // --set section.key=value options: each replaces every value the file gives that key.
-void apply_overrides(Ini& ini, const std::vector<std::string>& overrides) {
+void apply_overrides(ConfigFile& ini, const std::vector<std::string>& overrides) {
   for (const std::string& kv : overrides) {
     const size_t eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) fail("--set '{}' is not section.key=value", kv);
     const std::string key = kv.substr(0, eq);
-    std::erase_if(ini.entries, [&](const IniEntry& e) { return e.key == key; });
+    std::erase_if(ini.entries, [&](const ConfigEntry& e) { return e.key == key; });
     ini.entries.push_back({key, kv.substr(eq + 1), 0});
   }
 }
@@ -121,7 +121,7 @@ int cmd_plan(int argc, const char* const* argv) {
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep plan SPEC.ini [--dry-run]", "spec")) return 0;
 
-  Ini spec = read_ini(spec_path);
+  ConfigFile spec = read_config_file(spec_path);
   apply_overrides(spec, overrides);
   const SweepPlan plan = plan_sweep(spec, spec_path);
   if (!no_validate)
@@ -245,7 +245,7 @@ int cmd_perf(int argc, const char* const* argv) {
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep perf INPUTS.ini [--set section.key=value] [--out FILE]", "inputs"))
     return 0;
-  Ini in = read_ini(inputs_path);
+  ConfigFile in = read_config_file(inputs_path);
   apply_overrides(in, overrides);
 
   const ModelConfig mc = model_preset(in.get("model.preset", "phi4-mini-flash"));

@@ -7,7 +7,7 @@
 
 namespace sambay::sweep {
 
-ClusterSpec cluster_spec_from(const Ini& in, const std::string& section) {
+ClusterSpec cluster_spec_from(const ConfigFile& in, const std::string& section) {
   const std::string p = section + ".";
   ClusterSpec cl;
   cl.gpus_per_node = in.get_int(p + "gpus_per_node", 8);

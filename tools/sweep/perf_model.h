@@ -21,7 +21,7 @@
 // per NIC rail, so k GPUs of a node drive k NICs) and every ring step pays the network latency.
 #pragma once
 
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 
 #include <cstdint>
 #include <string>
@@ -78,7 +78,7 @@ struct StepPrediction {
 // The cluster keys of an inputs file's `section` (gpus_per_node, nvlink_bandwidth,
 // nvlink_latency, network_bandwidth, network_latency, gpu_memory), each defaulting to the
 // ASSUMED H100 values of configs/perf/h100-3.8b.ini.
-ClusterSpec cluster_spec_from(const Ini& in, const std::string& section);
+ClusterSpec cluster_spec_from(const ConfigFile& in, const std::string& section);
 
 // Time of a ring reduce-scatter or all-gather of `bytes` over `ranks` (0 for one rank).
 double ring_collective_seconds(double bytes, int64_t ranks, double bandwidth, double latency);

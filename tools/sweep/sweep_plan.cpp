@@ -53,10 +53,10 @@ class ConfigLines {
     for (const std::string& v : values) add.emplace_back(key, v);
     lines_.insert(lines_.begin() + std::min(at, lines_.size()), add.begin(), add.end());
   }
-  void set_layer(const std::vector<IniEntry>& entries) {
+  void set_layer(const std::vector<ConfigEntry>& entries) {
     std::map<std::string, std::vector<std::string>> by_key;
     std::vector<std::string> order;
-    for (const IniEntry& e : entries) {
+    for (const ConfigEntry& e : entries) {
       if (!by_key.count(e.key)) order.push_back(e.key);
       by_key[e.key].push_back(e.value);
     }
@@ -82,7 +82,7 @@ class ConfigLines {
   std::vector<std::pair<std::string, std::string>> lines_;
 };
 
-std::vector<int64_t> int_list(const Ini& spec, const std::string& key) {
+std::vector<int64_t> int_list(const ConfigFile& spec, const std::string& key) {
   std::vector<int64_t> out;
   for (const std::string& item : split_list(spec.require(key))) {
     char* end = nullptr;
@@ -121,7 +121,7 @@ bool node_shape(int64_t ranks, int64_t per_node, Shape& out, std::string& why) {
 
 // [estimate]: the performance model's step time for the run (data parallel over its ranks, a
 // ZeRO-1 sharded optimizer) from a measured MFU of sambay's exact FLOPs count.
-void estimate_run(const Ini& spec, const SlurmOptions& so, const ModelConfig& m, int64_t seq_len,
+void estimate_run(const ConfigFile& spec, const SlurmOptions& so, const ModelConfig& m, int64_t seq_len,
                   PlannedRun& r) {
   const double mfu = spec.get_double("estimate.mfu", 0);
   const double peak = spec.get_double("estimate.peak_flops", 989.4e12);
@@ -151,7 +151,7 @@ void estimate_run(const Ini& spec, const SlurmOptions& so, const ModelConfig& m,
 
 }  // namespace
 
-SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path) {
+SweepPlan plan_sweep(const ConfigFile& spec, const std::string& spec_path) {
   const fs::path spec_dir = fs::absolute(spec_path).parent_path();
   auto path_from_spec = [&](const std::string& p) {
     return fs::path(p).is_absolute() ? fs::path(p) : (spec_dir / p).lexically_normal();
@@ -178,7 +178,7 @@ SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path) {
   ConfigLines common;
   if (spec.has("sweep.base_config")) {
     const std::string base = path_from_spec(spec.get("sweep.base_config")).string();
-    common.set_layer(read_ini(base).entries);
+    common.set_layer(read_config_file(base).entries);
   }
   common.set_layer(spec.section("train"));
   const TrainConfig defaults;

@@ -31,7 +31,7 @@
 //              cpus_per_task, time, partition, account, qos, max_parallel
 #pragma once
 
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 
 #include <cstdint>
 #include <string>
@@ -80,7 +80,7 @@ struct SweepPlan {
 };
 
 // `spec_path` anchors relative paths (out_dir, base_config). Nothing is written.
-SweepPlan plan_sweep(const Ini& spec, const std::string& spec_path);
+SweepPlan plan_sweep(const ConfigFile& spec, const std::string& spec_path);
 
 // The train.ini text of a run.
 std::string config_text(const PlannedRun& run);

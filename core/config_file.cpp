@@ -1,4 +1,4 @@
-#include "tools/sweep/ini.h"
+#include "core/config_file.h"
 
 #include "core/check.h"
 
@@ -6,7 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace sambay::sweep {
+namespace sambay {
 
 namespace {
 
@@ -19,32 +19,32 @@ std::string trim(const std::string& s) {
 
 }  // namespace
 
-bool Ini::has(const std::string& key) const {
-  for (const IniEntry& e : entries)
+bool ConfigFile::has(const std::string& key) const {
+  for (const ConfigEntry& e : entries)
     if (e.key == key) return true;
   return false;
 }
 
-std::string Ini::get(const std::string& key, const std::string& fallback) const {
+std::string ConfigFile::get(const std::string& key, const std::string& fallback) const {
   std::string value = fallback;
-  for (const IniEntry& e : entries)
+  for (const ConfigEntry& e : entries)
     if (e.key == key) value = e.value;
   return value;
 }
 
-std::string Ini::require(const std::string& key) const {
+std::string ConfigFile::require(const std::string& key) const {
   if (!has(key)) fail("{}: '{}' is missing", source, key);
   return get(key);
 }
 
-std::vector<std::string> Ini::all(const std::string& key) const {
+std::vector<std::string> ConfigFile::all(const std::string& key) const {
   std::vector<std::string> values;
-  for (const IniEntry& e : entries)
+  for (const ConfigEntry& e : entries)
     if (e.key == key) values.push_back(e.value);
   return values;
 }
 
-double Ini::get_double(const std::string& key, double fallback) const {
+double ConfigFile::get_double(const std::string& key, double fallback) const {
   if (!has(key)) return fallback;
   const std::string v = get(key);
   char* end = nullptr;
@@ -53,7 +53,7 @@ double Ini::get_double(const std::string& key, double fallback) const {
   return x;
 }
 
-long long Ini::get_int(const std::string& key, long long fallback) const {
+long long ConfigFile::get_int(const std::string& key, long long fallback) const {
   if (!has(key)) return fallback;
   const std::string v = get(key);
   char* end = nullptr;
@@ -62,7 +62,7 @@ long long Ini::get_int(const std::string& key, long long fallback) const {
   return x;
 }
 
-bool Ini::get_bool(const std::string& key, bool fallback) const {
+bool ConfigFile::get_bool(const std::string& key, bool fallback) const {
   if (!has(key)) return fallback;
   const std::string v = get(key);
   if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
@@ -70,25 +70,25 @@ bool Ini::get_bool(const std::string& key, bool fallback) const {
   fail("{}: {} = '{}' is not true or false", source, key, v);
 }
 
-std::vector<IniEntry> Ini::section(const std::string& name) const {
-  std::vector<IniEntry> out;
+std::vector<ConfigEntry> ConfigFile::section(const std::string& name) const {
+  std::vector<ConfigEntry> out;
   const std::string prefix = name + ".";
-  for (const IniEntry& e : entries)
+  for (const ConfigEntry& e : entries)
     if (e.key.rfind(prefix, 0) == 0) out.push_back({e.key.substr(prefix.size()), e.value, e.line});
   return out;
 }
 
-Ini parse_ini(const std::string& text, const std::string& source) {
-  Ini ini;
+ConfigFile parse_config_text(const std::string& text, const std::string& source) {
+  ConfigFile ini;
   ini.source = source;
   std::istringstream in(text);
   std::string raw, section;
   int n = 0;
   while (std::getline(in, raw)) {
     ++n;
-    const size_t hash = raw.find_first_of("#;");
+    const size_t hash = raw.find('#');
     const std::string line = trim(hash == std::string::npos ? raw : raw.substr(0, hash));
-    if (line.empty()) continue;
+    if (line.empty() || line.front() == ';') continue;
     if (line.front() == '[') {
       if (line.back() != ']') fail("{}:{}: '{}' is not a [section] header", source, n, line);
       section = trim(line.substr(1, line.size() - 2));
@@ -103,12 +103,12 @@ Ini parse_ini(const std::string& text, const std::string& source) {
   return ini;
 }
 
-Ini read_ini(const std::string& path) {
+ConfigFile read_config_file(const std::string& path) {
   std::ifstream file(path);
   if (!file) fail("{}: cannot open", path);
   std::stringstream ss;
   ss << file.rdbuf();
-  return parse_ini(ss.str(), path);
+  return parse_config_text(ss.str(), path);
 }
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -125,4 +125,4 @@ std::vector<std::string> split_list(const std::string& s) {
   return items;
 }
 
-}  // namespace sambay::sweep
+}  // namespace sambay
