@@ -1,6 +1,7 @@
 // The SambaY model on one GPU: bf16 compute with fp32 accumulation, fp32 master weights,
-// gradients and AdamW moments. The graph and its backward are the CPU model's (core/model.h),
-// step for step, with the CUDA ops; the CPU model is its reference in tests.
+// gradients and AdamW moments. Forward and backward are the model graph (core/graph.h) on the
+// CUDA backend (core/cuda_backend.h); the CPU model (core/model.h), the same graph on the CPU
+// backend in double, is its reference in tests.
 //
 // Parameters live in flat device buffers laid out as the CPU model's (core/param_layout.h):
 // `params` (fp32 master), `params_bf16` (the compute copy, refreshed by the optimizer step),
@@ -8,15 +9,9 @@
 // like parameters (norms, biases, A_log, D, lambda, conv) from the fp32 master.
 //
 // Tensor parallelism (the CPU model's Megatron split, core/model.h ModelSplit): a GpuModel made
-// from a make_model_shard CPU model holds this rank's shard and runs it with the TP group's
-// sums: each mixer's and MLP's [n, d] partial output (the region exits), the gradient of each
-// region's input before the norm's backward, and Mamba's row-parallel x_proj outputs (delta
-// low-rank, B, C) and their gradients. Where a GEMM makes the partial (all of these but the
-// gradients of B and C, which the scan writes in bf16 and which are summed as stored), it is
-// made in fp32, summed in fp32 and rounded to bf16 once, as the single-rank GEMM rounds its
-// fp32 accumulation once: TP then differs from one rank by the order of fp32 additions (and
-// where one rank rounds between the products that add into one input gradient, TP does not), at
-// twice the bytes of a bf16 reduction. The attention output bias is added on TP rank 0 only.
+// from a make_model_shard CPU model holds this rank's shard and runs it with the TP group's sums
+// (core/cuda_backend.h says how: fp32 partial sums, rounded to bf16 once). The attention output
+// bias is added on TP rank 0 only.
 //
 // Sequence parallelism (ModelSplit::sequence_parallel, under TP; the CPU model's): the residual
 // stream, the norms, the embedding and the loss cover this rank's nr = B L / tp rows
@@ -31,15 +26,15 @@
 // collective, no extra synchronisation.
 #pragma once
 
+#include "core/activations.h"
 #include "core/arena.h"
 #include "core/bf16.h"
 #include "core/cuda_stream.h"
-#include "core/gpu_activations.h"
 #include "core/gpu_profile.h"
 #include "core/model.h"
+#include "core/model_graph.h"
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 namespace sambay {
@@ -86,7 +81,7 @@ std::vector<float> download_grads(const GpuModel& m);
 // Refreshes the bf16 compute copy from the fp32 master (after loading parameters).
 void refresh_bf16_params(GpuModel& m);
 
-// Plans the activations for micro-batches [B, L] (core/gpu_activations.h) on this model's split
+// Plans the activations for micro-batches [B, L] (core/activations.h) on this model's split
 // (its TP partial-sum buffer and sequence-parallel rows) and allocates them on the device.
 GpuActivations plan_gpu_activations(const GpuModel& model, int64_t B, int64_t L,
                                     const RecomputePlan& recompute);
@@ -108,12 +103,9 @@ void upload_batch(const GpuModel& model, GpuActivations& acts, const int32_t* to
 // of the group computes the whole loss (the same value; under SP each rank its rows', summed
 // over the group).
 ForwardResult gpu_model_forward(const GpuModel& model, GpuActivations& acts, bool use_doc);
-// Adds grad_scale * d(loss_sum)/d(params) into model.grads (does not synchronise).
-// After each layer's backward (and once more at the end with 0), grads_ready(first) is told that
-// the gradients from flat offset `first` to the end are complete for this backward, their
-// kernels enqueued on model.stream (the layout runs embedding, layers 0..N-1, final norm, and
-// backward walks it from the end): a caller can start reducing them while the rest runs.
-using GradsReady = std::function<void(int64_t first)>;
+// Adds grad_scale * d(loss_sum)/d(params) into model.grads (does not synchronise). grads_ready
+// (core/model_graph.h) is told as each layer's gradients complete, their kernels enqueued on
+// model.stream.
 void gpu_model_backward(GpuModel& model, GpuActivations& acts, bool use_doc, float grad_scale,
                         const GradsReady& grads_ready = {});
 

@@ -1,4 +1,5 @@
-// The SambaY model on the CPU: forward and hand-written backward of the whole network.
+// The SambaY model on the CPU: its parameters, and the model graph (core/graph.h) run on the CPU
+// backend (core/cpu_backend.h) in T = float or double; double is the fp64 reference.
 //
 // One micro-batch is tokens [B, L] with next-token targets [B, L] (negative = ignored) and an
 // optional document id per token [B, L] (variable-length training: documents packed in a row
@@ -10,12 +11,12 @@
 // bit-identical whichever layers are recomputed.
 #pragma once
 
-#include "core/arena.h"
+#include "core/activations.h"
 #include "core/model_config.h"
+#include "core/model_graph.h"
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
 #include "kernels/cross_entropy.h"
-#include "kernels/diff_attention.h"
 #include "parallel/communicator.h"
 
 #include <cstdint>
@@ -66,75 +67,11 @@ Model<T> make_model_shard(const ModelConfig& config, uint64_t seed, const ModelS
 template <typename T>
 void reduce_tensor_parallel_grads(Model<T>& model);
 
-// One layer's stored activations (pointers into the activation arena; null where the layer
-// kind has none). n = B * L rows; under sequence parallelism the residual-stream tensors (x_in,
-// the norms' statistics and outputs a, a2, x_mid) hold only this rank's nr = n / tp rows, noted
-// [nr, d]. The internals of every recomputed layer of a kind point at one shared set, refilled
-// when backward re-runs the layer.
+// Planned activation memory for micro-batches of [B, L] (core/activations.h; under context
+// parallelism, this rank's L = seq_len / cp positions of each sample:
+// parallel/context_parallel.h take_context_chunks).
 template <typename T>
-struct LayerActivations {
-  T* x_in = nullptr;  // [nr, d] the layer's input (always kept)
-  T *ln1_mean = nullptr, *ln1_rstd = nullptr, *a = nullptr;  // [nr], [nr], [nr, d]
-  T* x_mid = nullptr;                                        // [nr, d] after the mixer
-  T *ln2_mean = nullptr, *ln2_rstd = nullptr, *a2 = nullptr;
-  T *h = nullptr, *s = nullptr;  // MLP: fc1 output [n, 2F], SwiGLU output [n, F]
-  // Mamba: x, z halves of in_proj [n, E]; conv output, its SiLU [n, E]; delta low-rank [n, R];
-  // B, C [n, N]; dt before bias [n, E]; pre-gate y and gated output [n, E].
-  T *xin = nullptr, *z = nullptr, *xc = nullptr, *xs = nullptr, *dl = nullptr, *bc = nullptr,
-    *cc = nullptr, *dt = nullptr, *y = nullptr, *sout = nullptr;
-  // Attention: q [n, Hh], k, v [n, Gh] (self layers), o [n, Hh], lse [B, H, L] (plain).
-  T *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
-  DiffAttentionSaved diff{};
-  // Mamba under context parallelism: the scan state carried into each of this rank's 2B runs
-  // (its two chunks of every sample), and each run's decay (kernels/selective_scan.h ScanCarry),
-  // [2B, E, N] each.
-  T *scan_state_in = nullptr, *scan_decay = nullptr;
-  // GMU: g = x W_1 [n, E]; gm = m * silu(g) [n, E], for the nGMU normed, with the gated value
-  // before the norm in gated [n, E] and the norm's rstd [n].
-  T *g = nullptr, *gm = nullptr, *gated = nullptr, *gmu_rstd = nullptr;
-};
-
-// Gradient buffers used while backward walks the layers; reused by every layer.
-template <typename T>
-struct BackwardScratch {
-  T* dres = nullptr;     // [nr, d] gradient of the residual stream
-  T* dbranch = nullptr;  // [n, d] residual_scale * dres, the gradient of a block's output
-  T* da = nullptr;       // [n, d] gradient of a norm's output (this rank's part under TP)
-  T *dh = nullptr, *ds = nullptr;  // MLP [n, 2F], [n, F]
-  T *dxin = nullptr, *dz = nullptr, *dxc = nullptr, *dxs = nullptr, *ddl = nullptr,
-    *dbc = nullptr, *dcc = nullptr, *ddt = nullptr, *dsout = nullptr;  // Mamba
-  T *dq = nullptr, *dk = nullptr, *dv = nullptr, *do_ = nullptr;       // attention
-  T *dq_rot = nullptr, *dk_rot = nullptr;  // RoPE: gradients before the rotation's transpose
-  T *dg = nullptr, *dgm = nullptr, *dgated = nullptr;  // GMU
-  // Shared across layers: cross-attention layers add into the kv layer's key/value gradients,
-  // GMU layers into the memory's gradient; the source layer consumes them later in backward.
-  T *dk_shared = nullptr, *dv_shared = nullptr, *dmemory = nullptr;
-};
-
-// Planned activation memory for micro-batches of [B, L] (under context parallelism, this rank's
-// L = seq_len / cp positions of each sample: parallel/context_parallel.h take_context_chunks).
-template <typename T>
-struct Activations {
-  int64_t B = 0, L = 0;
-  RecomputePlan recompute;  // its layers (the CPU loss keeps no logits: loss chunks unused)
-  Arena arena;
-  std::vector<LayerActivations<T>> layers;
-  BackwardScratch<T> grad;
-  // [n, d] block outputs before the residual add (under TP, this rank's partial sums).
-  T *mixer_out = nullptr, *mlp_out = nullptr;
-  T* region_in = nullptr;  // [n, d] a norm's output gathered over sequence-parallel ranks
-  // Context parallelism (parallel/context_parallel.h): this rank's L positions of a sample are
-  // two chunks of h = L / 2, run as 2B rows of h; a whole sample has Lw = cp L positions.
-  std::vector<int32_t> doc_whole;  // [B, Lw] document ids of the whole samples (empty: no ids)
-  std::vector<int32_t> conv_doc;   // [2B, K - 1 + h] ids of the conv input below (empty: none)
-  T *k_whole = nullptr, *v_whole = nullptr;    // [B, Lw, Gh] keys and values of whole samples
-  T *dk_whole = nullptr, *dv_whole = nullptr;  // [B, Lw, Gh] their gradients from this rank
-  T *conv_in = nullptr, *conv_out = nullptr;   // [2B, K - 1 + h, E] each run after the last
-  T* conv_dx = nullptr;  // K - 1 positions of the chunk before it; output; input gradient
-  T *scan_state = nullptr, *scan_dstate = nullptr;  // [2B, E, N] scratch of the scan's carry
-  T *final_x = nullptr, *final_mean = nullptr, *final_rstd = nullptr, *final_out = nullptr;
-  T* ce_lse = nullptr;  // [n] the loss's log-sum-exp per row
-};
+using Activations = GraphActivations<T, T>;
 
 template <typename T>
 Activations<T> plan_activations(const Model<T>& model, int64_t B, int64_t L,
@@ -152,11 +89,6 @@ inline int64_t activation_bytes(const ModelConfig& config, int64_t B, int64_t L,
                                 size_t element_size) {
   return activation_bytes(config, B, L, uniform_recompute(config, recompute), element_size);
 }
-
-struct ForwardResult {
-  double loss_sum = 0;     // sum over valid targets of -log p(target)
-  int64_t valid_rows = 0;  // number of valid targets
-};
 
 // Runs the model and the loss. tokens, targets: [B, L]; doc: [B, L] or nullptr.
 template <typename T>

@@ -51,7 +51,7 @@ struct GpuEngine {
 // Uploads the CPU model's parameters (the fp32 master copy) and plans activations for [B, L]
 // with the recompute mode (core/recompute_plan.h): auto takes the least recompute whose
 // activations fit the GPU's free memory once the model's state is allocated, less
-// gpu_recompute_headroom (core/gpu_activations.h) and the gradient staging bucket; the choice
+// gpu_recompute_headroom (core/activations.h) and the gradient staging bucket; the choice
 // and why land in `recompute`. grads_group and tp (GPU-buffer communicators, not owned) may be
 // null for one rank; bucket: values per gradient bucket.
 GpuEngine make_gpu_engine(const Model<float>& cpu, std::vector<ParamGroup> groups, int64_t B,

@@ -345,7 +345,7 @@ int run_training(const TrainConfig& cfg) {
 #if SAMBAY_HAVE_CUDA
   if (gpu) {
     mem_mib = cuda_memory_used() / 1048576.0;  // the whole GPU allocation
-    acts_mib = gpu->acts.memory.capacity / 1048576.0;
+    acts_mib = gpu->acts.arena.capacity / 1048576.0;
   }
 #endif
 

@@ -136,7 +136,7 @@ TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
     GpuEngine e = make_gpu_engine(cpu, param_groups(cpu.layout, mup_config_for(c)), 2, 45, k.mode,
                                   true);
     EXPECT_EQ(e.acts.recompute, k.plan) << recompute_mode_name(k.mode) << "\n" << e.recompute.log;
-    const int64_t capacity = static_cast<int64_t>(e.acts.memory.capacity);
+    const int64_t capacity = static_cast<int64_t>(e.acts.arena.capacity);
     EXPECT_GE(capacity, e.recompute.bytes);  // the plan's bytes, rounded up to the alignment
     EXPECT_LT(capacity, e.recompute.bytes + 256);
     EXPECT_NE(e.recompute.log.find("GiB for activations"), std::string::npos) << e.recompute.log;
@@ -144,6 +144,21 @@ TEST(GpuEngine, RecomputeModeIsResolvedOnTheDevice) {
       EXPECT_NE(e.recompute.log.find("(chosen)"), std::string::npos) << e.recompute.log;
     }
   }
+}
+
+// The parameter arena holds any layout: the tiny presets' odd parameter counts, whole and as
+// tensor-parallel shards (each of its five buffers is rounded up to the arena's alignment).
+TEST(GpuModel, ParameterArenaFitsAnyLayout) {
+  SAMBAY_REQUIRE_GPU();
+  Communicator tp;  // make_gpu_model reads only the group's backend, size and rank
+  tp.backend = CommBackend::nccl, tp.name = "tp", tp.size = 2;
+  for (const char* preset : {"tiny-sambay", "tiny-samba-yoco", "tiny-transformerpp"})
+    for (int rank : {-1, 0, 1}) {
+      ModelSplit split;
+      if (rank >= 0) tp.rank = rank, split.tp = &tp;
+      const Model<float> cpu = make_model_shard<float>(model_preset(preset), 3, split);
+      EXPECT_NO_THROW(make_gpu_model(cpu, nullptr)) << preset << " rank " << rank;
+    }
 }
 
 // The untied μP++ head on the SambaY graph and on Transformer++. Not SambaY+DA with μP++: with

@@ -1,7 +1,7 @@
 // The recompute option and plan: parsing (the old booleans too), the plans' activation bytes on
 // the GPU model (counted without a GPU), and auto's choice for given memory sizes.
 #include "core/check.h"
-#include "core/gpu_activations.h"
+#include "core/activations.h"
 #include "core/model.h"
 #include "core/recompute_plan.h"
 
