@@ -21,6 +21,18 @@ sambay_require(Boost_FOUND "Boost.Program_options" "libboost-program-options-dev
 find_package(fmt CONFIG)
 sambay_require(fmt_FOUND "fmt" "libfmt-dev")
 
+find_package(ZLIB)
+sambay_require(ZLIB_FOUND "zlib" "zlib1g-dev")
+
+# The BPE tokenizer's pre-tokenisation regex: Unicode properties and JIT.
+find_package(PkgConfig)
+sambay_require(PKG_CONFIG_FOUND "pkg-config" "pkg-config")
+pkg_check_modules(PCRE2 IMPORTED_TARGET libpcre2-8)
+sambay_require(PCRE2_FOUND "PCRE2" "libpcre2-dev")
+
+find_package(nlohmann_json 3.10 CONFIG)
+sambay_require(nlohmann_json_FOUND "nlohmann-json" "nlohmann-json3-dev")
+
 find_package(GTest CONFIG)
 if(NOT GTest_FOUND)
   find_package(GTest MODULE)

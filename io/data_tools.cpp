@@ -3,84 +3,242 @@
 #include "core/check.h"
 #include "io/byte_tokenizer.h"
 #include "io/indexed_dataset.h"
-#include "io/mapped_file.h"
 #include "io/token_source.h"
+#include "io/tokenizer_note.h"
+
+#include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <future>
 #include <limits>
+#include <mutex>
 #include <string_view>
+#include <thread>
 
 namespace sambay {
 
 namespace {
 
-bool is_blank(std::string_view line) {
-  return line.find_first_not_of(" \t\r") == std::string_view::npos;
-}
+using Clock = std::chrono::steady_clock;
 
-void append_text_document(IndexedDatasetWriter& writer, std::string_view text,
-                          TokenizeReport& report) {
-  std::vector<int32_t> tokens = byte_encode(text);
-  tokens.push_back(kByteEod);
-  append_document(writer, tokens.data(), static_cast<int64_t>(tokens.size()));
-  report.documents += 1;
-  report.tokens += static_cast<int64_t>(tokens.size());
-}
+// Documents per batch handed to an encoding thread: large enough that handing over costs
+// nothing, small enough that every thread gets work and memory stays bounded (batches in flight:
+// two per thread).
+constexpr size_t kBatchBytes = size_t{4} << 20;
 
-// Paragraphs: maximal runs of non-blank lines, from the first line's start to the last line's
-// end (its newline excluded).
-void append_paragraphs(IndexedDatasetWriter& writer, std::string_view text,
-                       TokenizeReport& report) {
-  size_t paragraph_begin = std::string_view::npos, paragraph_end = 0;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t newline = text.find('\n', at);
-    size_t line_end = newline == std::string_view::npos ? text.size() : newline;
-    std::string_view line = text.substr(at, line_end - at);
-    if (is_blank(line)) {
-      if (paragraph_begin != std::string_view::npos)
-        append_text_document(writer, text.substr(paragraph_begin, paragraph_end - paragraph_begin),
-                             report);
-      paragraph_begin = std::string_view::npos;
-    } else {
-      if (paragraph_begin == std::string_view::npos) paragraph_begin = at;
-      paragraph_end = line_end;
+// One batch's result: its documents' tokens back to back, EOD included.
+struct EncodedBatch {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> lengths;
+  int64_t bytes = 0, empty = 0, unmatched = 0;
+};
+
+// What one encoding thread owns.
+struct ThreadEncoder {
+  std::unique_ptr<BpeEncoder> bpe;  // null: the byte tokenizer
+  std::string scratch;
+};
+
+EncodedBatch encode_batch(const DocumentBatch& batch, ThreadEncoder& enc,
+                          const TokenizeOptions& options, const std::vector<std::string>& inputs,
+                          int32_t eod) {
+  EncodedBatch out;
+  out.tokens.reserve(batch.bytes.size() / 3);
+  const int64_t unmatched_before = enc.bpe ? enc.bpe->unmatched_bytes() : 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const std::string_view text = document_text(batch, i, options.json_key, inputs, enc.scratch);
+    if (text.empty()) {
+      out.empty += 1;
+      continue;
     }
-    at = line_end + 1;
+    const size_t before = out.tokens.size();
+    if (!enc.bpe) {
+      for (char c : text) out.tokens.push_back(static_cast<unsigned char>(c));
+    } else if (options.allow_special) {
+      enc.bpe->encode_with_specials(text, out.tokens);
+    } else {
+      enc.bpe->encode_ordinary(text, out.tokens);
+    }
+    out.tokens.push_back(eod);
+    out.lengths.push_back(static_cast<int64_t>(out.tokens.size() - before));
+    out.bytes += static_cast<int64_t>(text.size());
   }
-  if (paragraph_begin != std::string_view::npos)
-    append_text_document(writer, text.substr(paragraph_begin, paragraph_end - paragraph_begin),
-                         report);
+  if (enc.bpe) out.unmatched = enc.bpe->unmatched_bytes() - unmatched_before;
+  return out;
 }
+
+// A fixed set of threads, each with its own encoder, taking batches in turn. Results come back
+// as futures, which the caller consumes in submission order.
+class EncoderPool {
+ public:
+  EncoderPool(int threads, const std::shared_ptr<const BpeTokenizer>& bpe) {
+    for (int t = 0; t < threads; ++t)
+      workers_.emplace_back([this, bpe] {
+        ThreadEncoder enc;
+        if (bpe) enc.bpe = std::make_unique<BpeEncoder>(bpe);
+        for (;;) {
+          std::packaged_task<EncodedBatch(ThreadEncoder&)> job;
+          {
+            std::unique_lock lock(mutex_);
+            ready_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+            if (jobs_.empty()) return;
+            job = std::move(jobs_.front());
+            jobs_.pop_front();
+          }
+          job(enc);
+        }
+      });
+  }
+  ~EncoderPool() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    ready_.notify_all();
+    for (std::thread& w : workers_) w.join();
+  }
+  std::future<EncodedBatch> submit(std::packaged_task<EncodedBatch(ThreadEncoder&)> job) {
+    std::future<EncodedBatch> result = job.get_future();
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+    return result;
+  }
+
+ private:
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::packaged_task<EncodedBatch(ThreadEncoder&)>> jobs_;
+  bool stop_ = false;
+};
+
+std::string human_bytes(double b) {
+  if (b >= 1e9) return fmt::format("{:.2f} GB", b / 1e9);
+  if (b >= 1e6) return fmt::format("{:.1f} MB", b / 1e6);
+  return fmt::format("{:.0f} kB", b / 1e3);
+}
+
+std::string human_count(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}G", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e4) return fmt::format("{:.1f}k", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+std::string eta_text(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t % 3600) / 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// The progress line: rewritten in place on a terminal, a new line every 30 s in a log.
+class Progress {
+ public:
+  explicit Progress(bool on) : on_(on), tty_(on && isatty(STDERR_FILENO)) {}
+  void update(const CorpusReader& reader, const TokenizeReport& r, bool final) {
+    if (!on_) return;
+    const double now = std::chrono::duration<double>(Clock::now() - start_).count();
+    if (!final && now - last_ < (tty_ ? 1.0 : 30.0)) return;
+    last_ = now;
+    const double done = static_cast<double>(reader.bytes_done());
+    const double total = static_cast<double>(reader.bytes_total());
+    const double rate = now > 0 ? done / now : 0;
+    std::string line = fmt::format(
+        "tokenize: {} / {} ({:.0f}%) | {} docs | {} tokens | {:.1f} MB/s | {} tok/s | ETA {}",
+        human_bytes(done), human_bytes(total), total > 0 ? 100 * done / total : 100.0,
+        human_count(static_cast<double>(r.documents)), human_count(static_cast<double>(r.tokens)),
+        rate / 1e6, human_count(now > 0 ? static_cast<double>(r.tokens) / now : 0),
+        final ? "0s" : eta_text(rate > 0 ? (total - done) / rate : NAN));
+    if (tty_)
+      fmt::print(stderr, "\r{:<110}{}", line, final ? "\n" : "");
+    else
+      fmt::print(stderr, "{}\n", line);
+    std::fflush(stderr);
+  }
+
+ private:
+  bool on_, tty_;
+  Clock::time_point start_ = Clock::now();
+  double last_ = 0;
+};
 
 }  // namespace
 
-TokenizeReport tokenize_text_files(const std::vector<std::string>& inputs,
-                                   const std::string& out_prefix, DocSplit how) {
+TokenizeReport tokenize_corpus(const std::vector<std::string>& inputs,
+                               const std::string& out_prefix, const TokenizeOptions& options) {
   SAMBAY_CHECK(!inputs.empty(), "no input files to tokenize into {}", out_prefix);
+  const Clock::time_point t0 = Clock::now();
+  std::shared_ptr<const BpeTokenizer> bpe;
+  if (options.tokenizer != "byte") bpe = BpeTokenizer::load(options.tokenizer, options.bpe);
+  const int32_t eod = bpe ? bpe->eod() : kByteEod;
+  const int64_t vocab = bpe ? bpe->vocab_size() : kByteVocab;
+  const CorpusFormat* format = options.format ? &*options.format : nullptr;
+  CorpusReader reader(inputs, format, options.split);
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
   TokenizeReport report;
-  IndexedDatasetWriter writer =
-      begin_indexed_dataset(out_prefix, token_dtype_for_vocab(kByteVocab));
-  for (const std::string& input : inputs) {
-    MappedFile file(input);
-    std::string_view text(reinterpret_cast<const char*>(file.data), file.size);
-    report.files += 1;
-    if (how == DocSplit::paragraphs) {
-      append_paragraphs(writer, text, report);
-    } else if (text.empty()) {
-      report.empty_skipped += 1;
-    } else {
-      append_text_document(writer, text, report);
+  IndexedDatasetWriter writer = begin_indexed_dataset(out_prefix, token_dtype_for_vocab(vocab));
+  Progress progress(options.progress);
+  {
+    EncoderPool pool(threads, bpe);
+    std::deque<std::future<EncodedBatch>> in_flight;
+    auto write_oldest = [&] {
+      EncodedBatch b = in_flight.front().get();  // rethrows an encoding thread's error
+      in_flight.pop_front();
+      const int32_t* at = b.tokens.data();
+      for (int64_t len : b.lengths) {
+        append_document(writer, at, len);
+        at += len;
+      }
+      report.documents += static_cast<int64_t>(b.lengths.size());
+      report.tokens += static_cast<int64_t>(b.tokens.size());
+      report.bytes += b.bytes;
+      report.empty_skipped += b.empty;
+      report.unmatched_bytes += b.unmatched;
+      progress.update(reader, report, false);
+    };
+    for (;;) {
+      auto batch = std::make_shared<DocumentBatch>();
+      if (!reader.next(*batch, kBatchBytes)) break;
+      in_flight.push_back(pool.submit(std::packaged_task<EncodedBatch(ThreadEncoder&)>(
+          [batch, &options, &inputs, eod](ThreadEncoder& enc) {
+            return encode_batch(*batch, enc, options, inputs, eod);
+          })));
+      if (in_flight.size() >= static_cast<size_t>(2 * threads)) write_oldest();
     }
+    while (!in_flight.empty()) write_oldest();
   }
   finish_indexed_dataset(writer);
+  write_tokenizer_note(out_prefix, bpe.get(), options.allow_special);
+  report.files = reader.stats().files;
+  report.empty_skipped += reader.stats().empty_files;
+  report.blank_lines = reader.stats().blank_lines;
+  report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  progress.update(reader, report, true);
   return report;
 }
 
 std::string to_string(const TokenizeReport& r) {
   std::string s =
       fmt::format("{} files -> {} documents, {} tokens", r.files, r.documents, r.tokens);
-  if (r.empty_skipped > 0) s += fmt::format(" ({} empty files skipped)", r.empty_skipped);
+  std::vector<std::string> notes;
+  if (r.empty_skipped > 0) notes.push_back(fmt::format("{} empty documents skipped", r.empty_skipped));
+  if (r.blank_lines > 0) notes.push_back(fmt::format("{} blank lines skipped", r.blank_lines));
+  if (r.unmatched_bytes > 0)
+    notes.push_back(fmt::format("{} bytes of invalid UTF-8 kept as byte tokens", r.unmatched_bytes));
+  if (!notes.empty()) s += " (" + fmt::format("{}", fmt::join(notes, "; ")) + ")";
   return s;
 }
 

@@ -3,6 +3,7 @@
 #include "core/check.h"
 #include "io/checkpoint.h"
 #include "io/durable_fs.h"
+#include "io/hf_tokenizer.h"
 #include "io/safetensors.h"
 
 #include <fmt/format.h>
@@ -40,23 +41,23 @@ std::string hf_mixer_name(const std::string& ours) {
 bool has_prefix(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 
 int64_t int_key(const Json& config, const char* key, const std::string& where) {
-  const Json* v = config.find(key);
+  const Json* v = json_find(config, key);
   if (!v) fail("{}: key '{}' is missing", where, key);
-  return v->as_int(fmt::format("{}: {}", where, key));
+  return json_int(*v, fmt::format("{}: {}", where, key));
 }
 
 int64_t int_key_or(const Json& config, const char* key, int64_t fallback,
                    const std::string& where) {
-  const Json* v = config.find(key);
-  if (!v || v->kind == Json::Kind::null || (v->kind == Json::Kind::string && v->text == "auto"))
+  const Json* v = json_find(config, key);
+  if (!v || v->is_null() || (v->is_string() && v->get_ref<const std::string&>() == "auto"))
     return fallback;
-  return v->as_int(fmt::format("{}: {}", where, key));
+  return json_int(*v, fmt::format("{}: {}", where, key));
 }
 
 // The standard keys, read as the release's code reads them.
 ModelConfig model_config_from_hf_keys(const Json& j, const std::string& where) {
-  if (const Json* t = j.find("model_type"); t && t->kind == Json::Kind::string && t->text != "phi4flash")
-    fail("{}: model_type is '{}', sambay imports 'phi4flash'", where, t->text);
+  if (const Json* t = json_find(j, "model_type"); t && t->is_string() && *t != "phi4flash")
+    fail("{}: model_type is '{}', sambay imports 'phi4flash'", where, t->get<std::string>());
   ModelConfig c;
   c.name = "hf-import";
   c.d_model = int_key(j, "hidden_size", where);
@@ -70,13 +71,15 @@ ModelConfig model_config_from_hf_keys(const Json& j, const std::string& where) {
   c.d_ff = int_key(j, "intermediate_size", where);
   if (int_key_or(j, "mb_per_layer", 2, where) != 2)
     fail("{}: mb_per_layer must be 2 (Mamba on every even layer of the SambaY pattern)", where);
-  const Json* window = j.find("sliding_window");
-  if (window && window->kind == Json::Kind::array) {  // as the config class expands it
-    for (const Json& w : window->items)
-      if (w.kind != Json::Kind::null) window = &w;
+  const Json* window = json_find(j, "sliding_window");
+  if (window && window->is_array()) {  // as the config class expands it
+    const Json* last = nullptr;
+    for (const Json& w : *window)
+      if (!w.is_null()) last = &w;
+    window = last;
   }
-  if (!window || window->kind == Json::Kind::array) fail("{}: key 'sliding_window' is missing", where);
-  c.window = window->as_int(where + ": sliding_window");
+  if (!window) fail("{}: key 'sliding_window' is missing", where);
+  c.window = json_int(*window, where + ": sliding_window");
   c.differential = true;
   c.attention_bias = true;
   c.d_inner = int_key_or(j, "mamba_expand", 2, where) * c.d_model;
@@ -84,13 +87,13 @@ ModelConfig model_config_from_hf_keys(const Json& j, const std::string& where) {
   c.d_conv = int_key_or(j, "mamba_d_conv", 4, where);
   c.dt_rank = int_key_or(j, "mamba_dt_rank", (c.d_model + 15) / 16, where);
   c.norm = NormKind::layernorm;
-  if (const Json* eps = j.find("layer_norm_eps")) c.norm_eps = eps->as_number(where + ": layer_norm_eps");
-  if (const Json* eos = j.find("eos_token_id"); eos && eos->kind == Json::Kind::number)
-    c.eod_token = static_cast<int32_t>(eos->as_int(where + ": eos_token_id"));
-  if (const Json* tie = j.find("tie_word_embeddings"); tie && tie->kind != Json::Kind::null) {
-    if (tie->kind != Json::Kind::boolean)
-      fail("{}: tie_word_embeddings is not true or false", where);
-    c.tied_embedding = tie->boolean;
+  if (const Json* eps = json_find(j, "layer_norm_eps"))
+    c.norm_eps = json_number(*eps, where + ": layer_norm_eps");
+  if (const Json* eos = json_find(j, "eos_token_id"); eos && eos->is_number_integer())
+    c.eod_token = static_cast<int32_t>(json_int(*eos, where + ": eos_token_id"));
+  if (const Json* tie = json_find(j, "tie_word_embeddings"); tie && !tie->is_null()) {
+    if (!tie->is_boolean()) fail("{}: tie_word_embeddings is not true or false", where);
+    c.tied_embedding = tie->get<bool>();
   }
   set_sambay_pattern(c, int_key(j, "num_hidden_layers", where), /*gmu=*/true);
   validate_model_config(c, where);
@@ -148,56 +151,83 @@ std::vector<std::string> hf_incompatibilities(const ModelConfig& c) {
   return out;  // an untied head is expressible: tie_word_embeddings false and lm_head.weight
 }
 
+std::vector<std::string> vllm_incompatibilities(const ModelConfig& c) {
+  std::vector<std::string> out;
+  if (c.d_state != 16) out.push_back(fmt::format("d_state: vLLM fixes 16, this model has {}", c.d_state));
+  if (c.d_conv != 4) out.push_back(fmt::format("d_conv: vLLM fixes 4, this model has {}", c.d_conv));
+  if (c.d_inner != 2 * c.d_model)
+    out.push_back(fmt::format("d_inner: vLLM fixes 2 d_model = {}, this model has {}",
+                              2 * c.d_model, c.d_inner));
+  if (c.dt_rank != (c.d_model + 15) / 16)
+    out.push_back(fmt::format("dt_rank: vLLM fixes ceil(d_model / 16) = {}, this model has {}",
+                              (c.d_model + 15) / 16, c.dt_rank));
+  if (c.n_heads % 2 != 0 || c.n_kv_heads % 2 != 0)
+    out.push_back(fmt::format("n_heads, n_kv_heads: vLLM's differential attention needs both "
+                              "even, this model has {} and {}",
+                              c.n_heads, c.n_kv_heads));
+  return out;
+}
+
 std::string hf_config_json(const ModelConfig& c, bool bf16) {
-  const std::string eod = c.eod_token >= 0 ? fmt::format("{}", c.eod_token) : "null";
-  std::string s = "{\n";
-  auto line = [&](const std::string& key, const std::string& value) {
-    s += fmt::format("  {}: {},\n", json_quote(key), value);
-  };
-  line("architectures", "[\"Phi4FlashForCausalLM\"]");
-  line("auto_map",
-       "{\"AutoConfig\": \"configuration_phi4flash.Phi4FlashConfig\", "
-       "\"AutoModelForCausalLM\": \"modeling_phi4flash.Phi4FlashForCausalLM\"}");
-  line("model_type", "\"phi4flash\"");
-  line("hidden_size", fmt::format("{}", c.d_model));
-  line("intermediate_size", fmt::format("{}", c.d_ff));
-  line("num_hidden_layers", fmt::format("{}", c.n_layers()));
-  line("num_attention_heads", fmt::format("{}", c.n_heads));
-  line("num_key_value_heads", fmt::format("{}", c.n_kv_heads));
-  line("sliding_window", fmt::format("{}", c.window));
-  line("mb_per_layer", "2");
-  line("mamba_d_state", fmt::format("{}", c.d_state));
-  line("mamba_d_conv", fmt::format("{}", c.d_conv));
-  line("mamba_expand", fmt::format("{}", c.d_model > 0 ? c.d_inner / c.d_model : 0));
-  line("mamba_dt_rank", fmt::format("{}", c.dt_rank));
-  line("mamba_conv_bias", "true");
-  line("mamba_proj_bias", "false");
-  line("layer_norm_eps", fmt::format("{}", c.norm_eps));
-  line("hidden_act", "\"silu\"");
-  line("vocab_size", fmt::format("{}", c.vocab));
-  line("bos_token_id", eod);
-  line("eos_token_id", eod);
-  line("pad_token_id", eod);
-  line("tie_word_embeddings", c.tied_embedding ? "true" : "false");
-  line("mlp_bias", "false");
-  line("lm_head_bias", "false");
-  line("attention_dropout", "0.0");
-  line("embd_pdrop", "0.0");
-  line("resid_pdrop", "0.0");
-  line("initializer_range", "0.02");
-  line("max_position_embeddings", "262144");
-  line("use_cache", "true");
-  line("torch_dtype", bf16 ? "\"bfloat16\"" : "\"float32\"");
-  s += fmt::format("  \"sambay_model_config\": {}\n}}\n", json_quote(model_config_to_text(c)));
-  return s;
+  const Json eod = c.eod_token >= 0 ? Json(c.eod_token) : Json(nullptr);
+  Json layer_types = Json::array();
+  for (LayerKind k : c.layers)
+    layer_types.push_back(k == LayerKind::sliding_window ? "sliding_attention" : "full_attention");
+  const Json j = {
+      {"architectures", {"Phi4FlashForCausalLM"}},
+      {"auto_map",
+       {{"AutoConfig", "configuration_phi4flash.Phi4FlashConfig"},
+        {"AutoModelForCausalLM", "modeling_phi4flash.Phi4FlashForCausalLM"}}},
+      {"model_type", "phi4flash"},
+      {"hidden_size", c.d_model},
+      {"intermediate_size", c.d_ff},
+      {"num_hidden_layers", c.n_layers()},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"sliding_window", c.window},
+      {"layer_types", layer_types},
+      {"mb_per_layer", 2},
+      {"mamba_d_state", c.d_state},
+      {"mamba_d_conv", c.d_conv},
+      {"mamba_expand", c.d_model > 0 ? c.d_inner / c.d_model : 0},
+      {"mamba_dt_rank", c.dt_rank},
+      {"mamba_conv_bias", true},
+      {"mamba_proj_bias", false},
+      {"layer_norm_eps", c.norm_eps},
+      {"hidden_act", "silu"},
+      {"vocab_size", c.vocab},
+      {"bos_token_id", eod},
+      {"eos_token_id", eod},
+      {"pad_token_id", eod},
+      {"tie_word_embeddings", c.tied_embedding},
+      {"mlp_bias", false},
+      {"lm_head_bias", false},
+      {"attention_dropout", 0.0},
+      {"embd_pdrop", 0.0},
+      {"resid_pdrop", 0.0},
+      {"initializer_range", 0.02},
+      {"max_position_embeddings", 262144},
+      {"use_cache", true},
+      {"torch_dtype", bf16 ? "bfloat16" : "float32"},
+      {"sambay_model_config", model_config_to_text(c)}};
+  return j.dump(2) + "\n";
+}
+
+std::string hf_generation_config_json(const ModelConfig& c) {
+  const Json eod = c.eod_token >= 0 ? Json(c.eod_token) : Json(nullptr);
+  const Json j = {{"_from_model_config", true},
+                  {"bos_token_id", eod},
+                  {"eos_token_id", eod},
+                  {"pad_token_id", eod}};
+  return j.dump(2) + "\n";
 }
 
 ModelConfig model_config_from_hf(const Json& j, const std::string& where) {
-  if (j.kind != Json::Kind::object) fail("{}: not a JSON object", where);
-  const Json* ours = j.find("sambay_model_config");
+  if (!j.is_object()) fail("{}: not a JSON object", where);
+  const Json* ours = json_find(j, "sambay_model_config");
   if (!ours) return model_config_from_hf_keys(j, where);
   const ModelConfig c =
-      parse_model_config_text(ours->as_string(where + ": sambay_model_config"), where);
+      parse_model_config_text(json_string(*ours, where + ": sambay_model_config"), where);
   // Someone may have edited the standard keys: they must still describe the same model.
   const std::pair<const char*, int64_t> keys[] = {
       {"hidden_size", c.d_model},         {"vocab_size", c.vocab},
@@ -207,32 +237,84 @@ ModelConfig model_config_from_hf(const Json& j, const std::string& where) {
     if (int_key(j, key, where) != value)
       fail("{}: {} is {} but sambay_model_config says {}", where, key, int_key(j, key, where),
            value);
-  if (const Json* tie = j.find("tie_word_embeddings");
-      tie && tie->kind == Json::Kind::boolean && tie->boolean != c.tied_embedding)
+  if (const Json* tie = json_find(j, "tie_word_embeddings");
+      tie && tie->is_boolean() && tie->get<bool>() != c.tied_embedding)
     fail("{}: tie_word_embeddings is {} but sambay_model_config says tied_embedding = {}", where,
-         tie->boolean, c.tied_embedding);
+         tie->get<bool>(), c.tied_embedding);
   return c;
 }
 
-void export_hf(const ModelConfig& c, std::span<const float> params, const std::string& out_dir,
-               bool bf16, bool force) {
+HfExportReport export_hf(const ModelConfig& c, std::span<const float> params,
+                         const std::string& out_dir, const HfExportOptions& options) {
   const std::vector<std::string> problems = hf_incompatibilities(c);
-  if (!problems.empty() && !force)
+  if (!problems.empty() && !options.force)
     fail("model '{}' cannot run in the Phi4Flash code of the Hugging Face release:\n  {}\n"
          "(--force exports anyway; sambay can import such an export, other tools cannot run it)",
          c.name, fmt::join(problems, "\n  "));
+  if (const BpeTokenizer* t = options.tokenizer.get()) {
+    if (t->vocab_size() > c.vocab)
+      fail("tokenizer {}: its {} ids do not fit model '{}' (model.vocab = {})", t->path(),
+           t->vocab_size(), c.name, c.vocab);
+    if (t->eod() != c.eod_token)
+      fail("tokenizer {}: it ends documents with id {}, model '{}' with eod_token {}", t->path(),
+           t->eod(), c.name, c.eod_token);
+  }
+  SAMBAY_CHECK(options.max_shard_bytes > 0, "max_shard_bytes must be positive");
   const ParamLayout layout = build_param_layout(c);
   SAMBAY_CHECK(static_cast<int64_t>(params.size()) == layout.total,
                "{} parameters given, the layout has {}", params.size(), layout.total);
-  std::vector<SafetensorsEntry> entries;
+  HfExportReport report;
+  report.warnings = vllm_incompatibilities(c);
+
+  // Tensors in layout order, cut into shards of at most max_shard_bytes (a larger tensor alone).
+  const int64_t esize = options.bf16 ? 2 : 4;
+  std::vector<std::vector<SafetensorsEntry>> shards(1);
+  int64_t shard_bytes = 0, total_bytes = 0;
   for (const ParamSpec& p : layout.params) {
     HfTensorName hf = hf_tensor_for(p);
-    entries.push_back({hf.name, hf.shape, params.data() + p.offset});
+    const int64_t bytes = p.numel * esize;
+    if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back({hf.name, hf.shape, params.data() + p.offset});
+    shard_bytes += bytes;
+    total_bytes += bytes;
   }
   fs::create_directories(out_dir);
-  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), entries, bf16,
-                    {{"format", "pt"}, {"producer", "sambay"}});
-  write_file_durably((fs::path(out_dir) / "config.json").string(), hf_config_json(c, bf16));
+  const std::vector<std::pair<std::string, std::string>> metadata = {{"format", "pt"},
+                                                                     {"producer", "sambay"}};
+  const fs::path index_path = fs::path(out_dir) / "model.safetensors.index.json";
+  const fs::path single_path = fs::path(out_dir) / "model.safetensors";
+  if (shards.size() == 1) {
+    write_safetensors(single_path.string(), shards[0], options.bf16, metadata);
+    fs::remove(index_path);  // from an earlier, sharded export into the same directory
+    report.files.push_back("model.safetensors");
+  } else {
+    Json weight_map = Json::object();
+    for (size_t i = 0; i < shards.size(); ++i) {
+      const std::string name =
+          fmt::format("model-{:05}-of-{:05}.safetensors", i + 1, shards.size());
+      write_safetensors((fs::path(out_dir) / name).string(), shards[i], options.bf16, metadata);
+      for (const SafetensorsEntry& e : shards[i]) weight_map[e.name] = name;
+      report.files.push_back(name);
+    }
+    const Json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    write_file_durably(index_path.string(), index.dump(2) + "\n");
+    fs::remove(single_path);
+    report.files.push_back("model.safetensors.index.json");
+  }
+  write_file_durably((fs::path(out_dir) / "config.json").string(),
+                     hf_config_json(c, options.bf16));
+  write_file_durably((fs::path(out_dir) / "generation_config.json").string(),
+                     hf_generation_config_json(c));
+  report.files.push_back("config.json");
+  report.files.push_back("generation_config.json");
+  if (options.tokenizer)
+    for (const std::string& f :
+         write_hf_tokenizer(*options.tokenizer, c.eod_token, 262144, out_dir))
+      report.files.push_back(f);
+  return report;
 }
 
 HfImport import_hf(const std::string& dir) {
@@ -246,11 +328,11 @@ HfImport import_hf(const std::string& dir) {
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   if (fs::exists(index)) {
     const Json j = parse_json(read_text_file(index.string()), index.string());
-    const Json* map = j.find("weight_map");
-    if (!map || map->kind != Json::Kind::object) fail("{}: no weight_map object", index.string());
+    const Json* map = json_find(j, "weight_map");
+    if (!map || !map->is_object()) fail("{}: no weight_map object", index.string());
     std::set<std::string> names;
-    for (const auto& [tensor, file] : map->members)
-      names.insert(file.as_string(index.string() + ": weight_map." + tensor));
+    for (const auto& [tensor, file] : map->items())
+      names.insert(json_string(file, index.string() + ": weight_map." + tensor));
     for (const std::string& n : names) files.push_back((fs::path(dir) / n).string());
   } else {
     files.push_back((fs::path(dir) / "model.safetensors").string());

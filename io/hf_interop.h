@@ -17,8 +17,10 @@
 
 #include "core/model_config.h"
 #include "core/param_layout.h"
+#include "io/bpe_tokenizer.h"
 #include "io/json.h"
 
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,18 +38,42 @@ HfTensorName hf_tensor_for(const ParamSpec& p);
 // muP++ scaling); empty when an export runs there as it runs in sambay.
 std::vector<std::string> hf_incompatibilities(const ModelConfig& c);
 
-// config.json for `c` with the release's keys, plus "sambay_model_config" (our config text) so
-// that importing restores every field exactly.
+// Fields that vLLM's Phi4Flash model cannot load although the release's code can: it builds its
+// Mamba layers with d_state 16, d_conv 4, expand 2 and dt_rank ceil(d / 16) whatever config.json
+// says, and its differential attention splits heads and key/value heads in pairs.
+std::vector<std::string> vllm_incompatibilities(const ModelConfig& c);
+
+// config.json for `c` with the release's keys and "layer_types" (which vLLM reads), plus
+// "sambay_model_config" (our config text) so that importing restores every field exactly.
 std::string hf_config_json(const ModelConfig& c, bool bf16);
+
+// generation_config.json: bos = eos = pad = the end-of-document token, as in the release.
+std::string hf_generation_config_json(const ModelConfig& c);
 
 // The model config a config.json describes (our own export's "sambay_model_config" when present,
 // checked against the standard keys). Errors name `where` and the key.
 ModelConfig model_config_from_hf(const Json& config, const std::string& where);
 
-// Writes out_dir/model.safetensors and out_dir/config.json. Throws listing the incompatible
-// fields unless `force`.
-void export_hf(const ModelConfig& c, std::span<const float> params, const std::string& out_dir,
-               bool bf16, bool force);
+struct HfExportOptions {
+  bool bf16 = false;   // as released; else float32 (exact)
+  bool force = false;  // export a model the release's code cannot run
+  // One model.safetensors up to this size; above it shards model-0000i-of-0000n.safetensors and
+  // model.safetensors.index.json (Hugging Face's default limit).
+  int64_t max_shard_bytes = 5'000'000'000;
+  // Written as tokenizer files when set; its vocabulary must fit the model's and its
+  // end-of-document id be the model's eod_token.
+  std::shared_ptr<const BpeTokenizer> tokenizer;
+};
+
+struct HfExportReport {
+  std::vector<std::string> files;     // written into out_dir
+  std::vector<std::string> warnings;  // vllm_incompatibilities
+};
+
+// Writes the safetensors, config.json, generation_config.json and the tokenizer files into
+// out_dir. Throws listing the incompatible fields unless `force`.
+HfExportReport export_hf(const ModelConfig& c, std::span<const float> params,
+                         const std::string& out_dir, const HfExportOptions& options);
 
 struct HfImport {
   ModelConfig model;

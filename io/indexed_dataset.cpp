@@ -13,6 +13,8 @@ namespace {
 constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 constexpr uint64_t kVersion = 1;
 constexpr size_t kHeaderBytes = 34;
+// append_document writes its staged tokens once they reach this much.
+constexpr size_t kWriteBytes = size_t{1} << 20;
 constexpr size_t kVersionAt = 9, kDtypeAt = 17, kSequenceCountAt = 18, kDocumentCountAt = 26;
 
 // Where the arrays start inside .idx; they follow the header without alignment.
@@ -202,15 +204,21 @@ void append_document(IndexedDatasetWriter& w, const int32_t* tokens, int64_t n) 
                "{}: document {} has {} tokens; a sequence holds at most 2^31 - 1", w.prefix,
                w.sequence_lengths.size(), n);
   const int64_t item = token_dtype_size(w.dtype);
-  w.staging.resize(static_cast<size_t>(n * item));
-  encode_tokens(tokens, n, w.dtype, w.staging.data(),
+  const size_t have = w.staging.size();
+  w.staging.resize(have + static_cast<size_t>(n * item));
+  encode_tokens(tokens, n, w.dtype, w.staging.data() + have,
                 fmt::format("{}: document {}", w.prefix, w.sequence_lengths.size()));
-  w.bin.write(w.staging.data(), w.staging.size());
+  if (w.staging.size() >= kWriteBytes) {
+    w.bin.write(w.staging.data(), w.staging.size());
+    w.staging.clear();
+  }
   w.sequence_lengths.push_back(static_cast<int32_t>(n));
   w.num_tokens += n;
 }
 
 void finish_indexed_dataset(IndexedDatasetWriter& w) {
+  w.bin.write(w.staging.data(), w.staging.size());
+  w.staging.clear();
   const uint64_t S = w.sequence_lengths.size(), D = S + 1;
   const int64_t item = token_dtype_size(w.dtype);
   std::vector<uint8_t> idx(kHeaderBytes + 12 * S + 8 * D);

@@ -45,7 +45,7 @@ struct IndexedDatasetWriter {
   TokenDType dtype;
   AtomicFileWriter bin;
   std::vector<int32_t> sequence_lengths;
-  std::vector<uint8_t> staging;  // one document's encoded bytes
+  std::vector<uint8_t> staging;  // encoded tokens not yet written (a write per MiB, not per document)
   int64_t num_tokens = 0;
 };
 

@@ -1,36 +1,29 @@
-// A small JSON reader for the files sambay reads from other tools (safetensors headers,
-// Hugging Face config.json), and string quoting for the JSON it writes.
-// Numbers keep their text, so 64-bit integers (byte offsets) are read exactly.
+// JSON through nlohmann-json, in sambay's error style: every document sambay reads from other
+// tools (safetensors headers, Hugging Face configs, metrics, dataset notes) is parsed here, so
+// that a bad one is an error naming the file and the key. Objects keep their keys in file order
+// (ordered_json), so what sambay writes reads in a sensible order too.
 #pragma once
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <utility>
-#include <vector>
 
 namespace sambay {
 
-struct Json {
-  enum class Kind { null, boolean, number, string, array, object };
-  Kind kind = Kind::null;
-  bool boolean = false;
-  std::string text;  // a string's value, or a number as written
-  std::vector<Json> items;                            // array
-  std::vector<std::pair<std::string, Json>> members;  // object, in file order
+using Json = nlohmann::ordered_json;
 
-  // The member named `key`, or null when absent (or this is not an object).
-  const Json* find(const std::string& key) const;
-  // Typed access; errors name `what` (e.g. "config.json: hidden_size").
-  int64_t as_int(const std::string& what) const;
-  double as_number(const std::string& what) const;
-  const std::string& as_string(const std::string& what) const;
-};
-
-// Parses a whole document; errors name `where` and the byte offset.
+// Parses a whole document. Errors name `where` and nlohmann's description of the place; a key
+// given twice in one object, or nesting deeper than 64, is refused too (no silent last-wins).
 Json parse_json(std::string_view text, const std::string& where);
 
-// s as a JSON string literal, quotes included.
-std::string json_quote(std::string_view s);
+// The member `key` of an object, or null when absent (or `object` is not an object).
+const Json* json_find(const Json& object, const std::string& key);
+
+// Typed values; errors name `what` (e.g. "config.json: hidden_size") and the type found.
+int64_t json_int(const Json& value, const std::string& what);
+double json_number(const Json& value, const std::string& what);
+const std::string& json_string(const Json& value, const std::string& what);
 
 }  // namespace sambay

@@ -28,30 +28,30 @@ int64_t dtype_bytes(const std::string& d) {
 
 SafetensorsTensor parse_entry(const std::string& name, const Json& j, const std::string& path) {
   const std::string what = fmt::format("{}: tensor '{}'", path, name);
-  if (j.kind != Json::Kind::object) fail("{}: header entry is not an object", what);
+  if (!j.is_object()) fail("{}: header entry is not an object", what);
   SafetensorsTensor t;
   t.name = name;
-  const Json* dtype = j.find("dtype");
-  const Json* shape = j.find("shape");
-  const Json* offsets = j.find("data_offsets");
+  const Json* dtype = json_find(j, "dtype");
+  const Json* shape = json_find(j, "shape");
+  const Json* offsets = json_find(j, "data_offsets");
   if (!dtype || !shape || !offsets) fail("{}: needs dtype, shape and data_offsets", what);
-  t.dtype = dtype->as_string(what + " dtype");
+  t.dtype = json_string(*dtype, what + " dtype");
   const int64_t esize = dtype_bytes(t.dtype);
   if (esize == 0) fail("{}: unknown dtype '{}'", what, t.dtype);
-  if (shape->kind != Json::Kind::array) fail("{}: shape is not a list", what);
+  if (!shape->is_array()) fail("{}: shape is not a list", what);
   int64_t numel = 1;
-  for (const Json& s : shape->items) {
-    const int64_t dim = s.as_int(what + " shape");
+  for (const Json& s : *shape) {
+    const int64_t dim = json_int(s, what + " shape");
     if (dim < 0) fail("{}: negative dimension {}", what, dim);
     if (dim > 0 && numel > std::numeric_limits<int64_t>::max() / esize / dim)
       fail("{}: shape too large", what);
     numel *= dim;
     t.shape.push_back(dim);
   }
-  if (offsets->kind != Json::Kind::array || offsets->items.size() != 2)
+  if (!offsets->is_array() || offsets->size() != 2)
     fail("{}: data_offsets is not [begin, end]", what);
-  t.begin = offsets->items[0].as_int(what + " data_offsets");
-  t.end = offsets->items[1].as_int(what + " data_offsets");
+  t.begin = json_int((*offsets)[0], what + " data_offsets");
+  t.end = json_int((*offsets)[1], what + " data_offsets");
   if (t.begin < 0 || t.end < t.begin) fail("{}: bad data_offsets [{}, {}]", what, t.begin, t.end);
   if (t.end - t.begin != numel * esize)
     fail("{}: data_offsets [{}, {}] hold {} bytes, but {} of shape [{}] needs {}", what, t.begin,
@@ -95,17 +95,16 @@ SafetensorsFile open_safetensors(const std::string& path) {
   const std::string_view text(reinterpret_cast<const char*>(f.file.data) + 8, n);
   if (text.empty() || text[0] != '{') fail("{}: the header does not start with '{{'", path);
   const Json header = parse_json(text, path + " header");
-  if (header.kind != Json::Kind::object) fail("{}: the header is not a JSON object", path);
+  if (!header.is_object()) fail("{}: the header is not a JSON object", path);
   f.data = f.file.data + 8 + n;
   f.data_bytes = static_cast<int64_t>(f.file.size - 8 - n);
-  for (const auto& [name, value] : header.members) {
+  for (const auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
-      if (value.kind != Json::Kind::object) fail("{}: __metadata__ is not an object", path);
-      for (const auto& [k, v] : value.members)
-        f.metadata.emplace_back(k, v.as_string(path + ": __metadata__." + k));
+      if (!value.is_object()) fail("{}: __metadata__ is not an object", path);
+      for (const auto& [k, v] : value.items())
+        f.metadata.emplace_back(k, json_string(v, path + ": __metadata__." + k));
       continue;
     }
-    if (f.find(name)) fail("{}: tensor '{}' appears twice", path, name);
     f.tensors.push_back(parse_entry(name, value, path));
   }
   // The byte ranges must tile the data section exactly.
@@ -130,13 +129,10 @@ SafetensorsFile open_safetensors(const std::string& path) {
 void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
                        bool bf16_out, const std::vector<std::pair<std::string, std::string>>& metadata) {
   const int64_t esize = bf16_out ? 2 : 4;
-  std::string header = "{";
+  Json j = Json::object();
   if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    for (size_t i = 0; i < metadata.size(); ++i)
-      header += fmt::format("{}{}:{}", i ? "," : "", json_quote(metadata[i].first),
-                            json_quote(metadata[i].second));
-    header += "}";
+    Json& m = j["__metadata__"] = Json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
   }
   int64_t offset = 0;
   std::vector<int64_t> numels;
@@ -144,13 +140,12 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
     int64_t numel = 1;
     for (int64_t s : t.shape) numel *= s;
     numels.push_back(numel);
-    header += fmt::format("{}{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-                          header.size() > 1 ? "," : "", json_quote(t.name),
-                          bf16_out ? "BF16" : "F32", fmt::join(t.shape, ","), offset,
-                          offset + numel * esize);
+    j[t.name] = {{"dtype", bf16_out ? "BF16" : "F32"},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + numel * esize}}};
     offset += numel * esize;
   }
-  header += "}";
+  std::string header = j.dump();
   header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned
 
   AtomicFileWriter w(path);

@@ -5,9 +5,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 
 namespace sambay {
+
+DataSourceSpec parse_data_source(const std::string& entry) {
+  const size_t colon = entry.rfind(':');
+  if (colon != std::string::npos && colon + 1 < entry.size()) {
+    const std::string tail = entry.substr(colon + 1);
+    char* end = nullptr;
+    const double w = std::strtod(tail.c_str(), &end);
+    if (end && *end == '\0') {
+      if (!(std::isfinite(w) && w > 0))
+        fail("option --data: weight of '{}' must be a finite positive number", entry);
+      return {entry.substr(0, colon), w};
+    }
+  }
+  return {entry, 1.0};
+}
 
 namespace {
 

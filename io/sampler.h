@@ -37,6 +37,10 @@ struct DataSourceSpec {
   double weight;     // > 0; relative to the other sources
 };
 
+// "path" or "path:weight" (a trailing ":number" is the weight), as --data takes it. Throws
+// naming the option when the weight is not a finite positive number.
+DataSourceSpec parse_data_source(const std::string& entry);
+
 struct SamplerConfig {
   std::vector<DataSourceSpec> sources;
   int64_t seq_len;

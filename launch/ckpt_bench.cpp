@@ -90,7 +90,7 @@ int cmd_ckpt_bench(int argc, const char* const* argv) {
       ("layers", po::value(&layers)->default_value(4), "layers kept (a multiple of 4)")
       ("vocab", po::value(&vocab)->default_value(32064), "vocabulary (embedding rows)")
       ("repeats", po::value(&repeats)->default_value(2), "measurements (the fastest is shown)")
-      ("keep", po::bool_switch(&keep), "keep the files");
+      ("keep", flag(&keep), "keep the files");
   po::variables_map vm;
   if (!parse_command_line(argc, argv, o, {}, vm, "usage: sambay ckpt bench [options]")) return 0;
   if (repeats < 1) fail("option --repeats: must be >= 1, got {}", repeats);

@@ -9,6 +9,7 @@
 #include "io/checkpoint_dir.h"
 #include "io/hf_interop.h"
 #include "io/phonebook.h"
+#include "io/tokenizer_note.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -27,7 +28,9 @@ constexpr const char* kUsage = R"(usage: sambay ckpt <command> [options]
 
 commands:
   inspect PATH                              what a checkpoint holds, every checksum verified
-  export --format hf PATH OUTDIR            model.safetensors + config.json (Phi-4-mini-flash layout)
+  export --format hf PATH OUTDIR            safetensors (sharded above 5 GB), config.json,
+                                            generation_config.json and the tokenizer files
+                                            (Phi-4-mini-flash layout: transformers, vLLM)
   import --format hf DIR --out CKPT         a Hugging Face directory as a step-0 checkpoint in CKPT
   bench                                     checkpoint write/read speed (sambay ckpt bench --help)
   phonebook PATH                            the phonebook retrieval accuracy of a checkpoint's model
@@ -115,13 +118,45 @@ int cmd_inspect(int argc, const char* const* argv) {
   return 0;
 }
 
+// The tokenizer files an export ships: --tokenizer FILE, none, or (auto) the one the
+// checkpoint's training data notes, when that was a BPE.
+std::shared_ptr<const BpeTokenizer> export_tokenizer(const std::string& choice,
+                                                     const CheckpointInfo& info) {
+  if (choice == "none") return nullptr;
+  std::vector<std::string> data;
+  for (size_t a = 0, b; a < info.state.data_sources.size(); a = b + 1) {
+    b = info.state.data_sources.find(';', a);
+    if (b == std::string::npos) b = info.state.data_sources.size();
+    if (b > a) data.push_back(info.state.data_sources.substr(a, b - a));
+  }
+  const std::optional<TokenizerNote> note = check_data_tokenizer(data, info.model);
+  if (choice != "auto") {
+    if (note && note->tokenizer != "byte") return load_noted_tokenizer(*note, choice);
+    return BpeTokenizer::load(choice);
+  }
+  if (!note) {
+    fmt::print("note: no tokenizer files: the training data ({}) has no .tokenizer.json beside "
+               "it; --tokenizer FILE adds them\n",
+               info.state.data_sources);
+    return nullptr;
+  }
+  if (note->tokenizer == "byte") {
+    fmt::print("note: no tokenizer files: the model was trained on byte-level data\n");
+    return nullptr;
+  }
+  return load_noted_tokenizer(*note);
+}
+
 int cmd_export(int argc, const char* const* argv) {
-  std::string format, path, out, dtype;
-  bool force = false;
+  std::string format, path, out, dtype, tokenizer;
+  HfExportOptions options;
+  double shard_gb = options.max_shard_bytes / 1e9;
   po::options_description o("sambay ckpt export");
   o.add_options()("format", po::value(&format)->required(), "output format: hf")
       ("dtype", po::value(&dtype)->default_value("f32"), "f32 (exact) or bf16 (as released)")
-      ("force", po::bool_switch(&force), "export a model the release's code cannot run")
+      ("force", flag(&options.force), "export a model the release's code cannot run")
+      ("max_shard_gb", value_with_default(&shard_gb), "safetensors files up to this size; larger models are sharded with model.safetensors.index.json")
+      ("tokenizer", po::value(&tokenizer)->default_value("auto"), "tokenizer files: auto (the BPE the training data's .tokenizer.json names), none, or a .tiktoken FILE")
       ("path", po::value(&path)->required(), "checkpoint (positional)")
       ("out", po::value(&out)->required(), "output directory (positional)");
   po::positional_options_description pos;
@@ -130,10 +165,16 @@ int cmd_export(int argc, const char* const* argv) {
   if (!parse_command_line(argc, argv, o, pos, vm, "usage: sambay ckpt export --format hf PATH OUTDIR")) return 0;
   need_hf(format);
   if (dtype != "f32" && dtype != "bf16") fail("option --dtype: '{}' is not f32 or bf16", dtype);
+  if (!(shard_gb > 0)) fail("option --max_shard_gb: must be positive, got {}", shard_gb);
+  options.bf16 = dtype == "bf16";
+  options.max_shard_bytes = static_cast<int64_t>(shard_gb * 1e9);
   const LoadedCheckpoint c = load_checkpoint(step_dir_of(path), std::nullopt);
-  export_hf(c.info.model, c.params, out, dtype == "bf16", force);
-  fmt::print("{} (step {}) -> {}/model.safetensors, {}/config.json ({})\n", c.info.dir,
-             c.info.step, out, out, dtype);
+  options.tokenizer = export_tokenizer(tokenizer, c.info);
+  const HfExportReport r = export_hf(c.info.model, c.params, out, options);
+  for (const std::string& w : r.warnings)
+    fmt::print("warning: vLLM's Phi4Flash cannot load this export (Hugging Face's code can): {}\n", w);
+  fmt::print("{} (step {}) -> {}/: {} ({})\n", c.info.dir, c.info.step, out,
+             fmt::join(r.files, ", "), dtype);
   return 0;
 }
 

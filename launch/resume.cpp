@@ -63,9 +63,10 @@ std::vector<std::string> resume_differences(const CheckpointInfo& info, const Tr
                                             int threads) {
   // Options that cannot change the numbers (recompute gives bit-identical gradients).
   static const std::set<std::string> ignored = {
-      "out_dir",      "device",     "threads",          "log_every", "eval_every",
-      "eval_batches", "save_every", "keep_checkpoints", "resume",    "recompute",
-      "watchdog",     "watchdog_s", "on_log_error",     "async_save", "peak_tflops"};
+      "out_dir",      "device",       "threads",    "log_every",        "tensorboard",
+      "eval_every",   "eval_batches", "save_every", "keep_checkpoints", "resume",
+      "recompute",    "watchdog",     "watchdog_s", "on_log_error",     "async_save",
+      "peak_tflops"};
   const auto before = option_map(info.train_config_text, "the checkpoint's train config"),
              now = option_map(train_config_to_text(cfg), "this run's train config");
   // A model field newer than the checkpoint is absent from its text; read back, it took the

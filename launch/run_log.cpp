@@ -87,6 +87,10 @@ void RunLog::record(const std::string& json) {
   failed(metrics_path_, err, warned_metrics_);
 }
 
+void RunLog::file_failed(const std::string& path, int err) {
+  if (lead_) failed(path, err, warned_file_);
+}
+
 void RunLog::flush() {
   if (!lead_) return;
   errno = 0;

@@ -35,6 +35,9 @@ class RunLog {
   }
   // One record (a JSON object, no newline) in metrics.jsonl.
   void record(const std::string& json);
+  // A write to another file of the run's log (the TensorBoard events) failed with `err`:
+  // answered as a failed record is.
+  void file_failed(const std::string& path, int err);
   // Flushes stdout (metrics records are written whole when they are recorded).
   void flush();
 
@@ -50,7 +53,7 @@ class RunLog {
   std::string metrics_path_;
   int metrics_fd_ = -1;
   bool metrics_partial_ = false;  // a cut record awaits its newline
-  bool warned_metrics_ = false, warned_stdout_ = false;
+  bool warned_metrics_ = false, warned_stdout_ = false, warned_file_ = false;
   std::string failure_;
 };
 

@@ -5,6 +5,7 @@
 #include "core/param_layout.h"
 #include "core/recompute_plan.h"
 #include "core/size_limits.h"
+#include "launch/command_line.h"
 #include "launch/throughput.h"
 
 #include <boost/program_options.hpp>
@@ -26,57 +27,62 @@ po::options_description train_options(TrainConfig& c) {
   run.add_options()
       ("help,h", "print the options and exit")
       ("config", po::value<std::string>(), "INI file with any of these options (flags override it)")
-      ("out_dir", po::value(&c.out_dir)->default_value(c.out_dir), "run directory: config, metrics, checkpoints, logs")
-      ("device", po::value(&c.device)->default_value(c.device), "auto (the GPU when present), cpu or cuda")
-      ("seed", po::value(&c.seed)->default_value(c.seed), "parameter initialisation seed")
-      ("recompute", po::value(&c.recompute)->default_value(c.recompute), "activation recompute in backward: none, auto (the least that fits the GPU's memory; none on the CPU) or all (true/false: all/none)")
-      ("threads", po::value(&c.threads)->default_value(c.threads), "CPU threads (0 = all cores)")
-      ("log_every", po::value(&c.log_every)->default_value(c.log_every), "steps between log lines")
-      ("eval_every", po::value(&c.eval_every)->default_value(c.eval_every), "steps between validation runs (0 = never)")
-      ("eval_batches", po::value(&c.eval_batches)->default_value(c.eval_batches), "micro-batches per validation run")
-      ("save_every", po::value(&c.save_every)->default_value(c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
-      ("keep_checkpoints", po::value(&c.keep_checkpoints)->default_value(c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
-      ("async_save", po::value(&c.async_save)->default_value(c.async_save), "write periodic checkpoints in the background while training goes on (the final one and those on SIGUSR1/SIGTERM are written at once)")
-      ("peak_tflops", po::value(&c.peak_tflops)->default_value(c.peak_tflops), "one GPU's dense bf16 peak in TFLOP/s, the MFU basis: auto (from the GPU's name: H100 SXM/PCIe, H200, A100, B200) or a positive number")
-      ("dry_run", po::bool_switch(&c.dry_run), "resolve the config and layout, plan memory per rank and the expected speed, check every file and directory, and exit without training")
-      ("resume", po::value(&c.resume)->default_value(c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory")
-      ("watchdog", po::value(&c.watchdog)->default_value(c.watchdog), "end the job (exit 76, requeued from the last checkpoint) when a rank stops making progress")
-      ("watchdog_s", po::value(&c.watchdog_s)->default_value(c.watchdog_s), "seconds a training step may take before the watchdog ends the job (0 = 10x the slowest step, at least 60; startup, validation and checkpoints get at least 30 minutes)")
-      ("on_log_error", po::value(&c.on_log_error)->default_value(c.on_log_error), "when metrics.jsonl or the log cannot be written: stop (checkpoint, exit 2) or continue");
+      ("out_dir", value_with_default(&c.out_dir), "run directory: config, metrics, checkpoints, logs")
+      ("device", value_with_default(&c.device), "auto (the GPU when present), cpu or cuda")
+      ("seed", value_with_default(&c.seed), "parameter initialisation seed")
+      ("recompute", value_with_default(&c.recompute)->implicit_value("all"), "activation recompute in backward: none, auto (the least that fits the GPU's memory; none on the CPU) or all (alone: all; true/false: all/none)")
+      ("threads", value_with_default(&c.threads), "CPU threads (0 = all cores)")
+      ("log_every", value_with_default(&c.log_every), "steps between log lines (and metrics records)")
+      ("tensorboard", flag(&c.tensorboard), "also write the metrics as TensorBoard event files in out_dir/tensorboard")
+      ("eval_every", value_with_default(&c.eval_every), "steps between validation runs (0 = never)")
+      ("eval_batches", value_with_default(&c.eval_batches), "micro-batches per validation run")
+      ("save_every", value_with_default(&c.save_every), "steps between checkpoints in out_dir/checkpoints (0 = only at the end and on SIGUSR1/SIGTERM)")
+      ("keep_checkpoints", value_with_default(&c.keep_checkpoints), "newest complete checkpoints to keep (>= 1)")
+      ("async_save", flag(&c.async_save), "write periodic checkpoints in the background while training goes on (the final one and those on SIGUSR1/SIGTERM are written at once)")
+      ("peak_tflops", value_with_default(&c.peak_tflops), "one GPU's dense bf16 peak in TFLOP/s, the MFU basis: auto (from the GPU's name: H100 SXM/PCIe/NVL, H200, A100, B200) or a positive number")
+      ("dry_run", flag(&c.dry_run), "resolve the config and layout, plan memory per rank and the expected speed, check every file and directory, and exit without training")
+      ("resume", value_with_default(&c.resume), "auto (newest good checkpoint in out_dir, if any), none, or a checkpoint directory")
+      ("watchdog", flag(&c.watchdog), "end the job (exit 76, requeued from the last checkpoint) when a rank stops making progress")
+      ("watchdog_s", value_with_default(&c.watchdog_s), "seconds a training step may take before the watchdog ends the job (0 = 10x the slowest step, at least 60; startup, validation and checkpoints get at least 30 minutes)")
+      ("on_log_error", value_with_default(&c.on_log_error), "when metrics.jsonl or the log cannot be written: stop (checkpoint, exit 2) or continue");
   po::options_description data("Data");
   data.add_options()
       ("data", po::value(&c.data), "training data: PATH or PATH:WEIGHT, repeatable (Megatron prefix or .tok file)")
-      ("valid_fraction", po::value(&c.valid_fraction)->default_value(c.valid_fraction), "fraction of samples held out for validation")
-      ("data_seed", po::value(&c.data_seed)->default_value(c.data_seed), "sample order seed")
-      ("seq_len", po::value(&c.seq_len)->default_value(c.seq_len), "tokens per sequence")
-      ("micro_batch", po::value(&c.micro_batch)->default_value(c.micro_batch), "sequences per micro-batch")
-      ("grad_accum", po::value(&c.grad_accum)->default_value(c.grad_accum), "micro-batches per optimizer step")
-      ("doc_masking", po::value(&c.doc_masking)->default_value(c.doc_masking), "keep packed documents apart (scan/conv reset, attention mask)");
+      ("valid_fraction", value_with_default(&c.valid_fraction), "fraction of samples held out for validation")
+      ("data_seed", value_with_default(&c.data_seed), "sample order seed")
+      ("seq_len", value_with_default(&c.seq_len), "tokens per sequence")
+      ("micro_batch", value_with_default(&c.micro_batch), "sequences per micro-batch")
+      ("grad_accum", value_with_default(&c.grad_accum), "micro-batches per optimizer step")
+      ("doc_masking", flag(&c.doc_masking), "keep packed documents apart (scan/conv reset, attention mask)");
   po::options_description optim("Optimizer");
   optim.add_options()
-      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps")
-      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate")
-      ("min_lr_ratio", po::value(&c.min_lr_ratio)->default_value(c.min_lr_ratio), "final learning rate / peak")
-      ("schedule", po::value(&c.schedule)->default_value(c.schedule), "constant, cosine, linear or wsd")
-      ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warmup steps")
-      ("decay_fraction", po::value(&c.decay_fraction)->default_value(c.decay_fraction), "wsd: fraction of steps that decay")
-      ("weight_decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "AdamW decoupled weight decay: every parameter without muP++; hidden matrices only with muP++ (model.mup_base_width > 0)")
-      ("beta1", po::value(&c.beta1)->default_value(c.beta1), "AdamW beta1")
-      ("beta2", po::value(&c.beta2)->default_value(c.beta2), "AdamW beta2")
-      ("adam_eps", po::value(&c.adam_eps)->default_value(c.adam_eps), "AdamW epsilon")
-      ("clip", po::value(&c.clip)->default_value(c.clip), "global gradient-norm clip (0 = off)");
-  po::options_description model("Model");
-  model.add_options()("model", po::value(&c.model_preset)->default_value(c.model_preset),
-                      "preset name; model.<field> options override its fields");
-  for (const auto& [key, value] : model_config_fields(ModelConfig{}))
-    model.add_options()(("model." + key).c_str(), po::value<std::string>(),
-                        fmt::format("override the preset's {}", key).c_str());
+      ("steps", value_with_default(&c.steps), "optimizer steps")
+      ("lr", value_with_default(&c.lr), "peak learning rate")
+      ("min_lr_ratio", value_with_default(&c.min_lr_ratio), "final learning rate / peak")
+      ("schedule", value_with_default(&c.schedule), "constant, cosine, linear or wsd")
+      ("warmup", value_with_default(&c.warmup), "linear warmup steps")
+      ("decay_fraction", value_with_default(&c.decay_fraction), "wsd: fraction of steps that decay")
+      ("weight_decay", value_with_default(&c.weight_decay), "AdamW decoupled weight decay: every parameter without muP++; hidden matrices only with muP++ (model.mup_base_width > 0)")
+      ("beta1", value_with_default(&c.beta1), "AdamW beta1")
+      ("beta2", value_with_default(&c.beta2), "AdamW beta2")
+      ("adam_eps", value_with_default(&c.adam_eps), "AdamW epsilon")
+      ("clip", value_with_default(&c.clip), "global gradient-norm clip (0 = off)");
+  po::options_description model(
+      "Model: --model NAME picks a preset (sambay info lists them); --model.FIELD VALUE changes\n"
+      "one field of it, e.g. --model.d_model 256 --model.window 512. In a config file the same\n"
+      "is 'model.d_model = 256', or 'd_model = 256' under a [model] section. The fields, with\n"
+      "the values of the default preset");
+  model.add_options()("model", value_with_default(&c.model_preset),
+                      "preset name; model.FIELD options override its fields");
+  for (const auto& [key, value] : model_config_fields(model_preset(c.model_preset)))
+    model.add_options()(("model." + key).c_str(), po::value<std::string>()->value_name("VALUE"),
+                        fmt::format("({}: {})", c.model_preset, value).c_str());
   po::options_description parallel("Parallelism (data-parallel ranks = world size / (tp * cp))");
   parallel.add_options()
-      ("tp", po::value(&c.tp)->default_value(c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
-      ("sequence_parallel", po::value(&c.sequence_parallel)->default_value(c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
-      ("cp", po::value(&c.cp)->default_value(c.cp), "context-parallel ranks (each holds seq_len / cp positions of every sample)")
-      ("dp_bucket_mb", po::value(&c.dp_bucket_mb)->default_value(c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
+      ("tp", value_with_default(&c.tp), "tensor-parallel ranks (consecutive ranks of one node)")
+      ("sequence_parallel", flag(&c.sequence_parallel), "with tp > 1, also split norms and the residual stream by rows")
+      ("cp", value_with_default(&c.cp), "context-parallel ranks (each holds seq_len / cp positions of every sample)")
+      ("dp_bucket_mb", value_with_default(&c.dp_bucket_mb), "MiB of gradients per data-parallel reduce-scatter bucket");
   po::options_description all("sambay train options");
   all.add(run).add(data).add(optim).add(parallel).add(model);
   return all;
@@ -114,9 +120,16 @@ bool parse_train_config(int argc, const char* const* argv, TrainConfig& c) {
   po::variables_map vm;
   std::string source = "command line";
   try {
-    po::store(po::parse_command_line(argc, argv, options), vm);
+    // No positional arguments: a stray word is an error, not silently dropped.
+    po::store(po::command_line_parser(join_optional_values(argc, argv, options))
+                  .options(options)
+                  .positional(po::positional_options_description())
+                  .run(),
+              vm);
     if (vm.count("help")) {
-      std::cout << "usage: sambay train [--config FILE] [--option value ...]\n\n" << options;
+      std::cout << "usage: sambay train [--config FILE] [--option value ...]\n"
+                   "A flag (--recompute) stands alone for true or takes true/false.\n\n"
+                << options;
       return false;
     }
     if (vm.count("config")) {
@@ -265,6 +278,7 @@ std::string train_config_to_text(const TrainConfig& c) {
   line("recompute", c.recompute);
   line("threads", c.threads);
   line("log_every", c.log_every);
+  line("tensorboard", c.tensorboard);
   line("eval_every", c.eval_every);
   line("eval_batches", c.eval_batches);
   line("tp", c.tp);

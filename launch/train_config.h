@@ -48,6 +48,7 @@ struct TrainConfig {
   std::string recompute = "auto";
   bool doc_masking = true;  // reset scan/conv state and mask attention at document boundaries
   int64_t log_every = 10;
+  bool tensorboard = false;  // also write TensorBoard event files in out_dir/tensorboard
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int threads = 0;  // CPU threads; 0 = all cores (shared among the ranks of a node)

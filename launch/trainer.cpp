@@ -9,6 +9,7 @@
 #include "io/durable_fs.h"
 #include "io/json.h"
 #include "io/sampler.h"
+#include "io/tokenizer_note.h"
 #include "launch/checkpoint_writer.h"
 #include "launch/dry_run.h"
 #include "launch/memory_plan.h"
@@ -16,6 +17,7 @@
 #include "launch/resume.h"
 #include "launch/run_dir.h"
 #include "launch/run_log.h"
+#include "launch/run_metrics.h"
 #include "launch/throughput.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -75,22 +77,6 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-// "path" or "path:weight" (a trailing ":number" is the weight).
-DataSourceSpec parse_data_entry(const std::string& entry) {
-  const size_t colon = entry.rfind(':');
-  if (colon != std::string::npos && colon + 1 < entry.size()) {
-    const std::string tail = entry.substr(colon + 1);
-    char* end = nullptr;
-    const double w = std::strtod(tail.c_str(), &end);
-    if (end && *end == '\0') {
-      if (!(std::isfinite(w) && w > 0))
-        fail("option --data: weight of '{}' must be a finite positive number", entry);
-      return {entry.substr(0, colon), w};
-    }
-  }
-  return {entry, 1.0};
-}
-
 // This rank's part of one micro-batch: tokens, targets, document ids, each [B, L / cp] (under
 // context parallelism its two chunks of every sample, parallel/context_parallel.h).
 struct MicroBatch {
@@ -122,22 +108,6 @@ const char* signal_name(int sig) {
 // Why the ranks stop early, agreed between them (the largest code wins): a signal number
 // (SIGUSR1, SIGTERM), or a log that cannot be written (above every signal number).
 constexpr int kStopForLogFailure = 1000;
-
-// The metrics.jsonl record that marks where a run starts: step lines after it come from this
-// process (a restart from step 0 after a kill before the first checkpoint repeats steps, which
-// the marker makes visible). kind is "run_start" or "resume".
-std::string start_record(const char* kind, int64_t step, const std::string& checkpoint,
-                         int world_size, const std::string& run_id) {
-  std::string r = fmt::format(R"({{"kind":"{}","step":{})", kind, step);
-  if (!checkpoint.empty())
-    r += fmt::format(R"(,"resumed_from_step":{},"checkpoint":{})", step, json_quote(checkpoint));
-  r += fmt::format(R"(,"time":{},"run_id":{},"world_size":{},"sambay_version":{},"git_commit":{})",
-                   json_quote(utc_now()), json_quote(run_id), world_size,
-                   json_quote(SAMBAY_VERSION), json_quote(SAMBAY_GIT_COMMIT));
-  if (const char* job = std::getenv("SLURM_JOB_ID"))
-    r += fmt::format(R"(,"slurm_job_id":{})", json_quote(job));
-  return r + "}";
-}
 
 // What a checkpoint after `step` records besides the tensors.
 TrainState train_state(const TrainConfig& cfg, int64_t step, int64_t consumed_samples, double lr,
@@ -193,6 +163,7 @@ int run_training(const TrainConfig& cfg) {
   const int threads = omp_get_max_threads();
   const std::string placement = describe_placement(grid);  // collective: every rank calls it
   RunLog log(lead, parse_log_error_policy(cfg.on_log_error));
+  RunMetrics metrics(log);  // metrics.jsonl records (and TensorBoard events) through the log
 
   // Device: auto takes the GPU when this build has CUDA and the machine a GPU; asking for cuda
   // where either is missing is an error, never a silent CPU run.
@@ -223,12 +194,17 @@ int run_training(const TrainConfig& cfg) {
   if (lead && !cfg.dry_run) {
     run_lock.emplace(cfg.out_dir);
     check_writable_directory(checkpoints_dir, "the checkpoints directory");
+    if (cfg.tensorboard)
+      check_writable_directory((fs::path(cfg.out_dir) / "tensorboard").string(),
+                               "the TensorBoard directory (--tensorboard)");
   }
   barrier(world);  // the other ranks read checkpoints only under the lock
 
-  // Data: token ids are checked against the vocabulary (io/sampler.h).
+  // Data, made by the tokenizer the model expects; token ids are checked against the vocabulary
+  // (io/sampler.h).
+  check_data_tokenizer(cfg.data, cfg.model);
   SamplerConfig sc;
-  for (const std::string& entry : cfg.data) sc.sources.push_back(parse_data_entry(entry));
+  for (const std::string& entry : cfg.data) sc.sources.push_back(parse_data_source(entry));
   sc.seq_len = cfg.seq_len;
   sc.seed = cfg.data_seed;
   sc.valid_fraction = cfg.valid_fraction;
@@ -433,9 +409,31 @@ int run_training(const TrainConfig& cfg) {
     write_file_durably((fs::path(cfg.out_dir) / "config.ini").string(), config_text);
     for (const std::string& removed : remove_run_leftovers(cfg.out_dir))
       log.print("cleanup: removed {} (left by an interrupted run)", removed);
-    log.open_metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string());
-    log.record(start_record(resumed_from.empty() ? "run_start" : "resume", start_step,
-                            resumed_from, grid.world_size, run_id));
+    metrics.open(cfg.out_dir, cfg.tensorboard);
+    // The record that marks where this process starts: step records after it come from this
+    // process (a restart from step 0 after a kill before the first checkpoint repeats steps,
+    // which the marker makes visible). It holds what runs, where, and from which build.
+    Json start = metrics_record(resumed_from.empty() ? "run_start" : "resume", start_step);
+    if (!resumed_from.empty()) {
+      start["resumed_from_step"] = start_step;
+      start["checkpoint"] = resumed_from;
+    }
+    start["time"] = utc_now();
+    start["run_id"] = run_id;
+    start["world_size"] = grid.world_size;
+    start["sambay_version"] = SAMBAY_VERSION;
+    start["git_commit"] = SAMBAY_GIT_COMMIT;
+    if (const char* job = std::getenv("SLURM_JOB_ID")) start["slurm_job_id"] = job;
+    Json hosts = Json::array();
+    for (std::string_view line : split_lines(placement)) hosts.push_back(std::string(line));
+    start["placement"] = {{"world_size", grid.world_size}, {"dp", grid.shape.dp},
+                          {"tp", grid.shape.tp},           {"cp", grid.shape.cp},
+                          {"device", device_line},         {"ranks", describe(grid) + gpu_collectives},
+                          {"threads_per_rank", threads},   {"hosts", hosts}};
+    start["model"] = {{"name", mc.name}, {"parameters", full_layout.total}};
+    start["config"] = train_config_json(cfg);
+    start["memory_mib"] = mem_mib;
+    metrics.write(start);
     log.print("sambay train: model {} ({:.2f}M parameters, {} layers, d {}), device {}", mc.name,
               full_layout.total / 1e6, mc.n_layers(), mc.d_model, device_line);
     log.print("  ranks: {}{}", describe(grid), gpu_collectives);
@@ -504,7 +502,9 @@ int run_training(const TrainConfig& cfg) {
     const double loss = validation_loss();
     watched(WatchPhase::validation, seconds_since(t0));
     log.print("step {:>6} | valid loss {:.4f}", step, loss);
-    log.record(fmt::format(R"({{"step":{},"valid_loss":{}}})", step, loss));
+    Json record = metrics_record("valid", step);
+    record["valid_loss"] = loss;
+    metrics.write(record);
     return loss;
   };
 
@@ -538,8 +538,13 @@ int run_training(const TrainConfig& cfg) {
               c.bytes / 1e9 / std::max(c.write_s, 1e-9));
     for (const std::string& removed : c.removed) log.print("checkpoint: removed {}", removed);
     log.flush();
-    log.record(fmt::format(R"({{"step":{},"checkpoint":{},"checkpoint_s":{},"async":{},"commit_s":{}}})",
-                           c.step, json_quote(c.dir), c.write_s, c.async, c.total_s));
+    Json record = metrics_record("checkpoint", c.step);
+    record["dir"] = c.dir;
+    record["seconds"] = c.write_s;
+    record["bytes"] = c.bytes;
+    record["async"] = c.async;
+    record["commit_s"] = c.total_s;
+    metrics.write(record);
   };
   // async: in the background (periodic saves); otherwise complete when it returns.
   auto save = [&](int64_t step, double lr, bool async) {
@@ -578,6 +583,20 @@ int run_training(const TrainConfig& cfg) {
     watched(WatchPhase::checkpoint, seconds_since(t0));
   };
 
+  // The last record of this process: why it ended, and what it trained.
+  Clock::time_point t_train = Clock::now();  // set again when the first step starts
+  bool ended = false;
+  auto end_record = [&](const std::string& reason, int64_t step, double train_s) {
+    Json end = metrics_record("end", step);
+    end["reason"] = reason;
+    end["steps_trained"] = step - start_step;
+    end["tokens_trained"] = (step - start_step) * tokens_per_step;
+    end["train_s"] = train_s;
+    end["elapsed_s"] = seconds_since(t_start);
+    metrics.write(end);
+    ended = true;
+  };
+
   // Why to stop early, the same on every rank (a signal, or a log that cannot be written).
   auto stop_code = [&] {
     const int mine = std::max(preemption_signal(), log.failure().empty() ? 0 : kStopForLogFailure);
@@ -587,6 +606,7 @@ int run_training(const TrainConfig& cfg) {
   // write); returns the exit code.
   auto stop = [&](int code, int64_t step, double lr) {
     const bool trained = step > start_step;
+    const double train_s = trained ? seconds_since(t_train) : 0;
     if (code == kStopForLogFailure) {
       if (lead)
         std::fputs(fmt::format("sambay: error: {}: stopping after step {}{} (--on_log_error "
@@ -596,6 +616,7 @@ int run_training(const TrainConfig& cfg) {
                    stderr);
       if (trained && last_saved != step) save(step, lr, false);
       complete_saves();
+      if (!ended) end_record("log write failed: " + log.failure(), step, train_s);
       return 2;
     }
     if (trained) {
@@ -609,6 +630,7 @@ int run_training(const TrainConfig& cfg) {
     complete_saves();
     log.print("exiting with code {} (requeue; continue with --resume auto)", kExitRequeue);
     log.flush();
+    end_record(fmt::format("signal {}", signal_name(code)), step, train_s);
     return kExitRequeue;
   };
 
@@ -616,6 +638,7 @@ int run_training(const TrainConfig& cfg) {
     log.print("done: the checkpoint is at step {}, --steps is {}; nothing to train", start_step,
               cfg.steps);
     log.flush();
+    end_record("nothing to train", start_step, 0);
     return 0;
   }
   // A signal that came during startup (the handlers are installed first thing, launch/main.cpp)
@@ -624,7 +647,7 @@ int run_training(const TrainConfig& cfg) {
   std::vector<MicroBatch> micro(cfg.grad_accum);
   double first_valid = NAN, last_valid = NAN, lr = 0;
   if (cfg.eval_every > 0 && start_step == 0) first_valid = last_valid = validate(0);
-  const Clock::time_point t_train = Clock::now();
+  t_train = Clock::now();
   double step_seconds_avg = 0;
   for (int64_t step = start_step; step < cfg.steps; ++step) {
     watch(WatchPhase::step, step + 1);
@@ -661,9 +684,15 @@ int run_training(const TrainConfig& cfg) {
       reduce_gradients(*opt, model.grads.data());
       norm = sharded_grad_norm(*opt, &tp);
     }
-    if (!std::isfinite(loss) || !std::isfinite(norm))
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      Json record = metrics_record("step", step + 1);
+      record["loss"] = loss, record["grad_norm"] = norm;  // NaN and inf are written as null
+      metrics.write(record);
+      end_record(std::isfinite(loss) ? "non-finite gradient norm" : "non-finite loss", step,
+                 seconds_since(t_train));
       fail("step {}: non-finite {} ({}); stopping before the parameters are damaged", step + 1,
            std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss);
+    }
     const double coef = clip_coefficient(norm, cfg.clip);
     // The schedule is evaluated at the update's 1-based number: the first update gets
     // lr / warmup (not zero) and the last one exactly min_lr_ratio * lr.
@@ -699,13 +728,24 @@ int run_training(const TrainConfig& cfg) {
                 step + 1, cfg.steps, loss, lr, norm, tok_s, exact.tokens_per_s_per_gpu, unit, rate,
                 dt * 1e3, mem_mib, format_duration(eta));
       log.flush();
+      Json record = metrics_record("step", step + 1);
+      record["loss"] = loss;
+      record["lr"] = lr;
+      record["grad_norm"] = norm;
+      record["tokens"] = (step + 1) * tokens_per_step;
+      record["tokens_per_s"] = tok_s;
+      record["step_ms"] = dt * 1e3;
+      record["elapsed_s"] = seconds_since(t_start);
+      record["flops_per_s"] = flops_per_token * tok_s;
+      // Compute so far, in both conventions (the sweep collector and the scaling fits read them).
       const double tokens = double((step + 1) * tokens_per_step);
-      log.record(fmt::format(
-          R"({{"step":{},"loss":{},"lr":{},"grad_norm":{},"tokens":{},"tokens_per_s":{},"tokens_per_s_per_gpu":{},"step_ms":{},"elapsed_s":{},"flops_exact":{},"flops_archscale_estimate":{}{}}})",
-          step + 1, loss, lr, norm, (step + 1) * tokens_per_step, tok_s,
-          exact.tokens_per_s_per_gpu, dt * 1e3, seconds_since(t_start), flops_per_token * tokens,
-          archscale_flops_per_token * tokens,
-          exact.mfu ? fmt::format(R"(,"mfu":{})", *exact.mfu) : std::string()));
+      record["flops_exact"] = flops_per_token * tokens;
+      record["flops_archscale_estimate"] = archscale_flops_per_token * tokens;
+      record["tokens_per_s_per_gpu"] = exact.tokens_per_s_per_gpu;
+      record["flops_per_s_per_gpu"] = exact.flops_per_s_per_gpu;
+      if (exact.mfu) record["mfu"] = *exact.mfu;
+      record["memory_mib"] = mem_mib;
+      metrics.write(record);
     }
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last))
       last_valid = validate(step + 1);
@@ -740,12 +780,14 @@ int run_training(const TrainConfig& cfg) {
               *most / 1048576.0, most - peaks.begin(),
               *std::min_element(peaks.begin(), peaks.end()) / 1048576.0,
               memory_plan.host_bytes() / 1048576.0);
-    std::string list;
-    for (double b : peaks) list += fmt::format("{}{:.0f}", list.empty() ? "" : ",", b);
-    log.record(fmt::format(R"({{"kind":"host_memory","step":{},"peak_rss_bytes":[{}],"planned_host_bytes":{:.0f},"owned_state_bytes":{:.0f}}})",
-                           cfg.steps, list, memory_plan.host_bytes(), memory_plan.owned_bytes));
+    Json record = metrics_record("host_memory", cfg.steps);
+    record["peak_rss_bytes"] = peaks;
+    record["planned_host_bytes"] = memory_plan.host_bytes();
+    record["owned_state_bytes"] = memory_plan.owned_bytes;
+    metrics.write(record);
   }
   log.flush();
+  end_record("done", cfg.steps, train_s);
   // Training is complete and checkpointed, but a log that failed on the way is incomplete.
   if (const int code = stop_code(); code == kStopForLogFailure) return stop(code, cfg.steps, lr);
   return 0;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up, build, and train a small SambaY + differential-attention model on
 # embedded data (the license texts in /usr/share/common-licenses, byte-tokenized), on the GPU
-# when there is one, else on the CPU. Shows the loss falling; writes runs/demo/.
+# when there is one, else on the CPU. Shows the loss falling; writes runs/demo/ (metrics,
+# TensorBoard events, checkpoints) and draws the curves to runs/demo/curves.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,7 +16,12 @@ mkdir -p runs/demo/data
 # from scratch each time.
 if [ -e runs/demo/checkpoints ] || [ -e runs/demo/metrics.jsonl ]; then
   kept="runs/demo.$(date +%Y%m%d-%H%M%S)"
-  mkdir -p "$kept" && mv runs/demo/checkpoints runs/demo/metrics.jsonl runs/demo/config.ini "$kept"/ 2>/dev/null || true
+  mkdir -p "$kept"
+  for f in checkpoints metrics.jsonl config.ini tensorboard curves.png; do
+    [ -e "runs/demo/$f" ] && mv "runs/demo/$f" "$kept"/
+  done
   echo "demo: the previous demo run was moved to $kept"
 fi
-exec "$build/sambay" train --config configs/demo.ini "$@"
+"$build/sambay" train --config configs/demo.ini "$@"
+/usr/bin/python3 tools/plot_run.py runs/demo --out runs/demo/curves.png
+echo "demo: TensorBoard reads runs/demo/tensorboard (tensorboard --logdir runs/demo/tensorboard)"

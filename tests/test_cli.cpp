@@ -1,13 +1,18 @@
 // The sambay command end to end: bad input gets an error naming the file and the field, and a
 // short training run on generated data lowers the validation loss.
+#include "core/check.h"
 #include "io/byte_tokenizer.h"
 #include "io/indexed_dataset.h"
+#include "io/json.h"
+#include "launch/command_line.h"
+#include "launch/train_config.h"
 #include "tests/test_util.h"
 
 #include <fmt/format.h>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -277,26 +282,260 @@ TEST(Cli, ShortTrainingRunLowersValidationLoss) {
   RunResult r = run_sambay(fmt::format(
       "train --model tiny-sambay-da --model.vocab 257 --model.d_model 16 --data {} "
       "--seq_len 32 --micro_batch 4 --steps 60 --warmup 5 --lr 1e-2 --eval_every 60 "
-      "--eval_batches 4 --log_every 20 --threads 1 --out_dir {}",
+      "--eval_batches 4 --log_every 20 --threads 1 --tensorboard --out_dir {}",
       data, (dir / "run").string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  // The run directory holds the resolved config and one JSON line per logged step.
+  // The run directory holds the resolved config and one JSON record per line: the run's start
+  // (config, placement, commit), logged steps, validations, the checkpoint and the end.
   EXPECT_TRUE(fs::exists(dir / "run" / "config.ini"));
   std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::vector<Json> records;
+  for (std::string line; std::getline(metrics, line);)
+    records.push_back(parse_json(line, "metrics.jsonl"));
+  ASSERT_GE(records.size(), 7u);
   std::vector<double> valid;
-  for (std::string line; std::getline(metrics, line);) {
-    const size_t at = line.find("\"valid_loss\":");
-    if (at != std::string::npos) valid.push_back(std::stod(line.substr(at + 13)));
+  std::vector<std::string> kinds;
+  for (const Json& j : records) {
+    kinds.push_back(j["kind"]);
+    EXPECT_TRUE(j["wall_time"].is_number()) << j.dump();
+    if (j["kind"] == "valid") valid.push_back(j["valid_loss"]);
   }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"run_start", "valid", "step", "step", "step",
+                                             "step", "valid", "checkpoint", "host_memory",
+                                             "end"}));
+  // The end of the run: every rank's peak RSS beside the plan.
+  const Json& memory = records[records.size() - 2];
+  ASSERT_EQ(memory["peak_rss_bytes"].size(), 1u);
+  EXPECT_GT(memory["peak_rss_bytes"][0].get<double>(), memory["planned_host_bytes"].get<double>());
+  EXPECT_GT(memory["owned_state_bytes"].get<double>(), 0);
+  const Json& start = records.front();
+  EXPECT_EQ(start["config"]["steps"], 60);
+  EXPECT_EQ(start["config"]["model.d_model"], 16);
+  EXPECT_EQ(start["placement"]["world_size"], 1);
+  EXPECT_EQ(start["placement"]["device"], "cpu");
+  EXPECT_EQ(start["git_commit"].get<std::string>().size(), 40u);
+  EXPECT_EQ(records.back()["reason"], "done");
+  EXPECT_EQ(records.back()["steps_trained"], 60);
   ASSERT_EQ(valid.size(), 2u) << r.output;
   EXPECT_NEAR(valid[0], std::log(257.0), 0.3);  // near uniform at initialisation
   EXPECT_LT(valid[1], valid[0] - 1.0) << r.output;
+  // TensorBoard's reader sees the same numbers (as float32).
+  const std::string events = (dir / "events.json").string();
+  const int status = std::system(
+      fmt::format("'{}' '{}/tests/tensorboard/read_events.py' '{}' > '{}' 2>&1", SAMBAY_PYTHON3,
+                  SAMBAY_SOURCE_DIR, (dir / "run" / "tensorboard").string(), events)
+          .c_str());
+  std::ifstream events_in(events);
+  const std::string events_text((std::istreambuf_iterator<char>(events_in)), {});
+  if (WEXITSTATUS(status) == 77) {
+    std::printf("TensorBoard check skipped: %s", events_text.c_str());
+  } else {
+    ASSERT_EQ(status, 0) << events_text;
+    const Json tb = parse_json(events_text, events);
+    std::vector<Json> loss;
+    for (const Json& j : records)
+      if (j["kind"] == "step")
+        loss.push_back(Json{j["step"], j["wall_time"], double(float(j["loss"].get<double>()))});
+    EXPECT_EQ(tb["tags"]["train/loss"], Json(loss));
+    EXPECT_EQ(tb["tags"]["valid/loss"].size(), 2u);
+    for (const char* tag : {"train/lr", "train/grad_norm", "train/tokens_per_s",
+                            "train/flops_per_s", "train/memory_mib"})
+      EXPECT_EQ(tb["tags"][tag].size(), 4u) << tag;
+  }
   // The run's final checkpoint answers the phonebook eval (accuracy is near 0 for this model;
   // the command's decoding is checked in test_model's greedy test).
   RunResult eval = run_sambay(fmt::format("ckpt phonebook {} --queries 2 --entries 3",
                                           (dir / "run").string()));
   EXPECT_EQ(eval.exit_code, 0) << eval.output;
   EXPECT_NE(eval.output.find("exact-match accuracy"), std::string::npos) << eval.output;
+  fs::remove_all(dir);
+}
+
+// A loss that is not finite ends the run before the update, and metrics.jsonl still holds valid
+// JSON: the step's numbers as null, then an end record saying why.
+TEST(Cli, NonFiniteLossIsRecordedAsNullAndEndsTheRun) {
+  const fs::path dir = scratch_dir("nan");
+  const std::string data = make_corpus(dir);
+  // Initial weights 1e30 times too large: the logits overflow at the first step.
+  RunResult r = run_sambay(fmt::format(
+      "train --model tiny-sambay-da --model.vocab 257 --model.init_multiplier 1e30 --data {} "
+      "--seq_len 16 --micro_batch 2 --steps 5 --warmup 0 --log_every 1 --eval_every 0 "
+      "--threads 1 --device cpu --out_dir {}",
+      data, (dir / "run").string()));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("step 1: non-finite loss"), std::string::npos) << r.output;
+  std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::vector<Json> records;
+  for (std::string line; std::getline(metrics, line);)
+    records.push_back(parse_json(line, "metrics.jsonl"));  // every line parses
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0]["kind"], "run_start");
+  EXPECT_EQ(records[1]["kind"], "step");
+  EXPECT_EQ(records[1]["step"], 1);
+  EXPECT_TRUE(records[1]["loss"].is_null()) << records[1].dump();
+  EXPECT_EQ(records[2]["kind"], "end");
+  EXPECT_EQ(records[2]["reason"], "non-finite loss");
+  EXPECT_EQ(records[2]["steps_trained"], 0);
+  fs::remove_all(dir);
+}
+
+// Parses `sambay train` flags (after "train") the way the command does.
+TrainConfig parse_train(std::vector<std::string> flags) {
+  flags.insert(flags.begin(), "train");
+  std::vector<const char*> argv;
+  for (const std::string& f : flags) argv.push_back(f.c_str());
+  TrainConfig c;
+  EXPECT_TRUE(parse_train_config(int(argv.size()), argv.data(), c));
+  return c;
+}
+
+TEST(Cli, BooleanOptionsAreBareFlagsOrTakeAValue) {
+  const TrainConfig defaults = parse_train({"--data", "x"});
+  EXPECT_FALSE(defaults.tensorboard);
+  EXPECT_TRUE(defaults.doc_masking);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--tensorboard", "--data", "x"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard", "true"}).tensorboard);
+  EXPECT_TRUE(parse_train({"--data", "x", "--tensorboard=yes"}).tensorboard);
+  EXPECT_FALSE(parse_train({"--data", "x", "--tensorboard", "false"}).tensorboard);
+  EXPECT_FALSE(parse_train({"--data", "x", "--tensorboard=0"}).tensorboard);
+  const TrainConfig both = parse_train({"--tensorboard", "--doc_masking", "off", "--data", "x"});
+  EXPECT_TRUE(both.tensorboard);
+  EXPECT_FALSE(both.doc_masking);
+  // A word that is no boolean is not taken as the flag's value: it is an error of its own, as
+  // is any stray word.
+  EXPECT_THROW(parse_train({"--data", "x", "--tensorboard", "maybe"}), Error);
+  EXPECT_THROW(parse_train({"--data", "x", "--steps", "10", "20"}), Error);
+}
+
+TEST(Cli, ChoiceWithAValueWhenBare) {
+  // --recompute is none, auto or all; alone it means all, and true/false mean all/none.
+  EXPECT_EQ(parse_train({"--data", "x"}).recompute, "auto");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute"}).recompute, "all");
+  EXPECT_EQ(parse_train({"--recompute", "--data", "x"}).recompute, "all");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute", "none"}).recompute, "none");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute=auto"}).recompute, "auto");
+  EXPECT_EQ(parse_train({"--data", "x", "--recompute", "true"}).recompute, "all");
+  EXPECT_THROW(parse_train({"--data", "x", "--recompute", "some"}), Error);
+}
+
+TEST(Cli, BareFlagBeforeAPositionalArgumentStaysBare) {
+  namespace po = boost::program_options;
+  bool allow = false;
+  int threads = 0;
+  std::vector<std::string> inputs;
+  po::options_description o;
+  o.add_options()("allow_special", flag(&allow), "")("threads", po::value(&threads), "")(
+      "input", po::value(&inputs), "");
+  const char* argv[] = {"tokenize", "--allow_special", "corpus.jsonl", "--allow_special",
+                        "false", "--threads", "3", "b.jsonl"};
+  EXPECT_EQ(join_optional_values(8, argv, o),
+            (std::vector<std::string>{"corpus.jsonl", "--allow_special=false", "--threads", "3",
+                                      "b.jsonl", "--allow_special"}));
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  for (int n : {3, 4}) {  // the bare flag last, or before "--allow_special false"
+    po::options_description parsed = o;
+    po::variables_map vm;
+    allow = false, inputs.clear();
+    const char* args[] = {"tokenize", "--allow_special", "corpus.jsonl", "--threads", "2"};
+    const char* args_off[] = {"tokenize", "--allow_special", "a.jsonl", "b.jsonl"};
+    ASSERT_TRUE(parse_command_line(n == 3 ? 3 : 4, n == 3 ? args : args_off, parsed, pos, vm, ""));
+    EXPECT_TRUE(allow);
+    EXPECT_EQ(inputs, n == 3 ? std::vector<std::string>{"corpus.jsonl"}
+                             : (std::vector<std::string>{"a.jsonl", "b.jsonl"}));
+  }
+}
+
+TEST(Cli, HelpPrintsDefaultsAsWrittenAndExplainsModelFields) {
+  const RunResult r = run_sambay("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* part : {"--min_lr_ratio arg (=0.1)", "--valid_fraction arg (=0.01)",
+                           "--lr arg (=0.001)", "--tensorboard [=true|false(=true)] (=false)",
+                           "--recompute [=arg(=all)] (=auto)",
+                           "--model.FIELD VALUE", "--model.d_model VALUE", "[model] section"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << "no \"" << part << "\" in\n" << r.output;
+  EXPECT_EQ(r.output.find("0000000"), std::string::npos) << r.output;
+}
+
+TEST(Cli, DataAndCkptHelpListTheirCommands) {
+  for (const char* args : {"data --help", "data"}) {
+    const RunResult r = run_sambay(args);
+    EXPECT_EQ(r.exit_code, std::string(args) == "data" ? 2 : 0) << args;
+    for (const char* sub : {"tokenize", "stats", "phonebook"})
+      EXPECT_NE(r.output.find(sub), std::string::npos) << args << ":\n" << r.output;
+  }
+  const RunResult ckpt = run_sambay("ckpt --help");
+  EXPECT_EQ(ckpt.exit_code, 0);
+  for (const char* sub : {"inspect", "export", "import", "bench", "phonebook"})
+    EXPECT_NE(ckpt.output.find(sub), std::string::npos) << ckpt.output;
+  const RunResult bad = run_sambay("data tokenise");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("unknown command 'data tokenise'"), std::string::npos) << bad.output;
+}
+
+TEST(Cli, InfoPrintsSmallModelsInMillions) {
+  const RunResult r = run_sambay("info");
+  EXPECT_EQ(r.exit_code, 0);
+  std::istringstream lines(r.output);
+  bool tiny = false, phi = false;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("demo-sambay-da ", 0) == 0) tiny = line.find("1.81M") != std::string::npos;
+    if (line.rfind("phi4-mini-flash ", 0) == 0) phi = line.find("3.85B") != std::string::npos;
+  }
+  EXPECT_TRUE(tiny) << r.output;
+  EXPECT_TRUE(phi) << r.output;
+}
+
+TEST(Cli, BpeDataIsCheckedAgainstTheModelAndItsTokenizerExported) {
+  const fs::path dir = scratch_dir("bpe");
+  // A small BPE vocabulary: the 256 bytes and two merges, <|eod|> = 300.
+  const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::ofstream vocab(dir / "v.tiktoken");
+  for (int b = 0; b < 256; ++b) vocab << b64[b >> 2] << b64[(b & 3) << 4] << "== " << b << "\n";
+  vocab << "dGg= 256\nIHRo 257\n";  // "th", " th"
+  vocab.close();
+  std::ofstream corpus(dir / "c.jsonl");
+  for (int i = 0; i < 200; ++i)
+    corpus << fmt::format(R"({{"text": "the other thing {} then that"}})", i % 13) << "\n";
+  corpus.close();
+  const std::string data = (dir / "data").string();
+  RunResult tok = run_sambay(fmt::format(
+      "data tokenize --tokenizer {} --pattern '\\p{{L}}+| ?\\p{{L}}+|\\p{{N}}+|\\s+' "
+      "--special '<|eod|>=300' --eod '<|eod|>' --out {} {}",
+      (dir / "v.tiktoken").string(), data, (dir / "c.jsonl").string()));
+  ASSERT_EQ(tok.exit_code, 0) << tok.output;
+  const std::string model = "--model tiny-sambay-da --model.vocab 301 --model.eod_token 300";
+  RunResult small = run_sambay(fmt::format(
+      "train --data {} --model tiny-sambay-da --model.vocab 257 --steps 1 --warmup 0", data));
+  EXPECT_EQ(small.exit_code, 2) << small.output;
+  EXPECT_NE(small.output.find("data.tokenizer.json has ids up to 300"), std::string::npos)
+      << small.output;
+  EXPECT_NE(small.output.find("--model.vocab 301"), std::string::npos) << small.output;
+  RunResult eod = run_sambay(fmt::format(
+      "train --data {} --model tiny-sambay-da --model.vocab 301 --model.eod_token 7 --steps 1 "
+      "--warmup 0", data));
+  EXPECT_EQ(eod.exit_code, 2) << eod.output;
+  EXPECT_NE(eod.output.find("ends documents with id 300"), std::string::npos) << eod.output;
+  const std::string run = (dir / "run").string();
+  RunResult train = run_sambay(fmt::format(
+      "train --data {} {} --seq_len 16 --micro_batch 2 --steps 2 --warmup 0 --eval_every 0 "
+      "--threads 1 --out_dir {}", data, model, run));
+  ASSERT_EQ(train.exit_code, 0) << train.output;
+  RunResult exp = run_sambay(fmt::format("ckpt export --format hf --force {} {}", run,
+                                         (dir / "hf").string()));
+  ASSERT_EQ(exp.exit_code, 0) << exp.output;
+  EXPECT_NE(exp.output.find("tokenizer.json"), std::string::npos) << exp.output;
+  EXPECT_NE(exp.output.find("warning: vLLM's Phi4Flash cannot load this export"), std::string::npos)
+      << exp.output;
+  std::ifstream tokenizer_json(dir / "hf" / "tokenizer.json");
+  std::string text((std::istreambuf_iterator<char>(tokenizer_json)), {});
+  EXPECT_NE(text.find(R"("<|eod|>":300)"), std::string::npos);
+  EXPECT_NE(text.find(R"("\\p{L}+| ?\\p{L}+|\\p{N}+|\\s+")"), std::string::npos);
+  RunResult none = run_sambay(fmt::format("ckpt export --format hf --force --tokenizer none {} {}",
+                                          run, (dir / "hf2").string()));
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  EXPECT_FALSE(fs::exists(dir / "hf2" / "tokenizer.json"));
   fs::remove_all(dir);
 }
 

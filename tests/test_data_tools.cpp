@@ -33,16 +33,18 @@ TEST(TokenizeTextFiles, WholeFilesAreDocuments) {
   write_text(dir.file("a.txt"), "first file\n\nwith two paragraphs\n");
   write_text(dir.file("empty.txt"), "");
   write_text(dir.file("b.txt"), "second");
+  TokenizeOptions o;
+  o.split = DocSplit::whole_file;
   TokenizeReport r =
-      tokenize_text_files({dir.file("a.txt"), dir.file("empty.txt"), dir.file("b.txt")},
-                          dir.file("out"), DocSplit::whole_file);
+      tokenize_corpus({dir.file("a.txt"), dir.file("empty.txt"), dir.file("b.txt")},
+                      dir.file("out"), o);
   EXPECT_EQ(r.files, 3);
   EXPECT_EQ(r.documents, 2);
   EXPECT_EQ(r.empty_skipped, 1);
   EXPECT_EQ(r.tokens, 32 + 1 + 6 + 1);
   EXPECT_EQ(documents_of(dir.file("out")),
             (std::vector<std::string>{"first file\n\nwith two paragraphs\n", "second"}));
-  EXPECT_EQ(to_string(r), "3 files -> 2 documents, 40 tokens (1 empty files skipped)");
+  EXPECT_EQ(to_string(r), "3 files -> 2 documents, 40 tokens (1 empty documents skipped)");
   TokenSource src = open_token_source(dir.file("out"));
   EXPECT_EQ(token_dtype(src), TokenDType::u16);
 }
@@ -51,8 +53,8 @@ TEST(TokenizeTextFiles, ParagraphsAreRunsOfNonBlankLines) {
   ScratchDir dir;
   write_text(dir.file("a.txt"), "\n\nline one\nline two\n  \t\r\npara two\r\n\n\n\nlast");
   write_text(dir.file("b.txt"), "only\n");
-  TokenizeReport r = tokenize_text_files({dir.file("a.txt"), dir.file("b.txt")}, dir.file("out"),
-                                         DocSplit::paragraphs);
+  TokenizeReport r =
+      tokenize_corpus({dir.file("a.txt"), dir.file("b.txt")}, dir.file("out"), TokenizeOptions{});
   EXPECT_EQ(r.documents, 4);
   EXPECT_EQ(documents_of(dir.file("out")),
             (std::vector<std::string>{"line one\nline two", "para two\r", "last", "only"}));
@@ -61,7 +63,7 @@ TEST(TokenizeTextFiles, ParagraphsAreRunsOfNonBlankLines) {
 TEST(TokenizeTextFiles, MissingInputIsNamedAndNothingIsWritten) {
   ScratchDir dir;
   testing::expect_error(
-      [&] { tokenize_text_files({dir.file("nope.txt")}, dir.file("out"), DocSplit::whole_file); },
+      [&] { tokenize_corpus({dir.file("nope.txt")}, dir.file("out"), TokenizeOptions{}); },
       {dir.file("nope.txt")});
   EXPECT_TRUE(dir.listing().empty());
 }

@@ -48,6 +48,12 @@ std::vector<float> random_params(const ModelConfig& c) {
   return p;
 }
 
+HfExportOptions export_options(bool bf16, bool force, int64_t max_shard_bytes = 5'000'000'000) {
+  HfExportOptions o;
+  o.bf16 = bf16, o.force = force, o.max_shard_bytes = max_shard_bytes;
+  return o;
+}
+
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
 }
@@ -94,23 +100,33 @@ TEST(HfInterop, ConfigJsonHasTheReleaseKeysAndValues) {
   const ModelConfig c = model_preset("phi4-mini-flash");
   const Json j = parse_json(hf_config_json(c, true), "config.json");
   // Values of the release's config.json.
-  EXPECT_EQ(j.find("architectures")->items.at(0).as_string("a"), "Phi4FlashForCausalLM");
-  EXPECT_EQ(j.find("model_type")->as_string("m"), "phi4flash");
+  EXPECT_EQ(j["architectures"][0], "Phi4FlashForCausalLM");
+  EXPECT_EQ(j["model_type"], "phi4flash");
   const std::pair<const char*, int64_t> ints[] = {
       {"hidden_size", 2560},         {"intermediate_size", 10240}, {"num_hidden_layers", 32},
       {"num_attention_heads", 40},   {"num_key_value_heads", 20},  {"sliding_window", 512},
       {"mb_per_layer", 2},           {"vocab_size", 200064},       {"bos_token_id", 199999},
       {"eos_token_id", 199999},      {"pad_token_id", 199999},     {"mamba_d_state", 16},
       {"mamba_d_conv", 4},           {"mamba_expand", 2},          {"mamba_dt_rank", 160}};
-  for (const auto& [key, value] : ints) EXPECT_EQ(j.find(key)->as_int(key), value) << key;
-  EXPECT_EQ(j.find("layer_norm_eps")->as_number("eps"), 1e-5);
-  EXPECT_TRUE(j.find("tie_word_embeddings")->boolean);
-  EXPECT_EQ(j.find("hidden_act")->as_string("act"), "silu");
-  EXPECT_EQ(j.find("torch_dtype")->as_string("dtype"), "bfloat16");
+  for (const auto& [key, value] : ints) EXPECT_EQ(j[key], value) << key;
+  EXPECT_EQ(j["layer_norm_eps"], 1e-5);
+  EXPECT_EQ(j["tie_word_embeddings"], true);
+  EXPECT_EQ(j["hidden_act"], "silu");
+  EXPECT_EQ(j["torch_dtype"], "bfloat16");
+  // vLLM's loader reads each layer's attention kind: sliding windows on the odd layers of the
+  // first half, full attention elsewhere.
+  ASSERT_EQ(j["layer_types"].size(), 32u);
+  for (int l = 0; l < 32; ++l)
+    EXPECT_EQ(j["layer_types"][l], l < 16 && l % 2 == 1 ? "sliding_attention" : "full_attention")
+        << l;
+  EXPECT_TRUE(vllm_incompatibilities(c).empty());
+  const Json generation = parse_json(hf_generation_config_json(c), "generation_config.json");
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+    EXPECT_EQ(generation[key], 199999) << key;
 
   // Read as the release's config (without our extra key), it is the same model.
   Json release = j;
-  std::erase_if(release.members, [](const auto& m) { return m.first == "sambay_model_config"; });
+  release.erase("sambay_model_config");
   const ModelConfig back = model_config_from_hf(release, "config.json");
   EXPECT_EQ(back.name, "hf-import");
   EXPECT_TRUE(model_config_differences(back, c).empty());
@@ -120,7 +136,7 @@ TEST(HfInterop, ExportThenImportIsBitExact) {
   ScratchDir dir;
   const ModelConfig c = small_phi4flash();
   const std::vector<float> params = random_params(c);
-  export_hf(c, params, dir.file("hf"), false, false);
+  export_hf(c, params, dir.file("hf"), export_options(false, false));
   const SafetensorsFile st = open_safetensors(dir.file("hf/model.safetensors"));
   EXPECT_EQ(st.metadata.at(0), (std::pair<std::string, std::string>{"format", "pt"}));
   const HfImport back = import_hf(dir.file("hf"));
@@ -147,14 +163,14 @@ TEST(HfInterop, UntiedHeadExportsLmHeadAndRoundTrips) {
   c.tied_embedding = false;
   EXPECT_TRUE(hf_incompatibilities(c).empty());
   const std::vector<float> params = random_params(c);
-  export_hf(c, params, dir.file("hf"), false, false);
+  export_hf(c, params, dir.file("hf"), export_options(false, false));
   const SafetensorsFile st = open_safetensors(dir.file("hf/model.safetensors"));
   bool head = false;
   for (const SafetensorsTensor& t : st.tensors)
     if (t.name == "lm_head.weight") head = t.shape == std::vector<int64_t>{c.vocab, c.d_model};
   EXPECT_TRUE(head);
   const Json j = parse_json(hf_config_json(c, false), "config.json");
-  EXPECT_FALSE(j.find("tie_word_embeddings")->boolean);
+  EXPECT_FALSE(j.at("tie_word_embeddings").get<bool>());
   const HfImport back = import_hf(dir.file("hf"));
   EXPECT_TRUE(same_bits(back.params, params));
   EXPECT_EQ(model_config_to_text(back.model), model_config_to_text(c));
@@ -183,7 +199,7 @@ TEST(HfInterop, Bf16ExportRoundsToNearestEven) {
   ScratchDir dir;
   const ModelConfig c = small_phi4flash();
   const std::vector<float> params = random_params(c);
-  export_hf(c, params, dir.file("hf"), true, false);
+  export_hf(c, params, dir.file("hf"), export_options(true, false));
   const HfImport back = import_hf(dir.file("hf"));
   for (size_t i = 0; i < params.size(); ++i)
     ASSERT_EQ(back.params[i], to_float(to_bf16(params[i]))) << i;
@@ -193,12 +209,12 @@ TEST(HfInterop, IncompatibleModelsNeedForceAndStillRoundTrip) {
   ScratchDir dir;
   const ModelConfig c = model_preset("tiny-sambay-da");  // E = 14 is not a multiple of d = 12
   const std::vector<float> params = random_params(c);
-  expect_error([&] { export_hf(c, params, dir.file("hf"), false, false); },
+  expect_error([&] { export_hf(c, params, dir.file("hf"), export_options(false, false)); },
                {"tiny-sambay-da", "d_inner: 14 is not a multiple of d_model 12", "--force"});
   ModelConfig pp = model_preset("tiny-transformerpp");
-  expect_error([&] { export_hf(pp, random_params(pp), dir.file("pp"), false, false); },
+  expect_error([&] { export_hf(pp, random_params(pp), dir.file("pp"), export_options(false, false)); },
                {"layers:", "differential:", "attention_bias:", "rope:", "norm:"});
-  export_hf(c, params, dir.file("hf"), false, true);
+  export_hf(c, params, dir.file("hf"), export_options(false, true));
   const HfImport back = import_hf(dir.file("hf"));
   EXPECT_TRUE(same_bits(back.params, params));
   EXPECT_EQ(model_config_to_text(back.model), model_config_to_text(c));
@@ -208,7 +224,7 @@ TEST(HfInterop, ShardedReleaseLayoutAndTiedHeadImport) {
   ScratchDir dir;
   const ModelConfig c = small_phi4flash();
   const std::vector<float> params = random_params(c);
-  export_hf(c, params, dir.file("one"), false, false);
+  export_hf(c, params, dir.file("one"), export_options(false, false));
   const SafetensorsFile whole = open_safetensors(dir.file("one/model.safetensors"));
   // Two shards and an index, as the release ships, plus an explicit (equal) lm_head.weight.
   std::vector<std::vector<float>> values;
@@ -246,11 +262,95 @@ TEST(HfInterop, ShardedReleaseLayoutAndTiedHeadImport) {
                {"lm_head.weight differs from the embedding", "tie_word_embeddings"});
 }
 
+TEST(HfInterop, LargeExportsAreShardedWithAnIndex) {
+  ScratchDir dir;
+  const ModelConfig c = small_phi4flash();
+  const std::vector<float> params = random_params(c);
+  const int64_t limit = 4096;  // bytes: several shards for this model
+  const HfExportReport r = export_hf(c, params, dir.file("hf"), export_options(false, false, limit));
+  const Json index = parse_json(testing::read_text(dir.file("hf/model.safetensors.index.json")), "index");
+  std::set<std::string> shards;
+  int64_t total = 0;
+  for (const auto& [name, file] : index["weight_map"].items()) shards.insert(file.get<std::string>());
+  ASSERT_GE(shards.size(), 3u);
+  for (const std::string& f : shards) {
+    const SafetensorsFile st = open_safetensors(dir.file("hf/" + f));
+    EXPECT_TRUE(st.data_bytes <= limit || st.tensors.size() == 1) << f << " " << st.data_bytes;
+    total += st.data_bytes;
+    for (const SafetensorsTensor& t : st.tensors) EXPECT_EQ(index["weight_map"][t.name], f);
+    EXPECT_NE(std::find(r.files.begin(), r.files.end(), f), r.files.end()) << f;
+  }
+  EXPECT_EQ(*shards.begin(), fmt::format("model-00001-of-{:05}.safetensors", shards.size()));
+  EXPECT_EQ(index["metadata"]["total_size"], total);
+  EXPECT_EQ(total, build_param_layout(c).total * 4);
+  EXPECT_FALSE(fs::exists(dir.file("hf/model.safetensors")));
+  EXPECT_TRUE(same_bits(import_hf(dir.file("hf")).params, params));
+  // Exporting again, small enough for one file, leaves no index behind to mislead loaders.
+  export_hf(c, params, dir.file("hf"), {});
+  EXPECT_FALSE(fs::exists(dir.file("hf/model.safetensors.index.json")));
+  EXPECT_TRUE(same_bits(import_hf(dir.file("hf")).params, params));
+}
+
+TEST(HfInterop, GenerationConfigAndVllmWarnings) {
+  ScratchDir dir;
+  ModelConfig c = small_phi4flash();  // d_state 4: the release's code runs it, vLLM does not
+  const HfExportReport r = export_hf(c, random_params(c), dir.file("hf"), {});
+  EXPECT_EQ(r.files, (std::vector<std::string>{"model.safetensors", "config.json",
+                                               "generation_config.json"}));
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("d_state: vLLM fixes 16, this model has 4"), std::string::npos);
+  const Json gen = parse_json(testing::read_text(dir.file("hf/generation_config.json")), "gen");
+  EXPECT_EQ(gen["eos_token_id"], 36);
+  c.d_state = 16, c.d_conv = 3, c.dt_rank = 2, c.d_inner = 48, c.n_kv_heads = 1;
+  std::vector<std::string> w = vllm_incompatibilities(c);
+  ASSERT_EQ(w.size(), 4u);
+  EXPECT_NE(w[0].find("d_conv"), std::string::npos);
+  EXPECT_NE(w[1].find("d_inner: vLLM fixes 2 d_model = 32, this model has 48"), std::string::npos);
+  EXPECT_NE(w[2].find("dt_rank: vLLM fixes ceil(d_model / 16) = 1"), std::string::npos);
+  EXPECT_NE(w[3].find("n_kv_heads"), std::string::npos);
+}
+
+TEST(HfInterop, TokenizerFilesMustFitTheModel) {
+  ScratchDir dir;
+  // A vocabulary of the 256 bytes and two merges; <|eod|> = 300.
+  std::string vocab;
+  const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (int b = 0; b < 256; ++b)
+    vocab += fmt::format("{}{}== {}\n", b64[b >> 2], b64[(b & 3) << 4], b);
+  vocab += "YWI= 256\nYmM= 257\n";
+  testing::write_bytes(dir.file("v.tiktoken"), std::vector<uint8_t>(vocab.begin(), vocab.end()));
+  BpeTokenizerOptions o;
+  o.pattern = "\\p{L}+|\\s+|[^\\s\\p{L}]+";
+  o.specials = {{"<|eod|>", 300}};
+  o.eod = "<|eod|>";
+  HfExportOptions options;
+  options.tokenizer = BpeTokenizer::load(dir.file("v.tiktoken"), o);
+  options.force = true;
+  ModelConfig c = model_preset("tiny-sambay-da");
+  c.vocab = 301;
+  c.eod_token = 300;
+  const std::vector<float> params = random_params(c);
+  const HfExportReport r = export_hf(c, params, dir.file("hf"), options);
+  EXPECT_EQ(r.files.back(), "special_tokens_map.json");
+  const Json tok = parse_json(testing::read_text(dir.file("hf/tokenizer.json")), "tokenizer.json");
+  EXPECT_EQ(tok["model"]["vocab"]["ab"], 256);
+  EXPECT_EQ(tok["model"]["vocab"]["<|eod|>"], 300);
+  EXPECT_EQ(tok["model"]["merges"], (Json{"a b", "b c"}));
+  EXPECT_EQ(tok["added_tokens"][0]["id"], 300);
+  c.vocab = 300;
+  expect_error([&] { export_hf(c, random_params(c), dir.file("small"), options); },
+               {"v.tiktoken", "301 ids do not fit", "model.vocab = 300"});
+  c.vocab = 301;
+  c.eod_token = 0;
+  expect_error([&] { export_hf(c, params, dir.file("eod"), options); },
+               {"ends documents with id 300", "eod_token 0"});
+}
+
 TEST(HfInterop, DamagedOrForeignFilesAreRefused) {
   ScratchDir dir;
   const ModelConfig c = small_phi4flash();
   const std::vector<float> params = random_params(c);
-  export_hf(c, params, dir.file("hf"), false, false);
+  export_hf(c, params, dir.file("hf"), export_options(false, false));
   const std::string st = dir.file("hf/model.safetensors");
   const std::vector<uint8_t> bytes = read_bytes(st);
   // A flipped bit in a tensor name leaves a well-formed file with a name the model lacks.

@@ -447,11 +447,25 @@ TEST(Collect, ReadsConfigMetricsAndSweepInfo) {
   EXPECT_DOUBLE_EQ(collect_run(run.string()).flops_6nt, 6.0 * 1000 * 768);
 }
 
-TEST(Collect, JsonNumbers) {
-  double x = 0;
-  EXPECT_TRUE(json_number(R"({"step":7,"loss":1.5e-3})", "loss", x));
-  EXPECT_EQ(x, 1.5e-3);
-  EXPECT_FALSE(json_number(R"({"step":7,"valid_loss":2})", "loss", x));
+TEST(Collect, RecordsByKindNullsAndATornLastLine) {
+  TempDir tmp;
+  const fs::path run = tmp.path / "r";
+  fs::create_directories(run);
+  std::ofstream(run / "config.ini") << "model = demo-sambay-da\nseq_len = 32\nsteps = 4\n";
+  std::ofstream(run / "metrics.jsonl")
+      << R"({"kind":"run_start","step":0,"wall_time":1.5,"config":{"steps":4}})" "\n"
+      << R"({"kind":"valid","step":0,"valid_loss":5.5})" "\n"
+      << R"({"kind":"step","step":1,"loss":5.25,"tokens":256,"tokens_per_s":10})" "\n"
+      << R"({"kind":"step","step":2,"loss":4.5,"tokens":512,"tokens_per_s":30})" "\n"
+      << R"({"kind":"checkpoint","step":2,"dir":"x"})" "\n"
+      << R"({"kind":"valid","step":2,"valid_loss":null})" "\n"
+      << R"({"kind":"step","step":3,"lo)";
+  const RunResult r = collect_run(run.string());
+  EXPECT_EQ(r.steps_done, 2);
+  EXPECT_EQ(r.status, "partial");
+  EXPECT_EQ(r.final_loss, 4.5);
+  EXPECT_TRUE(std::isnan(r.final_valid_loss));  // the last validation was NaN
+  EXPECT_EQ(r.tokens_per_s, 30);
 }
 
 }  // namespace

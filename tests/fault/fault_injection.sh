@@ -12,7 +12,7 @@
 #   nonfinite            non-finite or absurd hyperparameters refused at start; a checkpoint of
 #                        non-finite weights (written by format version 1) reported by inspect
 #                        and refused by resume
-#   disk_full_metrics    metrics.jsonl or stdout that cannot be written: checkpoint and exit 2
+#   disk_full_metrics    metrics.jsonl, TensorBoard events or stdout that cannot be written: checkpoint and exit 2
 #                        (or --on_log_error continue)
 #   refused_start        a refused start leaves the run directory exactly as it was
 #   two_trainers         a second trainer on a run directory is refused naming the first
@@ -63,7 +63,7 @@ expect_option() {  # expect_option LOG OPTION
   if [[ $2 == --model.* ]]; then expect_text "$1" "${2#--}:"; else expect_text "$1" "option $2"; fi
 }
 # Highest "step" of a training record in a metrics.jsonl (0 when none yet).
-last_step() { grep -o '"step":[0-9]*,"loss"' "$1" 2>/dev/null | tail -n 1 | grep -o '[0-9]*' || echo 0; }
+last_step() { grep -o '"kind":"step","step":[0-9]*' "$1" 2>/dev/null | tail -n 1 | grep -o '[0-9]*$' || echo 0; }
 wait_for_step() {  # wait_for_step METRICS STEP PID
   local deadline=$((SECONDS + 120))
   while (($(last_step "$1") < $2)); do
@@ -284,7 +284,9 @@ case_nonfinite() {
 
 case_disk_full_metrics() {
   data
-  faults run/metrics.jsonl 1200
+  # The run_start record (config, placement) takes about 2 kB, a step record about 350 bytes:
+  # the disk fills up some steps into training.
+  faults run/metrics.jsonl 6000
   train_to "$w/log" --out_dir "$w/run" --steps 40 --save_every 0
   no_faults
   expect_status 2 $status "$w/log"
@@ -293,17 +295,40 @@ case_disk_full_metrics() {
   local stopped
   stopped=$(grep -o 'stopping after step [0-9]*' "$w/log" | grep -o '[0-9]*$')
   [ -d "$w/run/checkpoints/step_$(printf %08d "$stopped")" ] || fail "no checkpoint at step $stopped"
-  [ "$(wc -c <"$w/run/metrics.jsonl")" -le 1200 ] || fail "metrics.jsonl grew past the fault"
+  [ "$(wc -c <"$w/run/metrics.jsonl")" -le 6000 ] || fail "metrics.jsonl grew past the fault"
+  [ "$stopped" -gt 0 ] || fail "the disk filled up before training: the test checks nothing"
   check_resumable "$w/run" "$stopped" 40
   say "metrics.jsonl on a full disk: stopped at step $stopped with a checkpoint, exit 2; resumed"
   rm -rf "$w/run"
-  faults run/metrics.jsonl 1200
+  faults run/metrics.jsonl 6000
   train_to "$w/log" --out_dir "$w/run" --steps 20 --on_log_error continue
   no_faults
   expect_status 0 $status "$w/log"
   expect_text "$w/log" "warning: $w/run/metrics.jsonl: write failed" "done: 20 steps"
   [ "$(grep -c 'write failed' "$w/log")" = 1 ] || fail "the warning came more than once"
   say "--on_log_error continue: one warning, training finished"
+  rm -rf "$w/run"
+  faults run/tensorboard 600
+  train_to "$w/log" --out_dir "$w/run" --steps 40 --save_every 0 --tensorboard true
+  no_faults
+  expect_status 2 $status "$w/log"
+  expect_text "$w/log" "$w/run/tensorboard/events.out.tfevents." \
+              "write failed: No space left on device" "stopping after step" "with a checkpoint"
+  stopped=$(grep -o 'stopping after step [0-9]*' "$w/log" | grep -o '[0-9]*$')
+  [ -d "$w/run/checkpoints/step_$(printf %08d "$stopped")" ] || fail "no checkpoint at step $stopped"
+  [ "$(last_step "$w/run/metrics.jsonl")" = "$stopped" ] || fail "metrics.jsonl stops before step $stopped"
+  grep -q '"kind":"end","step":'"$stopped"',.*"reason":"log write failed: ' "$w/run/metrics.jsonl" \
+    || fail "no end record naming the failed write"
+  say "TensorBoard events on a full disk: stopped at step $stopped with a checkpoint, exit 2"
+  rm -rf "$w/run"
+  faults run/tensorboard 600
+  train_to "$w/log" --out_dir "$w/run" --steps 20 --tensorboard true --on_log_error continue
+  no_faults
+  expect_status 0 $status "$w/log"
+  expect_text "$w/log" "warning: $w/run/tensorboard/events.out.tfevents." "done: 20 steps"
+  [ "$(grep -c 'write failed' "$w/log")" = 1 ] || fail "the warning came more than once"
+  [ "$(last_step "$w/run/metrics.jsonl")" = 20 ] || fail "metrics.jsonl is incomplete"
+  say "TensorBoard events on a full disk with --on_log_error continue: one warning, metrics complete"
   rm -rf "$w/run"
   train --out_dir "$w/run" --steps 20 >/dev/full 2>"$w/log"
   expect_status 2 $? "$w/log"
@@ -468,9 +493,9 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
     except ValueError:
         continue  # the line cut by kill -9
-    if r.get("kind") in ("run_start", "resume"):
+    if r["kind"] in ("run_start", "resume"):
         kinds.append((r["kind"], r["step"]))
-    elif "loss" in r:
+    elif r["kind"] == "step":
         steps.append(r["step"])
 assert [k for k, _ in kinds] == ["run_start", "run_start", "resume"], kinds
 assert kinds[1][1] == 0 and kinds[2][1] == 4, kinds

@@ -7,8 +7,8 @@ For every record of the reference (a training step's loss, learning rate, gradie
 token count, or a validation loss), the resumed run must hold a record of the same step and
 kind whose values are the same numbers, compared as the exact text the trainer printed (the
 shortest round-trip form of a double, so equal text means equal bits). Timing fields differ
-between runs and are ignored, and so are event records (those with a "kind": start and resume
-markers, the host memory at the end; and checkpoints written). A resumed run may log a step twice (once before the interruption,
+between runs and are ignored, and so are event records (start and resume markers, checkpoint
+written, end). A resumed run may log a step twice (once before the interruption,
 once after); the last record counts. Records only the resumed run has (a validation right after
 resuming, say) are listed but allowed. Exits 1 with the differences listed.
 
@@ -34,9 +34,12 @@ def records(path):
                 rec = json.loads(line, parse_float=str, parse_int=str)
             except json.JSONDecodeError as e:
                 sys.exit(f"{path}:{n}: not a JSON record ({e}): {line.strip()[:80]}")
-            # Events (a start or resume marker, the host memory at the end, a checkpoint written)
-            # are not metrics: only the runs' numbers count.
-            if "kind" in rec or "checkpoint" in rec:
+            # Events (run start, resume, checkpoint, end) are not metrics: only the runs' numbers
+            # count. Records name their kind; older ones are told apart by their keys.
+            if "kind" in rec:
+                if rec["kind"] not in ("step", "valid"):
+                    continue
+            elif "checkpoint" in rec or "resumed_from_step" in rec:
                 continue
             if "step" not in rec:
                 sys.exit(f"{path}:{n}: a record without a step: {line.strip()}")

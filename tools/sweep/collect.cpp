@@ -4,6 +4,7 @@
 #include "core/model.h"
 #include "core/model_config.h"
 #include "core/config_file.h"
+#include "io/json.h"
 
 #include <fmt/format.h>
 
@@ -18,16 +19,6 @@
 namespace sambay::sweep {
 
 namespace fs = std::filesystem;
-
-bool json_number(const std::string& line, const std::string& key, double& value) {
-  const std::string quoted = "\"" + key + "\":";
-  const size_t at = line.find(quoted);
-  if (at == std::string::npos) return false;
-  const char* start = line.c_str() + at + quoted.size();
-  char* end = nullptr;
-  value = std::strtod(start, &end);
-  return end != start;
-}
 
 namespace {
 
@@ -74,21 +65,37 @@ RunResult collect_run(const std::string& dir) {
 
   r.final_loss = r.final_valid_loss = r.tokens_per_s = NAN;
   std::vector<double> rates;
-  std::ifstream metrics(fs::path(dir) / "metrics.jsonl");
+  const fs::path metrics_path = fs::path(dir) / "metrics.jsonl";
+  std::ifstream metrics(metrics_path);
   std::string line;
+  // Records by kind ("step", "valid"; older runs have no kind: the keys tell). A value written
+  // as null (a NaN) is no number.
+  auto number = [](const Json& j, const char* key, double& x) {
+    const Json* v = json_find(j, key);
+    if (!v || !v->is_number()) return false;
+    x = v->get<double>();
+    return true;
+  };
   while (std::getline(metrics, line)) {
-    double step = 0, x = 0;
-    if (!json_number(line, "step", step)) continue;
-    if (json_number(line, "valid_loss", x)) {
-      r.final_valid_loss = x;
-      continue;
+    Json j;
+    try {
+      j = parse_json(line, metrics_path.string());
+    } catch (const Error&) {
+      continue;  // the last line of a run killed while writing it
     }
-    if (json_number(line, "loss", x)) {
-      r.final_loss = x;
+    const Json* kind = json_find(j, "kind");
+    const bool is_valid = kind ? *kind == "valid" : json_find(j, "valid_loss") != nullptr;
+    const bool is_step = kind ? *kind == "step" : json_find(j, "loss") != nullptr;
+    double step = 0, x = 0;
+    if (!number(j, "step", step)) continue;
+    if (is_valid) {
+      r.final_valid_loss = number(j, "valid_loss", x) ? x : NAN;
+    } else if (is_step) {
+      r.final_loss = number(j, "loss", x) ? x : NAN;
       r.steps_done = static_cast<int64_t>(step);
-      if (json_number(line, "tokens", x)) r.tokens = static_cast<int64_t>(x);
+      if (number(j, "tokens", x)) r.tokens = static_cast<int64_t>(x);
       // The first step carries start-up costs; a resumed run's first step again.
-      if (step > 1 && json_number(line, "tokens_per_s", x)) rates.push_back(x);
+      if (step > 1 && number(j, "tokens_per_s", x)) rates.push_back(x);
     }
   }
   r.tokens_per_s = median(rates);

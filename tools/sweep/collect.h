@@ -37,7 +37,4 @@ void write_results_csv(const std::vector<RunResult>& rows, std::ostream& out);
 // A CSV with a header line, as columns by name (values unparsed). Throws naming the path.
 std::map<std::string, std::vector<std::string>> read_csv_columns(const std::string& path);
 
-// The number after "key": in one JSON line; false when the key is absent.
-bool json_number(const std::string& line, const std::string& key, double& value);
-
 }  // namespace sambay::sweep

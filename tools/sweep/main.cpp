@@ -114,8 +114,8 @@ int cmd_plan(int argc, const char* const* argv) {
   po::options_description o("sambay_sweep plan");
   o.add_options()("spec", po::value(&spec_path)->required(), "sweep spec (INI, positional)")
       ("set", po::value(&overrides), "section.key=value overriding the spec (repeatable), e.g. depth.family=archscale-samba-yoco")
-      ("dry-run", po::bool_switch(&dry_run), "write the run directories, print the sbatch commands, submit nothing")
-      ("no-validate", po::bool_switch(&no_validate), "do not check the configs with this build's sambay train")
+      ("dry-run", flag(&dry_run), "write the run directories, print the sbatch commands, submit nothing")
+      ("no-validate", flag(&no_validate), "do not check the configs with this build's sambay train")
       ("sambay", po::value(&sambay)->default_value(sambay), "the sambay binary the jobs run")
       ("submit-script", po::value(&submit)->default_value(submit), "slurm/submit.sh");
   po::variables_map vm;
@@ -189,7 +189,7 @@ int cmd_fit(int argc, const char* const* argv) {
   o.add_options()("results", po::value(&csv)->required(), "CSV from collect (positional)")
       ("x", po::value(&x_col)->default_value("flops"), "compute column")
       ("y", po::value(&y_col)->default_value("final_valid_loss"), "loss column")
-      ("free-E", po::bool_switch(&free_e), "let E go below zero (default: E >= 0)")
+      ("free-E", flag(&free_e), "let E go below zero (default: E >= 0)")
       ("out", po::value(&out), "write the fit as INI here (for tools/scaling_plots.py)");
   po::variables_map vm;
   if (!parse(argc, argv, o, vm, "usage: sambay_sweep fit RESULTS.csv [--y COLUMN]", "results")) return 0;
